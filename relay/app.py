@@ -1,0 +1,227 @@
+"""The composition root of `relay serve`: builds every part, runs them, stops them in order.
+
+Start: config, store (migrations), group writer, delivery, SMTP listeners,
+admin HTTP. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
+progress is stored), then delivery (in-flight finish or are released), then
+the writer commits what is pending. SIGHUP re-reads the file and swaps the
+sites, credentials and upstreams; queued mail and open sessions stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import text
+
+from admin_http.app import AdminDeps, create_app
+from relay import tls
+from relay.config import Config, ConfigError, ListenerConfig, load_config
+from relay.core.directory import Directory
+from relay.core.model import TlsMode
+from relay.delivery_controller import DeliveryController, UpstreamClients
+from relay.ingress_controller import IngressController
+from relay.metrics import Metrics
+from relay.queue_database import queue_depth
+from relay.smtp_server import SmtpListeners
+from relay.smtp_view import SmtpHandler
+from relay.store import GroupWriter, create_engine, migrate
+
+log = logging.getLogger(__name__)
+DRAIN_SECONDS = 10.0
+DELIVERY_STOP_SECONDS = 20.0
+QUEUE_GAUGE_SECONDS = 15.0
+
+
+class StartupError(Exception):
+    """A problem the operator must fix (port in use, unreadable certificate): one clear line."""
+
+
+class RelayApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._directory: Directory = config.directory()
+        self.metrics = Metrics()
+        self.engine = create_engine(config.store_url)
+        self.writer = GroupWriter(self.engine)
+        self.clients = UpstreamClients(config.server.hostname)
+        self.delivery = DeliveryController(
+            self.writer,
+            self.directory,
+            self.clients,
+            config.delivery,
+            owner=config.server.hostname,
+            metrics=self.metrics,
+        )
+        self.ingress = IngressController(
+            self.writer,
+            self.directory,
+            config.server.hostname,
+            config.limits,
+            self.metrics,
+            on_queued=self.delivery.wake,
+        )
+        self.listeners = SmtpListeners()
+        self._admin: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def directory(self) -> Directory:
+        return self._directory
+
+    async def start(self) -> None:
+        self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate(self.engine)
+        self.writer.start()
+        for listener in self.config.listeners:
+            handler = SmtpHandler(listener, self.ingress, self.metrics)
+            try:
+                await self.listeners.start(
+                    listener,
+                    handler,
+                    self.config.server.hostname,
+                    self.config.limits.max_message_bytes,
+                    self._tls_context(listener),
+                )
+            except OSError as error:
+                raise StartupError(
+                    f"listener {listener.name}: cannot listen on {listener.host}:{listener.port}: "
+                    f"{error.strerror or error}"
+                ) from None
+        await self._start_admin()
+        self._tasks = [
+            asyncio.create_task(self.delivery.run(), name="delivery"),
+            asyncio.create_task(self._update_queue_gauge(), name="queue-gauge"),
+        ]
+
+    def _tls_context(self, listener: ListenerConfig) -> ssl.SSLContext | None:
+        if listener.tls is TlsMode.NONE:
+            return None
+        cert_file, key_file = listener.cert_file, listener.key_file
+        if cert_file is None or key_file is None:
+            cert_file, key_file = tls.development_certificate(
+                self.config.server.data_dir, self.config.server.hostname
+            )
+        try:
+            return tls.server_context(cert_file, key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(
+                f"listener {listener.name}: cannot load {cert_file} / {key_file}: {error}"
+            ) from None
+
+    async def _start_admin(self) -> None:
+        admin = self.config.admin
+        runner = web.AppRunner(create_app(AdminDeps(self.metrics, self.readiness)), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, admin.host, admin.port).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise StartupError(
+                f"admin: cannot listen on {admin.host}:{admin.port}: {error.strerror}"
+            ) from None
+        self._admin = runner
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin is not None
+        return int(self._admin.addresses[0][1])
+
+    async def readiness(self) -> list[str]:
+        problems = []
+        try:
+            async with self.engine.connect() as connection:
+                await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
+        except Exception as error:  # any failure means "not ready", with its name
+            problems.append(f"database unreachable ({type(error).__name__})")
+        if len(self.listeners.servers) != len(self.config.listeners):
+            problems.append("SMTP listeners not started")
+        return problems
+
+    async def _update_queue_gauge(self) -> None:
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    self.metrics.queue_depth.set(await queue_depth(connection))
+            except Exception as error:  # a gauge must not stop the relay
+                log.warning("queue depth not measured: %s", error)
+            await asyncio.sleep(QUEUE_GAUGE_SECONDS)
+
+    def reload(self) -> list[str]:
+        """Re-read the file; apply sites, credentials and upstreams, or keep the old on problems."""
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running configuration:\n%s", error)
+            return error.problems
+        restart_needed = [
+            name
+            for name in ("server", "store_url", "listeners", "admin", "limits", "delivery")
+            if getattr(config, name) != getattr(self.config, name)
+        ]
+        if restart_needed:
+            log.warning(
+                "reload: changes to %s take effect at the next restart", ", ".join(restart_needed)
+            )
+        self._directory = config.directory()
+        self.config = _with_directory_parts(self.config, config)
+        log.info(
+            "reloaded %s: %d sites, %d upstreams",
+            config.path,
+            len(config.sites),
+            len(config.upstreams),
+        )
+        return []
+
+    async def stop(self) -> None:
+        log.info("stopping: no new connections; finishing work in progress")
+        await self.listeners.stop(DRAIN_SECONDS)
+        if self._tasks:  # started
+            await self.delivery.stop(DELIVERY_STOP_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.close()
+        await self.clients.close()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        await self.engine.dispose()
+        log.info("stopped")
+
+
+def _with_directory_parts(running: Config, loaded: Config) -> Config:
+    """The running config with the parts a reload applies now taken from the loaded one."""
+    return replace(
+        running,
+        upstreams=loaded.upstreams,
+        sites=loaded.sites,
+        credentials=loaded.credentials,
+        domains=loaded.domains,
+    )
+
+
+async def serve(config_path: Path) -> int:
+    """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
+    config = load_config(config_path)
+    app = RelayApp(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    try:
+        await app.start()
+        log.info(
+            "relay ready: SMTP %s, admin %s:%d",
+            app.listeners.ports,
+            config.admin.host,
+            app.admin_port,
+        )
+        await stop.wait()
+    finally:
+        await app.stop()
+    return 0

@@ -1,0 +1,95 @@
+"""The `relay` command: serve, check-config, hash-password.
+
+User mistakes (bad config, port in use, unreadable key) print one clear
+line per problem and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+
+from relay import __version__, logs
+from relay.config import ConfigError, default_config_path, load_config
+from relay.core.passwords import hash_password
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Self-hosted SMTP relay for many sites."
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the relay (SMTP, delivery, admin HTTP)")
+    serve.add_argument(
+        "-c", "--config", type=Path, help="config file (default ./config.yaml or $RELAY_CONFIG)"
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = commands.add_parser(
+        "check-config", help="validate the config file; exit 2 listing every problem"
+    )
+    check.add_argument("-c", "--config", type=Path)
+    commands.add_parser(
+        "hash-password", help="read a password from stdin (or prompt) and print its hash"
+    )
+    args = parser.parse_args(argv)
+
+    if args.command == "hash-password":
+        return _hash_password()
+    path = args.config or default_config_path()
+    if args.command == "check-config":
+        return _check_config(path)
+    return _serve(path, args.log_level)
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"{path}: OK ({len(config.sites)} sites, {len(config.upstreams)} upstreams, "
+        f"{len(config.listeners)} listeners)"
+    )
+    return 0
+
+
+def _hash_password() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("an empty password cannot be hashed", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def _serve(path: Path, log_level: str) -> int:
+    from relay.app import StartupError, serve  # the server's imports are not needed by the tools
+
+    logs.configure(log_level)
+    try:
+        return asyncio.run(serve(path))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as error:
+        print(f"relay: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,623 @@
+"""The YAML configuration, parsed once into frozen objects.
+
+Every problem is collected with its YAML path (``sites[1].from.email: not an
+email address``) and reported together; unknown keys are errors, so a typo
+never silently keeps a default. A secret key ``x`` may also be given as
+``x_env: VAR`` or ``x_file: PATH``. Relative paths are relative to the
+working directory (systemd's WorkingDirectory, Docker's WORKDIR).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from relay.core.addresses import is_address, is_sender_pattern
+from relay.core.backoff import BackoffPolicy
+from relay.core.directory import Directory
+from relay.core.model import (
+    AuthMode,
+    Credential,
+    ReplyTo,
+    Secret,
+    Site,
+    TlsMode,
+    Upstream,
+    UpstreamKind,
+)
+from relay.core.passwords import is_password_hash
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+E = TypeVar("E", TlsMode, AuthMode, UpstreamKind)
+
+
+class ConfigError(Exception):
+    """The configuration has problems; ``problems`` lists each with its YAML path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str
+    data_dir: Path
+    secret_key_file: Path
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    host: str
+    port: int
+    tls: TlsMode
+    cert_file: Path | None
+    key_file: Path | None
+    auth: AuthMode
+    trusted_networks: tuple[IpNetwork, ...]
+    allow_plaintext_auth: bool
+
+    @property
+    def offers_auth(self) -> bool:
+        return self.auth is not AuthMode.NONE
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 26_214_400
+    max_recipients: int = 100
+    auth_max_failures: int = 5
+    auth_failure_window_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    name: str
+    token: Secret | None
+    token_hash: str | None
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    tokens: tuple[AdminToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    concurrency: int = 64
+    lease_seconds: int = 600
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    selector: str
+    private_key_file: Path
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str
+    dkim: DkimConfig | None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    store_url: str
+    listeners: tuple[ListenerConfig, ...]
+    limits: LimitsConfig
+    admin: AdminConfig
+    delivery: DeliveryConfig
+    upstreams: tuple[Upstream, ...]
+    domains: tuple[DomainConfig, ...]
+    sites: tuple[Site, ...]
+    credentials: tuple[Credential, ...]
+
+    def directory(self) -> Directory:
+        return Directory.of(self.sites, self.credentials, self.upstreams)
+
+
+def default_config_path() -> Path:
+    """``./config.yaml`` when it exists, else ``$RELAY_CONFIG``, else ``./config.yaml``."""
+    local = Path("config.yaml")
+    if local.exists():
+        return local
+    return Path(os.environ.get("RELAY_CONFIG", "config.yaml"))
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the file; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the file ({error.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            [f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})"]
+        ) from None
+    problems: list[str] = []
+    root = _Section(data if data is not None else {}, "", problems)
+    config = _parse(path, root)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+_MISSING: Any = object()
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Section:
+    """One mapping of the YAML with its path; accessors record problems instead of raising."""
+
+    def __init__(self, data: object, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        self.ok = isinstance(data, dict)
+        if not self.ok:
+            self.problem("must be a mapping of keys to values")
+        self._data: dict[str, Any] = data if isinstance(data, dict) else {}
+        self._used: set[str] = set()
+
+    def child(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, message: str, key: str | None = None) -> None:
+        where = self.child(key) if key is not None else (self.path or "(top level)")
+        self.problems.append(f"{where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        self._used.add(key)
+        if key not in self._data or self._data[key] is None:
+            if default is _MISSING:
+                self.problem("is required", key)
+            return None if default is _MISSING else default
+        return self._data[key]
+
+    def text(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is None or value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem("must be a string", key)
+            return None
+        value = str(value)
+        if "\r" in value or "\n" in value:
+            self.problem("must be a single line", key)
+            return None
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0) -> Any:
+        value = self.raw(key, default)
+        if value is None or value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem("must be a whole number", key)
+            return None
+        if value < minimum:
+            self.problem(f"must be at least {minimum}", key)
+            return None
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.problem("must be a positive number", key)
+            return default
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            self.problem("must be true or false", key)
+            return default
+        return value
+
+    def choice(self, key: str, enum: type[E], default: E) -> E:
+        value = self.raw(key, default)
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = " | ".join(e.value for e in enum)
+            self.problem(f"must be one of {allowed} (got {value!r})", key)
+            return default
+
+    def items(self, key: str) -> Iterator[tuple[int, Any]]:
+        value = self.raw(key, [])
+        if not isinstance(value, list):
+            self.problem("must be a list", key)
+            return
+        yield from enumerate(value)
+
+    def section(self, key: str, required: bool = False) -> _Section:
+        return _Section(self.raw(key, _MISSING if required else {}), self.child(key), self.problems)
+
+    def secret(self, key: str, required: bool = False) -> Secret | None:
+        """``key`` inline, ``key_env: VAR`` or ``key_file: PATH``; exactly one of them."""
+        given = [k for k in (key, f"{key}_env", f"{key}_file") if self.has(k)]
+        self._used.update({key, f"{key}_env", f"{key}_file"})
+        if len(given) > 1:
+            self.problem(f"give only one of {', '.join(given)}", key)
+            return None
+        if not given:
+            if required:
+                self.problem(f"is required (as {key}, {key}_env or {key}_file)", key)
+            return None
+        source = given[0]
+        value = self._data[source]
+        if not isinstance(value, str) or not value:
+            self.problem("must be a non-empty string", source)
+            return None
+        if source.endswith("_env"):
+            if value not in os.environ:
+                self.problem(f"environment variable {value} is not set", source)
+                return None
+            return Secret(os.environ[value])
+        if source.endswith("_file"):
+            try:
+                return Secret(Path(value).read_text(encoding="utf-8").strip())
+            except OSError as error:
+                self.problem(f"cannot read {value} ({error.strerror})", source)
+                return None
+        return Secret(value)
+
+    def finish(self) -> None:
+        for key in self._data:
+            if key not in self._used:
+                self.problem("unknown key", str(key))
+
+
+def _parse(path: Path, root: _Section) -> Config | None:
+    if not root.ok:
+        return None
+    server = _parse_server(root.section("server", required=True))
+    store = root.section("store")
+    store_url = store.text("url", f"sqlite+aiosqlite:///{server.data_dir / 'relay.db'}")
+    store.finish()
+    listeners = _parse_listeners(root)
+    limits = _parse_limits(root.section("limits"))
+    admin = _parse_admin(root.section("admin"))
+    delivery = _parse_delivery(root.section("delivery"))
+    upstreams = _parse_upstreams(root)
+    domains = _parse_domains(root)
+    sites, credentials = _parse_sites(root, {u.name for u in upstreams})
+    root.finish()
+    return Config(
+        path,
+        server,
+        store_url,
+        listeners,
+        limits,
+        admin,
+        delivery,
+        upstreams,
+        domains,
+        sites,
+        credentials,
+    )
+
+
+def _parse_server(s: _Section) -> ServerConfig:
+    hostname = s.text("hostname")
+    if hostname is not None and not _HOSTNAME.match(hostname):
+        s.problem(f"not a host name: {hostname!r}", "hostname")
+    data_dir = Path(s.text("data_dir", "./data"))
+    secret_key_file = Path(s.text("secret_key_file", str(data_dir / "secret.key")))
+    s.finish()
+    return ServerConfig(hostname or "localhost", data_dir, secret_key_file)
+
+
+def _unique(
+    s: _Section, key: str, index: int, value: str | None, seen: set[str], what: str
+) -> None:
+    if value is None:
+        return
+    if value in seen:
+        s.problem(f"duplicate {what} {value!r}", f"{key}[{index}]")
+    seen.add(value)
+
+
+def _name(s: _Section, key: str) -> str | None:
+    value: str | None = s.text(key)
+    if value is not None and not _NAME.match(value):
+        s.problem("use letters, digits, '.', '_' or '-' (at most 64)", key)
+        return None
+    return value
+
+
+def _existing_file(s: _Section, key: str) -> Path | None:
+    value = s.text(key, None)
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        s.problem(f"file not found: {value}", key)
+    return Path(value)
+
+
+def _parse_listeners(root: _Section) -> tuple[ListenerConfig, ...]:
+    listeners, names, count = [], set[str](), 0
+    for i, data in root.items("listeners"):
+        count += 1
+        s = _Section(data, root.child("listeners") + f"[{i}]", root.problems)
+        listener = _parse_listener(s)
+        if listener is not None:
+            _unique(root, "listeners", i, listener.name, names, "listener name")
+            listeners.append(listener)
+    if count == 0:
+        root.problem("at least one listener is required", "listeners")
+    return tuple(listeners)
+
+
+def _parse_listener(s: _Section) -> ListenerConfig | None:
+    name = _name(s, "name")
+    host = s.text("host", "127.0.0.1")
+    port = s.integer("port", minimum=0)  # 0: any free port (tests)
+    if port is not None and port > 65535:
+        s.problem("must be at most 65535", "port")
+    tls = s.choice("tls", TlsMode, TlsMode.STARTTLS)
+    cert_file, key_file = _existing_file(s, "cert_file"), _existing_file(s, "key_file")
+    if (cert_file is None) != (key_file is None):
+        s.problem("give both cert_file and key_file, or neither (a development certificate)")
+    auth = s.choice("auth", AuthMode, AuthMode.REQUIRED)
+    networks = []
+    for j, cidr in s.items("trusted_networks"):
+        try:
+            networks.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            s.problem(f"not a network (CIDR): {cidr!r}", f"trusted_networks[{j}]")
+    plaintext = s.boolean("allow_plaintext_auth", False)
+    s.finish()
+    if auth is AuthMode.REQUIRED and networks:
+        s.problem("trusted_networks has no effect with auth: required; use auth: optional")
+    if auth is AuthMode.NONE and not networks:
+        s.problem("auth: none needs trusted_networks, or nobody could send")
+    if auth is not AuthMode.NONE and tls is TlsMode.NONE and not plaintext:
+        s.problem("AUTH needs TLS: set tls: starttls|implicit, or allow_plaintext_auth: true")
+    if tls is not TlsMode.NONE and cert_file is None and not _is_loopback(host or ""):
+        s.problem("a listener beyond loopback needs cert_file and key_file")
+    if name is None or port is None or host is None:
+        return None
+    return ListenerConfig(
+        name, host, port, tls, cert_file, key_file, auth, tuple(networks), plaintext
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_limits(s: _Section) -> LimitsConfig:
+    d = LimitsConfig()
+    limits = LimitsConfig(
+        max_message_bytes=s.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
+        max_recipients=s.integer("max_recipients", d.max_recipients, minimum=1),
+        auth_max_failures=s.integer("auth_max_failures", d.auth_max_failures, minimum=1),
+        auth_failure_window_seconds=s.integer(
+            "auth_failure_window_seconds", d.auth_failure_window_seconds, minimum=1
+        ),
+    )
+    s.finish()
+    return limits if None not in vars(limits).values() else d
+
+
+def _parse_admin(s: _Section) -> AdminConfig:
+    d = AdminConfig()
+    host = s.text("host", d.host)
+    port = s.integer("port", d.port, minimum=0)
+    tokens, names = [], set[str]()
+    for i, data in s.items("tokens"):
+        t = _Section(data, s.child("tokens") + f"[{i}]", s.problems)
+        name = _name(t, "name")
+        _unique(s, "tokens", i, name, names, "token name")
+        secret = t.secret("token")
+        token_hash = t.text("token_hash", None)
+        if (secret is None) == (token_hash is None):
+            t.problem("give token (or token_env / token_file) or token_hash")
+        t.finish()
+        tokens.append(AdminToken(name or "", secret, token_hash))
+    s.finish()
+    return AdminConfig(host or d.host, port if port is not None else d.port, tuple(tokens))
+
+
+def _parse_delivery(s: _Section) -> DeliveryConfig:
+    d = DeliveryConfig()
+    b = d.backoff
+    config = DeliveryConfig(
+        concurrency=s.integer("concurrency", d.concurrency, minimum=1) or d.concurrency,
+        lease_seconds=s.integer("lease_seconds", d.lease_seconds, minimum=30) or d.lease_seconds,
+        backoff=BackoffPolicy(
+            first_delay=s.number("retry_first_seconds", b.first_delay),
+            max_delay=s.number("retry_max_seconds", b.max_delay),
+            max_age=s.number("max_age_seconds", b.max_age),
+        ),
+    )
+    s.finish()
+    return config
+
+
+_DEFAULT_PORTS = {TlsMode.NONE: 25, TlsMode.STARTTLS: 587, TlsMode.IMPLICIT: 465}
+
+
+def _parse_upstreams(root: _Section) -> tuple[Upstream, ...]:
+    upstreams, names = [], set[str]()
+    for i, data in root.items("upstreams"):
+        s = _Section(data, root.child("upstreams") + f"[{i}]", root.problems)
+        upstream = _parse_upstream(s)
+        if upstream is not None:
+            _unique(root, "upstreams", i, upstream.name, names, "upstream name")
+            upstreams.append(upstream)
+    return tuple(upstreams)
+
+
+def _parse_upstream(s: _Section) -> Upstream | None:
+    name = _name(s, "name")
+    kind = s.choice("kind", UpstreamKind, UpstreamKind.SMTP)
+    smtp = kind is UpstreamKind.SMTP
+    host = s.text("host") if smtp else s.text("host", None)
+    tls = s.choice("tls", TlsMode, TlsMode.STARTTLS)
+    port = s.integer("port", _DEFAULT_PORTS[tls], minimum=1)
+    username = s.text("username", None)
+    password = s.secret("password")
+    if password is not None and username is None:
+        s.problem("a password needs a username", "password")
+    path = s.text("path") if not smtp else s.text("path", None)
+    upstream = Upstream(
+        name=name or "",
+        kind=kind,
+        host=host,
+        port=port,
+        tls=tls,
+        verify_tls=s.boolean("verify_tls", True),
+        ca_file=str(ca_file) if (ca_file := _existing_file(s, "ca_file")) else None,
+        username=username,
+        password=password,
+        path=path,
+        priority=s.integer("priority", 100),
+        active=s.boolean("active", True),
+        rate_per_minute=s.integer("rate_per_minute", None, minimum=1),
+        daily_limit=s.integer("daily_limit", None, minimum=1),
+        monthly_limit=s.integer("monthly_limit", None, minimum=1),
+        max_connections=s.integer("max_connections", 4, minimum=1),
+        timeout_seconds=s.number("timeout_seconds", 60.0),
+    )
+    s.finish()
+    return upstream if name is not None else None
+
+
+def _parse_domains(root: _Section) -> tuple[DomainConfig, ...]:
+    domains, names = [], set[str]()
+    for i, data in root.items("domains"):
+        s = _Section(data, root.child("domains") + f"[{i}]", root.problems)
+        name = s.text("name")
+        if name is not None and not _HOSTNAME.match(name):
+            s.problem(f"not a domain name: {name!r}", "name")
+        _unique(root, "domains", i, name and name.lower(), names, "domain")
+        dkim = None
+        if s.has("dkim"):
+            d = s.section("dkim")
+            selector = d.text("selector")
+            key_file = _existing_file(d, "private_key_file")
+            if key_file is None and not d.has("private_key_file"):
+                d.problem("is required", "private_key_file")
+            d.finish()
+            if selector is not None and key_file is not None:
+                dkim = DkimConfig(selector, key_file)
+        s.finish()
+        if name is not None:
+            domains.append(DomainConfig(name.lower(), dkim))
+    return tuple(domains)
+
+
+def _parse_sites(
+    root: _Section, upstream_names: set[str]
+) -> tuple[tuple[Site, ...], tuple[Credential, ...]]:
+    sites, credentials = [], []
+    ids, usernames = set[str](), set[str]()
+    for i, data in root.items("sites"):
+        s = _Section(data, root.child("sites") + f"[{i}]", root.problems)
+        site = _parse_site(s, upstream_names)
+        for j, cdata in s.items("credentials"):
+            c = _Section(cdata, s.child("credentials") + f"[{j}]", s.problems)
+            username = c.text("username")
+            _unique(s, "credentials", j, username, usernames, "username (across all sites)")
+            password_hash = c.text("password_hash")
+            if password_hash is not None and not is_password_hash(password_hash):
+                c.problem(
+                    "not a password hash; make one with `relay hash-password`", "password_hash"
+                )
+            c.finish()
+            if site is not None and username is not None and password_hash is not None:
+                credentials.append(Credential(username, password_hash, site.id))
+        s.finish()
+        if site is not None:
+            _unique(root, "sites", i, site.id, ids, "site id")
+            sites.append(site)
+    return tuple(sites), tuple(credentials)
+
+
+def _address(s: _Section, key: str, default: Any = _MISSING) -> str | None:
+    value: str | None = s.text(key, default)
+    if value is not None and not is_address(value):
+        s.problem("not an email address", key)
+        return None
+    return value
+
+
+def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
+    site_id = _name(s, "id")
+    name = s.text("name", site_id)
+    sender = s.section("from", required=True)
+    from_email = _address(sender, "email")
+    from_name = sender.text("name", None)
+    sender.finish()
+    reply_to, reply_to_address = ReplyTo.ORIGINAL, None
+    reply_to_text = s.text("reply_to", "original")
+    if reply_to_text in ("original", "none"):
+        reply_to = ReplyTo(reply_to_text)
+    elif reply_to_text is not None:
+        reply_to, reply_to_address = ReplyTo.ADDRESS, _address(s, "reply_to")
+    senders = []
+    for j, pattern in s.items("senders"):
+        if not isinstance(pattern, str) or not is_sender_pattern(pattern):
+            s.problem("not an address pattern such as *@shop.example.com", f"senders[{j}]")
+        else:
+            senders.append(pattern.lower())
+    upstreams = []
+    for j, upstream in s.items("upstreams"):
+        if upstream not in upstream_names:
+            s.problem(f"unknown upstream {upstream!r}", f"upstreams[{j}]")
+        else:
+            upstreams.append(str(upstream))
+    site = Site(
+        id=site_id or "",
+        name=name or "",
+        from_email=from_email or "",
+        from_name=from_name,
+        reply_to=reply_to,
+        reply_to_address=reply_to_address,
+        senders=tuple(senders),
+        upstreams=tuple(upstreams),
+        bounce_address=_address(s, "bounce_address", None),
+        rate_per_minute=s.integer("rate_per_minute", None, minimum=1),
+        daily_limit=s.integer("daily_limit", None, minimum=1),
+        monthly_limit=s.integer("monthly_limit", None, minimum=1),
+    )
+    if site_id is None or from_email is None:
+        return None
+    return site

@@ -1,0 +1,1 @@
+"""The relay's pure core: decisions and value objects, no I/O, no asyncio."""

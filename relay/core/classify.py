@@ -1,0 +1,92 @@
+"""What an upstream's answer means for each recipient: sent, retry elsewhere, or failed.
+
+The one place that turns (stage, reply or transport error) into a decision,
+as Postfix keeps its defer-or-bounce policy in smtp_trouble.c:
+
+- a transport error (refused, reset, timeout, TLS) at any stage: retry;
+- any reply before MAIL (greeting, EHLO, STARTTLS, AUTH), even 5xx: retry,
+  because it says the upstream is unusable, not that the message is bad;
+- MAIL: 4xx retry, 5xx fails every recipient;
+- RCPT: per recipient, 4xx retry, 5xx fails that recipient;
+- DATA: applies to the recipients the upstream accepted at RCPT.
+
+"Retry" means the next upstream of the route at once, then backoff.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from relay.core.model import SmtpReply
+
+
+class Stage(enum.StrEnum):
+    CONNECT = "connect"
+    TLS = "tls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TransactionResult:
+    """Everything one upstream said to one transaction, as data."""
+
+    stage: Stage  # the last stage reached
+    reply: SmtpReply | None = None  # the reply that ended it (the DATA reply on success)
+    recipient_replies: Mapping[str, SmtpReply] = field(default_factory=dict)
+    transport_error: str | None = None  # refused, reset, timeout, TLS: no reply to judge
+
+    @property
+    def summary(self) -> str:
+        if self.transport_error is not None:
+            return f"{self.stage}: {self.transport_error}"
+        return f"{self.stage}: {self.reply.render()}" if self.reply else str(self.stage)
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    outcome: Outcome
+    reply: SmtpReply | None
+    detail: str
+
+
+_BEFORE_MAIL = frozenset({Stage.CONNECT, Stage.TLS, Stage.AUTH})
+
+
+def classify(result: TransactionResult, recipients: Sequence[str]) -> dict[str, RecipientOutcome]:
+    if result.transport_error is not None or result.stage in _BEFORE_MAIL or result.reply is None:
+        return dict.fromkeys(
+            recipients, RecipientOutcome(Outcome.RETRY, result.reply, result.summary)
+        )
+    if result.stage is Stage.MAIL:
+        return dict.fromkeys(recipients, _judge(result.reply, result.summary))
+    outcomes: dict[str, RecipientOutcome] = {}
+    for recipient in recipients:
+        rcpt_reply = result.recipient_replies.get(recipient)
+        if rcpt_reply is None:  # never reached RCPT for this one
+            outcomes[recipient] = RecipientOutcome(Outcome.RETRY, None, result.summary)
+        elif not rcpt_reply.is_success:
+            outcomes[recipient] = _judge(rcpt_reply, f"rcpt: {rcpt_reply.render()}")
+        elif result.stage is Stage.DATA:
+            outcomes[recipient] = _judge(result.reply, result.summary)
+        else:  # accepted at RCPT but the transaction stopped before DATA
+            outcomes[recipient] = RecipientOutcome(Outcome.RETRY, result.reply, result.summary)
+    return outcomes
+
+
+def _judge(reply: SmtpReply, detail: str) -> RecipientOutcome:
+    if reply.is_success:
+        return RecipientOutcome(Outcome.SENT, reply, detail)
+    if reply.is_permanent:
+        return RecipientOutcome(Outcome.FAILED, reply, detail)
+    return RecipientOutcome(Outcome.RETRY, reply, detail)

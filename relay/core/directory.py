@@ -1,0 +1,49 @@
+"""The live set of sites, credentials and upstreams, indexed for lookups.
+
+Built from the configuration (and later the store); replaced as a whole on
+reload, so a session always sees one consistent version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from relay.core.addresses import sender_matches
+from relay.core.model import Credential, Site, Upstream
+
+
+@dataclass(frozen=True)
+class Directory:
+    sites: tuple[Site, ...]
+    credentials: tuple[Credential, ...]
+    upstreams: tuple[Upstream, ...]
+    _sites: dict[str, Site] = field(init=False, repr=False, compare=False)
+    _credentials: dict[str, Credential] = field(init=False, repr=False, compare=False)
+    _upstreams: dict[str, Upstream] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_sites", {s.id: s for s in self.sites})
+        object.__setattr__(self, "_credentials", {c.username: c for c in self.credentials})
+        object.__setattr__(self, "_upstreams", {u.name: u for u in self.upstreams})
+
+    @classmethod
+    def of(
+        cls, sites: Iterable[Site], credentials: Iterable[Credential], upstreams: Iterable[Upstream]
+    ) -> Directory:
+        return cls(tuple(sites), tuple(credentials), tuple(upstreams))
+
+    def site(self, site_id: str) -> Site | None:
+        return self._sites.get(site_id)
+
+    def credential(self, username: str) -> Credential | None:
+        return self._credentials.get(username)
+
+    def upstream(self, name: str) -> Upstream | None:
+        return self._upstreams.get(name)
+
+    def site_for_sender(self, address: str) -> Site | None:
+        """The first site (in configuration order) whose `senders` match the address."""
+        return next(
+            (s for s in self.sites if s.senders and sender_matches(address, s.senders)), None
+        )

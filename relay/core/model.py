@@ -1,0 +1,195 @@
+"""Value objects shared by every layer: sites, upstreams, replies, messages.
+
+All are frozen: the configuration is parsed once into them, and a reload
+builds new ones rather than mutating the old.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+
+class Secret:
+    """A secret string whose repr never shows it (logs, tracebacks, debuggers)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class TlsMode(enum.StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+
+
+class AuthMode(enum.StrEnum):
+    REQUIRED = "required"  # every session must AUTH
+    OPTIONAL = "optional"  # AUTH offered; trusted networks may skip it
+    NONE = "none"  # no AUTH; only trusted networks may send
+
+
+class UpstreamKind(enum.StrEnum):
+    SMTP = "smtp"
+    FILE = "file"
+
+
+class ReplyTo(enum.StrEnum):
+    ORIGINAL = "original"
+    NONE = "none"
+    ADDRESS = "address"
+
+
+@dataclass(frozen=True)
+class Credential:
+    username: str
+    password_hash: str
+    site_id: str
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    from_email: str
+    from_name: str | None = None
+    reply_to: ReplyTo = ReplyTo.ORIGINAL
+    reply_to_address: str | None = None  # when reply_to is ADDRESS
+    senders: tuple[str, ...] = ()  # fnmatch patterns, lower case
+    upstreams: tuple[str, ...] = ()  # ordered failover list; empty = all active
+    bounce_address: str | None = None  # envelope MAIL FROM; defaults to from_email
+    rate_per_minute: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    managed_by_file: bool = True
+
+    @property
+    def envelope_sender(self) -> str:
+        return self.bounce_address or self.from_email
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    kind: UpstreamKind
+    host: str | None = None
+    port: int | None = None
+    tls: TlsMode = TlsMode.STARTTLS
+    verify_tls: bool = True
+    ca_file: str | None = None  # trust this CA bundle instead of the system's
+    username: str | None = None
+    password: Secret | None = None
+    path: str | None = None  # kind: file
+    priority: int = 100
+    active: bool = True
+    rate_per_minute: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    max_connections: int = 4
+    timeout_seconds: float = 60.0
+    managed_by_file: bool = True
+
+
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    """One SMTP reply: code, and text that may start with an enhanced status (RFC 3463)."""
+
+    code: int
+    text: str
+
+    @property
+    def enhanced(self) -> str | None:
+        match = _ENHANCED.match(self.text)
+        return match.group(1) if match else None
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def render(self) -> str:
+        """The reply as one SMTP line (multi-line texts are joined)."""
+        return f"{self.code} {' '.join(self.text.split())}"
+
+
+class MessageStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its first or next attempt
+    DEFERRED = "deferred"  # tried, temporary failure, waiting for backoff
+    SENT = "sent"  # every recipient accepted by an upstream
+    FAILED = "failed"  # every recipient failed permanently
+    PARTIAL = "partial"  # final: some recipients sent, some failed
+
+
+class RecipientStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message accepted at ingress, rewritten, ready to be stored."""
+
+    id: str
+    site_id: str
+    username: str | None
+    client_ip: str
+    original_sender: str
+    envelope_sender: str
+    recipients: tuple[str, ...]
+    content: bytes
+    original_headers: bytes
+    subject: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A claimed message as the delivery worker sees it."""
+
+    id: str
+    site_id: str
+    envelope_sender: str
+    pending_recipients: tuple[str, ...]
+    content: bytes
+    created_at: float
+    attempt_count: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try to hand a message to one upstream."""
+
+    upstream: str
+    started_at: float
+    duration: float
+    reply: SmtpReply | None
+    outcome: str
+    recipients: tuple[str, ...] = field(default=())

@@ -1,0 +1,105 @@
+"""Who may send what: the ingress decisions, as verdict values.
+
+Every check answers ``Accept``, ``Reject(reply)`` (permanent, 5xx) or
+``TempFail(reply)`` (4xx: the client should retry). Only the SMTP view turns
+a reply into text on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from relay.core.addresses import is_address, sender_matches
+from relay.core.directory import Directory
+from relay.core.model import Site, SmtpReply
+
+NULL_SENDER = "<>"
+
+
+@dataclass(frozen=True)
+class Accept:
+    pass
+
+
+@dataclass(frozen=True)
+class Reject:
+    reply: SmtpReply
+
+
+@dataclass(frozen=True)
+class TempFail:
+    reply: SmtpReply
+
+
+Verdict = Accept | Reject | TempFail
+ACCEPT = Accept()
+
+# RFC 4954 section 6 and RFC 3463 for the enhanced codes.
+AUTH_REQUIRED = Reject(SmtpReply(530, "5.7.0 Authentication required"))
+AUTH_INVALID = SmtpReply(535, "5.7.8 Authentication credentials invalid")
+AUTH_THROTTLED = SmtpReply(454, "4.7.0 Too many failed authentication attempts; try again later")
+AUTH_SUCCEEDED = SmtpReply(235, "2.7.0 Authentication successful")
+LOCAL_ERROR = TempFail(SmtpReply(451, "4.3.0 Local error in processing; try again later"))
+BARE_LINE_ENDING = Reject(
+    SmtpReply(
+        554, "5.6.0 Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"
+    )
+)
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What the session has established before MAIL."""
+
+    site_id: str | None  # from AUTH
+    trusted: bool  # client address in the listener's trusted_networks
+
+
+def identify_site(facts: SessionFacts, sender: str, directory: Directory) -> Site | Reject:
+    """The site a transaction belongs to, or why it may not send at all.
+
+    Never an open relay: a session that neither authenticated nor comes from
+    a trusted network is refused whatever the addresses are.
+    """
+    if facts.site_id is not None:
+        site = directory.site(facts.site_id)
+        if site is None:  # the credential's site was removed by a reload
+            return AUTH_REQUIRED
+        if site.senders and not sender_matches(sender, site.senders):
+            return Reject(SmtpReply(550, f"5.7.1 Sender <{sender}> not allowed for site {site.id}"))
+        return site
+    if not facts.trusted:
+        return AUTH_REQUIRED
+    site = directory.site_for_sender(sender) if sender != NULL_SENDER else None
+    if site is None:
+        return Reject(SmtpReply(550, f"5.7.1 Sender <{sender}> belongs to no site on this relay"))
+    return site
+
+
+def check_sender_syntax(sender: str) -> Verdict:
+    if sender == NULL_SENDER or is_address(sender):
+        return ACCEPT
+    return Reject(SmtpReply(553, f"5.1.7 Sender address <{sender}> is not a valid address"))
+
+
+def check_recipient(address: str, accepted_so_far: int, max_recipients: int) -> Verdict:
+    if accepted_so_far >= max_recipients:
+        # RFC 5321 section 4.5.3.1.10: 452 lets the client send the rest later.
+        return TempFail(SmtpReply(452, f"4.5.3 Too many recipients (at most {max_recipients})"))
+    if not is_address(address):
+        return Reject(
+            SmtpReply(
+                553, f"5.1.3 Recipient <{address}> is not a valid address (no routing syntax)"
+            )
+        )
+    return ACCEPT
+
+
+def check_content(content: bytes, max_bytes: int) -> Verdict:
+    if len(content) > max_bytes:
+        return Reject(SmtpReply(552, f"5.3.4 Message too big (at most {max_bytes} bytes)"))
+    if _BARE_CR_OR_LF.search(content):
+        return BARE_LINE_ENDING
+    return ACCEPT

@@ -1,0 +1,196 @@
+"""Accepting mail: authenticate, identify the site, rewrite, and queue durably.
+
+Callable without aiosmtpd (the HTTP ingestion of a later issue uses the same
+path). ``accept`` answers only after the message and its recipients are
+committed: the caller may then say 250, and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.config import LimitsConfig
+from relay.core import headers
+from relay.core.directory import Directory
+from relay.core.ids import new_message_id
+from relay.core.model import Credential, NewMessage, Site, SmtpReply
+from relay.core.passwords import hash_password, verify_password
+from relay.core.policy import (
+    AUTH_INVALID,
+    AUTH_THROTTLED,
+    LOCAL_ERROR,
+    Reject,
+    SessionFacts,
+    TempFail,
+    Verdict,
+    check_content,
+    check_recipient,
+    check_sender_syntax,
+    identify_site,
+)
+from relay.core.throttle import FailureThrottle
+from relay.metrics import Metrics
+from relay.queue_database import insert_messages
+from relay.store import GroupWriter
+
+log = logging.getLogger(__name__)
+_DUMMY_HASH = hash_password("no such user", salt=b"relay-dummy-salt")
+_VERIFIED_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Queued:
+    message_id: str
+
+    @property
+    def reply(self) -> SmtpReply:
+        return SmtpReply(250, f"2.0.0 queued as {self.message_id}")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One transaction as the ingress saw it, whatever the protocol."""
+
+    site: Site
+    username: str | None
+    client_ip: str
+    helo: str
+    protocol: str  # for Received: ESMTP, ESMTPS, ESMTPSA (RFC 3848)
+    sender: str
+    recipients: tuple[str, ...]
+    content: bytes
+
+
+class IngressController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        directory: Callable[[], Directory],
+        hostname: str,
+        limits: LimitsConfig,
+        metrics: Metrics,
+        on_queued: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._writer = writer
+        self._directory = directory
+        self._hostname = hostname
+        self._limits = limits
+        self._metrics = metrics
+        self._on_queued = on_queued
+        self._clock = clock
+        self._throttle = FailureThrottle(
+            limits.auth_max_failures, limits.auth_failure_window_seconds
+        )
+        # Successful (username, hash, HMAC of password) triples: clients that log in on
+        # every message (PHPMailer does) skip the scrypt cost; a changed hash misses.
+        self._cache_key = os.urandom(32)
+        self._verified: dict[tuple[str, str, bytes], None] = {}
+
+    async def authenticate(
+        self, username: str, password: str, client_ip: str
+    ) -> Credential | SmtpReply:
+        now = self._clock()
+        keys = (f"ip:{client_ip}", f"user:{username}")
+        if any(self._throttle.is_blocked(key, now) for key in keys):
+            self._metrics.auth_failures.labels("throttled").inc()
+            log.warning("AUTH throttled for %s (user %r)", client_ip, username)
+            return AUTH_THROTTLED
+        credential = self._directory().credential(username)
+        if credential is None:
+            # Spend what a real check costs, so timing does not reveal which names exist.
+            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+        elif await self._verify(credential, password):
+            self._throttle.record_success(keys[1])
+            return credential
+        for key in keys:
+            self._throttle.record_failure(key, now)
+        self._metrics.auth_failures.labels("invalid").inc()
+        log.warning("AUTH failed from %s for user %r", client_ip, username)
+        return AUTH_INVALID
+
+    async def _verify(self, credential: Credential, password: str) -> bool:
+        digest = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
+        key = (credential.username, credential.password_hash, digest)
+        if key in self._verified:
+            return True
+        if not await asyncio.to_thread(verify_password, password, credential.password_hash):
+            return False
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[key] = None
+        return True
+
+    def begin(self, facts: SessionFacts, sender: str) -> Site | Reject:
+        """MAIL FROM: which site this transaction belongs to, or why not."""
+        verdict = check_sender_syntax(sender)
+        if isinstance(verdict, Reject):
+            return verdict
+        return identify_site(facts, sender, self._directory())
+
+    def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
+        return check_recipient(address, accepted_so_far, self._limits.max_recipients)
+
+    async def accept(self, submission: Submission) -> Queued | Reject | TempFail:
+        verdict = check_content(submission.content, self._limits.max_message_bytes)
+        if isinstance(verdict, Reject | TempFail):
+            return verdict
+        message = self._prepare(submission)
+        try:
+            await self._writer.write(lambda c: insert_messages(c, [message]))
+        except Exception:
+            log.exception("message %s site %s: could not be stored", message.id, message.site_id)
+            return LOCAL_ERROR
+        self._metrics.accepted.labels(message.site_id).inc()
+        log.info(
+            "message %s site %s: queued from %s for %d recipients, %d bytes",
+            message.id,
+            message.site_id,
+            submission.client_ip,
+            len(message.recipients),
+            len(message.content),
+        )
+        self._on_queued()
+        return Queued(message.id)
+
+    def _prepare(self, s: Submission) -> NewMessage:
+        now = self._clock()
+        message_id = new_message_id(now, os.urandom(10))
+        received = headers.received_field(
+            helo=s.helo,
+            client_ip=s.client_ip,
+            hostname=self._hostname,
+            protocol=s.protocol,
+            message_id=message_id,
+            now=now,
+        )
+        content, original = headers.rewrite(
+            s.content,
+            [
+                headers.RemoveBcc(),
+                headers.RewriteFrom(s.site),
+                headers.AddMissing(message_id, self._hostname, now),
+                headers.PrependReceived(received),
+            ],
+        )
+        subject = headers.first(original, "subject")
+        return NewMessage(
+            id=message_id,
+            site_id=s.site.id,
+            username=s.username,
+            client_ip=s.client_ip,
+            original_sender=s.sender,
+            envelope_sender=s.site.envelope_sender,
+            recipients=s.recipients,
+            content=content,
+            original_headers=b"".join(f.raw for f in original),
+            subject=headers.decoded_text(subject.value) if subject else "",
+            created_at=now,
+        )

@@ -1,0 +1,17 @@
+"""Logging setup: one line per event to stderr (journald and Docker collect it)."""
+
+from __future__ import annotations
+
+import logging
+
+
+def configure(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aiosmtpd logs every command line at INFO; keep it quiet, and drop its
+    # deprecation notice that every successful AUTH would otherwise print.
+    aiosmtpd_log = logging.getLogger("mail.log")
+    aiosmtpd_log.setLevel(logging.WARNING)
+    aiosmtpd_log.addFilter(lambda record: "login_data is deprecated" not in record.getMessage())

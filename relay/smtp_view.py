@@ -1,0 +1,159 @@
+"""The aiosmtpd handler: SMTP commands in, controller calls, reply lines out.
+
+AUTH is verified by awaited ``auth_PLAIN`` / ``auth_LOGIN`` hooks (the
+password hash is checked in a thread), never by aiosmtpd's synchronous
+``authenticator`` callback. Our own failures answer 451, never 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from base64 import b64decode
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+
+from relay.config import ListenerConfig
+from relay.core.model import Credential, Site, SmtpReply
+from relay.core.policy import AUTH_SUCCEEDED, LOCAL_ERROR, Accept, Reject, SessionFacts
+from relay.ingress_controller import IngressController, Queued, Submission
+from relay.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the site that MAIL FROM identified."""
+
+    site: Site | None = None
+
+
+class SmtpHandler:
+    def __init__(
+        self, listener: ListenerConfig, ingress: IngressController, metrics: Metrics
+    ) -> None:
+        self._listener = listener
+        self._ingress = ingress
+        self._metrics = metrics
+
+    # -- EHLO: AUTH is never advertised on an `auth: none` listener.
+
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self._listener.offers_auth:
+            responses = [r for r in responses if not r[4:].startswith("AUTH")]
+        return responses
+
+    # -- AUTH (RFC 4954, RFC 4616); aiosmtpd calls these instead of its built-ins.
+
+    async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            blob = _b64(args[1])
+        parts = blob.split(b"\x00") if blob is not None else []
+        if len(parts) != 3:
+            return AuthResult(success=False, message="501 5.5.2 Cannot decode AUTH PLAIN response")
+        return await self._authenticate(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            username = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            if username is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            username = _b64(args[1])
+            if username is None:
+                return AuthResult(
+                    success=False, message="501 5.5.2 Cannot decode AUTH LOGIN response"
+                )
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, username, password)
+
+    async def _authenticate(self, server: Any, username: bytes, password: bytes) -> AuthResult:
+        try:
+            name, secret = username.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(
+                success=False, message="501 5.5.2 Username and password must be UTF-8"
+            )
+        result = await self._ingress.authenticate(name, secret, _client_ip(server.session))
+        if isinstance(result, Credential):
+            return AuthResult(success=True, auth_data=result, message=AUTH_SUCCEEDED.render())
+        return AuthResult(success=False, message=result.render())
+
+    # -- The transaction.
+
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        credential = session.auth_data if session.authenticated else None
+        facts = SessionFacts(
+            site_id=credential.site_id if isinstance(credential, Credential) else None,
+            trusted=self._listener.is_trusted(_client_ip(session)),
+        )
+        site = self._ingress.begin(facts, address)
+        if isinstance(site, Reject):
+            return self._refuse("mail", site.reply)
+        assert isinstance(envelope, RelayEnvelope)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.site = site
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        verdict = self._ingress.add_recipient(address, len(envelope.rcpt_tos))
+        if not isinstance(verdict, Accept):
+            return self._refuse("rcpt", verdict.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope, RelayEnvelope)
+        assert envelope.site and envelope.mail_from and envelope.original_content is not None
+        credential = session.auth_data if session.authenticated else None
+        tls = session.ssl is not None or server.implicit_tls
+        submission = Submission(
+            site=envelope.site,
+            username=credential.username if isinstance(credential, Credential) else None,
+            client_ip=_client_ip(session),
+            helo=session.host_name or "",
+            protocol="ESMTP" + ("S" if tls else "") + ("A" if credential else ""),
+            sender=envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            content=envelope.original_content,
+        )
+        result = await self._ingress.accept(submission)
+        if isinstance(result, Queued):
+            return result.reply.render()
+        return self._refuse("data", result.reply)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never 5xx for our own bug, and never the exception text on the wire.
+        log.error("SMTP session error: %s", type(error).__name__, exc_info=error)
+        return LOCAL_ERROR.reply.render()
+
+    def _refuse(self, stage: str, reply: SmtpReply) -> str:
+        self._metrics.rejected.labels(stage, f"{reply.code // 100}xx").inc()
+        return reply.render()
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        return None
+
+
+def _client_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)

@@ -1,0 +1,108 @@
+"""The database schema (SQLAlchemy Core). Migrations in ``migrations/`` create it.
+
+Times are UNIX seconds as floats: portable between SQLite and PostgreSQL and
+cheap to compare in the claim query.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("site_id", sa.String(64), nullable=False, index=True),
+    sa.Column("username", sa.String(128)),
+    sa.Column("client_ip", sa.String(64), nullable=False),
+    sa.Column("original_sender", sa.Text, nullable=False),
+    sa.Column("envelope_sender", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False, server_default=""),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),  # as it goes out
+    sa.Column("original_headers", sa.LargeBinary, nullable=False),  # as the site sent them
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("leased_until", sa.Float),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_messages_due", "status", "next_attempt_at"),
+)
+
+recipients = sa.Table(
+    "recipients",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        sa.String(32),
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("upstream", sa.String(64)),
+    sa.Column("reply_code", sa.Integer),
+    sa.Column("reply_text", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        sa.String(32),
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("upstream", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration", sa.Float, nullable=False),
+    sa.Column("reply_code", sa.Integer),
+    sa.Column("reply_text", sa.Text),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+)
+
+# Objects created through the admin API (a later issue) live here; objects
+# from the YAML file never do.
+sites = sa.Table(
+    "sites",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+site_credentials = sa.Table(
+    "site_credentials",
+    metadata,
+    sa.Column("username", sa.String(128), primary_key=True),
+    sa.Column(
+        "site_id", sa.String(64), sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+upstreams = sa.Table(
+    "upstreams",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("password_encrypted", sa.LargeBinary),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("deleted_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

@@ -1,0 +1,245 @@
+"""Clients that hand messages to upstreams: SMTP (aiosmtplib, pooled) and local files.
+
+Both answer ``send()`` with a TransactionResult, never an exception: every
+aiosmtplib, ssl and OS error is translated here, at this one edge, into a
+stage plus either the upstream's reply or a transport error text. TLS is
+never silently dropped: an upstream configured for STARTTLS that does not
+offer it fails at the TLS stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from relay.core.classify import Stage, TransactionResult
+from relay.core.model import SmtpReply, TlsMode, Upstream, UpstreamKind
+
+IDLE_SECONDS = 30.0  # reuse a connection only this long after its last message
+
+
+class UpstreamClient(Protocol):
+    async def send(
+        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
+    ) -> TransactionResult: ...
+
+    async def close(self) -> None: ...
+
+
+def make_client(upstream: Upstream, local_hostname: str) -> UpstreamClient:
+    if upstream.kind is UpstreamKind.FILE:
+        return FileUpstreamClient(upstream)
+    return SmtpUpstreamClient(upstream, local_hostname)
+
+
+class _Failed(Exception):
+    def __init__(self, result: TransactionResult) -> None:
+        self.result = result
+
+
+def _reply(error: aiosmtplib.SMTPResponseException) -> SmtpReply:
+    return SmtpReply(error.code, error.message)
+
+
+def _describe(error: BaseException, timeout: float) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return f"timed out after {timeout:g}s"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, aiosmtplib.SMTPConnectError) and isinstance(
+        error.__cause__, BaseException
+    ):
+        return _describe(error.__cause__, timeout)
+    text = str(error) or type(error).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class SmtpUpstreamClient:
+    """Connections to one SMTP upstream, at most ``max_connections``, reused while fresh."""
+
+    def __init__(self, upstream: Upstream, local_hostname: str) -> None:
+        self.upstream = upstream
+        self._local_hostname = local_hostname
+        self._slots = asyncio.Semaphore(upstream.max_connections)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._tls_context = self._make_tls_context()
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.upstream.ca_file)
+        if not self.upstream.verify_tls:  # the operator's explicit, per-upstream choice
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def send(
+        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
+    ) -> TransactionResult:
+        async with self._slots:
+            smtp = self._take_idle()
+            if smtp is not None:
+                result = await self._transaction(smtp, sender, recipients, content)
+                stale = result.transport_error is not None and result.stage is Stage.MAIL
+                if not stale:
+                    self._keep_or_close(smtp, result)
+                    return result
+                smtp.close()  # the upstream closed it while idle: one fresh try
+            try:
+                smtp = await self._connect()
+            except _Failed as failed:
+                return failed.result
+            result = await self._transaction(smtp, sender, recipients, content)
+            self._keep_or_close(smtp, result)
+            return result
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and now - since < IDLE_SECONDS:
+                return smtp
+            smtp.close()
+        return None
+
+    def _keep_or_close(self, smtp: aiosmtplib.SMTP, result: TransactionResult) -> None:
+        if result.transport_error is None and smtp.is_connected:
+            self._idle.append((smtp, time.monotonic()))
+        else:
+            smtp.close()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        u = self.upstream
+        smtp = aiosmtplib.SMTP(
+            hostname=u.host,
+            port=u.port,
+            use_tls=u.tls is TlsMode.IMPLICIT,
+            start_tls=False,
+            tls_context=self._tls_context,
+            local_hostname=self._local_hostname,
+            timeout=u.timeout_seconds,
+        )
+        stage = Stage.TLS if u.tls is TlsMode.IMPLICIT else Stage.CONNECT
+        try:
+            await smtp.connect()
+            stage = Stage.CONNECT
+            await smtp.ehlo()
+            if u.tls is TlsMode.STARTTLS:
+                stage = Stage.TLS
+                await smtp.starttls()
+            if u.username:
+                stage = Stage.AUTH
+                password = u.password.reveal() if u.password else ""
+                await smtp.login(u.username, password)
+        except aiosmtplib.SMTPResponseException as error:
+            smtp.close()
+            raise _Failed(TransactionResult(stage, _reply(error))) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            smtp.close()
+            if isinstance(error, ssl.SSLError) or isinstance(error.__cause__, ssl.SSLError):
+                stage = Stage.TLS
+            raise _Failed(
+                TransactionResult(stage, transport_error=_describe(error, u.timeout_seconds))
+            ) from None
+        return smtp
+
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], content: bytes
+    ) -> TransactionResult:
+        stage = Stage.MAIL
+        replies: dict[str, SmtpReply] = {}
+        try:
+            options = (
+                ["BODY=8BITMIME"]
+                if not content.isascii() and smtp.supports_extension("8bitmime")
+                else []
+            )
+            await smtp.mail(sender, options=options)
+            stage = Stage.RCPT
+            for recipient in recipients:
+                try:
+                    response = await smtp.rcpt(recipient)
+                    replies[recipient] = SmtpReply(response.code, response.message)
+                except aiosmtplib.SMTPRecipientRefused as refused:
+                    replies[recipient] = _reply(refused)
+            if not any(reply.is_success for reply in replies.values()):
+                await smtp.rset()
+                return TransactionResult(Stage.RCPT, next(reversed(replies.values())), replies)
+            stage = Stage.DATA
+            response = await smtp.data(content)
+            return TransactionResult(
+                Stage.DATA, SmtpReply(response.code, response.message), replies
+            )
+        except aiosmtplib.SMTPResponseException as error:
+            if smtp.is_connected:
+                await self._reset(smtp)
+            return TransactionResult(stage, _reply(error), replies)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            smtp.close()
+            return TransactionResult(
+                stage, None, replies, _describe(error, self.upstream.timeout_seconds)
+            )
+
+    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            try:
+                await asyncio.wait_for(smtp.quit(), timeout=5)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                smtp.close()
+
+
+class FileUpstreamClient:
+    """Writes each message to ``<path>/<message id>.eml`` (for local development).
+
+    The file starts with Return-Path and X-Relay-Recipients so the envelope is
+    visible; it is written to a temporary name, fsynced, then renamed, so a
+    reader never sees half a message and a retry simply overwrites it.
+    """
+
+    def __init__(self, upstream: Upstream) -> None:
+        assert upstream.path is not None
+        self.upstream = upstream
+        self._directory = Path(upstream.path)
+
+    async def send(
+        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
+    ) -> TransactionResult:
+        envelope = f"Return-Path: <{sender}>\r\nX-Relay-Recipients: {', '.join(recipients)}\r\n"
+        try:
+            path = await asyncio.to_thread(self._write, message_id, envelope.encode() + content)
+        except OSError as error:
+            return TransactionResult(Stage.DATA, None, {}, f"cannot write file: {error.strerror}")
+        accepted = SmtpReply(250, "2.0.0 OK")
+        return TransactionResult(
+            Stage.DATA,
+            SmtpReply(250, f"2.0.0 written to {path}"),
+            dict.fromkeys(recipients, accepted),
+        )
+
+    def _write(self, message_id: str, data: bytes) -> Path:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        final = self._directory / f"{message_id}.eml"
+        temporary = final.with_suffix(".tmp")
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, final)
+        return final
+
+    async def close(self) -> None:
+        return None
