@@ -84,6 +84,8 @@ class DeliveryController:
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Called with each record once it is committed: the seam for events, stats, webhooks.
+        self.on_recorded: list[Callable[[DeliveryRecord], None]] = []
 
     def wake(self) -> None:
         """New mail was queued: look for due messages now rather than at the next poll."""
@@ -151,6 +153,8 @@ class DeliveryController:
         try:
             record = await self._attempt_route(message)
             await self._writer.write(lambda c: record_delivery(c, record))
+            for callback in self.on_recorded:
+                callback(record)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -204,7 +208,9 @@ class DeliveryController:
             replies[key] = outcome.reply
             self._metrics.count_delivery(upstream, outcome.outcome.value)
         return [
-            Attempt(upstream, started, duration, replies[key], key[0].value, tuple(recipients))
+            Attempt(
+                upstream, started, duration, replies[key], key[0].value, tuple(recipients), key[1]
+            )
             for key, recipients in groups.items()
         ]
 

@@ -20,6 +20,7 @@ from relay.core.model import (
     NewMessage,
     QueuedMessage,
     RecipientStatus,
+    SmtpReply,
 )
 from relay.core.outcome import message_status
 from relay.tables import attempts, messages, recipients
@@ -173,7 +174,8 @@ async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -
                     "reply_code": a.reply.code if a.reply else None,
                     "reply_text": a.reply.text if a.reply else None,
                     "outcome": a.outcome,
-                    "detail": ", ".join(a.recipients),
+                    "recipients": ", ".join(a.recipients),
+                    "detail": a.detail,
                 }
                 for a in record.attempts
             ],
@@ -227,3 +229,66 @@ async def queue_depth(connection: AsyncConnection) -> int:
         sa.select(sa.func.count()).select_from(messages).where(messages.c.status.in_(_WAITING))
     )
     return int(result.scalar() or 0)
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    address: str
+    status: RecipientStatus
+    upstream: str | None
+    reply_code: int | None
+    reply_text: str | None
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """One message as the admin API and the tests see it."""
+
+    id: str
+    site_id: str
+    status: MessageStatus
+    envelope_sender: str
+    subject: str
+    attempt_count: int
+    last_error: str | None
+    recipients: tuple[RecipientState, ...]
+    attempts: tuple[Attempt, ...]
+
+
+async def load_message(connection: AsyncConnection, message_id: str) -> MessageDetail | None:
+    row = (await connection.execute(sa.select(messages).where(messages.c.id == message_id))).first()
+    if row is None:
+        return None
+    rcpts = await connection.execute(
+        sa.select(recipients).where(recipients.c.message_id == message_id).order_by(recipients.c.id)
+    )
+    tries = await connection.execute(
+        sa.select(attempts).where(attempts.c.message_id == message_id).order_by(attempts.c.id)
+    )
+    return MessageDetail(
+        id=row.id,
+        site_id=row.site_id,
+        status=MessageStatus(row.status),
+        envelope_sender=row.envelope_sender,
+        subject=row.subject,
+        attempt_count=row.attempt_count,
+        last_error=row.last_error,
+        recipients=tuple(
+            RecipientState(
+                r.address, RecipientStatus(r.status), r.upstream, r.reply_code, r.reply_text
+            )
+            for r in rcpts
+        ),
+        attempts=tuple(
+            Attempt(
+                upstream=a.upstream,
+                started_at=a.started_at,
+                duration=a.duration,
+                reply=SmtpReply(a.reply_code, a.reply_text) if a.reply_code is not None else None,
+                outcome=a.outcome,
+                recipients=tuple(filter(None, a.recipients.split(", "))),
+                detail=a.detail,
+            )
+            for a in tries
+        ),
+    )

@@ -70,6 +70,7 @@ attempts = sa.Table(
     sa.Column("reply_code", sa.Integer),
     sa.Column("reply_text", sa.Text),
     sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("recipients", sa.Text, nullable=False, server_default=""),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
 )
 

@@ -66,6 +66,12 @@ class SinkHandler:
     # Scripted replies: "mail", "data" -> reply line; "rcpt" -> {address: reply line}.
     replies: dict[str, Any] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    ehlo_count: int = 0  # one per connection on a plaintext sink: counts connections
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        self.ehlo_count += 1
+        return responses
 
     async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         if "mail" in self.replies:

@@ -193,3 +193,4 @@ class Attempt:
     reply: SmtpReply | None
     outcome: str
     recipients: tuple[str, ...] = field(default=())
+    detail: str = ""  # e.g. "connect: connection refused", "rcpt: 550 5.1.1 no such user"
