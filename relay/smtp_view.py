@@ -57,7 +57,7 @@ class SmtpHandler:
             blob = _b64(args[1])
         parts = blob.split(b"\x00") if blob is not None else []
         if len(parts) != 3:
-            return AuthResult(success=False, message="501 5.5.2 Cannot decode AUTH PLAIN response")
+            return _auth_refused("501 5.5.2 Cannot decode AUTH PLAIN response")
         return await self._authenticate(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
@@ -68,9 +68,7 @@ class SmtpHandler:
         else:
             username = _b64(args[1])
             if username is None:
-                return AuthResult(
-                    success=False, message="501 5.5.2 Cannot decode AUTH LOGIN response"
-                )
+                return _auth_refused("501 5.5.2 Cannot decode AUTH LOGIN response")
         password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
         if password is MISSING:
             return AuthResult(success=False, handled=True)
@@ -80,13 +78,11 @@ class SmtpHandler:
         try:
             name, secret = username.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
-            return AuthResult(
-                success=False, message="501 5.5.2 Username and password must be UTF-8"
-            )
+            return _auth_refused("501 5.5.2 Username and password must be UTF-8")
         result = await self._ingress.authenticate(name, secret, _client_ip(server.session))
         if isinstance(result, Credential):
             return AuthResult(success=True, auth_data=result, message=AUTH_SUCCEEDED.render())
-        return AuthResult(success=False, message=result.render())
+        return _auth_refused(result.render())
 
     # -- The transaction.
 
@@ -145,6 +141,11 @@ class SmtpHandler:
     def _refuse(self, stage: str, reply: SmtpReply) -> str:
         self._metrics.rejected.labels(stage, f"{reply.code // 100}xx").inc()
         return reply.render()
+
+
+def _auth_refused(reply: str) -> AuthResult:
+    # handled=False: aiosmtpd sends our reply (handled=True would send nothing).
+    return AuthResult(success=False, handled=False, message=reply)
 
 
 def _b64(text: str) -> bytes | None:

@@ -120,10 +120,12 @@ SinkFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFactory]:
-    """make_sink(tls="none"|"starttls"|"implicit", auth=None|(user, password), replies={...})."""
+    """make_sink(tls="none"|"starttls"|"implicit", auth=None|(user, password), replies={...}, port=0)."""
     servers: list[asyncio.Server] = []
 
-    async def make(tls: str = "none", auth: tuple[str, str] | None = None, replies: dict[str, Any] | None = None) -> Sink:
+    async def make(
+        tls: str = "none", auth: tuple[str, str] | None = None, replies: dict[str, Any] | None = None, port: int = 0
+    ) -> Sink:
         handler = SinkHandler(replies=replies or {})
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_files[0], cert_files[1])
@@ -143,7 +145,7 @@ async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFa
             )
 
         server = await asyncio.get_running_loop().create_server(
-            factory, "127.0.0.1", 0, ssl=context if tls == "implicit" else None
+            factory, "127.0.0.1", port, ssl=context if tls == "implicit" else None
         )
         servers.append(server)
         return Sink(handler, server, server.sockets[0].getsockname()[1])
