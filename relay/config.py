@@ -180,7 +180,7 @@ class _Section:
         self.path = path
         self.problems = problems
         self.ok = isinstance(data, dict)
-        if not self.ok:
+        if not self.ok and data is not None:  # None: missing, already reported as required
             self.problem("must be a mapping of keys to values")
         self._data: dict[str, Any] = data if isinstance(data, dict) else {}
         self._used: set[str] = set()
@@ -332,8 +332,8 @@ def _parse_server(s: _Section) -> ServerConfig:
     hostname = s.text("hostname")
     if hostname is not None and not _HOSTNAME.match(hostname):
         s.problem(f"not a host name: {hostname!r}", "hostname")
-    data_dir = Path(s.text("data_dir", "./data"))
-    secret_key_file = Path(s.text("secret_key_file", str(data_dir / "secret.key")))
+    data_dir = Path(s.text("data_dir", "./data") or "./data")
+    secret_key_file = Path(s.text("secret_key_file", None) or data_dir / "secret.key")
     s.finish()
     return ServerConfig(hostname or "localhost", data_dir, secret_key_file)
 
@@ -600,7 +600,7 @@ def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
             senders.append(pattern.lower())
     upstreams = []
     for j, upstream in s.items("upstreams"):
-        if upstream not in upstream_names:
+        if not isinstance(upstream, str) or upstream not in upstream_names:
             s.problem(f"unknown upstream {upstream!r}", f"upstreams[{j}]")
         else:
             upstreams.append(str(upstream))

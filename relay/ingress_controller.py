@@ -129,11 +129,16 @@ class IngressController:
         return True
 
     def begin(self, facts: SessionFacts, sender: str) -> Site | Reject:
-        """MAIL FROM: which site this transaction belongs to, or why not."""
+        """MAIL FROM: which site this transaction belongs to, or why not.
+
+        Identification comes first: a client that may not send at all gets 530
+        whatever the address, and learns nothing about our syntax rules.
+        """
+        site = identify_site(facts, sender, self._directory())
+        if isinstance(site, Reject):
+            return site
         verdict = check_sender_syntax(sender)
-        if isinstance(verdict, Reject):
-            return verdict
-        return identify_site(facts, sender, self._directory())
+        return verdict if isinstance(verdict, Reject) else site
 
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)

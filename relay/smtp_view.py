@@ -11,7 +11,7 @@ import logging
 from base64 import b64decode
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
 from relay.config import ListenerConfig
 from relay.core.model import Credential, Site, SmtpReply
@@ -135,7 +135,10 @@ class SmtpHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         # Never 5xx for our own bug, and never the exception text on the wire.
-        log.error("SMTP session error: %s", type(error).__name__, exc_info=error)
+        if isinstance(error, TLSSetupException):  # a client refused our certificate: routine
+            log.warning("STARTTLS handshake failed: %s", error.__cause__ or error)
+        else:
+            log.error("SMTP session error: %s", type(error).__name__, exc_info=error)
         return LOCAL_ERROR.reply.render()
 
     def _refuse(self, stage: str, reply: SmtpReply) -> str:

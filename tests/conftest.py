@@ -68,19 +68,25 @@ class SinkHandler:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     ehlo_count: int = 0  # one per connection on a plaintext sink: counts connections
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         self.ehlo_count += 1
         return responses
 
-    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if "mail" in self.replies:
             return str(self.replies["mail"])
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         reply = self.replies.get("rcpt", {}).get(address)
         if reply is not None:
             return str(reply)
@@ -90,17 +96,17 @@ class SinkHandler:
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         if "data" in self.replies:
             return str(self.replies["data"])
-        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        self.messages.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
         self.arrived.set()
         return "250 2.0.0 OK accepted"
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        async def enough() -> None:
+    async def wait_for(self, count: int, seconds: float = 10.0) -> list[Received]:
+        async with asyncio.timeout(seconds):
             while len(self.messages) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
-
-        await asyncio.wait_for(enough(), timeout)
         return self.messages
 
 
@@ -120,18 +126,27 @@ SinkFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFactory]:
-    """make_sink(tls="none"|"starttls"|"implicit", auth=None|(user, password), replies={...}, port=0)."""
+    """make_sink(tls=none|starttls|implicit, auth=None|(user, password), replies={...}, port=0)."""
     servers: list[asyncio.Server] = []
 
     async def make(
-        tls: str = "none", auth: tuple[str, str] | None = None, replies: dict[str, Any] | None = None, port: int = 0
+        tls: str = "none",
+        auth: tuple[str, str] | None = None,
+        replies: dict[str, Any] | None = None,
+        port: int = 0,
     ) -> Sink:
         handler = SinkHandler(replies=replies or {})
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_files[0], cert_files[1])
 
-        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-            ok = isinstance(data, LoginPassword) and auth is not None and (data.login.decode(), data.password.decode()) == auth
+        def authenticator(
+            server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> AuthResult:
+            ok = (
+                isinstance(data, LoginPassword)
+                and auth is not None
+                and (data.login.decode(), data.password.decode()) == auth
+            )
             return AuthResult(success=ok)
 
         def factory() -> SMTP:
@@ -184,13 +199,21 @@ def closed_port() -> int:
 # -- The relay under test, in-process.
 
 
-def base_config(tmp_path: Path, upstreams: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+def base_config(
+    tmp_path: Path, upstreams: list[dict[str, Any]], **overrides: Any
+) -> dict[str, Any]:
     """A complete relay config dict; tests change what they need."""
     config: dict[str, Any] = {
         "server": {"hostname": "relay.test", "data_dir": str(tmp_path / "data")},
         "store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"},
         "listeners": [
-            {"name": "submission", "host": "127.0.0.1", "port": 0, "tls": "starttls", "auth": "required"}
+            {
+                "name": "submission",
+                "host": "127.0.0.1",
+                "port": 0,
+                "tls": "starttls",
+                "auth": "required",
+            }
         ],
         "admin": {"host": "127.0.0.1", "port": 0},
         "delivery": {"retry_first_seconds": 1, "retry_max_seconds": 2},

@@ -13,20 +13,20 @@ import re
 _LOCAL = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~.-]+|\"(?:[^\"\\\r\n]|\\.)+\""
 _DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
 _LITERAL = r"\[(?:\d{1,3}\.){3}\d{1,3}\]"
-_ADDRESS = re.compile(rf"^(?:{_LOCAL})@(?:{_DOMAIN}|{_LITERAL})$")
-_PATTERN = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~.*?-]+@[A-Za-z0-9.*?-]+$")
+_ADDRESS = re.compile(rf"(?:{_LOCAL})@(?:{_DOMAIN}|{_LITERAL})")
+_PATTERN = re.compile(r"[A-Za-z0-9!#$&'*+/=?^_`{|}~.*?-]+@[A-Za-z0-9.*?-]+")
 
 
 def is_address(address: str) -> bool:
     """A routable mailbox address: local@domain, no routing tricks, no spaces."""
     if len(address) > 254 or "%" in address or "!" in address:
         return False
-    return _ADDRESS.match(address) is not None
+    return _ADDRESS.fullmatch(address) is not None
 
 
 def is_sender_pattern(pattern: str) -> bool:
     """A `senders` entry: an address where `*` and `?` match any text."""
-    return _PATTERN.match(pattern) is not None
+    return _PATTERN.fullmatch(pattern) is not None
 
 
 def sender_matches(address: str, patterns: tuple[str, ...]) -> bool:

@@ -64,23 +64,22 @@ _BEFORE_MAIL = frozenset({Stage.CONNECT, Stage.TLS, Stage.AUTH})
 
 
 def classify(result: TransactionResult, recipients: Sequence[str]) -> dict[str, RecipientOutcome]:
-    if result.transport_error is not None or result.stage in _BEFORE_MAIL or result.reply is None:
-        return dict.fromkeys(
-            recipients, RecipientOutcome(Outcome.RETRY, result.reply, result.summary)
-        )
+    retry = RecipientOutcome(Outcome.RETRY, result.reply, result.summary)
+    if result.stage in _BEFORE_MAIL or (result.stage is Stage.MAIL and result.reply is None):
+        return dict.fromkeys(recipients, retry)
     if result.stage is Stage.MAIL:
+        assert result.reply is not None
         return dict.fromkeys(recipients, _judge(result.reply, result.summary))
     outcomes: dict[str, RecipientOutcome] = {}
     for recipient in recipients:
         rcpt_reply = result.recipient_replies.get(recipient)
-        if rcpt_reply is None:  # never reached RCPT for this one
-            outcomes[recipient] = RecipientOutcome(Outcome.RETRY, None, result.summary)
-        elif not rcpt_reply.is_success:
+        if rcpt_reply is not None and not rcpt_reply.is_success:
+            # A refusal at RCPT stands even if the connection failed afterwards.
             outcomes[recipient] = _judge(rcpt_reply, f"rcpt: {rcpt_reply.render()}")
-        elif result.stage is Stage.DATA:
+        elif rcpt_reply is None or result.stage is not Stage.DATA or result.reply is None:
+            outcomes[recipient] = retry  # never reached, or no verdict on the message
+        else:
             outcomes[recipient] = _judge(result.reply, result.summary)
-        else:  # accepted at RCPT but the transaction stopped before DATA
-            outcomes[recipient] = RecipientOutcome(Outcome.RETRY, result.reply, result.summary)
     return outcomes
 
 
