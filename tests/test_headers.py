@@ -119,7 +119,9 @@ ORIGINAL = (
             b"8-bit body \x80\x81\xc3\xa9\r\nsecond line\r\n",
             id="8bit-header-and-body",
         ),
-        pytest.param(b"Subject: x\r\nTo: y@example.com\r\n\r\n", [b"Subject", b"To"], b"", id="no-body"),
+        pytest.param(
+            b"Subject: x\r\nTo: y@example.com\r\n\r\n", [b"Subject", b"To"], b"", id="no-body"
+        ),
         pytest.param(
             b"Subject: x\r\n\r\n\r\nbody after a blank line\r\n\r\n",
             [b"Subject"],
@@ -127,7 +129,10 @@ ORIGINAL = (
             id="body-starts-with-blank-line",
         ),
         pytest.param(
-            b"Subject: x\r\n\r\nno final line break", [b"Subject"], b"no final line break", id="no-eol"
+            b"Subject: x\r\n\r\nno final line break",
+            [b"Subject"],
+            b"no final line break",
+            id="no-eol",
         ),
         pytest.param(
             b"Subject: x\r\n\r\nBcc: in-body@example.com\r\nFrom: not-a-header\r\n",
@@ -470,10 +475,13 @@ def test_received_is_first_and_existing_trace_fields_follow_in_order() -> None:
     out = prepare(content, site())
     fields, _ = split_message(out)
     date = email.utils.formatdate(NOW, usegmt=True)
-    assert fields[0].raw == (
-        f"Received: from client.example ([{CLIENT_IP}])\r\n"
-        f"\tby {HOSTNAME} with ESMTPSA id {MESSAGE_ID};\r\n\t{date}\r\n"
-    ).encode()
+    assert (
+        fields[0].raw
+        == (
+            f"Received: from client.example ([{CLIENT_IP}])\r\n"
+            f"\tby {HOSTNAME} with ESMTPSA id {MESSAGE_ID};\r\n\t{date}\r\n"
+        ).encode()
+    )
     assert [f.raw for f in fields[1:3]] == [
         b"Received: from inner by shop; Mon, 1 Jan 2024 00:00:00 +0000\r\n",
         b"Received: from innermost by app; Mon, 1 Jan 2024 00:00:00 +0000\r\n",

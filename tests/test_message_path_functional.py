@@ -22,20 +22,32 @@ MESSAGE = (
 )
 
 
-async def send(port: int, tls: ssl.SSLContext, sender: str, recipients: list[str], content: bytes) -> str:
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=tls) as client:
+async def send(
+    port: int, tls: ssl.SSLContext, sender: str, recipients: list[str], content: bytes
+) -> str:
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, start_tls=True, tls_context=tls
+    ) as client:
         await client.login("shop", SITE_PASSWORD)
         _, reply = await client.sendmail(sender, recipients, content)
         return reply
 
 
-async def test_rewritten_and_delivered(tmp_path: Path, make_sink, start_relay, cert_files, client_tls) -> None:
+async def test_rewritten_and_delivered(
+    tmp_path: Path, make_sink, start_relay, cert_files, client_tls
+) -> None:
     sink = await make_sink()
     config = base_config(tmp_path, [smtp_upstream("sink", sink.port)])
     config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
     relay = await start_relay(config)
 
-    reply = await send(relay.port, client_tls, "orders@shop.example.com", ["buyer@example.org", "secret@example.org"], MESSAGE)
+    reply = await send(
+        relay.port,
+        client_tls,
+        "orders@shop.example.com",
+        ["buyer@example.org", "secret@example.org"],
+        MESSAGE,
+    )
 
     assert reply.startswith("2.0.0 queued as ")
     [received] = await sink.handler.wait_for(1)

@@ -112,7 +112,7 @@ async def test_sigkill_after_250_loses_nothing(
     second = relays(config_path)
     await asyncio.to_thread(second.wait_ready)
 
-    received = await sink.handler.wait_for(len(subjects), timeout=30)
+    received = await sink.handler.wait_for(len(subjects), seconds=30)
     got = sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in received)
     assert got == sorted(subjects)
     assert await asyncio.to_thread(second.stop) == 0

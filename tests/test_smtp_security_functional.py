@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from base64 import b64encode
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,9 @@ def plain_blob(username: str, password: str) -> bytes:
     return b64encode(f"\0{username}\0{password}".encode())
 
 
-async def auth_code(port: int, tls: ssl.SSLContext, username: str, password: str, source: str) -> int:
+async def auth_code(
+    port: int, tls: ssl.SSLContext, username: str, password: str, source: str
+) -> int:
     """The reply code of one AUTH PLAIN, in a fresh session from ``source``."""
     async with client(port, tls, source=source) as smtp:
         response = await smtp.execute_command(b"AUTH", b"PLAIN", plain_blob(username, password))
@@ -177,7 +179,9 @@ async def test_auth_after_starttls(
 
 def throttle_config(tmp_path: Path, sink: Any, cert_files: tuple[Path, Path, Path]) -> dict:
     config = tls_config(tmp_path, sink, cert_files, auth_max_failures=3)
-    config["sites"][0]["credentials"].append({"username": "ops", "password_hash": SITE_PASSWORD_HASH})
+    config["sites"][0]["credentials"].append(
+        {"username": "ops", "password_hash": SITE_PASSWORD_HASH}
+    )
     return config
 
 
@@ -337,10 +341,8 @@ class LineClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
-            pass
 
 
 async def authenticated_raw_session(port: int, tls: ssl.SSLContext) -> LineClient:
