@@ -45,13 +45,16 @@ class UpstreamClients:
     def __init__(self, local_hostname: str) -> None:
         self._local_hostname = local_hostname
         self._clients: dict[str, tuple[Upstream, UpstreamClient]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # old clients closing after a reload
 
     def get(self, upstream: Upstream) -> UpstreamClient:
         known = self._clients.get(upstream.name)
         if known is not None and known[0] == upstream:
             return known[1]
         if known is not None:
-            asyncio.get_running_loop().create_task(known[1].close())
+            task = asyncio.get_running_loop().create_task(known[1].close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         client = make_client(upstream, self._local_hostname)
         self._clients[upstream.name] = (upstream, client)
         return client
