@@ -26,7 +26,7 @@ from relay.core.routing import choose_route
 from relay.metrics import Metrics
 from relay.queue_database import (
     DeliveryRecord,
-    RecipientUpdate,
+    RecipientState,
     claim_due,
     next_due_at,
     record_delivery,
@@ -171,7 +171,7 @@ class DeliveryController:
             log.debug("message %s: upstream %s skipped: %s", message.id, name, reason)
         pending = list(message.pending_recipients)
         attempts: list[Attempt] = []
-        updates: list[RecipientUpdate] = []
+        updates: list[RecipientState] = []
         last: dict[str, RecipientOutcome] = {}
         for upstream in route.upstreams:
             if not pending:
@@ -224,7 +224,7 @@ class DeliveryController:
         route_empty: bool,
         pending: list[str],
         attempts: list[Attempt],
-        updates: list[RecipientUpdate],
+        updates: list[RecipientState],
         last: dict[str, RecipientOutcome],
     ) -> DeliveryRecord:
         now = self._clock()
@@ -243,7 +243,7 @@ class DeliveryController:
                     len(pending),
                 )
                 updates += [
-                    RecipientUpdate(r, RecipientStatus.FAILED, None, None, f"expired: {last_error}")
+                    RecipientState(r, RecipientStatus.FAILED, None, None, f"expired: {last_error}")
                     for r in pending
                 ]
             else:
@@ -274,10 +274,10 @@ class DeliveryController:
         )
 
 
-def _update(recipient: str, outcome: RecipientOutcome, upstream: str) -> RecipientUpdate:
+def _update(recipient: str, outcome: RecipientOutcome, upstream: str) -> RecipientState:
     status = RecipientStatus.SENT if outcome.outcome is Outcome.SENT else RecipientStatus.FAILED
     reply = outcome.reply
-    return RecipientUpdate(
+    return RecipientState(
         recipient,
         status,
         upstream,

@@ -141,7 +141,9 @@ async def release_leases(connection: AsyncConnection, owner: str) -> int:
 
 
 @dataclass(frozen=True)
-class RecipientUpdate:
+class RecipientState:
+    """A recipient's status as a delivery pass writes it and the admin API reads it."""
+
     address: str
     status: RecipientStatus
     upstream: str | None
@@ -155,7 +157,7 @@ class DeliveryRecord:
 
     message_id: str
     attempts: tuple[Attempt, ...]
-    recipients: tuple[RecipientUpdate, ...]
+    recipients: tuple[RecipientState, ...]
     retry_at: float | None  # when recipients are still pending
     last_error: str | None
     now: float
@@ -229,15 +231,6 @@ async def queue_depth(connection: AsyncConnection) -> int:
         sa.select(sa.func.count()).select_from(messages).where(messages.c.status.in_(_WAITING))
     )
     return int(result.scalar() or 0)
-
-
-@dataclass(frozen=True)
-class RecipientState:
-    address: str
-    status: RecipientStatus
-    upstream: str | None
-    reply_code: int | None
-    reply_text: str | None
 
 
 @dataclass(frozen=True)
