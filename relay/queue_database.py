@@ -176,7 +176,7 @@ async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -
                     "reply_code": a.reply.code if a.reply else None,
                     "reply_text": a.reply.text if a.reply else None,
                     "outcome": a.outcome,
-                    "recipients": ", ".join(a.recipients),
+                    "recipients": list(a.recipients),
                     "detail": a.detail,
                 }
                 for a in record.attempts
@@ -279,7 +279,7 @@ async def load_message(connection: AsyncConnection, message_id: str) -> MessageD
                 duration=a.duration,
                 reply=SmtpReply(a.reply_code, a.reply_text) if a.reply_code is not None else None,
                 outcome=a.outcome,
-                recipients=tuple(filter(None, a.recipients.split(", "))),
+                recipients=tuple(a.recipients),
                 detail=a.detail,
             )
             for a in tries

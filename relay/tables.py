@@ -70,7 +70,7 @@ attempts = sa.Table(
     sa.Column("reply_code", sa.Integer),
     sa.Column("reply_text", sa.Text),
     sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("recipients", sa.Text, nullable=False, server_default=""),
+    sa.Column("recipients", sa.JSON, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
 )
 

@@ -70,7 +70,7 @@ def upgrade() -> None:
         sa.Column("reply_code", sa.Integer),
         sa.Column("reply_text", sa.Text),
         sa.Column("outcome", sa.String(16), nullable=False),
-        sa.Column("recipients", sa.Text, nullable=False, server_default=""),
+        sa.Column("recipients", sa.JSON, nullable=False),
         sa.Column("detail", sa.Text, nullable=False, server_default=""),
     )
     op.create_table(
