@@ -13,6 +13,8 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,18 +26,25 @@ from relay import tls
 from relay.config import Config, ConfigError, ListenerConfig, load_config
 from relay.core.directory import Directory
 from relay.core.model import TlsMode
-from relay.delivery_controller import DeliveryController, UpstreamClients
+from relay.core.quota import UsageBook
+from relay.core.routing import RoutingPolicy
+from relay.delivery_controller import DeliveryController, Engine
+from relay.events import Events
+from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
-from relay.queue_database import queue_depth
+from relay.queue_controller import QueueController
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate
+from relay.upstream_client import UpstreamClients
+from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
 QUEUE_GAUGE_SECONDS = 15.0
+PERSIST_SECONDS = 2.0  # how often changed usage counters and circuits are written
 
 
 class StartupError(Exception):
@@ -43,29 +52,50 @@ class StartupError(Exception):
 
 
 class RelayApp:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
+        self.events = Events()
         self.engine = create_engine(config.store_url)
         self.writer = GroupWriter(self.engine)
         self.clients = UpstreamClients(config.server.hostname)
+        self.usage = UsageController(
+            UsageBook(config.limits.timezone), self.writer, self.metrics, self.events, clock
+        )
+        self.health = HealthController(
+            config.health.policy,
+            self.writer,
+            self.clients,
+            self.directory,
+            self.metrics,
+            self.events,
+            clock,
+        )
+        engine = Engine(
+            self.directory, self.routing, self.clients, self.health, self.usage, self.events
+        )
         self.delivery = DeliveryController(
             self.writer,
-            self.directory,
-            self.clients,
+            engine,
             config.delivery,
-            owner=config.server.hostname,
-            metrics=self.metrics,
+            config.server.hostname,
+            self.metrics,
+            clock=clock,
         )
+        self.queue = QueueController(self.writer, self.delivery.wake, clock)
         self.ingress = IngressController(
             self.writer,
             self.directory,
             config.server.hostname,
             config.limits,
             self.metrics,
+            self.usage,
             on_queued=self.delivery.wake,
+            class_header=config.routing.class_header,
+            clock=clock,
         )
+        self._clock = clock
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,10 +103,15 @@ class RelayApp:
     def directory(self) -> Directory:
         return self._directory
 
+    def routing(self) -> RoutingPolicy:
+        return self.config.routing.policy
+
     async def start(self) -> None:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(self.engine)
         self.writer.start()
+        await self.usage.load()
+        await self.health.load()
         for listener in self.config.listeners:
             handler = SmtpHandler(listener, self.ingress, self.metrics)
             try:
@@ -95,8 +130,14 @@ class RelayApp:
         await self._start_admin()
         self._tasks = [
             asyncio.create_task(self.delivery.run(), name="delivery"),
-            asyncio.create_task(self._update_queue_gauge(), name="queue-gauge"),
+            asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
+            asyncio.create_task(self._persist(), name="persist-usage-and-health"),
         ]
+        interval = self.config.health.check_interval_seconds
+        if interval > 0:
+            self._tasks.append(
+                asyncio.create_task(self.health.run_checks(interval), name="health-checks")
+            )
 
     def _tls_context(self, listener: ListenerConfig) -> ssl.SSLContext | None:
         if listener.tls is TlsMode.NONE:
@@ -142,14 +183,28 @@ class RelayApp:
             problems.append("SMTP listeners not started")
         return problems
 
-    async def _update_queue_gauge(self) -> None:
+    async def _update_queue_gauges(self) -> None:
         while True:
             try:
-                async with self.engine.connect() as connection:
-                    self.metrics.queue_depth.set(await queue_depth(connection))
+                stats = await self.queue.stats()
+                self.metrics.queue_depth.set(stats.depth)
+                self.metrics.held.set(stats.held)
+                self.metrics.oldest_age.set(stats.oldest_age(self._clock()))
             except Exception as error:  # a gauge must not stop the relay
                 log.warning("queue depth not measured: %s", error)
             await asyncio.sleep(QUEUE_GAUGE_SECONDS)
+
+    async def _persist(self) -> None:
+        while True:
+            await asyncio.sleep(PERSIST_SECONDS)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        try:
+            await self.usage.flush()
+            await self.health.flush()
+        except Exception as error:  # counted again at the next flush; never stops the relay
+            log.warning("usage counters and circuits not saved: %s", error)
 
     def reload(self) -> list[str]:
         """Re-read the file; apply sites, credentials and upstreams, or keep the old on problems."""
@@ -160,7 +215,15 @@ class RelayApp:
             return error.problems
         restart_needed = [
             name
-            for name in ("server", "store_url", "listeners", "admin", "limits", "delivery")
+            for name in (
+                "server",
+                "store_url",
+                "listeners",
+                "admin",
+                "limits",
+                "delivery",
+                "health",
+            )
             if getattr(config, name) != getattr(self.config, name)
         ]
         if restart_needed:
@@ -185,6 +248,8 @@ class RelayApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await self._flush()
         await self.writer.close()
         await self.clients.close()
         if self._admin is not None:
@@ -201,6 +266,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         sites=loaded.sites,
         credentials=loaded.credentials,
         domains=loaded.domains,
+        routing=loaded.routing,
     )
 
 

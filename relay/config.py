@@ -16,26 +16,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
 from relay.core.addresses import is_address, is_sender_pattern
 from relay.core.backoff import BackoffPolicy
 from relay.core.directory import Directory
+from relay.core.health import HealthPolicy
 from relay.core.model import (
     AuthMode,
     Credential,
+    MessageClass,
     ReplyTo,
     Secret,
     Site,
+    Strategy,
     TlsMode,
     Upstream,
     UpstreamKind,
 )
 from relay.core.passwords import is_password_hash
+from relay.core.routing import ClassRule, RoutingPolicy
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-E = TypeVar("E", TlsMode, AuthMode, UpstreamKind)
+E = TypeVar("E", TlsMode, AuthMode, UpstreamKind, Strategy, MessageClass)
 
 
 class ConfigError(Exception):
@@ -83,6 +88,7 @@ class LimitsConfig:
     max_recipients: int = 100
     auth_max_failures: int = 5
     auth_failure_window_seconds: int = 300
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))  # quota days and months
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,19 @@ class DeliveryConfig:
     concurrency: int = 64
     lease_seconds: int = 600
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    delay_notice_seconds: float | None = None  # send a "delayed" DSN once after this long
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    policy: HealthPolicy = field(default_factory=HealthPolicy)
+    check_interval_seconds: float = 300.0  # active checks of every SMTP upstream; 0 = off
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    policy: RoutingPolicy = field(default_factory=RoutingPolicy)
+    class_header: str = "X-Relay-Class"  # a message's class, read and removed at ingress
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,8 @@ class Config:
     limits: LimitsConfig
     admin: AdminConfig
     delivery: DeliveryConfig
+    health: HealthConfig
+    routing: RoutingConfig
     upstreams: tuple[Upstream, ...]
     domains: tuple[DomainConfig, ...]
     sites: tuple[Site, ...]
@@ -237,6 +258,15 @@ class _Section:
             return default
         return float(value)
 
+    def cost(self, key: str) -> float | None:
+        value = self.raw(key, None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.problem("must be a number, 0 or more", key)
+            return None
+        return float(value)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
@@ -309,9 +339,12 @@ def _parse(path: Path, root: _Section) -> Config | None:
     limits = _parse_limits(root.section("limits"))
     admin = _parse_admin(root.section("admin"))
     delivery = _parse_delivery(root.section("delivery"))
+    health = _parse_health(root.section("health"))
     upstreams = _parse_upstreams(root)
+    upstream_names = {u.name for u in upstreams}
+    routing = _parse_routing(root.section("routing"), upstream_names)
     domains = _parse_domains(root)
-    sites, credentials = _parse_sites(root, {u.name for u in upstreams})
+    sites, credentials = _parse_sites(root, upstream_names)
     root.finish()
     return Config(
         path,
@@ -321,6 +354,8 @@ def _parse(path: Path, root: _Section) -> Config | None:
         limits,
         admin,
         delivery,
+        health,
+        routing,
         upstreams,
         domains,
         sites,
@@ -431,9 +466,19 @@ def _parse_limits(s: _Section) -> LimitsConfig:
         auth_failure_window_seconds=s.integer(
             "auth_failure_window_seconds", d.auth_failure_window_seconds, minimum=1
         ),
+        timezone=_timezone(s, "timezone", d.timezone),
     )
     s.finish()
     return limits if None not in vars(limits).values() else d
+
+
+def _timezone(s: _Section, key: str, default: ZoneInfo) -> ZoneInfo:
+    name = s.text(key, default.key)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        s.problem(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)", key)
+        return default
 
 
 def _parse_admin(s: _Section) -> AdminConfig:
@@ -466,9 +511,61 @@ def _parse_delivery(s: _Section) -> DeliveryConfig:
             max_delay=s.number("retry_max_seconds", b.max_delay),
             max_age=s.number("max_age_seconds", b.max_age),
         ),
+        delay_notice_seconds=(
+            s.number("delay_notice_seconds", 1.0) if s.has("delay_notice_seconds") else None
+        ),
     )
     s.finish()
     return config
+
+
+def _parse_health(s: _Section) -> HealthConfig:
+    d = HealthConfig()
+    config = HealthConfig(
+        HealthPolicy(
+            failure_threshold=s.integer("failure_threshold", d.policy.failure_threshold, minimum=1)
+            or d.policy.failure_threshold,
+            cooldown_seconds=s.number("cooldown_seconds", d.policy.cooldown_seconds),
+        ),
+        check_interval_seconds=float(
+            s.integer("check_interval_seconds", int(d.check_interval_seconds), minimum=0) or 0
+        ),
+    )
+    s.finish()
+    return config
+
+
+def _parse_routing(s: _Section, upstream_names: set[str]) -> RoutingConfig:
+    d = RoutingConfig()
+    strategy = s.choice("strategy", Strategy, d.policy.strategy)
+    header = s.text("class_header", d.class_header)
+    if header is not None and not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", header):
+        s.problem("not a header field name", "class_header")
+        header = None
+    classes = {}
+    rules = s.section("classes")
+    for name in MessageClass:
+        if not rules.has(name.value):
+            continue
+        r = rules.section(name.value)
+        classes[name] = ClassRule(
+            _upstream_list(r, upstream_names),
+            r.choice("strategy", Strategy, strategy) if r.has("strategy") else None,
+        )
+        r.finish()
+    rules.finish()
+    s.finish()
+    return RoutingConfig(RoutingPolicy(strategy, classes), header or d.class_header)
+
+
+def _upstream_list(s: _Section, upstream_names: set[str]) -> tuple[str, ...]:
+    names = []
+    for j, upstream in s.items("upstreams"):
+        if not isinstance(upstream, str) or upstream not in upstream_names:
+            s.problem(f"unknown upstream {upstream!r}", f"upstreams[{j}]")
+        else:
+            names.append(upstream)
+    return tuple(names)
 
 
 _DEFAULT_PORTS = {TlsMode.NONE: 25, TlsMode.STARTTLS: 587, TlsMode.IMPLICIT: 465}
@@ -515,6 +612,8 @@ def _parse_upstream(s: _Section) -> Upstream | None:
         monthly_limit=s.integer("monthly_limit", None, minimum=1),
         max_connections=s.integer("max_connections", 4, minimum=1),
         timeout_seconds=s.number("timeout_seconds", 60.0),
+        cost_per_1000=s.cost("cost_per_1000"),
+        weight=s.integer("weight", 1, minimum=0),
     )
     s.finish()
     return upstream if name is not None else None
@@ -598,12 +697,7 @@ def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
             s.problem("not an address pattern such as *@shop.example.com", f"senders[{j}]")
         else:
             senders.append(pattern.lower())
-    upstreams = []
-    for j, upstream in s.items("upstreams"):
-        if not isinstance(upstream, str) or upstream not in upstream_names:
-            s.problem(f"unknown upstream {upstream!r}", f"upstreams[{j}]")
-        else:
-            upstreams.append(str(upstream))
+    upstreams = _upstream_list(s, upstream_names)
     site = Site(
         id=site_id or "",
         name=name or "",
@@ -612,11 +706,13 @@ def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
         reply_to=reply_to,
         reply_to_address=reply_to_address,
         senders=tuple(senders),
-        upstreams=tuple(upstreams),
+        upstreams=upstreams,
         bounce_address=_address(s, "bounce_address", None),
         rate_per_minute=s.integer("rate_per_minute", None, minimum=1),
         daily_limit=s.integer("daily_limit", None, minimum=1),
         monthly_limit=s.integer("monthly_limit", None, minimum=1),
+        strategy=s.choice("strategy", Strategy, Strategy.PRIORITY) if s.has("strategy") else None,
+        message_class=s.choice("message_class", MessageClass, MessageClass.TRANSACTIONAL),
     )
     if site_id is None or from_email is None:
         return None

@@ -1,11 +1,18 @@
 """Delivery: claim due messages under lease, try the route's upstreams in order, record all.
 
-One pass over a message tries each upstream of its route until no recipient
-is left to retry: a 4xx or a transport failure moves the remaining
-recipients to the next upstream at once; when the route is exhausted they
-are deferred with backoff, or failed once the message is older than the
-maximum age. Everything a pass learned is written in one store job.
-Nothing is ever delivered inside an SMTP session's DATA.
+One pass over a message first fails the recipients on the site's suppression
+list, then tries each upstream of its route (``core.routing``) until no
+recipient is left to retry. Right before each send the upstream's circuit
+and quota are checked again (other passes run concurrently) and its quota
+reserved; what the upstream did not accept is given back. A 4xx or a
+transport failure moves the remaining recipients to the next upstream at
+once (``core.classify`` decides per recipient); when the route is exhausted
+they are deferred with backoff -- or until the earliest time a skipped
+upstream opens again, when nothing could be tried -- or failed once the
+message is older than the maximum age. Failed recipients get a DSN to the
+original sender, in the same store job as the record, so a crash can
+neither lose it nor send it twice; hard bounces join the suppression list
+in that job too. Nothing is ever delivered inside an SMTP session's DATA.
 """
 
 from __future__ import annotations
@@ -14,15 +21,37 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from relay.config import DeliveryConfig
-from relay.core.classify import Outcome, RecipientOutcome, classify
+from relay.core import dsn
+from relay.core.classify import (
+    Outcome,
+    RecipientOutcome,
+    classify,
+    is_hard_bounce,
+    upstream_failed,
+)
 from relay.core.directory import Directory
-from relay.core.model import Attempt, QueuedMessage, RecipientStatus, Upstream
-from relay.core.routing import choose_route
+from relay.core.ids import new_message_id
+from relay.core.model import (
+    Attempt,
+    NewMessage,
+    QueuedMessage,
+    RecipientStatus,
+    Site,
+    SmtpReply,
+    Upstream,
+)
+from relay.core.policy import NULL_SENDER
+from relay.core.routing import Conditions, RoutingPolicy, Skip, availability, choose_route
+from relay.engine_database import Suppression
+from relay.events import Events
+from relay.health_controller import HealthController
 from relay.metrics import Metrics
 from relay.queue_database import (
     DeliveryRecord,
@@ -33,62 +62,62 @@ from relay.queue_database import (
     release_leases,
 )
 from relay.store import GroupWriter
-from relay.upstream_client import UpstreamClient, make_client
+from relay.upstream_client import UpstreamClients
+from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 5.0
 
 
-class UpstreamClients:
-    """One client per upstream, replaced when a reload changes that upstream."""
+@dataclass
+class _Pass:
+    """What one delivery pass over one message has learned so far."""
 
-    def __init__(self, local_hostname: str) -> None:
-        self._local_hostname = local_hostname
-        self._clients: dict[str, tuple[Upstream, UpstreamClient]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()  # old clients closing after a reload
+    message: QueuedMessage
+    pending: list[str]  # still to try on the next upstream
+    deferred: list[str] = field(default_factory=list)  # wait for backoff (4.2.x)
+    attempts: list[Attempt] = field(default_factory=list)
+    updates: list[RecipientState] = field(default_factory=list)
+    last: dict[str, RecipientOutcome] = field(default_factory=dict)
+    failed: list[tuple[str, SmtpReply | None, str | None]] = field(default_factory=list)
+    suppress: list[Suppression] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
 
-    def get(self, upstream: Upstream) -> UpstreamClient:
-        known = self._clients.get(upstream.name)
-        if known is not None and known[0] == upstream:
-            return known[1]
-        if known is not None:
-            task = asyncio.get_running_loop().create_task(known[1].close())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-        client = make_client(upstream, self._local_hostname)
-        self._clients[upstream.name] = (upstream, client)
-        return client
 
-    async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        await asyncio.gather(*(client.close() for _, client in clients.values()))
+@dataclass(frozen=True)
+class Engine:
+    """The parts a delivery pass consults besides the queue."""
+
+    directory: Callable[[], Directory]
+    routing: Callable[[], RoutingPolicy]
+    clients: UpstreamClients
+    health: HealthController
+    usage: UsageController
+    events: Events
 
 
 class DeliveryController:
     def __init__(
         self,
         writer: GroupWriter,
-        directory: Callable[[], Directory],
-        clients: UpstreamClients,
+        engine: Engine,
         config: DeliveryConfig,
-        owner: str,
+        hostname: str,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._writer = writer
-        self._directory = directory
-        self._clients = clients
+        self._engine = engine
         self._config = config
-        self._owner = owner
+        self._owner = hostname  # lease owner: one node per host name
+        self._hostname = hostname
         self._metrics = metrics
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter and weights, not cryptography
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        # Called with each record once it is committed: the seam for events, stats, webhooks.
-        self.on_recorded: list[Callable[[DeliveryRecord], None]] = []
 
     def wake(self) -> None:
         """New mail was queued: look for due messages now rather than at the next poll."""
@@ -156,48 +185,105 @@ class DeliveryController:
         try:
             record = await self._attempt_route(message)
             await self._writer.write(lambda c: record_delivery(c, record))
-            for callback in self.on_recorded:
-                callback(record)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Our own bug: leave the lease to expire so the message is retried, never lost.
             log.exception("message %s: delivery pass failed", message.id)
+            return
+        for notice in record.notices:
+            failed = notice.subject == dsn.subject(dsn.Action.FAILED)
+            self._metrics.notices.labels("failed" if failed else "delayed").inc()
+            log.info(
+                "message %s: DSN %s queued for %s", message.id, notice.id, notice.recipients[0]
+            )
+        for entry in record.suppress:
+            self._metrics.suppressions.labels(entry.site_id).inc()
+        self._engine.events.publish(record)
+
+    def _conditions(self) -> Conditions:
+        health = self._engine.health
+        return Conditions(health.circuits, health.policy, self._engine.usage.book, self._clock())
 
     async def _attempt_route(self, message: QueuedMessage) -> DeliveryRecord:
-        directory = self._directory()
-        route = choose_route(directory.site(message.site_id), directory)
-        for name, reason in route.skipped:
-            log.debug("message %s: upstream %s skipped: %s", message.id, name, reason)
-        pending = list(message.pending_recipients)
-        attempts: list[Attempt] = []
-        updates: list[RecipientState] = []
-        last: dict[str, RecipientOutcome] = {}
-        for upstream in route.upstreams:
-            if not pending:
-                break
-            started = self._clock()
-            result = await self._clients.get(upstream).send(
-                message.envelope_sender, pending, message.content, message.id
-            )
-            duration = max(self._clock() - started, 0.0)
-            outcomes = classify(result, pending)
-            attempts += self._attempts(upstream.name, started, duration, outcomes)
-            self._metrics.observe_attempt(upstream.name, duration)
-            for recipient, outcome in outcomes.items():
-                self._log_outcome(message, upstream.name, recipient, outcome)
-                if outcome.outcome is not Outcome.RETRY:
-                    updates.append(_update(recipient, outcome, upstream.name))
-            last.update(outcomes)
-            pending = [r for r in pending if outcomes[r].outcome is Outcome.RETRY]
-        return self._conclude(
-            message,
-            route_empty=not route.upstreams,
-            pending=pending,
-            attempts=attempts,
-            updates=updates,
-            last=last,
+        directory = self._engine.directory()
+        site = directory.site(message.site_id)
+        p = _Pass(message, [r for r in message.pending_recipients if r not in message.suppressed])
+        self._fail_suppressed(p, site)
+        route = choose_route(
+            site,
+            message.message_class,
+            directory,
+            self._engine.routing(),
+            self._conditions(),
+            self._rng,
+            needed=max(len(p.pending), 1),
         )
+        p.skipped += route.skipped
+        log.debug("message %s: route %s", message.id, route.explain())
+        for upstream in route.upstreams:
+            if not p.pending:
+                break
+            await self._try(upstream, p)
+        return self._conclude(p, site, directory)
+
+    def _fail_suppressed(self, p: _Pass, site: Site | None) -> None:
+        for address, reason in p.message.suppressed.items():
+            site_id = site.id if site else p.message.site_id
+            text = f"5.1.1 Recipient is on the suppression list of site {site_id}: {reason}"
+            reply = SmtpReply(550, text)
+            log.info("message %s rcpt %s: failed, suppressed (%s)", p.message.id, address, reason)
+            p.updates.append(RecipientState(address, RecipientStatus.FAILED, None, 550, text))
+            p.failed.append((address, reply, None))
+
+    async def _try(self, upstream: Upstream, p: _Pass) -> None:
+        """Hand the pending recipients to one upstream, unless it may not take them right now."""
+        needed = len(p.pending)
+        skip = availability(upstream, self._conditions(), needed)
+        if skip is None and not self._engine.health.begin(upstream.name):
+            skip = Skip(upstream.name, "circuit half_open: a probe is in progress")
+        if skip is not None:
+            log.debug(
+                "message %s: upstream %s skipped: %s", p.message.id, upstream.name, skip.reason
+            )
+            p.skipped.append(skip)
+            return
+        usage = self._engine.usage
+        usage.count(upstream, needed)  # reserve, so concurrent passes see it
+        started = self._clock()
+        result = await self._engine.clients.get(upstream).send(
+            p.message.envelope_sender, p.pending, p.message.content, p.message.id
+        )
+        duration = max(self._clock() - started, 0.0)
+        self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
+        outcomes = classify(result, p.pending)
+        sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
+        usage.count(upstream, sent - needed)  # give back what the upstream did not take
+        p.attempts += self._attempts(upstream.name, started, duration, outcomes)
+        self._metrics.observe_attempt(upstream.name, duration)
+        for recipient, outcome in outcomes.items():
+            self._log_outcome(p.message, upstream.name, recipient, outcome)
+            self._apply(p, upstream, recipient, outcome)
+        p.last.update(outcomes)
+        p.pending = [r for r in p.pending if outcomes[r].outcome is Outcome.RETRY]
+
+    def _apply(
+        self, p: _Pass, upstream: Upstream, recipient: str, outcome: RecipientOutcome
+    ) -> None:
+        if outcome.outcome is Outcome.RETRY:
+            return
+        if outcome.outcome is Outcome.DEFER:
+            p.deferred.append(recipient)
+            return
+        p.updates.append(_update(recipient, outcome, upstream.name))
+        if outcome.outcome is Outcome.FAILED:
+            p.failed.append((recipient, outcome.reply, upstream.host or upstream.name))
+            if is_hard_bounce(outcome.reply):
+                assert outcome.reply is not None
+                reason = f"{outcome.reply.render()} (upstream {upstream.name})"
+                p.suppress.append(
+                    Suppression(p.message.site_id, recipient, reason, p.message.id, self._clock())
+                )
 
     def _attempts(
         self, upstream: str, started: float, duration: float, outcomes: dict[str, RecipientOutcome]
@@ -217,47 +303,127 @@ class DeliveryController:
             for key, recipients in groups.items()
         ]
 
-    def _conclude(
+    def _conclude(self, p: _Pass, site: Site | None, directory: Directory) -> DeliveryRecord:
+        message, now = p.message, self._clock()
+        waiting = p.pending + p.deferred
+        last_error = self._last_error(p, waiting)
+        retry_at, counted, notices = None, bool(p.attempts), []
+        delay_notified = message.delay_notified
+        backoff = self._config.backoff
+        if waiting and backoff.is_expired(message.created_at, now):
+            age = now - message.created_at
+            log.warning(
+                "message %s: expired after %.0fs, failing %d recipients",
+                message.id,
+                age,
+                len(waiting),
+            )
+            reason = f"expired after {age / 3600:.1f} hours: {last_error}"
+            for address in waiting:
+                p.updates.append(
+                    RecipientState(address, RecipientStatus.FAILED, None, None, reason)
+                )
+                p.failed.append((address, None, None))
+        elif waiting:
+            retry_at, counted = self._retry_time(p, now)
+            log.info(
+                "message %s: deferred %d recipients until %.0f: %s",
+                message.id,
+                len(waiting),
+                retry_at,
+                last_error,
+            )
+            if self._delay_notice_due(message, now):
+                entries = [(a, p.last[a].reply if a in p.last else None, None) for a in waiting]
+                notices.append(self._notice(message, site, dsn.Action.DELAYED, entries, now))
+                delay_notified = True
+        if p.failed and self._wants_notices(message):
+            notices.append(self._notice(message, site, dsn.Action.FAILED, p.failed, now))
+        return DeliveryRecord(
+            message.id,
+            tuple(p.attempts),
+            tuple(p.updates),
+            retry_at,
+            last_error,
+            now,
+            notices=tuple(notices),
+            suppress=tuple(p.suppress),
+            delay_notified=delay_notified,
+            counted=counted,
+        )
+
+    def _last_error(self, p: _Pass, waiting: list[str]) -> str | None:
+        if not waiting:
+            return None
+        if waiting[0] in p.last:
+            return p.last[waiting[0]].detail
+        if p.skipped:
+            reasons = "; ".join(f"{s.upstream}: {s.reason}" for s in p.skipped)
+            return f"no upstream available ({reasons})"
+        return "no upstream available (none configured)"
+
+    def _retry_time(self, p: _Pass, now: float) -> tuple[float, bool]:
+        """When to try again, and whether this pass counts towards the backoff.
+
+        When nothing could be tried because upstreams wait on a circuit
+        cooldown or a quota window, the message waits exactly until the
+        earliest of those opens, without growing its backoff.
+        """
+        opens = [s.until for s in p.skipped if s.until is not None]
+        if not p.attempts and opens:
+            return max(min(opens), now + 1.0), False
+        delay = self._config.backoff.delay(p.message.attempt_count + 1, self._rng)
+        return now + delay, True
+
+    def _delay_notice_due(self, message: QueuedMessage, now: float) -> bool:
+        after = self._config.delay_notice_seconds
+        return (
+            after is not None
+            and not message.delay_notified
+            and now - message.created_at >= after
+            and self._wants_notices(message)
+        )
+
+    @staticmethod
+    def _wants_notices(message: QueuedMessage) -> bool:
+        """Never a DSN to a null sender -- which every DSN has, so never a DSN about a DSN."""
+        return message.original_sender not in ("", NULL_SENDER) and message.envelope_sender != ""
+
+    def _notice(
         self,
         message: QueuedMessage,
-        *,
-        route_empty: bool,
-        pending: list[str],
-        attempts: list[Attempt],
-        updates: list[RecipientState],
-        last: dict[str, RecipientOutcome],
-    ) -> DeliveryRecord:
-        now = self._clock()
-        retry_at = None
-        last_error = (
-            "no upstream available (none configured or all inactive)" if route_empty else None
+        site: Site | None,
+        action: dsn.Action,
+        entries: Sequence[tuple[str, SmtpReply | None, str | None]],
+        now: float,
+    ) -> NewMessage:
+        """A DSN, queued as a message of the same site so it takes the same route."""
+        notice_id = new_message_id(now, os.urandom(10))
+        report = dsn.Report(
+            action=action,
+            reporting_mta=self._hostname,
+            message_id=message.id,
+            arrival=message.created_at,
+            sender=message.original_sender,
+            # An address the site's upstreams accept as sender (providers verify From).
+            from_address=site.envelope_sender if site else f"postmaster@{self._hostname}",
+            recipients=dsn.recipients_of(entries, permanent=action is dsn.Action.FAILED),
+            original_content=message.content,
+            retry_until=message.created_at + self._config.backoff.max_age,
         )
-        if pending:
-            last_error = last[pending[0]].detail if pending[0] in last else last_error
-            backoff = self._config.backoff
-            if backoff.is_expired(message.created_at, now):
-                log.warning(
-                    "message %s: expired after %.0fs, failing %d recipients",
-                    message.id,
-                    now - message.created_at,
-                    len(pending),
-                )
-                updates += [
-                    RecipientState(r, RecipientStatus.FAILED, None, None, f"expired: {last_error}")
-                    for r in pending
-                ]
-            else:
-                delay = backoff.delay(message.attempt_count + 1, self._rng)
-                retry_at = now + delay
-                log.info(
-                    "message %s: deferred %d recipients for %.0fs: %s",
-                    message.id,
-                    len(pending),
-                    delay,
-                    last_error,
-                )
-        return DeliveryRecord(
-            message.id, tuple(attempts), tuple(updates), retry_at, last_error, now
+        content = dsn.build(report, notice_id, now)
+        return NewMessage(
+            id=notice_id,
+            site_id=message.site_id,
+            username=None,
+            client_ip="",
+            original_sender=NULL_SENDER,
+            envelope_sender="",
+            recipients=(message.original_sender,),
+            content=content,
+            original_headers=b"",
+            subject=dsn.subject(action),
+            created_at=now,
         )
 
     def _log_outcome(

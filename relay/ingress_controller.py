@@ -20,7 +20,7 @@ from relay.config import LimitsConfig
 from relay.core import headers
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
-from relay.core.model import Credential, NewMessage, Site, SmtpReply
+from relay.core.model import Credential, MessageClass, NewMessage, Site, SmtpReply
 from relay.core.passwords import hash_password, verify_password
 from relay.core.policy import (
     AUTH_INVALID,
@@ -34,11 +34,14 @@ from relay.core.policy import (
     check_recipient,
     check_sender_syntax,
     identify_site,
+    message_class,
+    site_over_limit,
 )
 from relay.core.throttle import FailureThrottle
 from relay.metrics import Metrics
 from relay.queue_database import insert_messages
 from relay.store import GroupWriter
+from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
 _DUMMY_HASH = hash_password("no such user", salt=b"relay-dummy-salt")
@@ -76,10 +79,14 @@ class IngressController:
         hostname: str,
         limits: LimitsConfig,
         metrics: Metrics,
+        usage: UsageController,
         on_queued: Callable[[], None],
+        class_header: str = "X-Relay-Class",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
+        self._usage = usage
+        self._class_header = class_header
         self._directory = directory
         self._hostname = hostname
         self._limits = limits
@@ -128,7 +135,7 @@ class IngressController:
         self._verified[key] = None
         return True
 
-    def begin(self, facts: SessionFacts, sender: str) -> Site | Reject:
+    def begin(self, facts: SessionFacts, sender: str) -> Site | Reject | TempFail:
         """MAIL FROM: which site this transaction belongs to, or why not.
 
         Identification comes first: a client that may not send at all gets 530
@@ -138,7 +145,17 @@ class IngressController:
         if isinstance(site, Reject):
             return site
         verdict = check_sender_syntax(sender)
-        return verdict if isinstance(verdict, Reject) else site
+        if isinstance(verdict, Reject):
+            return verdict
+        return self._check_site_limits(site) or site
+
+    def _check_site_limits(self, site: Site) -> TempFail | None:
+        over = self._usage.site_over(site)
+        if over is None:
+            return None
+        self._metrics.quota_refusals.labels(site.id, over.window.value).inc()
+        log.warning("site %s: refused, %s", site.id, over.describe("messages"))
+        return site_over_limit(site, over, self._clock())
 
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
@@ -147,12 +164,21 @@ class IngressController:
         verdict = check_content(submission.content, self._limits.max_message_bytes)
         if isinstance(verdict, Reject | TempFail):
             return verdict
-        message = self._prepare(submission)
+        fields, _ = headers.split_message(submission.content)
+        kind = message_class(fields, self._class_header, submission.site)
+        if isinstance(kind, Reject):
+            return kind
+        # Checked again: other sessions may have used the site's last messages since MAIL.
+        over = self._check_site_limits(submission.site)
+        if over is not None:
+            return over
+        message = self._prepare(submission, kind)
         try:
             await self._writer.write(lambda c: insert_messages(c, [message]))
         except Exception:
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
+        self._usage.count(submission.site, 1)
         self._metrics.accepted.labels(message.site_id).inc()
         log.info(
             "message %s site %s: queued from %s for %d recipients, %d bytes",
@@ -165,7 +191,7 @@ class IngressController:
         self._on_queued()
         return Queued(message.id)
 
-    def _prepare(self, s: Submission) -> NewMessage:
+    def _prepare(self, s: Submission, kind: MessageClass) -> NewMessage:
         now = self._clock()
         message_id = new_message_id(now, os.urandom(10))
         received = headers.received_field(
@@ -180,6 +206,7 @@ class IngressController:
             s.content,
             [
                 headers.RemoveBcc(),
+                headers.RemoveField(self._class_header),
                 headers.RewriteFrom(s.site),
                 headers.AddMissing(message_id, self._hostname, now),
                 headers.PrependReceived(received),
@@ -198,4 +225,5 @@ class IngressController:
             original_headers=b"".join(f.raw for f in original),
             subject=headers.decoded_text(subject.value) if subject else "",
             created_at=now,
+            message_class=kind,
         )

@@ -54,7 +54,59 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "relay_queue_depth",
-            "Messages waiting for delivery (queued or deferred).",
+            "Messages waiting for delivery (queued or deferred; held ones not included).",
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "relay_queue_held",
+            "Messages held by an operator.",
+            registry=self.registry,
+        )
+        self.oldest_age = Gauge(
+            "relay_queue_oldest_age_seconds",
+            "Age of the oldest message waiting for delivery (0 when none waits).",
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "relay_upstream_circuit_state",
+            "1 for the state each upstream's circuit breaker is in, 0 for the others.",
+            ["upstream", "state"],
+            registry=self.registry,
+        )
+        self.health_checks = Counter(
+            "relay_upstream_health_checks_total",
+            "Active health checks of upstreams (connect, EHLO, STARTTLS, AUTH, QUIT).",
+            ["upstream", "result"],
+            registry=self.registry,
+        )
+        self.quota_use = Gauge(
+            "relay_quota_use_ratio",
+            "Share of a site's or upstream's limit used in the current window.",
+            ["scope", "name", "window"],
+            registry=self.registry,
+        )
+        self.quota_warnings = Counter(
+            "relay_quota_warnings_total",
+            "Times a site or upstream crossed 80 % or 90 % of a limit.",
+            ["scope", "name", "window", "level"],
+            registry=self.registry,
+        )
+        self.quota_refusals = Counter(
+            "relay_site_limit_refusals_total",
+            "Transactions refused at ingress because the site was over a limit.",
+            ["site", "window"],
+            registry=self.registry,
+        )
+        self.notices = Counter(
+            "relay_dsn_queued_total",
+            "Delivery status notifications queued to original senders.",
+            ["action"],
+            registry=self.registry,
+        )
+        self.suppressions = Counter(
+            "relay_suppressions_added_total",
+            "Recipients added to a site's suppression list after a hard bounce.",
+            ["site"],
             registry=self.registry,
         )
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core.model import (
     Attempt,
+    MessageClass,
     MessageStatus,
     NewMessage,
     QueuedMessage,
@@ -23,7 +24,8 @@ from relay.core.model import (
     SmtpReply,
 )
 from relay.core.outcome import message_status
-from relay.tables import attempts, messages, recipients
+from relay.engine_database import Suppression, add_suppressions
+from relay.tables import attempts, messages, recipients, suppressions
 
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
@@ -47,6 +49,7 @@ async def insert_messages(connection: AsyncConnection, batch: Sequence[NewMessag
                 "created_at": m.created_at,
                 "updated_at": m.created_at,
                 "next_attempt_at": m.created_at,
+                "message_class": m.message_class.value,
             }
             for m in batch
         ],
@@ -92,17 +95,23 @@ async def claim_due(
         .where(messages.c.id.in_(ids), free)
         .values(leased_until=now + lease_seconds, lease_owner=owner)
     )
-    rows = await connection.execute(
-        sa.select(
-            messages.c.id,
-            messages.c.site_id,
-            messages.c.envelope_sender,
-            messages.c.content,
-            messages.c.created_at,
-            messages.c.attempt_count,
-        ).where(messages.c.id.in_(ids), messages.c.lease_owner == owner)
-    )
+    rows = (
+        await connection.execute(
+            sa.select(
+                messages.c.id,
+                messages.c.site_id,
+                messages.c.envelope_sender,
+                messages.c.original_sender,
+                messages.c.content,
+                messages.c.created_at,
+                messages.c.attempt_count,
+                messages.c.message_class,
+                messages.c.delay_notified,
+            ).where(messages.c.id.in_(ids), messages.c.lease_owner == owner)
+        )
+    ).all()
     pending = await _pending_recipients(connection, ids)
+    suppressed = await _suppressed(connection, {r.site_id for r in rows}, pending.values())
     return [
         QueuedMessage(
             id=row.id,
@@ -112,9 +121,31 @@ async def claim_due(
             content=row.content,
             created_at=row.created_at,
             attempt_count=row.attempt_count,
+            original_sender=row.original_sender,
+            message_class=MessageClass(row.message_class),
+            delay_notified=row.delay_notified,
+            suppressed={
+                address: suppressed[(row.site_id, address.lower())]
+                for address in pending.get(row.id, ())
+                if (row.site_id, address.lower()) in suppressed
+            },
         )
         for row in rows
     ]
+
+
+async def _suppressed(
+    connection: AsyncConnection, site_ids: set[str], addresses: Iterable[list[str]]
+) -> dict[tuple[str, str], str]:
+    lowered = list({a.lower() for batch in addresses for a in batch})
+    if not lowered:
+        return {}
+    rows = await connection.execute(
+        sa.select(suppressions.c.site_id, suppressions.c.address, suppressions.c.reason).where(
+            suppressions.c.site_id.in_(list(site_ids)), suppressions.c.address.in_(lowered)
+        )
+    )
+    return {(r.site_id, r.address): r.reason for r in rows}
 
 
 async def _pending_recipients(connection: AsyncConnection, ids: list[str]) -> dict[str, list[str]]:
@@ -161,9 +192,21 @@ class DeliveryRecord:
     retry_at: float | None  # when recipients are still pending
     last_error: str | None
     now: float
+    notices: tuple[NewMessage, ...] = ()  # DSNs to queue with this record
+    suppress: tuple[Suppression, ...] = ()  # hard bounces for the site's suppression list
+    delay_notified: bool = False  # a "delayed" DSN went out (with this record or before)
+    counted: bool = True  # whether this pass counts as an attempt for backoff
 
 
 async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -> None:
+    current = await connection.scalar(
+        sa.select(messages.c.status).where(messages.c.id == record.message_id)
+    )
+    if current is None:
+        return  # deleted by an operator while it was being delivered
+    if record.notices:
+        await insert_messages(connection, record.notices)
+    await add_suppressions(connection, record.suppress)
     if record.attempts:
         await connection.execute(
             attempts.insert(),
@@ -200,13 +243,16 @@ async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -
         sa.select(recipients.c.status).where(recipients.c.message_id == record.message_id)
     )
     status = message_status((RecipientStatus(s) for s in statuses.scalars()), retry=True)
+    if current == MessageStatus.HELD.value and status is MessageStatus.DEFERRED:
+        status = MessageStatus.HELD  # held while this pass ran: it stays held
     await connection.execute(
         messages.update()
         .where(messages.c.id == record.message_id)
         .values(
             status=status.value,
             next_attempt_at=record.retry_at or record.now,
-            attempt_count=messages.c.attempt_count + (1 if record.attempts else 0),
+            attempt_count=messages.c.attempt_count + (1 if record.counted else 0),
+            delay_notified=record.delay_notified,
             last_error=record.last_error,
             leased_until=None,
             lease_owner=None,
@@ -226,11 +272,110 @@ async def next_due_at(connection: AsyncConnection) -> float | None:
     return float(due) if due is not None else None
 
 
-async def queue_depth(connection: AsyncConnection) -> int:
-    result = await connection.execute(
-        sa.select(sa.func.count()).select_from(messages).where(messages.c.status.in_(_WAITING))
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int  # waiting for delivery: queued or deferred
+    held: int
+    oldest_created_at: float | None  # of the waiting ones
+
+    def oldest_age(self, now: float) -> float:
+        return max(now - self.oldest_created_at, 0.0) if self.oldest_created_at else 0.0
+
+
+async def queue_stats(connection: AsyncConnection) -> QueueStats:
+    waiting = await connection.execute(
+        sa.select(sa.func.count(), sa.func.min(messages.c.created_at)).where(
+            messages.c.status.in_(_WAITING)
+        )
     )
-    return int(result.scalar() or 0)
+    depth, oldest = waiting.one()
+    held = await connection.scalar(
+        sa.select(sa.func.count())
+        .select_from(messages)
+        .where(messages.c.status == MessageStatus.HELD.value)
+    )
+    return QueueStats(int(depth or 0), int(held or 0), float(oldest) if oldest else None)
+
+
+class QueueConflict(Exception):
+    """The operation does not apply to the message in its current state (HTTP 409)."""
+
+
+async def _status(connection: AsyncConnection, message_id: str) -> MessageStatus | None:
+    status = await connection.scalar(
+        sa.select(messages.c.status).where(messages.c.id == message_id)
+    )
+    return MessageStatus(status) if status is not None else None
+
+
+def _waiting_again() -> sa.Case[str]:
+    """Back to waiting: deferred when it was tried before, else queued."""
+    return sa.case(
+        (messages.c.attempt_count > 0, MessageStatus.DEFERRED.value),
+        else_=MessageStatus.QUEUED.value,
+    )
+
+
+async def retry_now(
+    connection: AsyncConnection, message_id: str, now: float
+) -> MessageStatus | None:
+    """Make a waiting or held message due now; None when there is no such message."""
+    status = await _status(connection, message_id)
+    if status is None:
+        return None
+    if status not in (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD):
+        raise QueueConflict(f"message {message_id} is {status.value}: nothing left to retry")
+    await connection.execute(
+        messages.update()
+        .where(messages.c.id == message_id)
+        .values(
+            status=_waiting_again(),
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+    return await _status(connection, message_id)
+
+
+async def hold(connection: AsyncConnection, message_id: str, now: float) -> MessageStatus | None:
+    """Keep a waiting message out of delivery until released (a pass in flight still ends)."""
+    status = await _status(connection, message_id)
+    if status is None or status is MessageStatus.HELD:
+        return status
+    if status not in (MessageStatus.QUEUED, MessageStatus.DEFERRED):
+        raise QueueConflict(f"message {message_id} is {status.value}: only waiting mail is held")
+    await connection.execute(
+        messages.update()
+        .where(messages.c.id == message_id)
+        .values(status=MessageStatus.HELD.value, updated_at=now)
+    )
+    return MessageStatus.HELD
+
+
+async def release(connection: AsyncConnection, message_id: str, now: float) -> MessageStatus | None:
+    """A held message waits again, due at its old schedule (at once if that has passed)."""
+    status = await _status(connection, message_id)
+    if status is None:
+        return None
+    if status is not MessageStatus.HELD:
+        raise QueueConflict(f"message {message_id} is {status.value}, not held")
+    await connection.execute(
+        messages.update()
+        .where(messages.c.id == message_id)
+        .values(
+            status=_waiting_again(),
+            updated_at=now,
+        )
+    )
+    return await _status(connection, message_id)
+
+
+async def delete_message(connection: AsyncConnection, message_id: str) -> bool:
+    """Remove a message with its recipients and attempts; a pass in flight records nothing."""
+    await connection.execute(recipients.delete().where(recipients.c.message_id == message_id))
+    await connection.execute(attempts.delete().where(attempts.c.message_id == message_id))
+    result = await connection.execute(messages.delete().where(messages.c.id == message_id))
+    return bool(result.rowcount)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupExcept
 
 from relay.config import ListenerConfig
 from relay.core.model import Credential, Site, SmtpReply
-from relay.core.policy import AUTH_SUCCEEDED, LOCAL_ERROR, Accept, Reject, SessionFacts
+from relay.core.policy import (
+    AUTH_SUCCEEDED,
+    LOCAL_ERROR,
+    Accept,
+    Reject,
+    SessionFacts,
+    TempFail,
+)
 from relay.ingress_controller import IngressController, Queued, Submission
 from relay.metrics import Metrics
 
@@ -95,7 +102,7 @@ class SmtpHandler:
             trusted=self._listener.is_trusted(_client_ip(session)),
         )
         site = self._ingress.begin(facts, address)
-        if isinstance(site, Reject):
+        if isinstance(site, Reject | TempFail):
             return self._refuse("mail", site.reply)
         assert isinstance(envelope, RelayEnvelope)
         envelope.mail_from = address

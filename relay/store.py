@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,20 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+async def upsert(
+    connection: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    """Insert rows, or overwrite the other columns where the key exists (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    await connection.execute(
+        statement.on_conflict_do_update(index_elements=keys, set_=updates), rows
+    )
 
 
 class GroupWriter:

@@ -31,7 +31,10 @@ messages = sa.Table(
     sa.Column("leased_until", sa.Float),
     sa.Column("lease_owner", sa.String(128)),
     sa.Column("last_error", sa.Text),
+    sa.Column("message_class", sa.String(16), nullable=False, server_default="transactional"),
+    sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_messages_due", "status", "next_attempt_at"),
+    sa.Index("ix_messages_created_at", "created_at"),
 )
 
 recipients = sa.Table(
@@ -72,6 +75,40 @@ attempts = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("recipients", sa.JSON, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
+)
+
+# The circuit breaker of each upstream, so a restart does not forget a dead one.
+upstream_health = sa.Table(
+    "upstream_health",
+    metadata,
+    sa.Column("upstream", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("changed_at", sa.Float, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Messages (sites) and recipients (upstreams) counted per calendar period.
+usage_counters = sa.Table(
+    "usage_counters",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),  # site | upstream
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("window", sa.String(8), primary_key=True),  # minute | day | month
+    sa.Column("period", sa.String(20), primary_key=True),  # 2026-11-21T10:05 | 2026-11-21 | 2026-11
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+# Addresses that hard-bounced, per site: new mail to them fails without an attempt.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("site_id", sa.String(64), primary_key=True),
+    sa.Column("address", sa.Text, primary_key=True),  # lower case
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(32)),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Objects created through the admin API (a later issue) live here; objects

@@ -14,6 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,10 +26,27 @@ from relay.core.model import SmtpReply, TlsMode, Upstream, UpstreamKind
 IDLE_SECONDS = 30.0  # reuse a connection only this long after its last message
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """An active check: how far it got, how long each step took, and the exact failure."""
+
+    ok: bool
+    stage: Stage  # the last stage reached
+    detail: str  # "ok", or e.g. "auth: 535 5.7.8 authentication failed"
+    steps: tuple[tuple[str, float], ...] = ()  # (step, seconds) for each step done
+
+    @property
+    def summary(self) -> str:
+        timings = ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in self.steps)
+        return f"{self.detail} ({timings})" if timings else self.detail
+
+
 class UpstreamClient(Protocol):
     async def send(
         self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
     ) -> TransactionResult: ...
+
+    async def check(self) -> CheckResult: ...
 
     async def close(self) -> None: ...
 
@@ -37,6 +55,31 @@ def make_client(upstream: Upstream, local_hostname: str) -> UpstreamClient:
     if upstream.kind is UpstreamKind.FILE:
         return FileUpstreamClient(upstream)
     return SmtpUpstreamClient(upstream, local_hostname)
+
+
+class UpstreamClients:
+    """One client per upstream, replaced when a reload changes that upstream."""
+
+    def __init__(self, local_hostname: str) -> None:
+        self._local_hostname = local_hostname
+        self._clients: dict[str, tuple[Upstream, UpstreamClient]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # old clients closing after a reload
+
+    def get(self, upstream: Upstream) -> UpstreamClient:
+        known = self._clients.get(upstream.name)
+        if known is not None and known[0] == upstream:
+            return known[1]
+        if known is not None:
+            task = asyncio.get_running_loop().create_task(known[1].close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        client = make_client(upstream, self._local_hostname)
+        self._clients[upstream.name] = (upstream, client)
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        await asyncio.gather(*(client.close() for _, client in clients.values()))
 
 
 class _Failed(Exception):
@@ -115,8 +158,35 @@ class SmtpUpstreamClient:
         else:
             smtp.close()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def check(self) -> CheckResult:
+        """A fresh connection through EHLO, STARTTLS and AUTH, then QUIT (not pooled)."""
+        steps: list[tuple[str, float]] = []
+        try:
+            smtp = await self._connect(steps)
+        except _Failed as failed:
+            return CheckResult(False, failed.result.stage, failed.result.summary, tuple(steps))
+        started = time.monotonic()
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()  # the checks that matter passed; a rude QUIT is not a failure
+        steps.append(("quit", time.monotonic() - started))
+        return CheckResult(
+            True, Stage.AUTH if self.upstream.username else Stage.CONNECT, "ok", tuple(steps)
+        )
+
+    async def _connect(self, steps: list[tuple[str, float]] | None = None) -> aiosmtplib.SMTP:
+        """Connect, EHLO, STARTTLS and AUTH as configured; ``steps`` gets each step's time."""
         u = self.upstream
+        steps = [] if steps is None else steps
+        started = time.monotonic()
+
+        def done(step: str) -> None:
+            nonlocal started
+            now = time.monotonic()
+            steps.append((step, now - started))
+            started = now
+
         smtp = aiosmtplib.SMTP(
             hostname=u.host,
             port=u.port,
@@ -129,15 +199,19 @@ class SmtpUpstreamClient:
         stage = Stage.TLS if u.tls is TlsMode.IMPLICIT else Stage.CONNECT
         try:
             await smtp.connect()
+            done("connect")
             stage = Stage.CONNECT
             await smtp.ehlo()
+            done("ehlo")
             if u.tls is TlsMode.STARTTLS:
                 stage = Stage.TLS
                 await smtp.starttls()
+                done("starttls")
             if u.username:
                 stage = Stage.AUTH
                 password = u.password.reveal() if u.password else ""
                 await smtp.login(u.username, password)
+                done("auth")
         except aiosmtplib.SMTPResponseException as error:
             smtp.close()
             raise _Failed(TransactionResult(stage, _reply(error))) from None
@@ -229,6 +303,22 @@ class FileUpstreamClient:
             SmtpReply(250, f"2.0.0 written to {path}"),
             dict.fromkeys(recipients, accepted),
         )
+
+    async def check(self) -> CheckResult:
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self._directory.mkdir, parents=True, exist_ok=True)
+            writable = await asyncio.to_thread(os.access, self._directory, os.W_OK)
+        except OSError as error:
+            return CheckResult(
+                False, Stage.DATA, f"cannot create {self._directory}: {error.strerror}"
+            )
+        seconds = time.monotonic() - started
+        if not writable:
+            return CheckResult(
+                False, Stage.DATA, f"{self._directory} is not writable", (("write", seconds),)
+            )
+        return CheckResult(True, Stage.DATA, "ok", (("write", seconds),))
 
     def _write(self, message_id: str, data: bytes) -> Path:
         self._directory.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -17,7 +18,9 @@ from relay.core.classify import (
 )
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
+from relay.core.health import HealthPolicy
 from relay.core.model import (
+    MessageClass,
     MessageStatus,
     RecipientStatus,
     Site,
@@ -27,7 +30,8 @@ from relay.core.model import (
 )
 from relay.core.outcome import message_status
 from relay.core.passwords import hash_password, is_password_hash, verify_password
-from relay.core.routing import choose_route
+from relay.core.quota import UsageBook
+from relay.core.routing import Conditions, Route, RoutingPolicy, choose_route
 from relay.core.throttle import FailureThrottle
 
 SENT, RETRY, FAILED = Outcome.SENT, Outcome.RETRY, Outcome.FAILED
@@ -126,7 +130,7 @@ CLASSIFY_CASES = [
                 R[2]: SmtpReply(550, "5.1.1 no such user"),
             },
         ),
-        {R[0]: SENT, R[1]: RETRY, R[2]: FAILED},
+        {R[0]: SENT, R[1]: Outcome.DEFER, R[2]: FAILED},
         id="rcpt-250-450-550-data-250",
     ),
     pytest.param(
@@ -147,7 +151,7 @@ CLASSIFY_CASES = [
             Stage.RCPT,
             SmtpReply(550, "5.1.1 no such user"),
             {
-                R[0]: SmtpReply(450, "4.2.1 busy"),
+                R[0]: SmtpReply(450, "4.7.1 try later"),
                 R[1]: SmtpReply(452, "4.5.3 too many"),
                 R[2]: SmtpReply(550, "5.1.1 no such user"),
             },
@@ -169,7 +173,7 @@ CLASSIFY_CASES = [
         TransactionResult(
             Stage.DATA,
             SmtpReply(552, "5.3.4 message too big"),
-            {R[0]: OK, R[1]: SmtpReply(450, "4.2.1 busy"), R[2]: OK},
+            {R[0]: OK, R[1]: SmtpReply(450, "4.7.1 try later"), R[2]: OK},
         ),
         {R[0]: FAILED, R[1]: RETRY, R[2]: FAILED},
         id="data-552",
@@ -209,7 +213,7 @@ def test_classify_rcpt_5xx_stays_failed_when_data_gets_no_reply() -> None:
     result = TransactionResult(
         Stage.DATA,
         None,
-        {R[0]: OK, R[1]: SmtpReply(450, "4.2.1 busy"), R[2]: SmtpReply(550, "5.1.1 no user")},
+        {R[0]: OK, R[1]: SmtpReply(450, "4.7.1 try later"), R[2]: SmtpReply(550, "5.1.1 no user")},
         "connection reset",
     )
     assert outcomes(result) == {R[0]: RETRY, R[1]: RETRY, R[2]: FAILED}
@@ -410,14 +414,26 @@ def site_with(upstreams: tuple[str, ...]) -> Site:
     ],
 )
 def test_choose_route(site: Site | None, chosen: list[str], skipped: set[tuple[str, str]]) -> None:
-    route = choose_route(site, ROUTING)
+    route = route_for(site, ROUTING)
     assert [u.name for u in route.upstreams] == chosen
-    assert set(route.skipped) == skipped
+    assert {(s.upstream, s.reason) for s in route.skipped} == skipped
     assert len(route.skipped) == len(skipped)
 
 
+def route_for(site: Site | None, directory: Directory) -> Route:
+    conditions = Conditions({}, HealthPolicy(), UsageBook(ZoneInfo("UTC")), now=0.0)
+    return choose_route(
+        site,
+        MessageClass.TRANSACTIONAL,
+        directory,
+        RoutingPolicy(),
+        conditions,
+        seeded(1),
+    )
+
+
 def test_choose_route_with_no_upstreams() -> None:
-    route = choose_route(site_with(()), Directory.of([], [], []))
+    route = route_for(site_with(()), Directory.of([], [], []))
     assert route.upstreams == ()
     assert route.skipped == ()
 

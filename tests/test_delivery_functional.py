@@ -40,11 +40,11 @@ async def delivery_pass(
     """Wait for the delivery pass that leaves the message in one of ``until``."""
     done = asyncio.Event()
 
-    def on_recorded(record: DeliveryRecord) -> None:
-        if record.message_id == message_id:
+    def on_recorded(record: object) -> None:
+        if isinstance(record, DeliveryRecord) and record.message_id == message_id:
             done.set()
 
-    relay.app.delivery.on_recorded.append(on_recorded)
+    relay.app.events.subscribe(on_recorded)
     try:
         for _ in range(20):
             detail = await message_detail(relay, message_id)
@@ -54,7 +54,7 @@ async def delivery_pass(
             await asyncio.wait_for(done.wait(), timeout=10)
         raise AssertionError(f"message {message_id} never reached {until}")
     finally:
-        relay.app.delivery.on_recorded.remove(on_recorded)
+        relay.app.events.unsubscribe(on_recorded)
 
 
 async def message_detail(relay: RunningRelay, message_id: str) -> MessageDetail:

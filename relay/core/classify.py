@@ -8,9 +8,15 @@ as Postfix keeps its defer-or-bounce policy in smtp_trouble.c:
   because it says the upstream is unusable, not that the message is bad;
 - MAIL: 4xx retry, 5xx fails every recipient;
 - RCPT: per recipient, 4xx retry, 5xx fails that recipient;
-- DATA: applies to the recipients the upstream accepted at RCPT.
+- DATA: applies to the recipients the upstream accepted at RCPT;
+- a 4xx about the mailbox itself (enhanced 4.2.x: full, busy) defers: another
+  upstream would reach the same mailbox, so it waits for backoff instead.
 
-"Retry" means the next upstream of the route at once, then backoff.
+"Retry" means the next upstream of the route at once, then backoff; "defer"
+means backoff at once. A permanent failure with enhanced status 5.1.x (bad
+address) or 5.2.1 (mailbox disabled) is a hard bounce: the site's
+suppression list takes the address. Separately, ``upstream_failed`` says
+whether an answer counts against the upstream's health (circuit breaker).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class Stage(enum.StrEnum):
 
 class Outcome(enum.StrEnum):
     SENT = "sent"
-    RETRY = "retry"
+    RETRY = "retry"  # next upstream now, backoff when none is left
+    DEFER = "defer"  # backoff now
     FAILED = "failed"
 
 
@@ -88,4 +95,24 @@ def _judge(reply: SmtpReply, detail: str) -> RecipientOutcome:
         return RecipientOutcome(Outcome.SENT, reply, detail)
     if reply.is_permanent:
         return RecipientOutcome(Outcome.FAILED, reply, detail)
+    if (reply.enhanced or "").startswith("4.2."):
+        return RecipientOutcome(Outcome.DEFER, reply, detail)
     return RecipientOutcome(Outcome.RETRY, reply, detail)
+
+
+def is_hard_bounce(reply: SmtpReply | None) -> bool:
+    """A permanent refusal of the address itself (RFC 3463: 5.1.x address, 5.2.1 disabled)."""
+    if reply is None or not reply.is_permanent:
+        return False
+    enhanced = reply.enhanced or ""
+    return enhanced.startswith("5.1.") or enhanced == "5.2.1"
+
+
+def upstream_failed(result: TransactionResult) -> bool:
+    """Did the upstream fail us (connect, TLS, AUTH, a dropped connection, 421)?
+
+    Anything else -- even a refusal of the message -- shows the upstream works.
+    """
+    if result.stage in _BEFORE_MAIL or result.transport_error is not None:
+        return True
+    return result.reply is not None and result.reply.code == 421

@@ -136,6 +136,16 @@ class RemoveBcc:
         return without(fields, "bcc")
 
 
+class RemoveField:
+    """A field meant for the relay only (such as the message-class header)."""
+
+    def __init__(self, name: str) -> None:
+        self._key = name.lower()
+
+    def __call__(self, fields: Fields) -> Fields:
+        return without(fields, self._key)
+
+
 class AddMissing:
     """Message-ID and Date are added when the site left them out (RFC 5322 section 3.6)."""
 

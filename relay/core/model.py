@@ -51,6 +51,19 @@ class UpstreamKind(enum.StrEnum):
     FILE = "file"
 
 
+class Strategy(enum.StrEnum):
+    """How a route orders its candidate upstreams."""
+
+    PRIORITY = "priority"  # the site's list in order, else by `priority`
+    COST = "cost"  # cheapest `cost_per_1000` first
+    WEIGHTED = "weighted"  # random order, each upstream first in proportion to `weight`
+
+
+class MessageClass(enum.StrEnum):
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
 class ReplyTo(enum.StrEnum):
     ORIGINAL = "original"
     NONE = "none"
@@ -78,6 +91,8 @@ class Site:
     rate_per_minute: int | None = None
     daily_limit: int | None = None
     monthly_limit: int | None = None
+    strategy: Strategy | None = None  # None: the class's, else routing.strategy
+    message_class: MessageClass = MessageClass.TRANSACTIONAL  # unless a message says otherwise
     managed_by_file: bool = True
 
     @property
@@ -104,6 +119,8 @@ class Upstream:
     monthly_limit: int | None = None
     max_connections: int = 4
     timeout_seconds: float = 60.0
+    cost_per_1000: float | None = None  # for `strategy: cost`; unknown cost sorts last
+    weight: int = 1  # for `strategy: weighted`
     managed_by_file: bool = True
 
 
@@ -141,6 +158,7 @@ class SmtpReply:
 
 class MessageStatus(enum.StrEnum):
     QUEUED = "queued"  # waiting for its first or next attempt
+    HELD = "held"  # kept out of delivery by an operator until released
     DEFERRED = "deferred"  # tried, temporary failure, waiting for backoff
     SENT = "sent"  # every recipient accepted by an upstream
     FAILED = "failed"  # every recipient failed permanently
@@ -168,6 +186,7 @@ class NewMessage:
     original_headers: bytes
     subject: str
     created_at: float
+    message_class: MessageClass = MessageClass.TRANSACTIONAL
 
 
 @dataclass(frozen=True)
@@ -181,6 +200,10 @@ class QueuedMessage:
     content: bytes
     created_at: float
     attempt_count: int
+    original_sender: str = ""  # the site's MAIL FROM: where a DSN goes ("" = none)
+    message_class: MessageClass = MessageClass.TRANSACTIONAL
+    delay_notified: bool = False
+    suppressed: dict[str, str] = field(default_factory=dict)  # recipient -> why
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from relay.core.addresses import is_address, sender_matches
 from relay.core.directory import Directory
-from relay.core.model import Site, SmtpReply
+from relay.core.headers import Fields, decoded_text, first
+from relay.core.model import MessageClass, Site, SmtpReply
+from relay.core.quota import OverLimit
 
 NULL_SENDER = "<>"
 
@@ -103,3 +105,26 @@ def check_content(content: bytes, max_bytes: int) -> Verdict:
     if _BARE_CR_OR_LF.search(content):
         return BARE_LINE_ENDING
     return ACCEPT
+
+
+def site_over_limit(site: Site, over: OverLimit, now: float) -> TempFail:
+    """4xx: the client's cue to retry later (RFC 3463 4.7.1: delivery not authorized, yet)."""
+    wait = max(int(over.reopens_at - now + 0.999), 1)
+    return TempFail(
+        SmtpReply(
+            451, f"4.7.1 Site {site.id} is {over.describe('messages')}; try again in {wait} s"
+        )
+    )
+
+
+def message_class(fields: Fields, header: str, site: Site) -> MessageClass | Reject:
+    """The class the message asks for in ``header``, else the site's."""
+    field = first(fields, header.lower())
+    if field is None:
+        return site.message_class
+    value = decoded_text(field.value).strip().lower()
+    try:
+        return MessageClass(value)
+    except ValueError:
+        allowed = " or ".join(c.value for c in MessageClass)
+        return Reject(SmtpReply(550, f"5.6.0 {header} must be {allowed}, not {value[:40]!r}"))

@@ -1,40 +1,144 @@
-"""Which upstreams a message may use, in order, and why the others were left out.
+"""Which upstreams a message may use, in order, and why each other one was left out.
 
-The delivery-engine issue deepens this (health, limits, strategies); the
-shape stays: a pure function from the site and the upstreams to a Route.
+A pure function of the site, the message class, the upstreams, their health,
+their usage and the time. Candidates are, most specific first: the site's
+own `upstreams` list, else the list the routing rules give the message's
+class, else every upstream by `priority`. The strategy (the site's, else
+the class rule's, else the default) orders them:
+
+- priority: the list in order (by `priority` when no list is given);
+- cost: cheapest `cost_per_1000` first (no cost given sorts last), ties in list order;
+- weighted: a random order in which each upstream comes first in proportion
+  to its `weight` (weight 0: only after all the others).
+
+Then each candidate that is inactive, whose circuit is open, or that is over
+a rate or quota is left out with its reason, and with the time it may be
+usable again, so a message that nobody may take now waits until then
+instead of backing off blindly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from relay.core.directory import Directory
-from relay.core.model import Site, Upstream
+from relay.core.health import Circuit, HealthPolicy
+from relay.core.model import MessageClass, Site, Strategy, Upstream
+from relay.core.quota import Scope, UsageBook, limits_of
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    upstreams: tuple[str, ...] = ()
+    strategy: Strategy | None = None
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    strategy: Strategy = Strategy.PRIORITY
+    classes: Mapping[MessageClass, ClassRule] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skip:
+    upstream: str
+    reason: str
+    until: float | None = None  # when waiting makes it usable again; None: waiting will not
 
 
 @dataclass(frozen=True)
 class Route:
     upstreams: tuple[Upstream, ...]
-    skipped: tuple[tuple[str, str], ...]  # (upstream name, reason)
+    skipped: tuple[Skip, ...]
+    strategy: Strategy = Strategy.PRIORITY
+
+    @property
+    def available_at(self) -> float | None:
+        """The earliest time a left-out upstream may take the message, if waiting helps."""
+        times = [s.until for s in self.skipped if s.until is not None]
+        return min(times) if times else None
+
+    def explain(self) -> str:
+        chosen = ", ".join(u.name for u in self.upstreams) or "none"
+        left = "; ".join(f"{s.upstream}: {s.reason}" for s in self.skipped)
+        return f"{self.strategy.value}: try {chosen}" + (f"; skipped {left}" if left else "")
 
 
-def choose_route(site: Site | None, directory: Directory) -> Route:
-    """The site's `upstreams` in order, else every active upstream by `priority`."""
-    skipped: list[tuple[str, str]] = []
-    if site is not None and site.upstreams:
-        candidates = [directory.upstream(name) for name in site.upstreams]
-        known = [u for u in candidates if u is not None]
-        skipped += [
-            (n, "unknown upstream")
-            for n, u in zip(site.upstreams, candidates, strict=True)
-            if u is None
-        ]
+@dataclass(frozen=True)
+class Conditions:
+    """What routing reads about the upstreams at one moment."""
+
+    circuits: Mapping[str, Circuit]
+    health: HealthPolicy
+    usage: UsageBook
+    now: float
+
+
+def choose_route(
+    site: Site | None,
+    message_class: MessageClass,
+    directory: Directory,
+    policy: RoutingPolicy,
+    conditions: Conditions,
+    rng: random.Random,
+    needed: int = 1,
+) -> Route:
+    rule = policy.classes.get(message_class, ClassRule())
+    names = (site.upstreams if site else ()) or rule.upstreams
+    skipped: list[Skip] = []
+    if names:
+        candidates = []
+        for name in names:
+            upstream = directory.upstream(name)
+            if upstream is None:
+                skipped.append(Skip(name, "unknown upstream"))
+            else:
+                candidates.append(upstream)
     else:
-        known = sorted(directory.upstreams, key=lambda u: (u.priority, u.name))
+        candidates = sorted(directory.upstreams, key=lambda u: (u.priority, u.name))
+    strategy = (site.strategy if site else None) or rule.strategy or policy.strategy
     chosen = []
-    for upstream in known:
-        if upstream.active:
+    for upstream in order(candidates, strategy, rng):
+        skip = availability(upstream, conditions, needed)
+        if skip is None:
             chosen.append(upstream)
         else:
-            skipped.append((upstream.name, "inactive"))
-    return Route(tuple(chosen), tuple(skipped))
+            skipped.append(skip)
+    return Route(tuple(chosen), tuple(skipped), strategy)
+
+
+def order(candidates: Sequence[Upstream], strategy: Strategy, rng: random.Random) -> list[Upstream]:
+    if strategy is Strategy.COST:
+        return sorted(
+            candidates,
+            key=lambda u: (u.cost_per_1000 is None, u.cost_per_1000 or 0.0),
+        )
+    if strategy is Strategy.WEIGHTED:
+        # Efraimidis-Spirakis: sorting by u ** (1 / weight) draws a weighted order
+        # without replacement.
+        def key(upstream: Upstream) -> float:
+            draw = rng.random()
+            return draw ** (1 / upstream.weight) if upstream.weight > 0 else -1.0 + draw
+
+        return sorted(candidates, key=key, reverse=True)
+    return list(candidates)
+
+
+def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) -> Skip | None:
+    """Why the upstream may not take a message now (and until when), or None when it may."""
+    if not upstream.active:
+        return Skip(upstream.name, "inactive")
+    circuit = conditions.circuits.get(upstream.name, Circuit())
+    if not circuit.admits(conditions.health, conditions.now):
+        reason = f"circuit {circuit.state.value}"
+        if circuit.last_error:
+            reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
+        return Skip(upstream.name, reason, circuit.reopens_at(conditions.health))
+    over = conditions.usage.over(
+        Scope.UPSTREAM, upstream.name, limits_of(upstream), conditions.now, needed
+    )
+    if over is not None:
+        return Skip(upstream.name, over.describe("recipients"), over.reopens_at)
+    return None

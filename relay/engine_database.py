@@ -1,0 +1,139 @@
+"""SQL for what the delivery engine remembers: circuits, usage counters, suppressions.
+
+Functions take a connection and return core objects. Counters are written
+as absolute values from the node's in-memory book (one node per store
+today; the multi-node roadmap moves limits to Redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.core.health import Circuit, CircuitState
+from relay.core.quota import Key, Scope, Window
+from relay.store import upsert
+from relay.tables import suppressions, upstream_health, usage_counters
+
+
+async def load_circuits(connection: AsyncConnection) -> dict[str, Circuit]:
+    rows = await connection.execute(sa.select(upstream_health))
+    return {
+        row.upstream: Circuit(CircuitState(row.state), row.failures, row.changed_at, row.last_error)
+        for row in rows
+    }
+
+
+async def save_circuits(
+    connection: AsyncConnection, circuits: dict[str, Circuit], now: float
+) -> None:
+    rows = [
+        {
+            "upstream": name,
+            "state": c.state.value,
+            "failures": c.failures,
+            "changed_at": c.changed_at,
+            "last_error": c.last_error,
+            "updated_at": now,
+        }
+        for name, c in circuits.items()
+    ]
+    await upsert(connection, upstream_health, rows, ["upstream"])
+
+
+async def load_usage(connection: AsyncConnection, periods: Iterable[str]) -> list[tuple[Key, int]]:
+    c = usage_counters.c
+    rows = await connection.execute(
+        sa.select(c.scope, c.name, c.window, c.period, c.count.label("n")).where(
+            c.period.in_(list(periods))
+        )
+    )
+    return [((Scope(r.scope), r.name, Window(r.window), r.period), int(r.n)) for r in rows]
+
+
+async def save_usage(
+    connection: AsyncConnection, counts: Sequence[tuple[Key, int]], current_minute: str
+) -> None:
+    rows = [
+        {"scope": k[0].value, "name": k[1], "window": k[2].value, "period": k[3], "count": n}
+        for k, n in counts
+    ]
+    await upsert(connection, usage_counters, rows, ["scope", "name", "window", "period"])
+    # Minute counters are only useful while their minute lasts.
+    await connection.execute(
+        usage_counters.delete().where(
+            usage_counters.c.window == Window.MINUTE.value,
+            usage_counters.c.period < current_minute,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Suppression:
+    site_id: str
+    address: str
+    reason: str
+    message_id: str | None
+    created_at: float
+
+
+async def add_suppressions(connection: AsyncConnection, entries: Sequence[Suppression]) -> None:
+    rows = [
+        {
+            "site_id": e.site_id,
+            "address": e.address.lower(),
+            "reason": e.reason,
+            "message_id": e.message_id,
+            "created_at": e.created_at,
+        }
+        for e in entries
+    ]
+    await upsert(connection, suppressions, rows, ["site_id", "address"])
+
+
+async def suppressed_among(
+    connection: AsyncConnection, site_id: str, addresses: Iterable[str]
+) -> dict[str, str]:
+    """The given addresses (as given) that the site suppresses, with the reason."""
+    by_lower = {a.lower(): a for a in addresses}
+    if not by_lower:
+        return {}
+    rows = await connection.execute(
+        sa.select(suppressions.c.address, suppressions.c.reason).where(
+            suppressions.c.site_id == site_id, suppressions.c.address.in_(list(by_lower))
+        )
+    )
+    return {by_lower[row.address]: row.reason for row in rows}
+
+
+async def list_suppressions(
+    connection: AsyncConnection, site_id: str, *, offset: int = 0, limit: int = 50
+) -> tuple[list[Suppression], int]:
+    """One page of a site's suppression list (newest first) and the total: for the admin API."""
+    where = suppressions.c.site_id == site_id
+    total = await connection.scalar(
+        sa.select(sa.func.count()).select_from(suppressions).where(where)
+    )
+    rows = await connection.execute(
+        sa.select(suppressions)
+        .where(where)
+        .order_by(suppressions.c.created_at.desc(), suppressions.c.address)
+        .offset(offset)
+        .limit(limit)
+    )
+    entries = [
+        Suppression(r.site_id, r.address, r.reason, r.message_id, r.created_at) for r in rows
+    ]
+    return entries, int(total or 0)
+
+
+async def remove_suppression(connection: AsyncConnection, site_id: str, address: str) -> bool:
+    result = await connection.execute(
+        suppressions.delete().where(
+            suppressions.c.site_id == site_id, suppressions.c.address == address.lower()
+        )
+    )
+    return bool(result.rowcount)

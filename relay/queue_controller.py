@@ -1,0 +1,70 @@
+"""Queue operations for operators (the admin API calls these): retry, hold, release, delete, stats.
+
+Each runs in its own store transaction and answers with the message's new
+status, None when there is no such message, or raises ``QueueConflict``
+when the operation does not apply to the message's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from relay.core.model import MessageStatus
+from relay.queue_database import (
+    QueueStats,
+    delete_message,
+    hold,
+    queue_stats,
+    release,
+    retry_now,
+)
+from relay.store import GroupWriter
+
+log = logging.getLogger(__name__)
+
+
+class QueueController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        wake_delivery: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._writer = writer
+        self._wake_delivery = wake_delivery
+        self._clock = clock
+
+    async def retry(self, message_id: str) -> MessageStatus | None:
+        now = self._clock()
+        status = await self._writer.write(lambda c: retry_now(c, message_id, now))
+        if status is not None:
+            log.info("message %s: retry now requested (%s)", message_id, status.value)
+            self._wake_delivery()
+        return status
+
+    async def hold(self, message_id: str) -> MessageStatus | None:
+        now = self._clock()
+        status = await self._writer.write(lambda c: hold(c, message_id, now))
+        if status is not None:
+            log.info("message %s: held", message_id)
+        return status
+
+    async def release(self, message_id: str) -> MessageStatus | None:
+        now = self._clock()
+        status = await self._writer.write(lambda c: release(c, message_id, now))
+        if status is not None:
+            log.info("message %s: released (%s)", message_id, status.value)
+            self._wake_delivery()
+        return status
+
+    async def delete(self, message_id: str) -> bool:
+        deleted = await self._writer.write(lambda c: delete_message(c, message_id))
+        if deleted:
+            log.info("message %s: deleted by an operator", message_id)
+        return deleted
+
+    async def stats(self) -> QueueStats:
+        async with self._writer.engine.connect() as connection:
+            return await queue_stats(connection)
