@@ -17,8 +17,8 @@ from relay.core.classify import (
     classify,
 )
 from relay.core.directory import Directory
-from relay.core.ids import new_message_id
 from relay.core.health import HealthPolicy
+from relay.core.ids import new_message_id
 from relay.core.model import (
     MessageClass,
     MessageStatus,
