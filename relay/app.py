@@ -99,6 +99,7 @@ class RelayApp:
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
 
     def directory(self) -> Directory:
         return self._directory
@@ -241,6 +242,9 @@ class RelayApp:
         return []
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         log.info("stopping: no new connections; finishing work in progress")
         await self.listeners.stop(DRAIN_SECONDS)
         if self._tasks:  # started

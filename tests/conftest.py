@@ -244,6 +244,22 @@ def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+class FakeClock:
+    """A controllable wall clock for backoff, quota windows and circuit cooldowns.
+
+    Only the relay's decisions read it; sockets and timeouts keep real time.
+    """
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:  # 2027-01-15 08:00 UTC
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class RunningRelay:
     app: RelayApp
@@ -256,14 +272,24 @@ class RunningRelay:
     def ports(self) -> list[int]:
         return self.app.listeners.ports
 
+    def advance(self, clock: FakeClock, seconds: float) -> None:
+        """Move the fake clock on and let delivery look for what became due."""
+        clock.advance(seconds)
+        self.app.delivery.wake()
+
 
 @pytest.fixture
-async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
-    """start_relay(config_dict) -> RunningRelay, stopped at the end of the test."""
+async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """start_relay(config_dict, clock=None) -> RunningRelay, stopped at the end of the test.
+
+    Starting again with the same config (after ``await relay.app.stop()``) is a restart
+    on the same store.
+    """
     apps: list[RelayApp] = []
 
-    async def start(config: dict[str, Any]) -> RunningRelay:
-        app = RelayApp(load_config(write_config(tmp_path, config)))
+    async def start(config: dict[str, Any], clock: FakeClock | None = None) -> RunningRelay:
+        path = write_config(tmp_path, config)
+        app = RelayApp(load_config(path), clock=clock) if clock else RelayApp(load_config(path))
         await app.start()
         apps.append(app)
         return RunningRelay(app)
