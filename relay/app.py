@@ -202,6 +202,7 @@ class RelayApp:
 
     async def _flush(self) -> None:
         try:
+            self.usage.export(self._directory)
             await self.usage.flush()
             await self.health.flush()
         except Exception as error:  # counted again at the next flush; never stops the relay

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from relay.core.directory import Directory
 from relay.core.model import Site, Upstream
 from relay.core.quota import OverLimit, Scope, UsageBook, Window, limits_of, period
 from relay.engine_database import load_usage, save_usage
@@ -51,12 +52,18 @@ class UsageController:
             minute = period(Window.MINUTE, self._clock(), self.book.zone)
             await self._writer.write(lambda c: save_usage(c, counts, minute))
 
+    def export(self, directory: Directory) -> None:
+        """Refresh the use-ratio gauges (a new day lowers them without any traffic)."""
+        now = self._clock()
+        owners: list[Site | Upstream] = [*directory.sites, *directory.upstreams]
+        for owner in owners:
+            self._export(owner, now)
+
     def site_over(self, site: Site) -> OverLimit | None:
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
 
     def count(self, owner: Site | Upstream, count: int) -> None:
-        scope = Scope.SITE if isinstance(owner, Site) else Scope.UPSTREAM
-        name = owner.id if isinstance(owner, Site) else owner.name
+        scope, name = _scope(owner)
         limits = limits_of(owner)
         now = self._clock()
         for warning in self.book.add(scope, name, count, limits, now):
@@ -73,6 +80,16 @@ class UsageController:
                 scope.value, name, warning.window.value, f"{warning.level:.1f}"
             ).inc()
             self._events.publish(warning)
-        for window, limit in limits.items():
+        self._export(owner, now)
+
+    def _export(self, owner: Site | Upstream, now: float) -> None:
+        scope, name = _scope(owner)
+        for window, limit in limits_of(owner).items():
             ratio = self.book.ratio(scope, name, window, limit, now)
             self._metrics.quota_use.labels(scope.value, name, window.value).set(ratio)
+
+
+def _scope(owner: Site | Upstream) -> tuple[Scope, str]:
+    if isinstance(owner, Site):
+        return Scope.SITE, owner.id
+    return Scope.UPSTREAM, owner.name
