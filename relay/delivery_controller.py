@@ -82,6 +82,7 @@ class _Pass:
     failed: list[tuple[str, SmtpReply | None, str | None]] = field(default_factory=list)
     suppress: list[Suppression] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    route: str = ""  # Route.explain(), kept with every attempt
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ class DeliveryController:
             needed=max(len(p.pending), 1),
         )
         p.skipped += route.skipped
-        log.debug("message %s: route %s", message.id, route.explain())
+        p.route = route.explain()
+        log.debug("message %s: route %s", message.id, p.route)
         for upstream in route.upstreams:
             if not p.pending:
                 break
@@ -259,7 +261,7 @@ class DeliveryController:
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
         usage.count(upstream, sent - needed)  # give back what the upstream did not take
-        p.attempts += self._attempts(upstream.name, started, duration, outcomes)
+        p.attempts += self._attempts(upstream.name, started, duration, outcomes, p.route)
         self._metrics.observe_attempt(upstream.name, duration)
         for recipient, outcome in outcomes.items():
             self._log_outcome(p.message, upstream.name, recipient, outcome)
@@ -286,7 +288,12 @@ class DeliveryController:
                 )
 
     def _attempts(
-        self, upstream: str, started: float, duration: float, outcomes: dict[str, RecipientOutcome]
+        self,
+        upstream: str,
+        started: float,
+        duration: float,
+        outcomes: dict[str, RecipientOutcome],
+        route: str,
     ) -> list[Attempt]:
         """One attempt row per distinct outcome, listing the recipients it concerned."""
         groups: dict[tuple[Outcome, str], list[str]] = {}
@@ -298,7 +305,14 @@ class DeliveryController:
             self._metrics.count_delivery(upstream, outcome.outcome.value)
         return [
             Attempt(
-                upstream, started, duration, replies[key], key[0].value, tuple(recipients), key[1]
+                upstream,
+                started,
+                duration,
+                replies[key],
+                key[0].value,
+                tuple(recipients),
+                key[1],
+                route,
             )
             for key, recipients in groups.items()
         ]

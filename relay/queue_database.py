@@ -221,6 +221,7 @@ async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -
                     "outcome": a.outcome,
                     "recipients": list(a.recipients),
                     "detail": a.detail,
+                    "route": a.route,
                 }
                 for a in record.attempts
             ],
@@ -426,6 +427,7 @@ async def load_message(connection: AsyncConnection, message_id: str) -> MessageD
                 outcome=a.outcome,
                 recipients=tuple(a.recipients),
                 detail=a.detail,
+                route=a.route or "",
             )
             for a in tries
         ),

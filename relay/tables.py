@@ -75,6 +75,7 @@ attempts = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("recipients", sa.JSON, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Column("route", sa.Text),  # Route.explain(): chosen order and skip reasons
 )
 
 # The circuit breaker of each upstream, so a restart does not forget a dead one.

@@ -63,6 +63,8 @@ class UsageController:
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
 
     def count(self, owner: Site | Upstream, count: int) -> None:
+        if count == 0:
+            return
         scope, name = _scope(owner)
         limits = limits_of(owner)
         now = self._clock()

@@ -217,3 +217,4 @@ class Attempt:
     outcome: str
     recipients: tuple[str, ...] = field(default=())
     detail: str = ""  # e.g. "connect: connection refused", "rcpt: 550 5.1.1 no such user"
+    route: str = ""  # the route it was part of, with why other upstreams were skipped

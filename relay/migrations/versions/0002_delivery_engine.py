@@ -1,4 +1,4 @@
-"""Delivery engine: message class, delay notices, upstream health, usage counters, suppressions.
+"""Delivery engine: message class, delay notices, attempt routes, health, usage, suppressions.
 
 Revision ID: 0002
 Revises: 0001
@@ -25,6 +25,8 @@ def upgrade() -> None:
             sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false())
         )
     op.create_index("ix_messages_created_at", "messages", ["created_at"])
+    with op.batch_alter_table("attempts") as batch:
+        batch.add_column(sa.Column("route", sa.Text))
     op.create_table(
         "upstream_health",
         sa.Column("upstream", sa.String(64), primary_key=True),
@@ -56,6 +58,8 @@ def downgrade() -> None:
     op.drop_table("suppressions")
     op.drop_table("usage_counters")
     op.drop_table("upstream_health")
+    with op.batch_alter_table("attempts") as batch:
+        batch.drop_column("route")
     op.drop_index("ix_messages_created_at", "messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("delay_notified")
