@@ -1,0 +1,133 @@
+"""The store on PostgreSQL: migrations, queue claims, records, counters, circuits, suppressions.
+
+Runs against the PostgreSQL at 127.0.0.1:5432 in a throwaway database; skips
+with the reason when there is none. The same functions run on SQLite in
+every other functional test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from relay.core.health import Circuit, CircuitState
+from relay.core.model import MessageStatus, NewMessage, RecipientStatus
+from relay.core.quota import Scope, Window
+from relay.engine_database import (
+    Suppression,
+    list_suppressions,
+    load_circuits,
+    load_usage,
+    remove_suppression,
+    save_circuits,
+    save_usage,
+)
+from relay.queue_database import (
+    DeliveryRecord,
+    RecipientState,
+    claim_due,
+    hold,
+    insert_messages,
+    load_message,
+    queue_stats,
+    record_delivery,
+)
+from relay.store import create_engine, migrate
+
+ADMIN_URL = os.environ.get(
+    "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[AsyncEngine]:
+    admin = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"relay_test_{uuid.uuid4().hex[:12]}"
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except (OSError, sa.exc.SQLAlchemyError) as error:
+        await admin.dispose()
+        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {type(error).__name__}")
+    engine = create_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        await migrate(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+        async with admin.connect() as connection:
+            await connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+def new_message(message_id: str, now: float) -> NewMessage:
+    return NewMessage(
+        id=message_id,
+        site_id="shop",
+        username="shop",
+        client_ip="127.0.0.1",
+        original_sender="orders@shop.example.com",
+        envelope_sender="sales@example.com",
+        recipients=("a@example.org", "gone@example.org"),
+        content=b"Subject: hi\r\n\r\nhello\r\n",
+        original_headers=b"Subject: hi\r\n",
+        subject="hi",
+        created_at=now,
+    )
+
+
+async def test_queue_round_trip(engine: AsyncEngine) -> None:
+    now = 1_800_000_000.0
+    async with engine.begin() as c:
+        await insert_messages(c, [new_message("m1", now), new_message("m2", now)])
+    async with engine.begin() as c:
+        claimed = await claim_due(c, owner="node", now=now, lease_seconds=60, limit=10)
+    assert {m.id for m in claimed} == {"m1", "m2"}
+    record = DeliveryRecord(
+        "m1",
+        (),
+        (
+            RecipientState("a@example.org", RecipientStatus.SENT, "sink", 250, "2.0.0 ok"),
+            RecipientState("gone@example.org", RecipientStatus.FAILED, "sink", 550, "5.1.1 no"),
+        ),
+        None,
+        None,
+        now,
+        suppress=(Suppression("shop", "Gone@example.org", "550 5.1.1 no", "m1", now),),
+    )
+    async with engine.begin() as c:
+        await record_delivery(c, record)
+        await hold(c, "m2", now)
+    async with engine.connect() as c:
+        detail = await load_message(c, "m1")
+        stats = await queue_stats(c)
+        entries, total = await list_suppressions(c, "shop")
+    assert detail is not None and detail.status is MessageStatus.PARTIAL
+    assert (stats.depth, stats.held) == (0, 1)
+    assert total == 1 and entries[0].address == "gone@example.org"
+
+    # Suppressed recipients come with the next claim, whatever their case.
+    async with engine.begin() as c:
+        await insert_messages(c, [new_message("m3", now)])
+        [again] = await claim_due(c, owner="node", now=now, lease_seconds=60, limit=10)
+    assert again.suppressed.keys() == {"gone@example.org"}
+    async with engine.begin() as c:
+        assert await remove_suppression(c, "shop", "GONE@example.org")
+
+
+async def test_counters_and_circuits_upsert(engine: AsyncEngine) -> None:
+    key = (Scope.UPSTREAM, "ses", Window.DAY, "2027-01-15")
+    async with engine.begin() as c:
+        await save_usage(c, [(key, 3)], "2027-01-15T08:00")
+        await save_usage(c, [(key, 7)], "2027-01-15T08:00")
+        await save_circuits(c, {"ses": Circuit(CircuitState.OPEN, 5, 10.0, "refused")}, 10.0)
+        await save_circuits(c, {"ses": Circuit(CircuitState.HALF_OPEN, 5, 20.0, "refused")}, 20.0)
+    async with engine.connect() as c:
+        assert await load_usage(c, ["2027-01-15"]) == [(key, 7)]
+        circuits = await load_circuits(c)
+    assert circuits["ses"].state is CircuitState.HALF_OPEN
