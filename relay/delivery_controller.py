@@ -251,8 +251,8 @@ class DeliveryController:
             p.skipped.append(skip)
             return
         usage = self._engine.usage
-        usage.count(upstream, needed)  # reserve, so concurrent passes see it
         started = self._clock()
+        usage.count(upstream, needed, started)  # reserve, so concurrent passes see it
         result = await self._engine.clients.get(upstream).send(
             p.message.envelope_sender, p.pending, p.message.content, p.message.id
         )
@@ -260,7 +260,7 @@ class DeliveryController:
         self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
-        usage.count(upstream, sent - needed)  # give back what the upstream did not take
+        usage.count(upstream, sent - needed, started)  # give back what it did not take
         p.attempts += self._attempts(upstream.name, started, duration, outcomes, p.route)
         self._metrics.observe_attempt(upstream.name, duration)
         for recipient, outcome in outcomes.items():

@@ -62,13 +62,14 @@ class UsageController:
     def site_over(self, site: Site) -> OverLimit | None:
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
 
-    def count(self, owner: Site | Upstream, count: int) -> None:
+    def count(self, owner: Site | Upstream, count: int, at: float | None = None) -> None:
+        """Count (or, negative, give back) usage; ``at``: when the reservation was made."""
         if count == 0:
             return
         scope, name = _scope(owner)
         limits = limits_of(owner)
         now = self._clock()
-        for warning in self.book.add(scope, name, count, limits, now):
+        for warning in self.book.add(scope, name, count, limits, now if at is None else at):
             log.warning(
                 "%s %s has used %d%% of its %s limit (%d of %d)",
                 scope.value,

@@ -78,7 +78,7 @@ def build(report: Report, dsn_id: str, now: float) -> bytes:
     parts = [
         (b"Content-Type: text/plain; charset=utf-8", _explanation(report).encode()),
         (b"Content-Type: message/delivery-status", _status_fields(report)),
-        (b"Content-Type: text/rfc822-headers", _header_block(report.original_content)),
+        _headers_part(_header_block(report.original_content)),
     ]
     body = b"This is a MIME-encapsulated message." + CRLF
     for part_headers, content in parts:
@@ -136,6 +136,11 @@ def _status_fields(report: Report) -> bytes:
     return b"".join(
         CRLF.join(line.encode("ascii") for line in group) + CRLF + CRLF for group in groups
     )
+
+
+def _headers_part(block: bytes) -> tuple[bytes, bytes]:
+    kind = b"Content-Type: text/rfc822-headers"
+    return (kind if block.isascii() else kind + CRLF + b"Content-Transfer-Encoding: 8bit", block)
 
 
 def _header_block(content: bytes) -> bytes:

@@ -124,7 +124,7 @@ class Upstream:
     managed_by_file: bool = True
 
 
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 
 
 @dataclass(frozen=True)

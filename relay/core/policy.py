@@ -7,6 +7,7 @@ a reply into text on the wire.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -109,7 +110,7 @@ def check_content(content: bytes, max_bytes: int) -> Verdict:
 
 def site_over_limit(site: Site, over: OverLimit, now: float) -> TempFail:
     """4xx: the client's cue to retry later (RFC 3463 4.7.1: delivery not authorized, yet)."""
-    wait = max(int(over.reopens_at - now + 0.999), 1)
+    wait = max(math.ceil(over.reopens_at - now), 1)
     return TempFail(
         SmtpReply(
             451, f"4.7.1 Site {site.id} is {over.describe('messages')}; try again in {wait} s"
@@ -127,4 +128,5 @@ def message_class(fields: Fields, header: str, site: Site) -> MessageClass | Rej
         return MessageClass(value)
     except ValueError:
         allowed = " or ".join(c.value for c in MessageClass)
-        return Reject(SmtpReply(550, f"5.6.0 {header} must be {allowed}, not {value[:40]!r}"))
+        shown = re.sub(r"[^\x20-\x7e]", "?", value[:40])  # replies are ASCII, one line
+        return Reject(SmtpReply(550, f"5.6.0 {header} must be {allowed}, not '{shown}'"))

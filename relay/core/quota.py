@@ -13,7 +13,7 @@ import enum
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from relay.core.model import Site, Upstream
@@ -43,10 +43,11 @@ def limits_of(owner: Site | Upstream) -> dict[Window, int]:
 
 
 def period(window: Window, now: float, zone: ZoneInfo) -> str:
-    """The name of the calendar period ``now`` falls in: 2026-11-21T10:05, 2026-11-21, 2026-11."""
-    local = datetime.fromtimestamp(now, zone)
+    """The name of the period ``now`` falls in: 2026-11-21T10:05 (UTC), 2026-11-21, 2026-11."""
     if window is Window.MINUTE:
-        return local.strftime("%Y-%m-%dT%H:%M")
+        # Minutes by UTC: local wall-clock minutes repeat when DST ends.
+        return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M")
+    local = datetime.fromtimestamp(now, zone)
     if window is Window.DAY:
         return local.strftime("%Y-%m-%d")
     return local.strftime("%Y-%m")
@@ -99,6 +100,8 @@ class UsageBook:
         self.zone = zone
         self._counts: dict[Key, int] = {}
         self._dirty: set[Key] = set()
+        self._retired: dict[Key, int] = {}  # final counts of past periods, not yet persisted
+        self._warned: set[tuple[Key, float]] = set()  # each level warns once per period
 
     def load(self, rows: Iterable[tuple[Key, int]]) -> None:
         for key, count in rows:
@@ -120,38 +123,48 @@ class UsageBook:
     def add(
         self, scope: Scope, name: str, count: int, limits: Mapping[Window, int], now: float
     ) -> list[QuotaWarning]:
-        """Count ``count`` (negative: give back a reservation); warnings for thresholds crossed."""
+        """Count ``count`` at ``now``; warnings for thresholds crossed for the first time.
+
+        A negative count gives back a reservation made at ``now`` (pass the
+        reservation's time): it never goes below zero, and a period that has
+        ended meanwhile is left as it was.
+        """
         warnings = []
         for window in Window:
             key = (scope, name, window, period(window, now, self.zone))
             if key not in self._counts:
+                if count < 0:
+                    continue
                 self._forget_older(key)
             before = self._counts.get(key, 0)
             after = max(before + count, 0)
             self._counts[key] = after
             self._dirty.add(key)
             limit = limits.get(window)
-            if limit is None:
-                continue
-            warnings += [
-                QuotaWarning(scope, name, window, level, after, limit)
-                for level in WARN_AT
-                if before < level * limit <= after
-            ]
+            for level in WARN_AT if limit is not None else ():
+                assert limit is not None
+                crossed = before < level * limit <= after
+                if crossed and (key, level) not in self._warned:
+                    self._warned.add((key, level))
+                    warnings.append(QuotaWarning(scope, name, window, level, after, limit))
         return warnings
 
     def ratio(self, scope: Scope, name: str, window: Window, limit: int, now: float) -> float:
         return self.used(scope, name, window, now) / limit
 
     def take_dirty(self) -> list[tuple[Key, int]]:
-        """The counts changed since the last call (to be persisted)."""
+        """The counts changed since the last call (to be persisted), past periods' included."""
         dirty, self._dirty = self._dirty, set()
-        return [(key, self._counts[key]) for key in dirty if key in self._counts]
+        retired, self._retired = self._retired, {}
+        return [*retired.items(), *((key, self._counts[key]) for key in dirty)]
 
     def _forget_older(self, key: Key) -> None:
-        stale = [k for k in self._counts if k[:3] == key[:3] and k[3] != key[3]]
-        for k in stale:
-            del self._counts[k]
+        for old in [k for k in self._counts if k[:3] == key[:3] and k[3] != key[3]]:
+            if old in self._dirty:
+                self._dirty.discard(old)
+                self._retired[old] = self._counts[old]
+            del self._counts[old]
+            self._warned -= {(old, level) for level in WARN_AT}
 
     def __iter__(self) -> Iterator[tuple[Key, int]]:
         return iter(self._counts.items())
