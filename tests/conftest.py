@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,17 +148,21 @@ async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFa
                 and auth is not None
                 and (data.login.decode(), data.password.decode()) == auth
             )
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd answers 235 or 535 itself (True would send nothing).
+            return AuthResult(success=ok, handled=False)
 
         def factory() -> SMTP:
-            return SMTP(
-                handler,
-                hostname="sink.test",
-                tls_context=context if tls == "starttls" else None,
-                authenticator=authenticator if auth else None,
-                auth_required=bool(auth),
-                auth_require_tls=tls == "starttls",
-            )
+            with warnings.catch_warnings():
+                # A plaintext sink with AUTH is deliberate here (loopback, test credentials).
+                warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+                return SMTP(
+                    handler,
+                    hostname="sink.test",
+                    tls_context=context if tls == "starttls" else None,
+                    authenticator=authenticator if auth else None,
+                    auth_required=bool(auth),
+                    auth_require_tls=tls == "starttls",
+                )
 
         server = await asyncio.get_running_loop().create_server(
             factory, "127.0.0.1", port, ssl=context if tls == "implicit" else None

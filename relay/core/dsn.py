@@ -133,9 +133,8 @@ def _status_fields(report: Report) -> bytes:
                 f"Will-Retry-Until: {email.utils.formatdate(report.retry_until, usegmt=True)}"
             )
         groups.append(group)
-    return b"".join(
-        CRLF.join(line.encode("ascii") for line in group) + CRLF + CRLF for group in groups
-    )
+    # Groups are separated by one empty line; the CRLF before the boundary ends the last.
+    return CRLF.join(CRLF.join(line.encode("ascii") for line in group) + CRLF for group in groups)
 
 
 def _headers_part(block: bytes) -> tuple[bytes, bytes]:
