@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -199,58 +200,41 @@ class DeliveryRecord:
 
 
 async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -> None:
-    current = await connection.scalar(
-        sa.select(messages.c.status).where(messages.c.id == record.message_id)
+    if record.recipients:
+        await connection.execute(
+            _UPDATE_RECIPIENT, [_recipient_row(record, u) for u in record.recipients]
+        )
+    statuses = (
+        (
+            await connection.execute(
+                sa.select(recipients.c.status).where(recipients.c.message_id == record.message_id)
+            )
+        )
+        .scalars()
+        .all()
     )
-    if current is None:
+    if not statuses:
         return  # deleted by an operator while it was being delivered
     if record.notices:
         await insert_messages(connection, record.notices)
     await add_suppressions(connection, record.suppress)
     if record.attempts:
         await connection.execute(
-            attempts.insert(),
-            [
-                {
-                    "message_id": record.message_id,
-                    "upstream": a.upstream,
-                    "started_at": a.started_at,
-                    "duration": a.duration,
-                    "reply_code": a.reply.code if a.reply else None,
-                    "reply_text": a.reply.text if a.reply else None,
-                    "outcome": a.outcome,
-                    "recipients": list(a.recipients),
-                    "detail": a.detail,
-                    "route": a.route,
-                }
-                for a in record.attempts
-            ],
+            attempts.insert(), [_attempt_row(record, a) for a in record.attempts]
         )
-    for update in record.recipients:
-        await connection.execute(
-            recipients.update()
-            .where(
-                recipients.c.message_id == record.message_id, recipients.c.address == update.address
-            )
-            .values(
-                status=update.status.value,
-                upstream=update.upstream,
-                reply_code=update.reply_code,
-                reply_text=update.reply_text,
-                updated_at=record.now,
-            )
+    status: str | sa.Case[Any] = message_status(
+        (RecipientStatus(s) for s in statuses), retry=True
+    ).value
+    if status == MessageStatus.DEFERRED.value:
+        # Held while this pass ran: it stays held.
+        status = sa.case(
+            (messages.c.status == MessageStatus.HELD.value, messages.c.status), else_=status
         )
-    statuses = await connection.execute(
-        sa.select(recipients.c.status).where(recipients.c.message_id == record.message_id)
-    )
-    status = message_status((RecipientStatus(s) for s in statuses.scalars()), retry=True)
-    if current == MessageStatus.HELD.value and status is MessageStatus.DEFERRED:
-        status = MessageStatus.HELD  # held while this pass ran: it stays held
     await connection.execute(
         messages.update()
         .where(messages.c.id == record.message_id)
         .values(
-            status=status.value,
+            status=status,
             next_attempt_at=record.retry_at or record.now,
             attempt_count=messages.c.attempt_count + (1 if record.counted else 0),
             delay_notified=record.delay_notified,
@@ -260,6 +244,49 @@ async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -
             updated_at=record.now,
         )
     )
+
+
+_UPDATE_RECIPIENT = (
+    recipients.update()
+    .where(
+        recipients.c.message_id == sa.bindparam("b_message_id"),
+        recipients.c.address == sa.bindparam("b_address"),
+    )
+    .values(
+        status=sa.bindparam("b_status"),
+        upstream=sa.bindparam("b_upstream"),
+        reply_code=sa.bindparam("b_reply_code"),
+        reply_text=sa.bindparam("b_reply_text"),
+        updated_at=sa.bindparam("b_updated_at"),
+    )
+)
+
+
+def _recipient_row(record: DeliveryRecord, update: RecipientState) -> dict[str, Any]:
+    return {
+        "b_message_id": record.message_id,
+        "b_address": update.address,
+        "b_status": update.status.value,
+        "b_upstream": update.upstream,
+        "b_reply_code": update.reply_code,
+        "b_reply_text": update.reply_text,
+        "b_updated_at": record.now,
+    }
+
+
+def _attempt_row(record: DeliveryRecord, a: Attempt) -> dict[str, Any]:
+    return {
+        "message_id": record.message_id,
+        "upstream": a.upstream,
+        "started_at": a.started_at,
+        "duration": a.duration,
+        "reply_code": a.reply.code if a.reply else None,
+        "reply_text": a.reply.text if a.reply else None,
+        "outcome": a.outcome,
+        "recipients": list(a.recipients),
+        "detail": a.detail,
+        "route": a.route,
+    }
 
 
 async def next_due_at(connection: AsyncConnection) -> float | None:
