@@ -173,12 +173,14 @@ class IngressController:
         if over is not None:
             return over
         message = self._prepare(submission, kind)
+        # Counted before the write, so DATA from concurrent sessions sees it; given back on failure.
+        self._usage.count(submission.site, 1, message.created_at)
         try:
             await self._writer.write(lambda c: insert_messages(c, [message]))
         except Exception:
+            self._usage.count(submission.site, -1, message.created_at)
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
-        self._usage.count(submission.site, 1)
         self._metrics.accepted.labels(message.site_id).inc()
         log.info(
             "message %s site %s: queued from %s for %d recipients, %d bytes",

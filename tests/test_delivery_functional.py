@@ -47,10 +47,10 @@ async def delivery_pass(
     relay.app.events.subscribe(on_recorded)
     try:
         for _ in range(20):
+            done.clear()  # before reading: a pass that ends meanwhile still wakes us
             detail = await message_detail(relay, message_id)
             if detail.status in until:
                 return detail
-            done.clear()
             await asyncio.wait_for(done.wait(), timeout=10)
         raise AssertionError(f"message {message_id} never reached {until}")
     finally:
