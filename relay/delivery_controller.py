@@ -227,7 +227,7 @@ class DeliveryController:
             if not p.pending:
                 break
             await self._try(upstream, p)
-        return self._conclude(p, site, directory)
+        return self._conclude(p, site)
 
     def _fail_suppressed(self, p: _Pass, site: Site | None) -> None:
         for address, reason in p.message.suppressed.items():
@@ -317,7 +317,7 @@ class DeliveryController:
             for key, recipients in groups.items()
         ]
 
-    def _conclude(self, p: _Pass, site: Site | None, directory: Directory) -> DeliveryRecord:
+    def _conclude(self, p: _Pass, site: Site | None) -> DeliveryRecord:
         message, now = p.message, self._clock()
         waiting = p.pending + p.deferred
         last_error = self._last_error(p, waiting)
@@ -412,7 +412,6 @@ class DeliveryController:
         now: float,
     ) -> NewMessage:
         """A DSN, queued as a message of the same site so it takes the same route."""
-        notice_id = new_message_id(now, os.urandom(10))
         report = dsn.Report(
             action=action,
             reporting_mta=self._hostname,
@@ -425,20 +424,7 @@ class DeliveryController:
             original_content=message.content,
             retry_until=message.created_at + self._config.backoff.max_age,
         )
-        content = dsn.build(report, notice_id, now)
-        return NewMessage(
-            id=notice_id,
-            site_id=message.site_id,
-            username=None,
-            client_ip="",
-            original_sender=NULL_SENDER,
-            envelope_sender="",
-            recipients=(message.original_sender,),
-            content=content,
-            original_headers=b"",
-            subject=dsn.subject(action),
-            created_at=now,
-        )
+        return dsn.as_message(report, message.site_id, new_message_id(now, os.urandom(10)), now)
 
     def _log_outcome(
         self, message: QueuedMessage, upstream: str, recipient: str, outcome: RecipientOutcome

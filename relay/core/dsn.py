@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.core.headers import CRLF, format_address, split_message
-from relay.core.model import SmtpReply
+from relay.core.model import NewMessage, SmtpReply
+from relay.core.policy import NULL_SENDER
 
 
 class Action(enum.StrEnum):
@@ -55,6 +56,23 @@ def status_of(reply: SmtpReply | None, *, permanent: bool) -> str:
     if reply is not None and reply.code >= 400:
         return f"{reply.code // 100}.0.0"
     return "5.4.7" if permanent else "4.4.7"  # delivery time expired / delayed
+
+
+def as_message(report: Report, site_id: str, notice_id: str, now: float) -> NewMessage:
+    """The DSN as a message to queue: null envelope sender, to the original sender."""
+    return NewMessage(
+        id=notice_id,
+        site_id=site_id,
+        username=None,
+        client_ip="",
+        original_sender=NULL_SENDER,
+        envelope_sender="",
+        recipients=(report.sender,),
+        content=build(report, notice_id, now),
+        original_headers=b"",
+        subject=subject(report.action),
+        created_at=now,
+    )
 
 
 def subject(action: Action) -> str:
