@@ -205,7 +205,7 @@ class RelayApp:
             self.usage.export(self._directory)
             await self.usage.flush()
             await self.health.flush()
-        except Exception as error:  # counted again at the next flush; never stops the relay
+        except Exception as error:  # kept for the next flush; never stops the relay
             log.warning("usage counters and circuits not saved: %s", error)
 
     def reload(self) -> list[str]:
@@ -228,6 +228,8 @@ class RelayApp:
             )
             if getattr(config, name) != getattr(self.config, name)
         ]
+        if config.routing.class_header != self.config.routing.class_header:
+            restart_needed.append("routing.class_header")
         if restart_needed:
             log.warning(
                 "reload: changes to %s take effect at the next restart", ", ".join(restart_needed)

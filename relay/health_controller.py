@@ -101,7 +101,11 @@ class HealthController:
         changed = {name: self.circuits[name] for name in dirty if name in self.circuits}
         if changed:
             now = self._clock()
-            await self._writer.write(lambda c: save_circuits(c, changed, now))
+            try:
+                await self._writer.write(lambda c: save_circuits(c, changed, now))
+            except BaseException:
+                self._dirty |= dirty  # written at the next flush
+                raise
 
     def _set(self, upstream: str, circuit: Circuit, detail: str | None) -> None:
         old = self.circuits.get(upstream, Circuit())

@@ -50,7 +50,11 @@ class UsageController:
         counts = self.book.take_dirty()
         if counts:
             minute = period(Window.MINUTE, self._clock(), self.book.zone)
-            await self._writer.write(lambda c: save_usage(c, counts, minute))
+            try:
+                await self._writer.write(lambda c: save_usage(c, counts, minute))
+            except BaseException:
+                self.book.not_saved(counts)
+                raise
 
     def export(self, directory: Directory) -> None:
         """Refresh the use-ratio gauges (a new day lowers them without any traffic)."""

@@ -471,3 +471,12 @@ def test_minute_counts_do_not_return_in_the_repeated_dst_hour() -> None:
     book.add(SITE, "shop", 10, {}, first)
     assert book.over(SITE, "shop", {MINUTE: 10}, first) is not None
     assert book.over(SITE, "shop", {MINUTE: 10}, first + HOUR) is None  # 02:30 CET
+
+
+def test_counts_that_could_not_be_saved_are_offered_again() -> None:
+    book = book_with(3)
+    book.add(SITE, "shop", 1, LIMITS, NOW + 60)  # the old minute retires, unsaved
+    first = sorted(book.take_dirty())
+    book.not_saved(first)  # the write failed
+    assert sorted(book.take_dirty()) == first
+    assert book.take_dirty() == []

@@ -158,6 +158,14 @@ class UsageBook:
         retired, self._retired = self._retired, {}
         return [*retired.items(), *((key, self._counts[key]) for key in dirty)]
 
+    def not_saved(self, counts: Iterable[tuple[Key, int]]) -> None:
+        """Counts from ``take_dirty`` that could not be persisted: offer them again."""
+        for key, count in counts:
+            if key in self._counts:
+                self._dirty.add(key)
+            else:
+                self._retired[key] = count
+
     def _forget_older(self, key: Key) -> None:
         for old in [k for k in self._counts if k[:3] == key[:3] and k[3] != key[3]]:
             if old in self._dirty:
