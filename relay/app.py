@@ -113,6 +113,8 @@ class RelayApp:
         self.writer.start()
         await self.usage.load()
         await self.health.load()
+        self.usage.export(self._directory)
+        self.health.export()
         for listener in self.config.listeners:
             handler = SmtpHandler(listener, self.ingress, self.metrics)
             try:
@@ -203,6 +205,7 @@ class RelayApp:
     async def _flush(self) -> None:
         try:
             self.usage.export(self._directory)
+            self.health.export()
             await self.usage.flush()
             await self.health.flush()
         except Exception as error:  # kept for the next flush; never stops the relay

@@ -127,6 +127,11 @@ class HealthController:
         )
         self._events.publish(CircuitChange(upstream, old.state, circuit.state, detail))
 
+    def export(self) -> None:
+        """Every configured upstream gets its circuit-state series, even before any change."""
+        for upstream in self._directory().upstreams:
+            self._export(upstream.name, self.circuits.get(upstream.name, Circuit()).state)
+
     def _export(self, upstream: str, state: CircuitState) -> None:
         for s in CircuitState:
             self._metrics.circuit_state.labels(upstream, s.value).set(1 if s is state else 0)
