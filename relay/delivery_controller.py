@@ -48,7 +48,15 @@ from relay.core.model import (
     Upstream,
 )
 from relay.core.policy import NULL_SENDER
-from relay.core.routing import Conditions, RoutingPolicy, Skip, availability, choose_route
+from relay.core.routing import (
+    Conditions,
+    RoutingPolicy,
+    Skip,
+    availability,
+    choose_route,
+    describe_skips,
+    earliest_opening,
+)
 from relay.engine_database import Suppression
 from relay.events import Events
 from relay.health_controller import HealthController
@@ -210,7 +218,7 @@ class DeliveryController:
         directory = self._engine.directory()
         site = directory.site(message.site_id)
         p = _Pass(message, [r for r in message.pending_recipients if r not in message.suppressed])
-        self._fail_suppressed(p, site)
+        self._fail_suppressed(p)
         route = choose_route(
             site,
             message.message_class,
@@ -229,9 +237,9 @@ class DeliveryController:
             await self._try(upstream, p)
         return self._conclude(p, site)
 
-    def _fail_suppressed(self, p: _Pass, site: Site | None) -> None:
+    def _fail_suppressed(self, p: _Pass) -> None:
         for address, reason in p.message.suppressed.items():
-            site_id = site.id if site else p.message.site_id
+            site_id = p.message.site_id
             text = f"5.1.1 Recipient is on the suppression list of site {site_id}: {reason}"
             reply = SmtpReply(550, text)
             log.info("message %s rcpt %s: failed, suppressed (%s)", p.message.id, address, reason)
@@ -242,14 +250,13 @@ class DeliveryController:
         """Hand the pending recipients to one upstream, unless it may not take them right now."""
         needed = len(p.pending)
         skip = availability(upstream, self._conditions(), needed)
-        if skip is None and not self._engine.health.begin(upstream.name):
-            skip = Skip(upstream.name, "circuit half_open: a probe is in progress")
         if skip is not None:
             log.debug(
                 "message %s: upstream %s skipped: %s", p.message.id, upstream.name, skip.reason
             )
             p.skipped.append(skip)
             return
+        self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe
         usage = self._engine.usage
         started = self._clock()
         usage.count(upstream, needed, started)  # reserve, so concurrent passes see it
@@ -372,8 +379,7 @@ class DeliveryController:
         if waiting[0] in p.last:
             return p.last[waiting[0]].detail
         if p.skipped:
-            reasons = "; ".join(f"{s.upstream}: {s.reason}" for s in p.skipped)
-            return f"no upstream available ({reasons})"
+            return f"no upstream available ({describe_skips(p.skipped)})"
         return "no upstream available (none configured)"
 
     def _retry_time(self, p: _Pass, now: float) -> tuple[float, bool]:
@@ -383,9 +389,9 @@ class DeliveryController:
         cooldown or a quota window, the message waits exactly until the
         earliest of those opens, without growing its backoff.
         """
-        opens = [s.until for s in p.skipped if s.until is not None]
-        if not p.attempts and opens:
-            return max(min(opens), now + 1.0), False
+        opens = earliest_opening(p.skipped)
+        if not p.attempts and opens is not None:
+            return max(opens, now + 1.0), False
         delay = self._config.backoff.delay(p.message.attempt_count + 1, self._rng)
         return now + delay, True
 

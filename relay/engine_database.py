@@ -94,19 +94,20 @@ async def add_suppressions(connection: AsyncConnection, entries: Sequence[Suppre
     await upsert(connection, suppressions, rows, ["site_id", "address"])
 
 
-async def suppressed_among(
-    connection: AsyncConnection, site_id: str, addresses: Iterable[str]
-) -> dict[str, str]:
-    """The given addresses (as given) that the site suppresses, with the reason."""
-    by_lower = {a.lower(): a for a in addresses}
-    if not by_lower:
+async def suppressed(
+    connection: AsyncConnection, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """Which (site id, address) pairs are suppressed, keyed in lower case, with the reason."""
+    wanted = {(site, address.lower()) for site, address in pairs}
+    if not wanted:
         return {}
     rows = await connection.execute(
-        sa.select(suppressions.c.address, suppressions.c.reason).where(
-            suppressions.c.site_id == site_id, suppressions.c.address.in_(list(by_lower))
+        sa.select(suppressions.c.site_id, suppressions.c.address, suppressions.c.reason).where(
+            suppressions.c.site_id.in_(sorted({site for site, _ in wanted})),
+            suppressions.c.address.in_(sorted({address for _, address in wanted})),
         )
     )
-    return {by_lower[row.address]: row.reason for row in rows}
+    return {(r.site_id, r.address): r.reason for r in rows if (r.site_id, r.address) in wanted}
 
 
 async def list_suppressions(

@@ -54,7 +54,6 @@ class HealthController:
         async with self._writer.engine.connect() as connection:
             self.circuits = await load_circuits(connection)
         for name, circuit in self.circuits.items():
-            self._export(name, circuit.state)
             if circuit.state is not CircuitState.CLOSED:
                 log.warning("upstream %s: circuit %s since the last run", name, circuit.state)
 

@@ -20,7 +20,7 @@ from relay.config import LimitsConfig
 from relay.core import headers
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
-from relay.core.model import Credential, MessageClass, NewMessage, Site, SmtpReply
+from relay.core.model import Credential, NewMessage, Site, SmtpReply
 from relay.core.passwords import hash_password, verify_password
 from relay.core.policy import (
     AUTH_INVALID,
@@ -164,15 +164,13 @@ class IngressController:
         verdict = check_content(submission.content, self._limits.max_message_bytes)
         if isinstance(verdict, Reject | TempFail):
             return verdict
-        fields, _ = headers.split_message(submission.content)
-        kind = message_class(fields, self._class_header, submission.site)
-        if isinstance(kind, Reject):
-            return kind
+        message = self._prepare(submission)
+        if isinstance(message, Reject):
+            return message
         # Checked again: other sessions may have used the site's last messages since MAIL.
         over = self._check_site_limits(submission.site)
         if over is not None:
             return over
-        message = self._prepare(submission, kind)
         # Counted before the write, so DATA from concurrent sessions sees it; given back on failure.
         self._usage.count(submission.site, 1, message.created_at)
         try:
@@ -193,7 +191,7 @@ class IngressController:
         self._on_queued()
         return Queued(message.id)
 
-    def _prepare(self, s: Submission, kind: MessageClass) -> NewMessage:
+    def _prepare(self, s: Submission) -> NewMessage | Reject:
         now = self._clock()
         message_id = new_message_id(now, os.urandom(10))
         received = headers.received_field(
@@ -214,6 +212,9 @@ class IngressController:
                 headers.PrependReceived(received),
             ],
         )
+        kind = message_class(original, self._class_header, s.site)
+        if isinstance(kind, Reject):
+            return kind
         subject = headers.first(original, "subject")
         return NewMessage(
             id=message_id,

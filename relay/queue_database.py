@@ -25,8 +25,8 @@ from relay.core.model import (
     SmtpReply,
 )
 from relay.core.outcome import message_status
-from relay.engine_database import Suppression, add_suppressions
-from relay.tables import attempts, messages, recipients, suppressions
+from relay.engine_database import Suppression, add_suppressions, suppressed
+from relay.tables import attempts, messages, recipients
 
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
@@ -112,7 +112,9 @@ async def claim_due(
         )
     ).all()
     pending = await _pending_recipients(connection, ids)
-    suppressed = await _suppressed(connection, {r.site_id for r in rows}, pending.values())
+    listed = await suppressed(
+        connection, ((r.site_id, a) for r in rows for a in pending.get(r.id, ()))
+    )
     return [
         QueuedMessage(
             id=row.id,
@@ -126,27 +128,13 @@ async def claim_due(
             message_class=MessageClass(row.message_class),
             delay_notified=row.delay_notified,
             suppressed={
-                address: suppressed[(row.site_id, address.lower())]
+                address: listed[(row.site_id, address.lower())]
                 for address in pending.get(row.id, ())
-                if (row.site_id, address.lower()) in suppressed
+                if (row.site_id, address.lower()) in listed
             },
         )
         for row in rows
     ]
-
-
-async def _suppressed(
-    connection: AsyncConnection, site_ids: set[str], addresses: Iterable[list[str]]
-) -> dict[tuple[str, str], str]:
-    lowered = list({a.lower() for batch in addresses for a in batch})
-    if not lowered:
-        return {}
-    rows = await connection.execute(
-        sa.select(suppressions.c.site_id, suppressions.c.address, suppressions.c.reason).where(
-            suppressions.c.site_id.in_(list(site_ids)), suppressions.c.address.in_(lowered)
-        )
-    )
-    return {(r.site_id, r.address): r.reason for r in rows}
 
 
 async def _pending_recipients(connection: AsyncConnection, ids: list[str]) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """Usage of sites and upstreams against their limits: counted in memory, persisted in batches.
 
-The ingress counts a site's messages once they are stored; delivery reserves
+The ingress counts a site's messages as it stores them; delivery reserves
 an upstream's recipients before it sends and gives back what was not
 accepted. Changed counters are written every few seconds and at stop, so
 they hold across a restart (a crash may forget the last seconds' counts:

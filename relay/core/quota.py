@@ -2,9 +2,9 @@
 
 Windows are calendar periods in the configured time zone (a day ends at local
 midnight, a month on the 1st), so a provider's "50,000 per day" and the
-operator's idea of a day agree. ``UsageBook`` keeps the counts in memory; the
-delivery and ingress controllers persist them (``usage_database``) so they
-hold across a restart. Crossing 80 % and 90 % of a limit yields a warning once.
+operator's idea of a day agree. ``UsageBook`` keeps the counts in memory;
+``relay.usage_controller`` persists them so they hold across a restart.
+Crossing 80 % and 90 % of a limit yields a warning once.
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ class UsageBook:
             self._counts[key] = after
             self._dirty.add(key)
             limit = limits.get(window)
-            for level in WARN_AT if limit is not None else ():
-                assert limit is not None
+            if limit is None:
+                continue
+            for level in WARN_AT:
                 crossed = before < level * limit <= after
                 if crossed and (key, level) not in self._warned:
                     self._warned.add((key, level))

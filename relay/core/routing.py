@@ -20,7 +20,7 @@ instead of backing off blindly.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relay.core.directory import Directory
@@ -56,14 +56,21 @@ class Route:
 
     @property
     def available_at(self) -> float | None:
-        """The earliest time a left-out upstream may take the message, if waiting helps."""
-        times = [s.until for s in self.skipped if s.until is not None]
-        return min(times) if times else None
+        return earliest_opening(self.skipped)
 
     def explain(self) -> str:
         chosen = ", ".join(u.name for u in self.upstreams) or "none"
-        left = "; ".join(f"{s.upstream}: {s.reason}" for s in self.skipped)
+        left = describe_skips(self.skipped)
         return f"{self.strategy.value}: try {chosen}" + (f"; skipped {left}" if left else "")
+
+
+def earliest_opening(skips: Iterable[Skip]) -> float | None:
+    """The earliest time a left-out upstream may take the message, if waiting helps."""
+    return min((s.until for s in skips if s.until is not None), default=None)
+
+
+def describe_skips(skips: Iterable[Skip]) -> str:
+    return "; ".join(f"{s.upstream}: {s.reason}" for s in skips)
 
 
 @dataclass(frozen=True)
