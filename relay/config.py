@@ -9,6 +9,7 @@ working directory (systemd's WorkingDirectory, Docker's WORKDIR).
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -23,6 +24,15 @@ import yaml
 from relay.core.addresses import is_address, is_sender_pattern
 from relay.core.backoff import BackoffPolicy
 from relay.core.directory import Directory
+from relay.core.dkim import (
+    Algorithm,
+    KeyProblem,
+    PrivateKey,
+    SigningKey,
+    is_selector,
+    load_private_key,
+)
+from relay.core.domains import Domain, DomainKey, KeyState
 from relay.core.health import HealthPolicy
 from relay.core.model import (
     AuthMode,
@@ -126,15 +136,10 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
-class DkimConfig:
-    selector: str
-    private_key_file: Path
-
-
-@dataclass(frozen=True)
-class DomainConfig:
-    name: str
-    dkim: DkimConfig | None
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()  # "IP" or "IP:port"; empty: the system's resolv.conf
+    timeout_seconds: float = 5.0
+    verify_interval_seconds: float = 3600.0  # the server re-checks every domain this often
 
 
 @dataclass(frozen=True)
@@ -149,12 +154,13 @@ class Config:
     health: HealthConfig
     routing: RoutingConfig
     upstreams: tuple[Upstream, ...]
-    domains: tuple[DomainConfig, ...]
+    dns: DnsConfig
+    domains: tuple[Domain, ...]
     sites: tuple[Site, ...]
     credentials: tuple[Credential, ...]
 
     def directory(self) -> Directory:
-        return Directory.of(self.sites, self.credentials, self.upstreams)
+        return Directory.of(self.sites, self.credentials, self.upstreams, self.domains)
 
 
 def default_config_path() -> Path:
@@ -343,6 +349,7 @@ def _parse(path: Path, root: _Section) -> Config | None:
     upstreams = _parse_upstreams(root)
     upstream_names = {u.name for u in upstreams}
     routing = _parse_routing(root.section("routing"), upstream_names)
+    dns = _parse_dns(root.section("dns"))
     domains = _parse_domains(root)
     sites, credentials = _parse_sites(root, upstream_names)
     root.finish()
@@ -357,6 +364,7 @@ def _parse(path: Path, root: _Section) -> Config | None:
         health,
         routing,
         upstreams,
+        dns,
         domains,
         sites,
         credentials,
@@ -614,33 +622,129 @@ def _parse_upstream(s: _Section) -> Upstream | None:
         timeout_seconds=s.number("timeout_seconds", 60.0),
         cost_per_1000=s.cost("cost_per_1000"),
         weight=s.integer("weight", 1, minimum=0),
+        spf_include=_spf_includes(s),
     )
     s.finish()
     return upstream if name is not None else None
 
 
-def _parse_domains(root: _Section) -> tuple[DomainConfig, ...]:
+def _spf_includes(s: _Section) -> tuple[str, ...]:
+    """``spf_include``: the domain (or list) a sender's SPF must include for this upstream."""
+    value = s.raw("spf_include", [])
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) and _HOSTNAME.match(n) for n in names):
+        s.problem("must be a domain such as amazonses.com, or a list of them", "spf_include")
+        return ()
+    return tuple(n.lower() for n in names)
+
+
+def _parse_dns(s: _Section) -> DnsConfig:
+    d = DnsConfig()
+    servers = []
+    for j, server in s.items("nameservers"):
+        if not isinstance(server, str) or not _is_nameserver(server):
+            s.problem("not an IP address or IP:port", f"nameservers[{j}]")
+        else:
+            servers.append(server)
+    config = DnsConfig(
+        nameservers=tuple(servers),
+        timeout_seconds=s.number("timeout_seconds", d.timeout_seconds),
+        verify_interval_seconds=s.number("verify_interval_seconds", d.verify_interval_seconds),
+    )
+    s.finish()
+    return config
+
+
+def _is_nameserver(text: str) -> bool:
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if text.startswith("["):  # [::1]:53
+        host, _, port = text[1:].partition("]:")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not port or (port.isdigit() and 0 < int(port) < 65536)
+
+
+def _parse_domains(root: _Section) -> tuple[Domain, ...]:
     domains, names = [], set[str]()
     for i, data in root.items("domains"):
         s = _Section(data, root.child("domains") + f"[{i}]", root.problems)
         name = s.text("name")
         if name is not None and not _HOSTNAME.match(name):
             s.problem(f"not a domain name: {name!r}", "name")
+            name = None
         _unique(root, "domains", i, name and name.lower(), names, "domain")
-        dkim = None
-        if s.has("dkim"):
-            d = s.section("dkim")
-            selector = d.text("selector")
-            key_file = _existing_file(d, "private_key_file")
-            if key_file is None and not d.has("private_key_file"):
-                d.problem("is required", "private_key_file")
-            d.finish()
-            if selector is not None and key_file is not None:
-                dkim = DkimConfig(selector, key_file)
+        keys, signing_key = _parse_dkim(s.section("dkim"), name) if s.has("dkim") else ((), None)
         s.finish()
         if name is not None:
-            domains.append(DomainConfig(name.lower(), dkim))
+            domains.append(Domain(name.lower(), keys, signing_key))
     return tuple(domains)
+
+
+def _parse_dkim(d: _Section, domain: str | None) -> tuple[tuple[DomainKey, ...], SigningKey | None]:
+    """The active selector, an optional ``next`` one and ``retired`` ones (see README)."""
+    keys: list[DomainKey] = []
+    selector, key = _selector(d, required_key=True)
+    signing_key = None
+    if selector is not None and key is not None:
+        keys.append(DomainKey.of(selector, KeyState.ACTIVE, key))
+        signing_key = SigningKey(domain or "", selector, key)
+    if d.has("next"):
+        n = d.section("next")
+        selector, key = _selector(n, required_key=True)
+        n.finish()
+        if selector is not None and key is not None:
+            keys.append(DomainKey.of(selector, KeyState.NEXT, key))
+    for j, data in d.items("retired"):
+        r = _Section(data, d.child("retired") + f"[{j}]", d.problems)
+        selector, key = _selector(r, required_key=False)
+        until = _date(r, "until")
+        r.finish()
+        if selector is not None and until is not None:
+            keys.append(
+                DomainKey.of(selector, KeyState.RETIRED, key, until)
+                if key is not None
+                else DomainKey(selector, KeyState.RETIRED, Algorithm.RSA, None, until)
+            )
+    d.finish()
+    selectors = [k.selector for k in keys]
+    for duplicate in sorted({x for x in selectors if selectors.count(x) > 1}):
+        d.problem(f"selector {duplicate!r} is used twice")
+    return tuple(keys), signing_key
+
+
+def _selector(s: _Section, required_key: bool) -> tuple[str | None, PrivateKey | None]:
+    selector = s.text("selector")
+    if selector is not None and not is_selector(selector):
+        s.problem(f"not a DKIM selector: {selector!r}", "selector")
+        selector = None
+    key_file = _existing_file(s, "private_key_file")
+    if key_file is None or not key_file.is_file():  # a missing file is reported already
+        if required_key and not s.has("private_key_file"):
+            s.problem("is required (make one with `relay dkim keygen`)", "private_key_file")
+        return selector, None
+    try:
+        return selector, load_private_key(key_file.read_bytes())
+    except OSError as error:
+        s.problem(f"cannot read {key_file} ({error.strerror})", "private_key_file")
+    except KeyProblem as error:
+        s.problem(f"{key_file}: {error}", "private_key_file")
+    return selector, None
+
+
+def _date(s: _Section, key: str) -> dt.date | None:
+    value = s.raw(key)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    if value is not None:
+        s.problem(f"must be a date such as 2026-12-31 (got {value!r})", key)
+    return None
 
 
 def _parse_sites(

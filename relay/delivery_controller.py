@@ -25,10 +25,11 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.config import DeliveryConfig
-from relay.core import dsn
+from relay.core import dkim, dsn
+from relay.core.addresses import domain_of
 from relay.core.classify import (
     Outcome,
     RecipientOutcome,
@@ -430,7 +431,9 @@ class DeliveryController:
             original_content=message.content,
             retry_until=message.created_at + self._config.backoff.max_age,
         )
-        return dsn.as_message(report, message.site_id, new_message_id(now, os.urandom(10)), now)
+        notice = dsn.as_message(report, message.site_id, new_message_id(now, os.urandom(10)), now)
+        key = self._engine.directory().signing_key(domain_of(report.from_address))
+        return replace(notice, content=dkim.sign(notice.content, key, now)) if key else notice
 
     def _log_outcome(
         self, message: QueuedMessage, upstream: str, recipient: str, outcome: RecipientOutcome

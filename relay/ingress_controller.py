@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.config import LimitsConfig
-from relay.core import headers
+from relay.core import dkim, headers
+from relay.core.addresses import domain_of
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
 from relay.core.model import Credential, NewMessage, Site, SmtpReply
@@ -215,6 +216,9 @@ class IngressController:
         kind = message_class(original, self._class_header, s.site)
         if isinstance(kind, Reject):
             return kind
+        key = self._directory().signing_key(domain_of(s.site.from_email))
+        if key is not None:  # after the rewrite: the signature covers what goes out
+            content = dkim.sign(content, key, now)
         subject = headers.first(original, "subject")
         return NewMessage(
             id=message_id,

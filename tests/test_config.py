@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from relay.config import ConfigError, load_config
+from relay.core import dkim
 from relay.core.model import AuthMode, ReplyTo, TlsMode, UpstreamKind
 from relay.core.passwords import verify_password
 
@@ -116,6 +117,12 @@ def test_base_config_validates(tmp_path: Path) -> None:
     assert config.sites[0].senders == ("*@shop.example.com",)
 
 
+def _dkim_key(tmp_path: Path, name: str) -> str:
+    path = tmp_path / name
+    path.write_bytes(dkim.private_pem(dkim.generate(dkim.Algorithm.ED25519)))
+    return str(path)
+
+
 def _existing(tmp_path: Path, name: str) -> str:
     path = tmp_path / name
     path.write_text("x", encoding="utf-8")
@@ -159,7 +166,7 @@ VALID_CASES: list[Any] = [
             domains=[
                 {
                     "name": "example.com",
-                    "dkim": {"selector": "s1", "private_key_file": _existing(t, "k.pem")},
+                    "dkim": {"selector": "s1", "private_key_file": _dkim_key(t, "k.pem")},
                 }
             ]
         ),
@@ -492,7 +499,7 @@ ERROR_CASES: list[Any] = [
     pytest.param(
         case(
             _set(["domains"], [{"name": "example.com", "dkim": {"selector": "s1"}}]),
-            "domains[0].dkim.private_key_file: is required",
+            "domains[0].dkim.private_key_file: is required (make one with `relay dkim keygen`)",
         ),
         id="missing-dkim-key",
     ),

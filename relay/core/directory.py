@@ -1,4 +1,4 @@
-"""The live set of sites, credentials and upstreams, indexed for lookups.
+"""The live set of sites, credentials, upstreams and domains, indexed for lookups.
 
 Built from the configuration (and later the store); replaced as a whole on
 reload, so a session always sees one consistent version.
@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from relay.core.addresses import sender_matches
+from relay.core.dkim import SigningKey
+from relay.core.domains import Domain
 from relay.core.model import Credential, Site, Upstream
 
 
@@ -18,20 +20,27 @@ class Directory:
     sites: tuple[Site, ...]
     credentials: tuple[Credential, ...]
     upstreams: tuple[Upstream, ...]
+    domains: tuple[Domain, ...] = ()
     _sites: dict[str, Site] = field(init=False, repr=False, compare=False)
     _credentials: dict[str, Credential] = field(init=False, repr=False, compare=False)
     _upstreams: dict[str, Upstream] = field(init=False, repr=False, compare=False)
+    _domains: dict[str, Domain] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_sites", {s.id: s for s in self.sites})
         object.__setattr__(self, "_credentials", {c.username: c for c in self.credentials})
         object.__setattr__(self, "_upstreams", {u.name: u for u in self.upstreams})
+        object.__setattr__(self, "_domains", {d.name: d for d in self.domains})
 
     @classmethod
     def of(
-        cls, sites: Iterable[Site], credentials: Iterable[Credential], upstreams: Iterable[Upstream]
+        cls,
+        sites: Iterable[Site],
+        credentials: Iterable[Credential],
+        upstreams: Iterable[Upstream],
+        domains: Iterable[Domain] = (),
     ) -> Directory:
-        return cls(tuple(sites), tuple(credentials), tuple(upstreams))
+        return cls(tuple(sites), tuple(credentials), tuple(upstreams), tuple(domains))
 
     def site(self, site_id: str) -> Site | None:
         return self._sites.get(site_id)
@@ -41,6 +50,14 @@ class Directory:
 
     def upstream(self, name: str) -> Upstream | None:
         return self._upstreams.get(name)
+
+    def domain(self, name: str) -> Domain | None:
+        return self._domains.get(name.lower())
+
+    def signing_key(self, domain: str) -> SigningKey | None:
+        """The active DKIM key of a From domain, if it has one."""
+        found = self._domains.get(domain.lower())
+        return found.signing_key if found else None
 
     def site_for_sender(self, address: str) -> Site | None:
         """The first site (in configuration order) whose `senders` match the address."""

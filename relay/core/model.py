@@ -121,6 +121,7 @@ class Upstream:
     timeout_seconds: float = 60.0
     cost_per_1000: float | None = None  # for `strategy: cost`; unknown cost sorts last
     weight: int = 1  # for `strategy: weighted`
+    spf_include: tuple[str, ...] = ()  # what a sender's SPF must include for this upstream
     managed_by_file: bool = True
 
 
