@@ -1,4 +1,4 @@
-"""The `relay` command: serve, check-config, hash-password.
+"""The `relay` command: serve, check-config, hash-password, dkim keygen, dns verify.
 
 User mistakes (bad config, port in use, unreadable key) print one clear
 line per problem and exit non-zero, never a traceback.
@@ -12,7 +12,7 @@ import getpass
 import sys
 from pathlib import Path
 
-from relay import __version__, logs
+from relay import __version__, cli_domains, logs
 from relay.config import ConfigError, default_config_path, load_config
 from relay.core.passwords import hash_password
 
@@ -37,14 +37,45 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "hash-password", help="read a password from stdin (or prompt) and print its hash"
     )
+    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
+        dest="dkim_command", required=True
+    )
+    keygen = dkim.add_parser("keygen", help="make a key and print the DNS record to publish")
+    keygen.add_argument("domain")
+    keygen.add_argument("--selector", required=True, help="e.g. relay1; the next key relay2")
+    keygen.add_argument("--out", type=Path, help="directory for the key (default ./data/dkim)")
+    keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    keygen.add_argument("--owner", help="user that may read the key (the service user)")
+    dns = commands.add_parser("dns", help="DNS records of sending domains").add_subparsers(
+        dest="dns_command", required=True
+    )
+    dns_verify = dns.add_parser(
+        "verify", help="check a domain's records; exit 0 only if every required one passes"
+    )
+    dns_verify.add_argument("domain")
+    dns_verify.add_argument("-c", "--config", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "dkim":
+        return cli_domains.keygen(args.domain, args.selector, args.out, args.algorithm, args.owner)
     path = args.config or default_config_path()
     if args.command == "check-config":
         return _check_config(path)
+    if args.command == "dns":
+        return _dns_verify(path, args.domain)
     return _serve(path, args.log_level)
+
+
+def _dns_verify(path: Path, domain: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    return cli_domains.dns_verify(config, domain)
 
 
 def _check_config(path: Path) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay.app import RelayApp
 from relay.config import load_config
 from relay.core.passwords import hash_password
+from tests.dns_zone import Zone, serve_zone
 
 SITE_PASSWORD = "site-password-1"
 # Hashing with scrypt costs ~0.1 s: do it once for the whole run.
@@ -302,3 +303,10 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for app in apps:
         await app.stop()
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[Zone]:
+    """A loopback DNS server; point `dns.nameservers` at `dns_zone.nameserver`."""
+    with serve_zone() as zone:
+        yield zone
