@@ -4,7 +4,8 @@ Start: config, store (migrations), group writer, delivery, SMTP listeners,
 admin HTTP. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
 progress is stored), then delivery (in-flight finish or are released), then
 the writer commits what is pending. SIGHUP re-reads the file and swaps the
-sites, credentials and upstreams; queued mail and open sessions stay.
+sites, credentials, upstreams, domains and routing; queued mail and open
+sessions stay.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from relay.core.model import TlsMode
 from relay.core.quota import UsageBook
 from relay.core.routing import RoutingPolicy
 from relay.delivery_controller import DeliveryController, Engine
+from relay.domain_monitor import DomainMonitor
+from relay.domain_verifier import DnsLookup
 from relay.events import Events
 from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
 from relay.queue_controller import QueueController
+from relay.secret_box import SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate
@@ -95,6 +99,7 @@ class RelayApp:
             class_header=config.routing.class_header,
             clock=clock,
         )
+        self.domains: DomainMonitor | None = None  # built at start: it needs the secret key
         self._clock = clock
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
@@ -109,6 +114,13 @@ class RelayApp:
 
     async def start(self) -> None:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            secret = load_or_create_key(self.config.server.secret_key_file)
+        except SecretKeyError as error:
+            raise StartupError(str(error)) from None
+        self.domains = DomainMonitor(
+            self.directory, DnsLookup(self.config.dns), secret, self.metrics
+        )
         await migrate(self.engine)
         self.writer.start()
         await self.usage.load()
@@ -141,6 +153,11 @@ class RelayApp:
             self._tasks.append(
                 asyncio.create_task(self.health.run_checks(interval), name="health-checks")
             )
+        self._tasks.append(
+            asyncio.create_task(
+                self.domains.run(self.config.dns.verify_interval_seconds), name="domain-dns"
+            )
+        )
 
     def _tls_context(self, listener: ListenerConfig) -> ssl.SSLContext | None:
         if listener.tls is TlsMode.NONE:
@@ -212,7 +229,8 @@ class RelayApp:
             log.warning("usage counters and circuits not saved: %s", error)
 
     def reload(self) -> list[str]:
-        """Re-read the file; apply sites, credentials and upstreams, or keep the old on problems."""
+        """Re-read the file; apply sites, credentials, upstreams, domains and routing, or keep
+        the old on problems."""
         try:
             config = load_config(self.config.path)
         except ConfigError as error:
@@ -228,6 +246,7 @@ class RelayApp:
                 "limits",
                 "delivery",
                 "health",
+                "dns",
             )
             if getattr(config, name) != getattr(self.config, name)
         ]
@@ -240,10 +259,11 @@ class RelayApp:
         self._directory = config.directory()
         self.config = _with_directory_parts(self.config, config)
         log.info(
-            "reloaded %s: %d sites, %d upstreams",
+            "reloaded %s: %d sites, %d upstreams, %d domains",
             config.path,
             len(config.sites),
             len(config.upstreams),
+            len(config.domains),
         )
         return []
 

@@ -47,7 +47,10 @@ class DnsLookup:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = [_nameserver(n) for n in config.nameservers]
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:  # every query will say so
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._resolver.lifetime = config.timeout_seconds
         self._resolver.cache = None
 

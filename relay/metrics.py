@@ -110,6 +110,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.domain_check_state = Gauge(
+            "relay_domain_check_state",
+            "1 for the current status (pass, warn, fail) of each DNS check of a domain.",
+            ["domain", "check", "status"],
+            registry=self.registry,
+        )
+        self.domain_verified = Gauge(
+            "relay_domain_verified",
+            "1 when every required DNS check of the domain passed at the last verification.",
+            ["domain"],
+            registry=self.registry,
+        )
+        self.domain_check_changes = Counter(
+            "relay_domain_check_changes_total",
+            "DNS checks whose status changed between two verifications.",
+            ["domain"],
+            registry=self.registry,
+        )
+
     def count_delivery(self, upstream: str, outcome: str) -> None:
         self.deliveries.labels(upstream, outcome).inc()
 
