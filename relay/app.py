@@ -26,10 +26,12 @@ from admin_http.app import AdminDeps, create_app
 from relay import tls
 from relay.config import Config, ConfigError, ListenerConfig, load_config
 from relay.core.directory import Directory
+from relay.core.domains import Domain
 from relay.core.model import TlsMode
 from relay.core.quota import UsageBook
 from relay.core.routing import RoutingPolicy
 from relay.delivery_controller import DeliveryController, Engine
+from relay.domain_database import load_domains
 from relay.domain_monitor import DomainMonitor
 from relay.domain_verifier import DnsLookup
 from relay.events import Events
@@ -37,7 +39,7 @@ from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
 from relay.queue_controller import QueueController
-from relay.secret_box import SecretKeyError, load_or_create_key
+from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate
@@ -58,6 +60,7 @@ class StartupError(Exception):
 class RelayApp:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._store_domains: tuple[Domain, ...] = ()  # created through the API
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
         self.events = Events()
@@ -99,7 +102,12 @@ class RelayApp:
             class_header=config.routing.class_header,
             clock=clock,
         )
-        self.domains: DomainMonitor | None = None  # built at start: it needs the secret key
+        try:
+            secret = load_or_create_key(config.server.secret_key_file)
+        except SecretKeyError as error:
+            raise StartupError(str(error)) from None
+        self.secrets = SecretBox(secret)
+        self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
         self._clock = clock
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
@@ -109,19 +117,23 @@ class RelayApp:
     def directory(self) -> Directory:
         return self._directory
 
+    async def load_store_domains(self) -> None:
+        """(Re)read the API's domains and their sealed keys; the file wins a name clash."""
+        try:
+            async with self.engine.connect() as connection:
+                found = await load_domains(connection, self.secrets)
+        except SecretKeyError as error:
+            raise StartupError(str(error)) from None
+        self._store_domains = tuple(found)
+        self._directory = _directory_of(self.config, self._store_domains)
+
     def routing(self) -> RoutingPolicy:
         return self.config.routing.policy
 
     async def start(self) -> None:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            secret = load_or_create_key(self.config.server.secret_key_file)
-        except SecretKeyError as error:
-            raise StartupError(str(error)) from None
-        self.domains = DomainMonitor(
-            self.directory, DnsLookup(self.config.dns), secret, self.metrics
-        )
         await migrate(self.engine)
+        await self.load_store_domains()
         self.writer.start()
         await self.usage.load()
         await self.health.load()
@@ -256,7 +268,7 @@ class RelayApp:
             log.warning(
                 "reload: changes to %s take effect at the next restart", ", ".join(restart_needed)
             )
-        self._directory = config.directory()
+        self._directory = _directory_of(config, self._store_domains)
         self.config = _with_directory_parts(self.config, config)
         log.info(
             "reloaded %s: %d sites, %d upstreams, %d domains",
@@ -286,6 +298,12 @@ class RelayApp:
             await self._admin.cleanup()
         await self.engine.dispose()
         log.info("stopped")
+
+
+def _directory_of(config: Config, store_domains: tuple[Domain, ...]) -> Directory:
+    in_file = {d.name for d in config.domains}
+    extra = tuple(d for d in store_domains if d.name not in in_file)
+    return replace(config, domains=config.domains + extra).directory()
 
 
 def _with_directory_parts(running: Config, loaded: Config) -> Config:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 
 class SecretKeyError(Exception):
@@ -42,3 +42,22 @@ def _create(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as file:
         file.write(key + b"\n")
     return key
+
+
+class SecretBox:
+    """Encrypts secrets kept in the store (DKIM keys, upstream passwords) with Fernet."""
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    def seal(self, secret: bytes) -> bytes:
+        return self._fernet.encrypt(secret)
+
+    def open(self, sealed: bytes) -> bytes:
+        try:
+            return self._fernet.decrypt(sealed)
+        except InvalidToken:
+            raise SecretKeyError(
+                "a stored secret does not decrypt with server.secret_key_file: "
+                "is it the key this store was created with?"
+            ) from None

@@ -145,3 +145,30 @@ upstreams = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# Domains created through the admin API, with their DKIM keys sealed by
+# server.secret_key_file (Fernet). Domains from the YAML file are never here.
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("name", sa.String(253), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+dkim_keys = sa.Table(
+    "dkim_keys",
+    metadata,
+    sa.Column(
+        "domain",
+        sa.String(253),
+        sa.ForeignKey("domains.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("selector", sa.String(63), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # active | next | retired
+    sa.Column("private_key_sealed", sa.LargeBinary, nullable=False),
+    sa.Column("retire_until", sa.Date),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

@@ -45,3 +45,15 @@ class Domain:
     @property
     def active_key(self) -> DomainKey | None:
         return next((k for k in self.keys if k.state is KeyState.ACTIVE), None)
+
+
+def activation_problem(states: dict[str, KeyState], selector: str) -> str | None:
+    """Why ``selector`` cannot become the active key now, or None if it can."""
+    state = states.get(selector)
+    if state is None:
+        return f"no selector {selector!r}; add the key first"
+    if state is KeyState.ACTIVE:
+        return f"selector {selector!r} is already active"
+    if state is KeyState.RETIRED:
+        return f"selector {selector!r} is retired; make a new key instead of reusing it"
+    return None
