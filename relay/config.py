@@ -197,6 +197,9 @@ _MISSING: Any = object()
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})+$"
+)  # _spf.google.com
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -632,7 +635,7 @@ def _spf_includes(s: _Section) -> tuple[str, ...]:
     """``spf_include``: the domain (or list) a sender's SPF must include for this upstream."""
     value = s.raw("spf_include", [])
     names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
-    if names is None or not all(isinstance(n, str) and _HOSTNAME.match(n) for n in names):
+    if names is None or not all(isinstance(n, str) and _DNS_NAME.match(n) for n in names):
         s.problem("must be a domain such as amazonses.com, or a list of them", "spf_include")
         return ()
     return tuple(n.lower() for n in names)

@@ -916,3 +916,120 @@ def test_hash_password_refuses_an_empty_password(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert "empty" in result.stderr
+
+
+def _rotating_domain(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "name": "Example.com",
+        "dkim": {
+            "selector": "relay2",
+            "private_key_file": _dkim_key(tmp_path, "relay2.pem"),
+            "next": {"selector": "relay3", "private_key_file": _dkim_key(tmp_path, "relay3.pem")},
+            "retired": [
+                {"selector": "relay1", "until": "2026-12-31"},
+                {
+                    "selector": "relay0",
+                    "private_key_file": _dkim_key(tmp_path, "r0.pem"),
+                    "until": "2026-12-01",
+                },
+            ],
+        },
+    }
+
+
+def test_domains_dns_and_spf_includes_are_parsed(tmp_path: Path) -> None:
+    data = base()
+    data["domains"] = [_rotating_domain(tmp_path)]
+    data["dns"] = {"nameservers": ["127.0.0.1:5353", "::1", "[::1]:53"], "timeout_seconds": 2}
+    data["upstreams"][0]["spf_include"] = ["AmazonSES.com", "_spf.google.com"]
+    config = load_config(write(tmp_path, data))
+    (domain,) = config.domains
+    assert domain.name == "example.com"
+    assert [(k.selector, k.state.value) for k in domain.keys] == [
+        ("relay2", "active"),
+        ("relay3", "next"),
+        ("relay1", "retired"),
+        ("relay0", "retired"),
+    ]
+    assert domain.keys[2].public_key is None  # a retired key whose file is gone
+    assert str(domain.keys[2].retire_until) == "2026-12-31"
+    assert domain.signing_key is not None and domain.signing_key.selector == "relay2"
+    assert config.directory().signing_key("EXAMPLE.com") == domain.signing_key
+    assert config.dns.nameservers == ("127.0.0.1:5353", "::1", "[::1]:53")
+    assert config.upstreams[0].spf_include == ("amazonses.com", "_spf.google.com")
+
+
+def _domain_problem(change: Callable[[dict[str, Any]], None], *expected: str) -> Mutation:
+    def mutate(data: dict[str, Any], tmp: Path) -> list[str]:
+        domain = _rotating_domain(tmp)
+        change(domain)
+        data["domains"] = [domain]
+        return list(expected)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(
+            _domain_problem(
+                lambda d: d["dkim"]["next"].update(selector="relay2"),
+                "domains[0].dkim: selector 'relay2' is used twice",
+            ),
+            id="selector-twice",
+        ),
+        pytest.param(
+            _domain_problem(
+                lambda d: d["dkim"]["retired"][0].update(until="next week"),
+                "domains[0].dkim.retired[0].until: must be a date such as 2026-12-31 "
+                "(got 'next week')",
+            ),
+            id="retired-bad-date",
+        ),
+        pytest.param(
+            _domain_problem(
+                lambda d: d["dkim"]["retired"][0].pop("until"),
+                "domains[0].dkim.retired[0].until: is required",
+            ),
+            id="retired-no-date",
+        ),
+        pytest.param(
+            _domain_problem(
+                lambda d: d["dkim"].update(selector="bad_selector!"),
+                "domains[0].dkim.selector: not a DKIM selector: 'bad_selector!'",
+            ),
+            id="bad-selector",
+        ),
+        pytest.param(
+            case(
+                _set(["upstreams", 0, "spf_include"], "not a domain"),
+                "upstreams[0].spf_include: must be a domain such as amazonses.com, "
+                "or a list of them",
+            ),
+            id="bad-spf-include",
+        ),
+        pytest.param(
+            case(
+                _set(["dns"], {"nameservers": ["dns.example.com"]}),
+                "dns.nameservers[0]: not an IP address or IP:port",
+            ),
+            id="nameserver-by-name",
+        ),
+    ],
+)
+def test_domain_and_dns_problems(tmp_path: Path, mutate: Mutation) -> None:
+    data = base()
+    expected = mutate(data, tmp_path)
+    assert problems_of(write(tmp_path, data)) == expected
+
+
+def test_a_key_file_that_is_not_a_key_is_reported(tmp_path: Path) -> None:
+    data = base()
+    domain = _rotating_domain(tmp_path)
+    (tmp_path / "relay2.pem").write_text("not a key", encoding="utf-8")
+    data["domains"] = [domain]
+    assert problems_of(write(tmp_path, data)) == [
+        f"domains[0].dkim.private_key_file: {tmp_path / 'relay2.pem'}: "
+        "not a PEM private key (or it needs a passphrase)"
+    ]
