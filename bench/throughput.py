@@ -1,6 +1,6 @@
 """A first throughput figure: N messages over K sessions, client -> relay -> sink.
 
-    python bench/throughput.py [--messages 2000] [--sessions 10] [--size 2048]
+    python bench/throughput.py [--messages 2000] [--sessions 10] [--size 2048] [--dkim]
 
 Starts a recording sink (aiosmtpd) in this process, `relay serve` as a
 subprocess on a trusted loopback listener (no TLS, no AUTH: the same job a
@@ -26,6 +26,8 @@ import aiosmtplib
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.core import dkim
+
 TIME_LIMIT_SECONDS = 300
 
 
@@ -42,11 +44,23 @@ class CountingSink:
         return "250 OK"
 
 
-def relay_config(directory: Path, port: int, sink_port: int) -> dict[str, Any]:
+def relay_config(directory: Path, port: int, sink_port: int, dkim_key: bool) -> dict[str, Any]:
     trusted = {"tls": "none", "auth": "none", "trusted_networks": ["127.0.0.0/8"]}
     upstream = {"kind": "smtp", "host": "127.0.0.1", "port": sink_port, "tls": "none"}
+    domains = []
+    if dkim_key:  # the site's From domain signs with RSA-2048
+        key_file = directory / "example.com.bench.pem"
+        key_file.write_bytes(dkim.private_pem(dkim.generate(dkim.Algorithm.RSA)))
+        domains = [
+            {
+                "name": "example.com",
+                "dkim": {"selector": "bench", "private_key_file": str(key_file)},
+            }
+        ]
     return {
         "server": {"hostname": "relay.bench", "data_dir": str(directory / "data")},
+        "dns": {"verify_interval_seconds": 0},
+        "domains": domains,
         "listeners": [{"name": "bench", "host": "127.0.0.1", "port": port, **trusted}],
         "admin": {"host": "127.0.0.1", "port": 0},
         "upstreams": [{"name": "sink", "max_connections": 8, **upstream}],
@@ -90,6 +104,7 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--dkim", action="store_true", help="sign every message (RSA-2048)")
     args = parser.parse_args()
 
     sink = CountingSink()
@@ -100,7 +115,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
         port, sink_port = free_port(), server.sockets[0].getsockname()[1]
-        config_path.write_text(yaml.safe_dump(relay_config(Path(tmp), port, sink_port)))
+        config_path.write_text(yaml.safe_dump(relay_config(Path(tmp), port, sink_port, args.dkim)))
         process = await start_relay(config_path, port)
         headers = (
             b"From: <app@bench.example.com>\r\nTo: <rcpt@example.org>\r\nSubject: bench\r\n\r\n"

@@ -165,11 +165,11 @@ class RelayApp:
             self._tasks.append(
                 asyncio.create_task(self.health.run_checks(interval), name="health-checks")
             )
-        self._tasks.append(
-            asyncio.create_task(
-                self.domains.run(self.config.dns.verify_interval_seconds), name="domain-dns"
+        dns_interval = self.config.dns.verify_interval_seconds
+        if dns_interval > 0:
+            self._tasks.append(
+                asyncio.create_task(self.domains.run(dns_interval), name="domain-dns")
             )
-        )
 
     def _tls_context(self, listener: ListenerConfig) -> ssl.SSLContext | None:
         if listener.tls is TlsMode.NONE:

@@ -139,7 +139,7 @@ class RoutingConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = ()  # "IP" or "IP:port"; empty: the system's resolv.conf
     timeout_seconds: float = 5.0
-    verify_interval_seconds: float = 3600.0  # the server re-checks every domain this often
+    verify_interval_seconds: float = 3600.0  # the server re-checks every domain this often; 0 = off
 
 
 @dataclass(frozen=True)
@@ -652,7 +652,9 @@ def _parse_dns(s: _Section) -> DnsConfig:
     config = DnsConfig(
         nameservers=tuple(servers),
         timeout_seconds=s.number("timeout_seconds", d.timeout_seconds),
-        verify_interval_seconds=s.number("verify_interval_seconds", d.verify_interval_seconds),
+        verify_interval_seconds=float(
+            s.integer("verify_interval_seconds", int(d.verify_interval_seconds), minimum=0) or 0
+        ),
     )
     s.finish()
     return config

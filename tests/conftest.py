@@ -223,6 +223,7 @@ def base_config(
         ],
         "admin": {"host": "127.0.0.1", "port": 0},
         "delivery": {"retry_first_seconds": 1, "retry_max_seconds": 2},
+        "dns": {"verify_interval_seconds": 0},  # no DNS traffic unless a test points it at a zone
         "upstreams": upstreams,
         "sites": [
             {

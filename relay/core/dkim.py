@@ -200,7 +200,8 @@ def relaxed_body(body: bytes) -> bytes:
         body = _TRAILING_SPACE.sub(b"\r\n", body)
     if b"\t" in body or b"  " in body:
         body = _SPACE_RUN.sub(b" ", body)
-    return correct_empty_body(strip_trailing_lines(body))
+    canonical: bytes = correct_empty_body(strip_trailing_lines(body))
+    return canonical
 
 
 def sign(message: bytes, key: SigningKey, now: float) -> bytes:
