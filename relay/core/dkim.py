@@ -30,7 +30,8 @@ _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _HEADER_NAME = b"DKIM-Signature"
 _SELECTOR = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$")
 
-# Signed once per instance present; From once more, so no From can be added.
+# Signed once per instance present; the over-signed ones once more, so that no
+# instance can be added (rspamd's default over-signs the same five).
 SIGNED_FIELDS = (
     "from",
     "to",
@@ -49,7 +50,7 @@ SIGNED_FIELDS = (
     "list-unsubscribe",
     "list-unsubscribe-post",
 )
-OVERSIGNED_FIELDS = ("from",)
+OVERSIGNED_FIELDS = ("from", "to", "cc", "subject", "reply-to")
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -168,7 +169,7 @@ def signature_field(message: bytes, key: SigningKey, now: float) -> bytes:
         (b"d", key.domain.encode("ascii")),
         (b"s", key.selector.encode("ascii")),
         (b"t", str(int(now)).encode("ascii")),
-        (b"h", b":".join(signed)),
+        (b"h", b" : ".join(signed)),  # spaces: folding may break lines only around colons
         (b"bh", body_hash),
         (b"b", b""),
     ]
