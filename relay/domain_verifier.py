@@ -21,7 +21,13 @@ import dns.resolver
 
 from relay.config import DnsConfig
 from relay.core.directory import Directory
-from relay.core.dns_records import MAX_SPF_LOOKUPS, is_spf, organizational_domain, parse_spf
+from relay.core.dns_records import (
+    MAX_SPF_LOOKUPS,
+    is_dmarc,
+    is_spf,
+    organizational_domain,
+    parse_spf,
+)
 from relay.core.domain_checks import (
     Check,
     DomainDns,
@@ -93,16 +99,20 @@ async def walk_spf(domain: str, txt: Callable[[str], Awaitable[list[str]]]) -> S
         return SpfWalk(domain, records)
     lookups, void, reached, problems = 0, 0, set[str](), list[str]()
 
-    async def follow(text: str, depth: int) -> None:
+    async def follow(text: str, path: tuple[str, ...]) -> None:
+        """Every include is evaluated (and counted) each time it is reached, as receivers do."""
         nonlocal lookups, void
         record = parse_spf(text)
         lookups += record.lookups
         targets = [*record.includes, *([record.redirect] if record.redirect else [])]
         for target in targets:
-            if "%" in target or target in reached:  # macros are not expanded; loops once
+            if "%" in target:  # macros are expanded per message; nothing to follow here
                 continue
-            if depth >= MAX_SPF_DEPTH or lookups > 2 * MAX_SPF_LOOKUPS:
-                problems.append(f"includes nest deeper than {MAX_SPF_DEPTH}; stopped at {target}")
+            if target in path:
+                problems.append(f"include loop {' -> '.join((*path, target))}: permerror")
+                continue
+            if len(path) > MAX_SPF_DEPTH or lookups > 2 * MAX_SPF_LOOKUPS:
+                problems.append(f"stopped at {target}: includes nest too deep")
                 return
             reached.add(target)
             answers = await txt(target)
@@ -115,28 +125,28 @@ async def walk_spf(domain: str, txt: Callable[[str], Awaitable[list[str]]]) -> S
                 problems.append(f"{target} (included) has {len(found)} SPF records: permerror")
             else:
                 problems.extend(f"{target}: {p}" for p in parse_spf(found[0]).problems)
-                await follow(found[0], depth + 1)
+                await follow(found[0], (*path, target))
 
-    await follow(records[0], 0)
+    await follow(records[0], (domain,))
     return SpfWalk(domain, records, lookups, void, frozenset(reached), tuple(problems))
 
 
 async def fetch(p: Plan, lookup: DnsLookup) -> DomainDns:
     """Every record the plan needs, fetched concurrently; failed lookups are listed as errors."""
-    errors: list[str] = []
+    errors: dict[str, str] = {}  # by name: a failed lookup is not a missing record
 
     async def txt(name: str) -> list[str]:
         try:
             return await lookup.txt(name)
         except DnsError as error:
-            errors.append(str(error))
+            errors[name] = str(error)
             return []
 
     async def mx(name: str) -> list[str]:
         try:
             return await lookup.mx(name)
         except DnsError as error:
-            errors.append(str(error))
+            errors[f"{name} MX"] = str(error)
             return []
 
     selectors = [k.selector for k in p.key_states]
@@ -152,7 +162,8 @@ async def fetch(p: Plan, lookup: DnsLookup) -> DomainDns:
     )
     dmarc_domain = f"_dmarc.{p.domain}"
     org = organizational_domain(p.domain)
-    if not dmarc and org != p.domain:  # RFC 7489 6.6.3: fall back to the organizational domain
+    if not any(is_dmarc(t) for t in dmarc) and org != p.domain and dmarc_domain not in errors:
+        # RFC 7489 6.6.3: no DMARC record at the domain itself: ask the organizational domain
         dmarc_domain = f"_dmarc.{org}"
         dmarc = await txt(dmarc_domain)
     return DomainDns(
@@ -163,7 +174,7 @@ async def fetch(p: Plan, lookup: DnsLookup) -> DomainDns:
         dmarc_domain=dmarc_domain,
         mx=tuple(mx_hosts),
         spf={d: w for d, w in zip(envelope, walks, strict=True)},
-        errors=tuple(errors),
+        errors=errors,
     )
 
 

@@ -29,13 +29,12 @@ class SpfTerm:
     qualifier: str  # "+", "-", "~", "?" ("" for modifiers)
     name: str  # mechanism or modifier name, lower case
     value: str  # after ":" "=" or "/"; "" when absent
+    text: str  # as written, so a suggested record keeps what the owner wrote
 
     @property
-    def text(self) -> str:
-        if self.name == "redirect" or self.name == "exp":
-            return f"{self.name}={self.value}"
-        qualifier = "" if self.qualifier == "+" else self.qualifier
-        return f"{qualifier}{self.name}" + (f":{self.value}" if self.value else "")
+    def domain(self) -> str:
+        """The target of include/exists/redirect, without a final dot."""
+        return self.value.lower().rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,14 @@ class SpfRecord:
 
     @property
     def includes(self) -> tuple[str, ...]:
-        return tuple(t.value.lower() for t in self.terms if t.name == "include")
+        return tuple(t.domain for t in self.terms if t.name == "include")
 
     @property
     def redirect(self) -> str | None:
-        return next((t.value.lower() for t in self.terms if t.name == "redirect"), None)
+        """Receivers ignore a redirect in a record that has an ``all`` (RFC 7208 6.1)."""
+        if self.all is not None:
+            return None
+        return next((t.domain for t in self.terms if t.name == "redirect"), None)
 
     @property
     def all(self) -> SpfTerm | None:
@@ -62,17 +64,18 @@ class SpfRecord:
 
     def with_includes(self, missing: list[str]) -> str:
         """This record with ``include:`` terms added before ``all`` (or a redirect)."""
-        added = [SpfTerm("+", "include", d) for d in missing]
+        added = [SpfTerm("+", "include", d, f"include:{d}") for d in missing]
         terms = list(self.terms)
         at = next((i for i, t in enumerate(terms) if t.name in ("all", "redirect")), len(terms))
         terms[at:at] = added
         if not any(t.name in ("all", "redirect") for t in terms):
-            terms.append(SpfTerm("~", "all", ""))
+            terms.append(SpfTerm("~", "all", "", "~all"))
         return " ".join(["v=spf1", *(t.text for t in terms)])
 
 
 def parse_spf(text: str) -> SpfRecord:
-    terms, problems = [], []
+    terms: list[SpfTerm] = []
+    problems: list[str] = []
     for word in text.split()[1:]:
         match = _SPF_TERM.match(word)
         if match is None:
@@ -82,15 +85,17 @@ def parse_spf(text: str) -> SpfRecord:
         if "=" in word and name not in _SPF_MECHANISMS:
             if name in ("redirect", "exp") and not value:
                 problems.append(f"{name}= needs a domain")
-            terms.append(SpfTerm("", name, value))
+            if name in ("redirect", "exp") and any(t.name == name for t in terms):
+                problems.append(f"{name}= appears twice")
+            terms.append(SpfTerm("", name, value, word))
             continue
         if name not in _SPF_MECHANISMS:
             problems.append(f"unknown mechanism {word!r}")
             continue
-        if name in ("include", "exists") and not value:
-            problems.append(f"{name} needs a domain ({word!r})")
+        if name in ("include", "exists", "ip4", "ip6") and not value:
+            problems.append(f"{name} needs {'an address' if name[:2] == 'ip' else 'a domain'}")
             continue
-        terms.append(SpfTerm(qualifier or "+", name, value))
+        terms.append(SpfTerm(qualifier or "+", name, value, word))
     return SpfRecord(tuple(terms), tuple(problems))
 
 
@@ -129,6 +134,7 @@ class Alignment(enum.StrEnum):
 @dataclass(frozen=True)
 class DmarcRecord:
     policy: str  # none | quarantine | reject
+    subdomain_policy: str  # sp=, the policy for subdomains; p= when absent
     dkim_alignment: Alignment
     spf_alignment: Alignment
     problems: tuple[str, ...]
@@ -149,6 +155,10 @@ def parse_dmarc(text: str) -> DmarcRecord:
     policy = t.get("p", "").lower()
     if policy not in _POLICIES:
         problems.append(f"p={policy or '(missing)'} (must be none, quarantine or reject)")
+    subdomain_policy = t.get("sp", policy).lower()
+    if subdomain_policy not in _POLICIES:
+        problems.append(f"sp={subdomain_policy} (must be none, quarantine or reject)")
+        subdomain_policy = policy
     modes = {}
     for tag in ("adkim", "aspf"):
         value = t.get(tag, "r").lower()
@@ -156,7 +166,7 @@ def parse_dmarc(text: str) -> DmarcRecord:
             problems.append(f"{tag}={value} (must be r or s)")
             value = "r"
         modes[tag] = Alignment(value)
-    return DmarcRecord(policy, modes["adkim"], modes["aspf"], tuple(problems))
+    return DmarcRecord(policy, subdomain_policy, modes["adkim"], modes["aspf"], tuple(problems))
 
 
 @functools.cache

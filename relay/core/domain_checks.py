@@ -15,7 +15,7 @@ import enum
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.core.addresses import domain_of
 from relay.core.directory import Directory
@@ -87,7 +87,7 @@ class DomainDns:
     dmarc_domain: str = ""  # where the DMARC record was looked up last (org-domain fallback)
     mx: tuple[str, ...] = ()
     spf: Mapping[str, SpfWalk] = field(default_factory=dict)  # by envelope domain
-    errors: tuple[str, ...] = ()  # lookups that failed (timeouts, SERVFAIL)
+    errors: Mapping[str, str] = field(default_factory=dict)  # failed lookups by name
 
 
 def ownership_token(secret: bytes, domain: str) -> str:
@@ -128,15 +128,23 @@ def plan(name: str, directory: Directory, secret: bytes) -> Plan:
 def evaluate(p: Plan, dns: DomainDns, today: dt.date) -> list[Check]:
     checks = [ownership_check(p, dns)]
     checks += [
-        spf_check(domain, needs, dns.spf[domain]) for domain, needs in p.envelope_domains.items()
+        spf_check(domain, needs, dns.spf[domain], dns.errors)
+        for domain, needs in p.envelope_domains.items()
     ]
     checks += dkim_checks(p, dns, today)
     dmarc_check_, dmarc = dmarc_check(p.domain, dns)
     checks.append(dmarc_check_)
     checks.append(alignment_check(p, dmarc))
     checks.append(mx_check(dns))
-    checks += [Check("dns", Status.FAIL, True, error, "a lookup failed") for error in dns.errors]
+    checks += [Check("dns", Status.FAIL, True, name, error) for name, error in dns.errors.items()]
     return checks
+
+
+def _unanswered(name: str, errors: Mapping[str, str]) -> Check | None:
+    """A lookup that failed says nothing about the record: no advice to publish a second one."""
+    if name not in errors:
+        return None
+    return Check("", Status.FAIL, True, "(no answer)", f"could not look up {name}: {errors[name]}")
 
 
 def passed(checks: list[Check]) -> bool:
@@ -156,6 +164,8 @@ def ownership_check(p: Plan, dns: DomainDns) -> Check:
     expected = OWNERSHIP_PREFIX + p.ownership_token
     tokens = [t for t in dns.apex_txt if t.startswith(OWNERSHIP_PREFIX)]
     publish = _txt_line(p.domain, expected)
+    if (failed := _unanswered(p.domain, dns.errors)) is not None:
+        return replace(failed, name="ownership")
     if expected in tokens:
         return Check(
             "ownership", Status.PASS, True, expected, "the verification token is published"
@@ -164,9 +174,16 @@ def ownership_check(p: Plan, dns: DomainDns) -> Check:
     return Check("ownership", Status.FAIL, True, _found(tokens), detail, publish)
 
 
-def spf_check(domain: str, needs: Mapping[str, tuple[str, ...]], walk: SpfWalk) -> Check:
+def spf_check(
+    domain: str,
+    needs: Mapping[str, tuple[str, ...]],
+    walk: SpfWalk,
+    errors: Mapping[str, str],
+) -> Check:
     name = f"spf {domain}"
     wanted = sorted({i for includes in needs.values() for i in includes})
+    if not walk.records and (failed := _unanswered(domain, errors)) is not None:
+        return replace(failed, name=name)
     if not walk.records:
         suggested = " ".join(["v=spf1", *(f"include:{i}" for i in wanted), "~all"])
         record_line = _txt_line(domain, suggested)
@@ -228,10 +245,19 @@ def dkim_checks(p: Plan, dns: DomainDns, today: dt.date) -> list[Check]:
                 f"not signed: run `relay dkim keygen {p.domain} --selector SEL` and add the key",
             )
         ]
-    return [
-        _dkim_check(p.domain, key, dns.dkim_txt.get(key.selector, ()), today)
-        for key in p.key_states
-    ]
+    checks = []
+    for key in p.key_states:
+        failed = _unanswered(f"{key.selector}._domainkey.{p.domain}", dns.errors)
+        checks.append(
+            replace(
+                failed,
+                name=f"dkim {key.selector} ({key.state.value})",
+                required=key.state is KeyState.ACTIVE,
+            )
+            if failed is not None
+            else _dkim_check(p.domain, key, dns.dkim_txt.get(key.selector, ()), today)
+        )
+    return checks
 
 
 def _dkim_check(domain: str, key: DomainKey, txts: tuple[str, ...], today: dt.date) -> Check:
@@ -278,6 +304,8 @@ def _dkim_check(domain: str, key: DomainKey, txts: tuple[str, ...], today: dt.da
 
 
 def dmarc_check(domain: str, dns: DomainDns) -> tuple[Check, DmarcRecord | None]:
+    if (failed := _unanswered(dns.dmarc_domain, dns.errors)) is not None:
+        return replace(failed, name="dmarc"), None
     records = [t for t in dns.dmarc_txt if is_dmarc(t)]
     owner = f"_dmarc.{organizational_domain(domain)}"
     publish = _txt_line(
@@ -293,15 +321,16 @@ def dmarc_check(domain: str, dns: DomainDns) -> tuple[Check, DmarcRecord | None]
             "dmarc", Status.FAIL, True, _found(records), "more than one DMARC record", publish
         ), None
     record = parse_dmarc(records[0])
-    where = (
-        f" (inherited from {dns.dmarc_domain})" if dns.dmarc_domain != f"_dmarc.{domain}" else ""
-    )
+    inherited = dns.dmarc_domain != f"_dmarc.{domain}"
+    where = f" (inherited from {dns.dmarc_domain})" if inherited else ""
+    if inherited:  # a subdomain gets the organizational domain's sp= (RFC 7489 6.3)
+        record = replace(record, policy=record.subdomain_policy)
     if record.problems:
         return Check(
             "dmarc", Status.FAIL, True, records[0], "; ".join(record.problems), publish
         ), None
     if record.policy == "none":
-        detail = f"p=none: monitoring only, failing mail is still delivered{where}"
+        detail = f"policy none: monitoring only, failing mail is still delivered{where}"
         return Check("dmarc", Status.WARN, True, records[0], detail), record
     return Check("dmarc", Status.PASS, True, records[0], f"p={record.policy}{where}"), record
 
@@ -312,14 +341,14 @@ def alignment_check(p: Plan, dmarc: DmarcRecord | None) -> Check:
         return Check(
             "alignment", Status.WARN, False, "(no DMARC record)", "nothing to align with yet"
         )
-    parts, ok = [], p.has_signing_key
+    parts, ok = [], True
     if p.has_signing_key:
         parts.append(f"DKIM d={p.domain} aligned ({_mode(dmarc.dkim_alignment)})")
     for bounce in p.envelope_domains:
         if aligned(bounce, p.domain, dmarc.spf_alignment):
-            ok = True
             parts.append(f"SPF {bounce} aligned ({_mode(dmarc.spf_alignment)})")
-        else:
+        else:  # every site's mail must pass: one misaligned bounce domain needs DKIM
+            ok = ok and p.has_signing_key
             parts.append(f"SPF {bounce} not aligned ({_mode(dmarc.spf_alignment)})")
     found = f"adkim={dmarc.dkim_alignment.value} aspf={dmarc.spf_alignment.value}"
     if not ok:
