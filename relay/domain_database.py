@@ -44,9 +44,21 @@ async def add_key(
     now: float,
 ) -> None:
     """A new selector; a domain's first key is usually ``active``, later ones ``next``."""
+    domain = domain.lower()
+    found = await connection.execute(sa.select(domains.c.name).where(domains.c.name == domain))
+    if found.first() is None:
+        raise DomainConflict(f"no domain {domain!r}; add it first")
+    rows = await connection.execute(
+        sa.select(dkim_keys.c.selector, dkim_keys.c.state).where(dkim_keys.c.domain == domain)
+    )
+    states = {r.selector: KeyState(r.state) for r in rows}
+    if selector in states:
+        raise DomainConflict(f"selector {selector!r} exists; keys are never replaced")
+    if state is KeyState.ACTIVE and KeyState.ACTIVE in states.values():
+        raise DomainConflict("the domain has an active key; add this one as next and activate it")
     await connection.execute(
         sa.insert(dkim_keys).values(
-            domain=domain.lower(),
+            domain=domain,
             selector=selector,
             state=state.value,
             private_key_sealed=box.seal(dkim.private_pem(key)),

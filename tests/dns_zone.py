@@ -72,16 +72,25 @@ def _key(name: str) -> str:
 @contextmanager
 def serve_zone() -> Iterator[Zone]:
     zone = Zone()
-    quiet = DNSLogger(log="-request,-reply,-truncated,-error", logf=lambda _: None)
-    udp = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
-    zone.port = udp.server.server_address[1]
-    tcp = DNSServer(zone, address="127.0.0.1", port=zone.port, tcp=True, logger=quiet)
+    udp, tcp = _bind_pair(zone)
     udp.start_thread()
     tcp.start_thread()
     try:
         yield zone
     finally:
-        udp.stop()
-        tcp.stop()
-        udp.server.server_close()
-        tcp.server.server_close()
+        for server in (udp, tcp):
+            server.stop()
+            server.server.server_close()
+
+
+def _bind_pair(zone: Zone) -> tuple[DNSServer, DNSServer]:
+    """UDP on a free port, then TCP on the same number; another try if TCP's is taken."""
+    quiet = DNSLogger(log="-request,-reply,-truncated,-error", logf=lambda _: None)
+    for _ in range(20):
+        udp = DNSServer(zone, address="127.0.0.1", port=0, logger=quiet)
+        zone.port = udp.server.server_address[1]
+        try:
+            return udp, DNSServer(zone, address="127.0.0.1", port=zone.port, tcp=True, logger=quiet)
+        except OSError:
+            udp.server.server_close()
+    raise RuntimeError("no port free for UDP and TCP at once")
