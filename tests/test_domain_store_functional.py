@@ -526,5 +526,5 @@ async def test_add_key_refuses_what_would_break_rotation(
 
 
 async def test_add_key_for_an_unknown_domain_is_a_conflict(relay: RunningRelay) -> None:
-    with pytest.raises(DomainConflict, match="no domain 'nowhere.example'"):
+    with pytest.raises(DomainConflict, match=r"no domain 'nowhere\.example'"):
         await store_key(relay.app, "s1", private_key("one"), domain="nowhere.example")
