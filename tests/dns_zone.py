@@ -73,8 +73,10 @@ def _key(name: str) -> str:
 def serve_zone() -> Iterator[Zone]:
     zone = Zone()
     udp, tcp = _bind_pair(zone)
-    udp.start_thread()
-    tcp.start_thread()
+    for server in (udp, tcp):  # a short poll: shutdown() waits for one (default 0.5 s)
+        threading.Thread(
+            target=server.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
     try:
         yield zone
     finally:
