@@ -42,10 +42,6 @@ class Domain:
     signing_key: SigningKey | None = None  # the active selector's private key
     managed_by_file: bool = True
 
-    @property
-    def active_key(self) -> DomainKey | None:
-        return next((k for k in self.keys if k.state is KeyState.ACTIVE), None)
-
 
 def activation_problem(states: dict[str, KeyState], selector: str) -> str | None:
     """Why ``selector`` cannot become the active key now, or None if it can."""
