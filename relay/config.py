@@ -645,7 +645,7 @@ def _parse_dns(s: _Section) -> DnsConfig:
     d = DnsConfig()
     servers = []
     for j, server in s.items("nameservers"):
-        if not isinstance(server, str) or not _is_nameserver(server):
+        if not isinstance(server, str) or nameserver_address(server) is None:
             s.problem("not an IP address or IP:port", f"nameservers[{j}]")
         else:
             servers.append(server)
@@ -660,15 +660,21 @@ def _parse_dns(s: _Section) -> DnsConfig:
     return config
 
 
-def _is_nameserver(text: str) -> bool:
-    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
-    if text.startswith("["):  # [::1]:53
+def nameserver_address(text: str) -> tuple[str, int] | None:
+    """``IP``, ``IP:port`` or ``[IPv6]:port`` as (address, port); None if it is not one."""
+    if text.startswith("["):
         host, _, port = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return not port or (port.isdigit() and 0 < int(port) < 65536)
+        return None
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return host, int(port) if port else 53
 
 
 def _parse_domains(root: _Section) -> tuple[Domain, ...]:

@@ -19,7 +19,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from relay.config import DnsConfig
+from relay.config import DnsConfig, nameserver_address
 from relay.core.directory import Directory
 from relay.core.dns_records import (
     MAX_SPF_LOOKUPS,
@@ -83,13 +83,9 @@ class DnsLookup:
 
 
 def _nameserver(text: str) -> dns.nameserver.Do53Nameserver:
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    return dns.nameserver.Do53Nameserver(host, int(port) if port else 53)
+    address = nameserver_address(text)
+    assert address is not None, text  # the config checked it
+    return dns.nameserver.Do53Nameserver(*address)
 
 
 async def walk_spf(domain: str, txt: Callable[[str], Awaitable[list[str]]]) -> SpfWalk:

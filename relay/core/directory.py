@@ -56,7 +56,7 @@ class Directory:
 
     def signing_key(self, domain: str) -> SigningKey | None:
         """The active DKIM key of a From domain, if it has one."""
-        found = self._domains.get(domain.lower())
+        found = self.domain(domain)
         return found.signing_key if found else None
 
     def site_for_sender(self, address: str) -> Site | None:

@@ -135,7 +135,11 @@ def public_key_text(key: PrivateKey) -> str:
 
 def txt_record(key: PrivateKey) -> str:
     """The TXT value to publish at ``selector._domainkey.domain``."""
-    return f"v=DKIM1; k={algorithm_of(key).value}; p={public_key_text(key)}"
+    return key_record(algorithm_of(key), public_key_text(key))
+
+
+def key_record(algorithm: Algorithm, public_key: str) -> str:
+    return f"v=DKIM1; k={algorithm.value}; p={public_key}"
 
 
 def txt_strings(value: str, size: int = 255) -> list[str]:
@@ -144,9 +148,13 @@ def txt_strings(value: str, size: int = 255) -> list[str]:
 
 
 def zone_line(domain: str, selector: str, value: str) -> str:
-    """The record as a zone-file line; long values as several quoted strings."""
+    return txt_line(f"{selector}._domainkey.{domain}", value)
+
+
+def txt_line(name: str, value: str) -> str:
+    """A TXT record as a zone-file line; long values as several quoted strings."""
     strings = " ".join(f'"{s}"' for s in txt_strings(value))
-    return f"{selector}._domainkey.{domain}. 3600 IN TXT {strings}"
+    return f"{name}. 3600 IN TXT {strings}"
 
 
 def signature_field(message: bytes, key: SigningKey, now: float) -> bytes:

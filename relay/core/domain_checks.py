@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 
 from relay.core.addresses import domain_of
 from relay.core.directory import Directory
+from relay.core.dkim import key_record, txt_line, zone_line
 from relay.core.dns_records import (
     MAX_SPF_LOOKUPS,
     MAX_SPF_VOID_LOOKUPS,
+    Alignment,
     DmarcRecord,
     aligned,
     is_dmarc,
@@ -151,11 +153,6 @@ def passed(checks: list[Check]) -> bool:
     return all(c.status is not Status.FAIL for c in checks if c.required)
 
 
-def _txt_line(name: str, value: str) -> str:
-    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
-    return f"{name}. 3600 IN TXT {strings}"
-
-
 def _found(values: tuple[str, ...] | list[str]) -> str:
     return " | ".join(values) if values else "(nothing)"
 
@@ -163,7 +160,7 @@ def _found(values: tuple[str, ...] | list[str]) -> str:
 def ownership_check(p: Plan, dns: DomainDns) -> Check:
     expected = OWNERSHIP_PREFIX + p.ownership_token
     tokens = [t for t in dns.apex_txt if t.startswith(OWNERSHIP_PREFIX)]
-    publish = _txt_line(p.domain, expected)
+    publish = txt_line(p.domain, expected)
     if (failed := _unanswered(p.domain, dns.errors)) is not None:
         return replace(failed, name="ownership")
     if expected in tokens:
@@ -186,7 +183,7 @@ def spf_check(
         return replace(failed, name=name)
     if not walk.records:
         suggested = " ".join(["v=spf1", *(f"include:{i}" for i in wanted), "~all"])
-        record_line = _txt_line(domain, suggested)
+        record_line = txt_line(domain, suggested)
         return Check(name, Status.FAIL, True, "(no SPF record)", "no SPF record", record_line)
     if len(walk.records) > 1:
         return Check(
@@ -200,7 +197,7 @@ def spf_check(
     problems = list(record.problems) + list(walk.problems)
     missing = [i for i in wanted if i not in walk.reached]
     unknown = sorted(u for u, includes in needs.items() if not includes)
-    publish = _txt_line(domain, record.with_includes(missing)) if missing else None
+    publish = txt_line(domain, record.with_includes(missing)) if missing else None
     if walk.lookups > MAX_SPF_LOOKUPS:
         problems.append(
             f"{walk.lookups} DNS lookups through includes, over the limit of {MAX_SPF_LOOKUPS}: "
@@ -262,10 +259,9 @@ def dkim_checks(p: Plan, dns: DomainDns, today: dt.date) -> list[Check]:
 
 def _dkim_check(domain: str, key: DomainKey, txts: tuple[str, ...], today: dt.date) -> Check:
     name = f"dkim {key.selector} ({key.state.value})"
-    owner = f"{key.selector}._domainkey.{domain}"
     required = key.state is KeyState.ACTIVE
     publish = (
-        _txt_line(owner, f"v=DKIM1; k={key.algorithm.value}; p={key.public_key}")
+        zone_line(domain, key.selector, key_record(key.algorithm, key.public_key))
         if key.public_key
         else None
     )
@@ -308,7 +304,7 @@ def dmarc_check(domain: str, dns: DomainDns) -> tuple[Check, DmarcRecord | None]
         return replace(failed, name="dmarc"), None
     records = [t for t in dns.dmarc_txt if is_dmarc(t)]
     owner = f"_dmarc.{organizational_domain(domain)}"
-    publish = _txt_line(
+    publish = txt_line(
         owner, f"v=DMARC1; p=none; rua=mailto:dmarc-reports@{organizational_domain(domain)}"
     )
     if not records:
@@ -358,8 +354,8 @@ def alignment_check(p: Plan, dmarc: DmarcRecord | None) -> Check:
     return Check("alignment", Status.PASS, True, found, "; ".join(parts))
 
 
-def _mode(mode: object) -> str:
-    return "strict" if str(mode) == "s" else "relaxed"
+def _mode(mode: Alignment) -> str:
+    return "strict" if mode is Alignment.STRICT else "relaxed"
 
 
 def mx_check(dns: DomainDns) -> Check:
