@@ -1,50 +1,71 @@
 """create_app(): the admin HTTP application, built from controllers the caller made.
 
-Only /healthz, /readyz and /metrics for now; the /api/v1 surface and its
-bearer-token middleware join this route table later.
+The route table below is the whole URL surface; ``openapi.py`` documents it
+and a test checks that the two agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 from aiohttp import web
 
-from relay.metrics import CONTENT_TYPE, Metrics
+from admin_http import (
+    domains_view,
+    messages_view,
+    sites_view,
+    stats_view,
+    system_view,
+    upstreams_view,
+)
+from admin_http.deps import DEPS, AdminDeps
+from admin_http.middlewares import auth_middleware, error_middleware
+from admin_http.schemas import MAX_BODY_BYTES
 
-
-@dataclass(frozen=True)
-class AdminDeps:
-    metrics: Metrics
-    readiness: Callable[[], Awaitable[list[str]]]  # names of what is not ready; empty = ready
-
-
-DEPS = web.AppKey("deps", AdminDeps)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    problems = await request.app[DEPS].readiness()
-    if problems:
-        return web.json_response(
-            {"error": {"code": "not_ready", "message": "; ".join(problems)}}, status=503
-        )
-    return web.json_response({"status": "ready"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[DEPS].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+V1 = "/api/v1"
 
 
 def create_app(deps: AdminDeps) -> web.Application:
-    app = web.Application()
+    app = web.Application(
+        middlewares=[error_middleware(), auth_middleware(deps.tokens)],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[DEPS] = deps
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    r = app.router
+    r.add_get("/healthz", system_view.healthz)
+    r.add_get("/readyz", system_view.readyz)
+    r.add_get("/metrics", system_view.metrics)
+    if deps.api is None:
+        return app
+    r.add_get(f"{V1}/openapi.json", system_view.openapi)
+    r.add_post(f"{V1}/reload", system_view.reload)
+    r.add_get(f"{V1}/audit", system_view.audit)
+    r.add_get(f"{V1}/stats", stats_view.stats)
+
+    r.add_get(f"{V1}/upstreams", upstreams_view.list_upstreams)
+    r.add_post(f"{V1}/upstreams", upstreams_view.create_upstream)
+    r.add_get(f"{V1}/upstreams/{{name}}", upstreams_view.get_upstream)
+    r.add_patch(f"{V1}/upstreams/{{name}}", upstreams_view.patch_upstream)
+    r.add_delete(f"{V1}/upstreams/{{name}}", upstreams_view.delete_upstream)
+    r.add_post(f"{V1}/upstreams/{{name}}/test", upstreams_view.probe_upstream)
+    r.add_post(f"{V1}/upstreams/{{name}}/activate", upstreams_view.activate)
+    r.add_post(f"{V1}/upstreams/{{name}}/deactivate", upstreams_view.deactivate)
+    r.add_get(f"{V1}/upstreams/{{name}}/stats", upstreams_view.upstream_stats)
+
+    r.add_get(f"{V1}/sites", sites_view.list_sites)
+    r.add_post(f"{V1}/sites", sites_view.create_site)
+    r.add_get(f"{V1}/sites/{{id}}", sites_view.get_site)
+    r.add_patch(f"{V1}/sites/{{id}}", sites_view.patch_site)
+    r.add_delete(f"{V1}/sites/{{id}}", sites_view.delete_site)
+    r.add_post(f"{V1}/sites/{{id}}/credentials", sites_view.create_credential)
+    r.add_delete(f"{V1}/sites/{{id}}/credentials/{{username}}", sites_view.delete_credential)
+
+    r.add_get(f"{V1}/domains", domains_view.list_domains)
+    r.add_post(f"{V1}/domains", domains_view.create_domain)
+    r.add_get(f"{V1}/domains/{{name}}", domains_view.get_domain)
+    r.add_delete(f"{V1}/domains/{{name}}", domains_view.delete_domain)
+    r.add_get(f"{V1}/domains/{{name}}/dns-records", domains_view.dns_records)
+    r.add_post(f"{V1}/domains/{{name}}/verify", domains_view.verify_domain)
+
+    r.add_get(f"{V1}/messages", messages_view.search)
+    r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)
+    r.add_post(f"{V1}/messages/{{id}}/retry", messages_view.retry)
     return app

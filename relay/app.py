@@ -16,29 +16,32 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy import text
 
-from admin_http.app import AdminDeps, create_app
+from admin_http.app import create_app
+from admin_http.deps import AdminDeps, Api
 from relay import tls
-from relay.config import Config, ConfigError, ListenerConfig, load_config
+from relay.catalog_controller import CatalogController, StoreObjects, load_store, merged_directory
+from relay.config import AdminToken, Config, ConfigError, ListenerConfig, load_config
 from relay.core.directory import Directory
-from relay.core.domains import Domain
 from relay.core.model import TlsMode
 from relay.core.quota import UsageBook
 from relay.core.routing import RoutingPolicy
+from relay.core.tokens import hash_token
 from relay.delivery_controller import DeliveryController, Engine
-from relay.domain_database import load_domains
 from relay.domain_monitor import DomainMonitor
 from relay.domain_verifier import DnsLookup
 from relay.events import Events
 from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
+from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
+from relay.reports_controller import ReportsController
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
@@ -57,10 +60,16 @@ class StartupError(Exception):
     """A problem the operator must fix (port in use, unreadable certificate): one clear line."""
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    problems: list[str]  # the file was refused for these; the running config stays
+    restart_needed: list[str]  # changed sections that only a restart applies
+
+
 class RelayApp:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self._store_domains: tuple[Domain, ...] = ()  # created through the API
+        self._store = StoreObjects()  # created through the admin API
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
         self.events = Events()
@@ -108,6 +117,11 @@ class RelayApp:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
+        self.catalog = CatalogController(
+            self.writer, self.secrets, lambda: self.config, self.directory, self.load_store, clock
+        )
+        self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
+        self.probes = ProbeController(self.health, self.directory, config.server.hostname, clock)
         self._clock = clock
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
@@ -117,15 +131,14 @@ class RelayApp:
     def directory(self) -> Directory:
         return self._directory
 
-    async def load_store_domains(self) -> None:
-        """(Re)read the API's domains and their sealed keys; the file wins a name clash."""
+    async def load_store(self) -> None:
+        """(Re)read the objects created through the API, secrets unsealed; the file wins a clash."""
         try:
             async with self.engine.connect() as connection:
-                found = await load_domains(connection, self.secrets)
+                self._store = await load_store(connection, self.secrets)
         except SecretKeyError as error:
             raise StartupError(str(error)) from None
-        self._store_domains = tuple(found)
-        self._directory = _directory_of(self.config, self._store_domains)
+        self._directory = merged_directory(self.config, self._store)
 
     def routing(self) -> RoutingPolicy:
         return self.config.routing.policy
@@ -133,7 +146,7 @@ class RelayApp:
     async def start(self) -> None:
         self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(self.engine)
-        await self.load_store_domains()
+        await self.load_store()
         self.writer.start()
         await self.usage.load()
         await self.health.load()
@@ -188,7 +201,21 @@ class RelayApp:
 
     async def _start_admin(self) -> None:
         admin = self.config.admin
-        runner = web.AppRunner(create_app(AdminDeps(self.metrics, self.readiness)), access_log=None)
+        api = Api(
+            self.catalog,
+            self.reports,
+            self.queue,
+            self.probes,
+            self.health,
+            self.domains,
+            self.directory,
+            lambda: self.config,
+            self.reload,
+            self._clock,
+        )
+        tokens = [(t.name, _token_hash(t)) for t in admin.tokens]
+        deps = AdminDeps(self.metrics, self.readiness, tokens, api)
+        runner = web.AppRunner(create_app(deps), access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, admin.host, admin.port).start()
@@ -240,14 +267,14 @@ class RelayApp:
         except Exception as error:  # kept for the next flush; never stops the relay
             log.warning("usage counters and circuits not saved: %s", error)
 
-    def reload(self) -> list[str]:
+    def reload(self) -> ReloadResult:
         """Re-read the file; apply sites, credentials, upstreams, domains and routing, or keep
         the old on problems."""
         try:
             config = load_config(self.config.path)
         except ConfigError as error:
             log.error("reload refused, keeping the running configuration:\n%s", error)
-            return error.problems
+            return ReloadResult(error.problems, [])
         restart_needed = [
             name
             for name in (
@@ -268,7 +295,7 @@ class RelayApp:
             log.warning(
                 "reload: changes to %s take effect at the next restart", ", ".join(restart_needed)
             )
-        self._directory = _directory_of(config, self._store_domains)
+        self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
         log.info(
             "reloaded %s: %d sites, %d upstreams, %d domains",
@@ -277,7 +304,7 @@ class RelayApp:
             len(config.upstreams),
             len(config.domains),
         )
-        return []
+        return ReloadResult([], restart_needed)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -300,12 +327,6 @@ class RelayApp:
         log.info("stopped")
 
 
-def _directory_of(config: Config, store_domains: tuple[Domain, ...]) -> Directory:
-    in_file = {d.name for d in config.domains}
-    extra = tuple(d for d in store_domains if d.name not in in_file)
-    return replace(config, domains=config.domains + extra).directory()
-
-
 def _with_directory_parts(running: Config, loaded: Config) -> Config:
     """The running config with the parts a reload applies now taken from the loaded one."""
     return replace(
@@ -318,6 +339,13 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
     )
 
 
+def _token_hash(token: AdminToken) -> str:
+    if token.token_hash is not None:
+        return token.token_hash
+    assert token.token is not None
+    return hash_token(token.token.reveal())
+
+
 async def serve(config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
     config = load_config(config_path)
@@ -326,7 +354,7 @@ async def serve(config_path: Path) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.reload() and None)
     try:
         await app.start()
         log.info(

@@ -1,4 +1,4 @@
-"""The `relay` command: serve, check-config, hash-password, dkim keygen, dns verify.
+"""The `relay` command: serve, check-config, hash-password, hash-token, dkim keygen, dns verify.
 
 User mistakes (bad config, port in use, unreadable key) print one clear
 line per problem and exit non-zero, never a traceback.
@@ -15,6 +15,7 @@ from pathlib import Path
 from relay import __version__, cli_domains, logs
 from relay.config import ConfigError, default_config_path, load_config
 from relay.core.passwords import hash_password
+from relay.core.tokens import hash_token, new_token
 
 EXIT_CONFIG = 2
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "hash-password", help="read a password from stdin (or prompt) and print its hash"
     )
+    commands.add_parser(
+        "hash-token",
+        help="print a new admin API token and its token_hash (or hash one read from stdin)",
+    )
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(
         dest="dkim_command", required=True
     )
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "hash-token":
+        return _hash_token()
     if args.command == "dkim":
         return cli_domains.keygen(args.domain, args.selector, args.out, args.algorithm, args.owner)
     path = args.config or default_config_path()
@@ -104,6 +111,23 @@ def _hash_password() -> int:
         print("an empty password cannot be hashed", file=sys.stderr)
         return 1
     print(hash_password(password))
+    return 0
+
+
+def _hash_token() -> int:
+    """A terminal gets a new random token; a pipe hashes the token it gives."""
+    if sys.stdin.isatty():
+        token = new_token()
+        print(f"token:      {token}\ntoken_hash: {hash_token(token)}")
+        return 0
+    token = sys.stdin.readline().strip()
+    if len(token) < 16:
+        print(
+            "a token needs at least 16 characters (run without input for a new one)",
+            file=sys.stderr,
+        )
+        return 1
+    print(hash_token(token))
     return 0
 
 

@@ -48,6 +48,7 @@ from relay.core.model import (
 )
 from relay.core.passwords import is_password_hash
 from relay.core.routing import ClassRule, RoutingPolicy
+from relay.core.tokens import is_token_hash
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 E = TypeVar("E", TlsMode, AuthMode, UpstreamKind, Strategy, MessageClass)
@@ -201,6 +202,11 @@ _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})+$"
 )  # _spf.google.com
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_TOKEN_LENGTH = 16
+
+
+def is_domain_name(text: str) -> bool:
+    return _HOSTNAME.match(text) is not None and "." in text
 
 
 class _Section:
@@ -335,6 +341,40 @@ class _Section:
         for key in self._data:
             if key not in self._used:
                 self.problem("unknown key", str(key))
+
+
+# Keys the admin API refuses in an object's JSON: they would read the server's environment or
+# files, or write files on it. The YAML file may use them; the API gives secrets inline.
+API_FORBIDDEN_KEYS = ("password_env", "password_file", "path", "ca_file", "credentials")
+
+
+def parse_upstream_spec(data: object) -> tuple[Upstream | None, list[str]]:
+    """An upstream given as JSON through the admin API: the same rules and messages as YAML."""
+    problems: list[str] = []
+    s = _api_section(data, "upstream", problems)
+    upstream = _parse_upstream(s)
+    if upstream is not None and upstream.kind is UpstreamKind.FILE:
+        s.problem("file upstreams are for local development: declare them in the config file")
+    return (upstream if not problems else None), problems
+
+
+def parse_site_spec(data: object, upstream_names: set[str]) -> tuple[Site | None, list[str]]:
+    """A site given as JSON through the admin API (credentials come from their own endpoint)."""
+    problems: list[str] = []
+    s = _api_section(data, "site", problems)
+    site = _parse_site(s, upstream_names)
+    s.finish()
+    return (site if not problems else None), problems
+
+
+def _api_section(data: object, path: str, problems: list[str]) -> _Section:
+    """The section without the forbidden keys (never read, not even to report them)."""
+    if isinstance(data, dict):
+        for key in API_FORBIDDEN_KEYS:
+            if key in data:
+                problems.append(f"{path}.{key}: not accepted through the API (use the config file)")
+        data = {k: v for k, v in data.items() if k not in API_FORBIDDEN_KEYS}
+    return _Section(data, path, problems)
 
 
 def _parse(path: Path, root: _Section) -> Config | None:
@@ -502,7 +542,14 @@ def _parse_admin(s: _Section) -> AdminConfig:
         name = _name(t, "name")
         _unique(s, "tokens", i, name, names, "token name")
         secret = t.secret("token")
+        if secret is not None and len(secret.reveal()) < MIN_TOKEN_LENGTH:
+            t.problem(
+                f"too short: at least {MIN_TOKEN_LENGTH} characters (`relay hash-token` makes one)",
+                "token",
+            )
         token_hash = t.text("token_hash", None)
+        if token_hash is not None and not is_token_hash(token_hash):
+            t.problem("not a token hash; make one with `relay hash-token`", "token_hash")
         if (secret is None) == (token_hash is None):
             t.problem("give token (or token_env / token_file) or token_hash")
         t.finish()

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from relay.core.directory import Directory
-from relay.core.domain_checks import Check, Status, passed
+from relay.core.domain_checks import Check, Status, passed, plan, records_to_publish
 from relay.domain_verifier import DnsLookup, Verification, verify
 from relay.metrics import Metrics
 
@@ -50,6 +50,17 @@ class DomainMonitor:
                 log.exception("domain %s: DNS verification failed", domain.name)
                 continue
             self.record(result)
+
+    async def verify(self, name: str) -> Verification:
+        """One domain now (the API's verify); the result is recorded like a periodic one."""
+        result = await verify(name, self._directory(), self._secret, self._lookup, dt.date.today())
+        self.record(result)
+        return result
+
+    def records(self, name: str) -> list[Check]:
+        """Every record the domain needs (what to publish), without asking DNS."""
+        p = plan(name, self._directory(), self._secret)
+        return records_to_publish(p, dt.date.today())
 
     def record(self, result: Verification) -> None:
         before = self.latest.get(result.domain)

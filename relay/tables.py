@@ -112,7 +112,7 @@ suppressions = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
-# Objects created through the admin API (a later issue) live here; objects
+# Objects created through the admin API live here, as the JSON they were given; objects
 # from the YAML file never do.
 sites = sa.Table(
     "sites",
@@ -171,4 +171,18 @@ dkim_keys = sa.Table(
     sa.Column("retire_until", sa.Date),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Every change made through the admin API: which token, what, when. Secrets
+# in ``detail`` are masked before they are written.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("token", sa.String(64), nullable=False),  # the token's name
+    sa.Column("action", sa.String(32), nullable=False),  # create, update, delete, activate, ...
+    sa.Column("kind", sa.String(32), nullable=False),  # upstream, site, credential, domain, ...
+    sa.Column("target", sa.String(253), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
 )

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from relay.core.tokens import hash_token
+
 from relay.config import ConfigError, load_config
 from relay.core import dkim
 from relay.core.model import AuthMode, ReplyTo, TlsMode, UpstreamKind
@@ -173,7 +175,7 @@ VALID_CASES: list[Any] = [
         id="domain-with-dkim",
     ),
     pytest.param(
-        lambda d, t: d.update(admin={"tokens": [{"name": "ops", "token_hash": "abc"}]}),
+        lambda d, t: d.update(admin={"tokens": [{"name": "ops", "token_hash": TOKEN_HASH}]}),
         id="admin-token-hash",
     ),
     pytest.param(lambda d, t: d.update(domains=[], admin=None, limits=None), id="empty-sections"),
@@ -285,6 +287,9 @@ def _password_file_is_a_directory(d: dict[str, Any], tmp: Path) -> list[str]:
 def _unset_env(d: dict[str, Any], _tmp: Path) -> list[str]:
     d["upstreams"][0].update(username="relay@example.net", password_env=UNSET_VAR)
     return [f"upstreams[0].password_env: environment variable {UNSET_VAR} is not set"]
+
+
+TOKEN_HASH = hash_token("a-long-admin-token-for-tests")
 
 
 def _unset_admin_token_env(d: dict[str, Any], _tmp: Path) -> list[str]:
@@ -440,6 +445,21 @@ ERROR_CASES: list[Any] = [
     ),
     pytest.param(
         case(
+            _set(["admin"], {"tokens": [{"name": "ops", "token_hash": "abc"}]}),
+            "admin.tokens[0].token_hash: not a token hash; make one with `relay hash-token`",
+        ),
+        id="bad-token-hash",
+    ),
+    pytest.param(
+        case(
+            _set(["admin"], {"tokens": [{"name": "ops", "token": "short"}]}),
+            "admin.tokens[0].token: too short: at least 16 characters "
+            "(`relay hash-token` makes one)",
+        ),
+        id="short-token",
+    ),
+    pytest.param(
+        case(
             _set(["domains"], [{"name": "example.com"}, {"name": "Example.COM"}]),
             "domains[1]: duplicate domain 'example.com'",
         ),
@@ -447,7 +467,7 @@ ERROR_CASES: list[Any] = [
     ),
     pytest.param(
         case(
-            _set(["admin"], {"tokens": [{"name": "ops", "token_hash": "a"}] * 2}),
+            _set(["admin"], {"tokens": [{"name": "ops", "token_hash": TOKEN_HASH}] * 2}),
             "admin.tokens[1]: duplicate token name 'ops'",
         ),
         id="duplicate-token",
@@ -777,7 +797,7 @@ def test_secrets_from_inline_env_and_file_never_show_in_repr(
         "inline-Secret-1",
         "env-Secret-2",
         "file-Secret-3",
-        "token-Secret-4",
+        "token-Secret-4-0123456789",
     )
     monkeypatch.setenv("RELAY_TEST_PASSWORD", from_env)
     monkeypatch.setenv("RELAY_TEST_TOKEN", token)

@@ -374,7 +374,7 @@ async def test_reload_to_a_new_selector_signs_new_mail_with_it(
 
     config["domains"] = [signing_domain(tmp_path, dns_zone, selector="relay2")]
     write_config(tmp_path, config)
-    assert relay.app.reload() == []
+    assert relay.app.reload().problems == []
     after = await relay_one(relay, sink)
 
     assert signature_tags(before)["s"] == "relay1"

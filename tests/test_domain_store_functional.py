@@ -1,7 +1,7 @@
 """Domains kept in the store (the admin API's): sealed DKIM keys that sign real mail.
 
 Keys go in through ``relay.domain_database`` (the HTTP part comes later), the
-relay re-reads them with ``load_store_domains()``, and what reaches the sink
+relay re-reads them with ``load_store()``, and what reaches the sink
 is checked by an independent verifier (dkimpy) whose only DNS is the selector
 records the test hands it. The domain monitor stays off: no DNS traffic at all.
 """
@@ -179,7 +179,7 @@ async def test_store_rsa_key_signs_mail_after_load(relay: RunningRelay, sink: Si
     await store_domain(relay.app)
     await store_key(relay.app, "store1", key)
 
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     content = await relay_message(relay, sink)
 
     tags = signature_tags(content)
@@ -205,7 +205,7 @@ async def test_store_ed25519_key_signs_and_verifies(relay: RunningRelay, sink: S
     await store_domain(relay.app)
     await store_key(relay.app, "ed1", key)
 
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     content = await relay_message(relay, sink)
 
     tags = signature_tags(content)
@@ -219,7 +219,7 @@ async def test_store_domain_is_listed_as_not_managed_by_file(relay: RunningRelay
     await store_key(relay.app, "store1", private_key("store1"))
     await store_key(relay.app, "store2", private_key("store2"), KeyState.NEXT)
 
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
 
     domain = relay.app.directory().domain(DOMAIN)
     assert domain is not None and not domain.managed_by_file
@@ -287,11 +287,11 @@ async def test_rotation_signs_with_the_new_selector_and_retires_the_old(
     await store_domain(relay.app)
     await store_key(relay.app, "store1", old)
     await store_key(relay.app, "store2", new, KeyState.NEXT)
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     before = await relay_message(relay, sink)
 
     await activate(relay.app, "store2")
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     after = await relay_message(relay, sink)
 
     assert selector_of(before) == "store1"
@@ -345,7 +345,7 @@ async def test_file_domain_wins_a_name_clash(
     await store_domain(relay.app)
     await store_key(relay.app, "store1", private_key("store1"))
 
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     content = await relay_message(relay, sink)
 
     tags = signature_tags(content)
@@ -364,11 +364,11 @@ async def test_reload_keeps_store_only_domains_signing(
     key = private_key("store1")
     await store_domain(relay.app)
     await store_key(relay.app, "store1", key)
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     config["domains"] = [file_domain(tmp_path, "other.example", "file1", private_key("file1"))]
     write_config(tmp_path, config)
 
-    assert relay.app.reload() == []
+    assert relay.app.reload().problems == []
     content = await relay_message(relay, sink)
 
     assert relay.app.directory().domain("other.example") is not None  # the reload took effect
@@ -384,15 +384,15 @@ async def test_reload_adding_the_domain_to_the_file_takes_over_and_removing_give
     relay = await start_relay(config)
     await store_domain(relay.app)
     await store_key(relay.app, "store1", private_key("store1"))
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
 
     config["domains"] = [file_domain(tmp_path, DOMAIN, "file1", private_key("file1"))]
     write_config(tmp_path, config)
-    assert relay.app.reload() == []
+    assert relay.app.reload().problems == []
     with_file = await relay_message(relay, sink)
     config["domains"] = []
     write_config(tmp_path, config)
-    assert relay.app.reload() == []
+    assert relay.app.reload().problems == []
     without_file = await relay_message(relay, sink)
 
     assert selector_of(with_file) == "file1"
@@ -475,14 +475,14 @@ async def test_delete_domain_removes_it_and_its_keys(relay: RunningRelay, sink: 
     await store_domain(relay.app)
     await store_key(relay.app, "store1", private_key("store1"))
     await store_key(relay.app, "store2", private_key("store2"), KeyState.NEXT)
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     assert signature_tags(await relay_message(relay, sink)) is not None
 
     async with relay.app.engine.begin() as connection:
         first = await delete_domain(connection, DOMAIN)
     async with relay.app.engine.begin() as connection:
         second = await delete_domain(connection, DOMAIN)
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     content = await relay_message(relay, sink)
 
     assert (first, second) == (True, False)
@@ -499,7 +499,7 @@ async def test_domain_names_are_case_insensitive_in_the_store(
     await store_domain(relay.app, "Example.COM")
     await store_key(relay.app, "store1", key, domain="EXAMPLE.com")
 
-    await relay.app.load_store_domains()
+    await relay.app.load_store()
     content = await relay_message(relay, sink)
 
     tags = signature_tags(content)

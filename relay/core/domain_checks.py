@@ -142,6 +142,12 @@ def evaluate(p: Plan, dns: DomainDns, today: dt.date) -> list[Check]:
     return checks
 
 
+def records_to_publish(p: Plan, today: dt.date) -> list[Check]:
+    """What the domain needs in DNS when nothing is published yet: each check's record."""
+    empty = DomainDns(p.domain, spf={d: SpfWalk(d, ()) for d in p.envelope_domains})
+    return [c for c in evaluate(p, empty, today) if c.publish is not None]
+
+
 def _unanswered(name: str, errors: Mapping[str, str]) -> Check | None:
     """A lookup that failed says nothing about the record: no advice to publish a second one."""
     if name not in errors:

@@ -1,0 +1,53 @@
+"""What the admin HTTP application is built from: controllers and accessors made by the caller."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from relay.catalog_controller import CatalogController
+from relay.config import Config
+from relay.core.directory import Directory
+from relay.domain_monitor import DomainMonitor
+from relay.health_controller import HealthController
+from relay.metrics import Metrics
+from relay.probe_controller import ProbeController
+from relay.queue_controller import QueueController
+from relay.reports_controller import ReportsController
+
+
+@dataclass(frozen=True)
+class Api:
+    """The /api/v1 surface's controllers."""
+
+    catalog: CatalogController
+    reports: ReportsController
+    queue: QueueController
+    probes: ProbeController
+    health: HealthController
+    domains: DomainMonitor
+    directory: Callable[[], Directory]
+    config: Callable[[], Config]
+    reload: Callable[[], Any]  # -> relay.app.ReloadResult (problems, restart_needed)
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class AdminDeps:
+    metrics: Metrics
+    readiness: Callable[[], Awaitable[list[str]]]  # names of what is not ready; empty = ready
+    tokens: Sequence[tuple[str, str]] = ()  # (name, token hash)
+    api: Api | None = None  # None: only /healthz, /readyz, /metrics
+
+
+DEPS = web.AppKey("deps", AdminDeps)
+
+
+def api_of(request: web.Request) -> Api:
+    api = request.app[DEPS].api
+    assert api is not None
+    return api

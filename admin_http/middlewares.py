@@ -1,0 +1,98 @@
+"""Bearer-token authentication and the error envelope, for every request.
+
+Tokens are compared as SHA-256 digests in constant time; a client IP that
+fails too often is refused for a while (429) before any comparison. The
+matched token's name is kept on the request for the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from admin_http.errors import ApiError, error_response
+from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.core.throttle import FailureThrottle
+from relay.core.tokens import match_token
+from relay.domain_database import DomainConflict
+from relay.queue_database import QueueConflict
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACTOR = web.RequestKey("actor", str)  # the name of the token that authenticated the request
+MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0
+
+_REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_middleware() -> Middleware:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return error_response(e.status, e.code, e.message, e.problems)
+        except NotFound as e:
+            return error_response(404, "not_found", str(e))
+        except (Conflict, DomainConflict, QueueConflict) as e:
+            return error_response(409, "conflict", str(e))
+        except Invalid as e:
+            return error_response(422, "invalid", "the request has problems", e.problems)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            code = _REASONS.get(e.status, "http_error")
+            headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+            return error_response(e.status, code, e.reason, headers=headers)
+        except Exception:
+            log.exception("admin API: %s %s failed", request.method, request.path)
+            return error_response(500, "internal", "internal error; the relay's log has details")
+
+    return errors
+
+
+def auth_middleware(
+    tokens: Sequence[tuple[str, str]], clock: Callable[[], float] = time.monotonic
+) -> Middleware:
+    """``tokens``: (name, token hash). Everything under /api/ needs one of them."""
+    throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        client = f"ip:{request.remote}"
+        if throttle.is_blocked(client, clock()):
+            return error_response(
+                429,
+                "too_many_requests",
+                "too many failed authentications from this address; try again later",
+                headers={"Retry-After": str(int(FAILURE_WINDOW_SECONDS))},
+            )
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        name = match_token(presented.strip(), tokens) if scheme.lower() == "bearer" else None
+        if name is None:
+            throttle.record_failure(client, clock())
+            message = (
+                "a valid bearer token is required (Authorization: Bearer <token>)"
+                if tokens
+                else "no admin tokens are configured: add admin.tokens to the config file"
+            )
+            return error_response(
+                401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"}
+            )
+        request[ACTOR] = name
+        return await handler(request)
+
+    return auth

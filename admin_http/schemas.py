@@ -1,0 +1,193 @@
+"""JSON in and out: request parsing (body, pagination, times) and each object's view.
+
+Views list what an operator may see; secrets never appear in them (an
+upstream says ``has_password``, a credential shows its username only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from admin_http.errors import ApiError, bad_request
+from relay.core.domain_checks import Check
+from relay.core.domains import Domain
+from relay.core.health import Circuit
+from relay.core.model import Attempt, Credential, Site, Upstream
+
+MAX_PAGE_SIZE = 500
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(name: str, text: str) -> float:
+    """UNIX seconds or ISO 8601 (UTC when no offset is given)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(
+            f"{name}: not a time; use ISO 8601 (2026-11-21T10:00:00Z) or UNIX seconds"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def query_time(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    return parse_time(name, text) if text else None
+
+
+def page_of(request: web.Request) -> tuple[int, int]:
+    page = _positive(request, "page", 1)
+    size = _positive(request, "page_size", 50)
+    if size > MAX_PAGE_SIZE:
+        raise bad_request(f"page_size: at most {MAX_PAGE_SIZE}")
+    return page, size
+
+
+def _positive(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+        raise bad_request(f"{name}: must be a whole number, 1 or more")
+    return int(text)
+
+
+def listing(items: list[Any], total: int, page: int, page_size: int) -> dict[str, Any]:
+    return {"items": items, "total": total, "page": page, "page_size": page_size}
+
+
+def paged(items: list[Any], page: int, page_size: int) -> dict[str, Any]:
+    """A listing of an in-memory list."""
+    start = (page - 1) * page_size
+    return listing(items[start : start + page_size], len(items), page, page_size)
+
+
+async def json_body(request: web.Request, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}`` when not ``required``."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise bad_request("a JSON object is required as the body")
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise bad_request(f"the body is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise bad_request("the body must be a JSON object")
+    return value
+
+
+def managed_by(managed_by_file: bool) -> str:
+    return "file" if managed_by_file else "api"
+
+
+def upstream_view(u: Upstream, circuit: Circuit | None) -> dict[str, Any]:
+    return {
+        "name": u.name,
+        "kind": u.kind.value,
+        "host": u.host,
+        "port": u.port,
+        "tls": u.tls.value,
+        "verify_tls": u.verify_tls,
+        "username": u.username,
+        "has_password": u.password is not None,
+        "priority": u.priority,
+        "active": u.active,
+        "rate_per_minute": u.rate_per_minute,
+        "daily_limit": u.daily_limit,
+        "monthly_limit": u.monthly_limit,
+        "max_connections": u.max_connections,
+        "timeout_seconds": u.timeout_seconds,
+        "cost_per_1000": u.cost_per_1000,
+        "weight": u.weight,
+        "spf_include": list(u.spf_include),
+        "managed_by": managed_by(u.managed_by_file),
+        "circuit": (circuit or Circuit()).state.value,
+    }
+
+
+def site_view(s: Site, credentials: list[Credential]) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "from": {"email": s.from_email, "name": s.from_name},
+        "reply_to": s.reply_to_address if s.reply_to_address else s.reply_to.value,
+        "senders": list(s.senders),
+        "upstreams": list(s.upstreams),
+        "bounce_address": s.bounce_address,
+        "rate_per_minute": s.rate_per_minute,
+        "daily_limit": s.daily_limit,
+        "monthly_limit": s.monthly_limit,
+        "strategy": s.strategy.value if s.strategy else None,
+        "message_class": s.message_class.value,
+        "credentials": [{"username": c.username} for c in credentials],
+        "managed_by": managed_by(s.managed_by_file),
+    }
+
+
+def domain_view(d: Domain, checks: list[Check] | None) -> dict[str, Any]:
+    return {
+        "name": d.name,
+        "managed_by": managed_by(d.managed_by_file),
+        "signing": d.signing_key is not None,
+        "keys": [
+            {
+                "selector": k.selector,
+                "state": k.state.value,
+                "algorithm": k.algorithm.value,
+                "public_key": k.public_key,
+                "retire_until": k.retire_until.isoformat() if k.retire_until else None,
+            }
+            for k in d.keys
+        ],
+        "checks": [check_view(c) for c in checks] if checks is not None else None,
+    }
+
+
+def check_view(c: Check) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "status": c.status.value,
+        "required": c.required,
+        "found": c.found,
+        "detail": c.detail,
+        "publish": c.publish,
+    }
+
+
+def attempt_view(a: Attempt) -> dict[str, Any]:
+    return {
+        "upstream": a.upstream,
+        "started_at": iso(a.started_at),
+        "duration_seconds": round(a.duration, 4),
+        "reply_code": a.reply.code if a.reply else None,
+        "reply_text": a.reply.text if a.reply else None,
+        "outcome": a.outcome,
+        "recipients": list(a.recipients),
+        "detail": a.detail,
+        "route": a.route,
+    }
+
+
+def without_nulls(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if v is not None}

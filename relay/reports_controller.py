@@ -1,0 +1,110 @@
+"""What the admin API reads about mail: the message log, one message in full, statistics.
+
+Read-only; each call uses its own connection. Quota use comes from the live
+usage book, not the store, so it is exact to the last message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.core.directory import Directory
+from relay.core.header_diff import HeaderChange, header_diff
+from relay.core.quota import Scope, Window, limits_of
+from relay.message_log_database import (
+    MessageHeaders,
+    MessageQuery,
+    MessageSummary,
+    SiteStats,
+    UpstreamStats,
+    message_headers,
+    search_messages,
+    site_stats,
+    upstream_stats,
+)
+from relay.queue_database import MessageDetail, QueueStats, load_message, queue_stats
+from relay.store import GroupWriter
+from relay.usage_controller import UsageController
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    window: Window
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class FullMessage:
+    detail: MessageDetail
+    headers: MessageHeaders
+    changes: list[HeaderChange]  # what the rewrite and signing changed
+
+
+@dataclass(frozen=True)
+class Stats:
+    since: float
+    until: float
+    sites: list[tuple[SiteStats, list[QuotaUse]]]
+    upstreams: list[tuple[UpstreamStats, list[QuotaUse]]]
+    queue: QueueStats
+
+
+class ReportsController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        usage: UsageController,
+        directory: Callable[[], Directory],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = writer.engine
+        self._usage = usage
+        self._directory = directory
+        self._clock = clock
+
+    async def search(self, query: MessageQuery) -> tuple[list[MessageSummary], int]:
+        async with self._engine.connect() as connection:
+            return await search_messages(connection, query)
+
+    async def message(self, message_id: str) -> FullMessage | None:
+        async with self._engine.connect() as connection:
+            detail = await load_message(connection, message_id)
+            headers = await message_headers(connection, message_id)
+        if detail is None or headers is None:
+            return None
+        return FullMessage(detail, headers, header_diff(headers.original, headers.sent))
+
+    async def stats(self, since: float, until: float | None = None) -> Stats:
+        """Every site and upstream of the directory, with zeros where nothing happened."""
+        directory = self._directory()
+        async with self._engine.connect() as connection:
+            by_site = {s.site_id: s for s in await site_stats(connection, since, until)}
+            by_upstream = {u.upstream: u for u in await upstream_stats(connection, since, until)}
+            queue = await queue_stats(connection)
+        for site in directory.sites:
+            by_site.setdefault(site.id, SiteStats(site.id, 0, 0, 0, 0, 0, 0, 0, None))
+        for upstream in directory.upstreams:
+            by_upstream.setdefault(
+                upstream.name, UpstreamStats(upstream.name, 0, 0, 0, 0, None, None, None)
+            )
+        return Stats(
+            since,
+            until if until is not None else self._clock(),
+            [(s, self._quota(Scope.SITE, s.site_id)) for _, s in sorted(by_site.items())],
+            [(u, self._quota(Scope.UPSTREAM, u.upstream)) for _, u in sorted(by_upstream.items())],
+            queue,
+        )
+
+    def _quota(self, scope: Scope, name: str) -> list[QuotaUse]:
+        directory = self._directory()
+        owner = directory.site(name) if scope is Scope.SITE else directory.upstream(name)
+        if owner is None:  # gone from the configuration; its history stays
+            return []
+        now = self._clock()
+        return [
+            QuotaUse(window, self._usage.book.used(scope, name, window, now), limit)
+            for window, limit in limits_of(owner).items()
+        ]
