@@ -34,8 +34,9 @@ def readme_examples() -> list[str]:
 
 
 def get(url: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+    assert url.startswith("http://127.0.0.1:")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         return json.load(response)
 
 

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.core.tokens import hash_token
-
 from relay.config import ConfigError, load_config
 from relay.core import dkim
 from relay.core.model import AuthMode, ReplyTo, TlsMode, UpstreamKind
 from relay.core.passwords import verify_password
+from relay.core.tokens import hash_token
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY = Path(sys.executable).with_name("relay")  # the console script of this venv
