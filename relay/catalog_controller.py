@@ -32,6 +32,7 @@ from relay.store import GroupWriter
 
 log = logging.getLogger(__name__)
 MASK = "********"
+_OUTSIDE_SPEC = ("password", "active")  # kept in their own columns (sealed; toggled)
 _SECRET_WORDS = ("password", "secret", "token", "private_key", "api_key")
 
 
@@ -160,7 +161,7 @@ class CatalogController:
             old = await _find_upstream(c, name)
             if old is not None and old.deleted_at is None:
                 raise Conflict(f"upstream {name!r} exists; change it with PATCH")
-            spec = {k: v for k, v in body.items() if k != "password"}
+            spec = {k: v for k, v in body.items() if k not in _OUTSIDE_SPEC}
             sealed = self._box.seal(password.encode()) if isinstance(password, str) else None
             await db.put_upstream(
                 c, db.StoredUpstream(name, spec, sealed, upstream.active, None, now, now)
@@ -178,20 +179,25 @@ class CatalogController:
 
         async def write(c: AsyncConnection) -> None:
             old = await self._stored_upstream(c, name)
-            spec = _merge(old.spec, {k: v for k, v in patch.items() if k != "password"})
+            spec = _merge(old.spec, {k: v for k, v in patch.items() if k not in _OUTSIDE_SPEC})
             password: Any = (
                 patch["password"]
                 if "password" in patch
                 else (self._box.open(old.sealed_password).decode() if old.sealed_password else None)
             )
+            active = patch.get("active", old.active)
+            given = {**spec, "active": active}
             upstream, problems = parse_upstream_spec(
-                {**spec, "password": password} if password is not None else spec
+                {**given, "password": password} if password is not None else given
             )
             if upstream is None:
                 raise Invalid(problems)
             sealed = self._box.seal(password.encode()) if isinstance(password, str) else None
             await db.put_upstream(
-                c, replace(old, spec=spec, sealed_password=sealed, updated_at=now)
+                c,
+                replace(
+                    old, spec=spec, sealed_password=sealed, active=upstream.active, updated_at=now
+                ),
             )
             await self._audit(c, actor, "update", "upstream", name, patch)
 
