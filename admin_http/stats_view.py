@@ -14,6 +14,12 @@ from relay.reports_controller import QuotaUse
 DAY_SECONDS = 86_400.0
 
 
+def window_start(request: web.Request, now: float) -> float:
+    """``since``, else 24 hours ago."""
+    since = query_time(request, "since")
+    return now - DAY_SECONDS if since is None else since
+
+
 def quota_view(quota: list[QuotaUse]) -> dict[str, Any]:
     return {
         q.window.value: {"used": q.used, "limit": q.limit, "ratio": round(q.used / q.limit, 4)}
@@ -52,7 +58,7 @@ def upstream_stats_view(u: UpstreamStats, quota: list[QuotaUse]) -> dict[str, An
 
 async def stats(request: web.Request) -> web.Response:
     api = api_of(request)
-    since = query_time(request, "since") or api.clock() - DAY_SECONDS
+    since = window_start(request, api.clock())
     found = await api.reports.stats(since, query_time(request, "until"))
     now = api.clock()
     return web.json_response(

@@ -17,7 +17,7 @@ from admin_http.schemas import (
     query_time,
     upstream_view,
 )
-from admin_http.stats_view import DAY_SECONDS, upstream_stats_view
+from admin_http.stats_view import upstream_stats_view, window_start
 from relay.core.addresses import is_address
 from relay.core.model import Upstream
 from relay.probe_controller import ProbeReport
@@ -130,8 +130,7 @@ def _sent_ok(report: ProbeReport) -> bool:
 async def upstream_stats(request: web.Request) -> web.Response:
     api = api_of(request)
     upstream = _upstream(api, request)
-    now = api.clock()
-    since = query_time(request, "since") or now - DAY_SECONDS
+    since = window_start(request, api.clock())
     stats = await api.reports.stats(since, query_time(request, "until"))
     found = next(item for item in stats.upstreams if item[0].upstream == upstream.name)
     return web.json_response(
