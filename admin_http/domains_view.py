@@ -7,9 +7,10 @@ from typing import Any
 from aiohttp import web
 
 from admin_http.deps import Api, api_of
-from admin_http.errors import bad_request, not_found
+from admin_http.errors import not_found
 from admin_http.middlewares import ACTOR
 from admin_http.schemas import check_view, domain_view, json_body, page_of, paged
+from relay.catalog_controller import Invalid
 from relay.config import is_domain_name
 from relay.core.dkim import Algorithm, is_selector
 from relay.core.domain_checks import passed
@@ -42,12 +43,18 @@ async def create_domain(request: web.Request) -> web.Response:
     body = await json_body(request)
     name, selector = body.get("name"), body.get("selector", "relay1")
     algorithm = body.get("algorithm", Algorithm.RSA.value)
+    problems = []
     if not isinstance(name, str) or not is_domain_name(name):
-        raise bad_request("name: a domain name such as example.com is required")
+        problems.append("domain.name: a domain name such as example.com is required")
     if not isinstance(selector, str) or not is_selector(selector):
-        raise bad_request("selector: not a DKIM selector (letters, digits, '-', '.')")
+        problems.append("domain.selector: not a DKIM selector (letters, digits, '-', '.')")
     if algorithm not in {a.value for a in Algorithm}:
-        raise bad_request(f"algorithm: one of {', '.join(a.value for a in Algorithm)}")
+        problems.append(f"domain.algorithm: one of {', '.join(a.value for a in Algorithm)}")
+    unknown = sorted(set(body) - {"name", "selector", "algorithm"})
+    problems += [f"domain.{key}: unknown key" for key in unknown]
+    if problems:
+        raise Invalid(problems)
+    assert isinstance(name, str) and isinstance(selector, str)
     domain = await api.catalog.create_domain(request[ACTOR], name, selector, Algorithm(algorithm))
     view = _view(api, domain)
     view["records"] = [check_view(c) for c in api.domains.records(domain.name)]

@@ -398,7 +398,13 @@ def _schemas() -> dict[str, Schema]:
                 "detail": {"type": "object"},
             }
         ),
-        "Reloaded": _object({"status": text, "restart_needed": {"type": "array", "items": text}}),
+        "Reloaded": _object(
+            {
+                "status": text,
+                "restart_needed": {"type": "array", "items": text},
+                "warnings": {"type": "array", "items": text},
+            }
+        ),
         "Status": _object({"status": text}),
     }
 

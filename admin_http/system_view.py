@@ -40,7 +40,13 @@ async def reload(request: web.Request) -> web.Response:
             result.problems,
         )
     await api.catalog.record(request[ACTOR], "reload", "config", str(api.config().path))
-    return web.json_response({"status": "reloaded", "restart_needed": result.restart_needed})
+    return web.json_response(
+        {
+            "status": "reloaded",
+            "restart_needed": result.restart_needed,
+            "warnings": result.warnings,
+        }
+    )
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -25,7 +25,13 @@ from sqlalchemy import text
 from admin_http.app import create_app
 from admin_http.deps import AdminDeps, Api
 from relay import tls
-from relay.catalog_controller import CatalogController, StoreObjects, load_store, merged_directory
+from relay.catalog_controller import (
+    CatalogController,
+    StoreObjects,
+    dangling_upstreams,
+    load_store,
+    merged_directory,
+)
 from relay.config import AdminToken, Config, ConfigError, ListenerConfig, load_config
 from relay.core.directory import Directory
 from relay.core.model import TlsMode
@@ -64,6 +70,7 @@ class StartupError(Exception):
 class ReloadResult:
     problems: list[str]  # the file was refused for these; the running config stays
     restart_needed: list[str]  # changed sections that only a restart applies
+    warnings: list[str]  # applied, but worth a look (a site listing a vanished upstream)
 
 
 class RelayApp:
@@ -274,7 +281,7 @@ class RelayApp:
             config = load_config(self.config.path)
         except ConfigError as error:
             log.error("reload refused, keeping the running configuration:\n%s", error)
-            return ReloadResult(error.problems, [])
+            return ReloadResult(error.problems, [], [])
         restart_needed = [
             name
             for name in (
@@ -297,6 +304,9 @@ class RelayApp:
             )
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
+        warnings = dangling_upstreams(self._directory)
+        for warning in warnings:
+            log.warning("reload: %s", warning)
         log.info(
             "reloaded %s: %d sites, %d upstreams, %d domains",
             config.path,
@@ -304,7 +314,7 @@ class RelayApp:
             len(config.upstreams),
             len(config.domains),
         )
-        return ReloadResult([], restart_needed)
+        return ReloadResult([], restart_needed, warnings)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -123,6 +123,16 @@ def merged_directory(config: Config, store: StoreObjects) -> Directory:
     return Directory.of(sites, credentials, upstreams, domains)
 
 
+def dangling_upstreams(directory: Directory) -> list[str]:
+    """Sites listing an upstream that is gone (an API site after the file dropped one)."""
+    return [
+        f"site {site.id} lists upstream {name!r}, which no longer exists: its mail skips it"
+        for site in directory.sites
+        for name in site.upstreams
+        if directory.upstream(name) is None
+    ]
+
+
 def _with_password(stored: db.StoredUpstream, box: SecretBox) -> dict[str, Any]:
     if stored.sealed_password is None:
         return stored.spec
