@@ -114,6 +114,51 @@ def _schemas() -> dict[str, Schema]:
             "publish": _nullable("string"),
         }
     )
+    limit = {"type": ["integer", "null"], "minimum": 1}
+    upstream_input = {
+        "type": "object",
+        "description": "The keys of an upstream in the config file; `password` is write-only. "
+        "`password_env`, `password_file`, `path`, `ca_file` and `kind: file` are refused.",
+        "properties": {
+            "name": text,
+            "kind": {"type": "string", "enum": ["smtp"]},
+            "host": text,
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "tls": {"type": "string", "enum": ["none", "starttls", "implicit"]},
+            "verify_tls": boolean,
+            "username": text,
+            "password": {"type": ["string", "null"], "writeOnly": True},
+            "priority": integer,
+            "active": boolean,
+            "rate_per_minute": limit,
+            "daily_limit": limit,
+            "monthly_limit": limit,
+            "max_connections": {"type": "integer", "minimum": 1},
+            "timeout_seconds": {"type": "number", "exclusiveMinimum": 0},
+            "cost_per_1000": {"type": ["number", "null"], "minimum": 0},
+            "weight": {"type": "integer", "minimum": 0},
+            "spf_include": {"oneOf": [text, {"type": "array", "items": text}]},
+        },
+    }
+    site_input = {
+        "type": "object",
+        "description": "The keys of a site in the config file, without `credentials` "
+        "(see /credentials).",
+        "properties": {
+            "id": text,
+            "name": text,
+            "from": _object({"email": text, "name": text}, ["email"]),
+            "reply_to": {"type": "string", "description": "original, none or an address"},
+            "senders": {"type": "array", "items": text},
+            "upstreams": {"type": "array", "items": text},
+            "bounce_address": text,
+            "rate_per_minute": limit,
+            "daily_limit": limit,
+            "monthly_limit": limit,
+            "strategy": {"type": "string", "enum": ["priority", "cost", "weighted"]},
+            "message_class": {"type": "string", "enum": ["transactional", "bulk"]},
+        },
+    }
     return {
         "Error": _object(
             {
@@ -151,21 +196,8 @@ def _schemas() -> dict[str, Schema]:
                 "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
             }
         ),
-        "UpstreamInput": {
-            "type": "object",
-            "description": "The keys of an upstream in the config file; `password` is "
-            "write-only. `password_env`, `password_file`, `path` and `ca_file` are refused.",
-            "properties": {
-                "name": text,
-                "host": text,
-                "port": integer,
-                "tls": {"type": "string", "enum": ["none", "starttls", "implicit"]},
-                "username": text,
-                "password": {"type": "string", "writeOnly": True},
-                "priority": integer,
-                "active": boolean,
-            },
-        },
+        "UpstreamPatch": upstream_input,
+        "UpstreamInput": {**upstream_input, "required": ["name", "host"]},
         "Site": _object(
             {
                 "id": text,
@@ -184,17 +216,8 @@ def _schemas() -> dict[str, Schema]:
                 "managed_by": managed,
             }
         ),
-        "SiteInput": {
-            "type": "object",
-            "description": "The keys of a site in the config file, without `credentials`.",
-            "properties": {
-                "id": text,
-                "name": text,
-                "from": {"type": "object"},
-                "senders": {"type": "array", "items": text},
-                "upstreams": {"type": "array", "items": text},
-            },
-        },
+        "SitePatch": site_input,
+        "SiteInput": {**site_input, "required": ["id", "from"]},
         "NewCredential": _object({"site": text, "username": text, "password": text}),
         "Check": check,
         "Domain": _object(
@@ -473,7 +496,7 @@ def _paths() -> dict[str, Schema]:
                 "Change an API upstream (JSON merge patch)",
                 _json(_ref("Upstream")),
                 params=[name],
-                body=_ref("UpstreamInput"),
+                body=_ref("UpstreamPatch"),
             ),
             "delete": _op(
                 "Delete an API upstream (its history keeps the name)", None, "204", params=[name]
@@ -521,7 +544,7 @@ def _paths() -> dict[str, Schema]:
                 "Change an API site (JSON merge patch)",
                 _json(_ref("Site")),
                 params=[site_id],
-                body=_ref("SiteInput"),
+                body=_ref("SitePatch"),
             ),
             "delete": _op("Delete an API site and its credentials", None, "204", params=[site_id]),
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from relay.core.health import Circuit
 from relay.core.model import Attempt, Credential, Site, Upstream
 
 MAX_PAGE_SIZE = 500
+_YEAR_10000 = 253_402_300_800.0  # UNIX seconds
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -31,11 +33,17 @@ def iso(timestamp: float | None) -> str | None:
 
 
 def parse_time(name: str, text: str) -> float:
-    """UNIX seconds or ISO 8601 (UTC when no offset is given)."""
+    """UNIX seconds or ISO 8601 (UTC when no offset is given), from 1970 to 9999."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = _iso_seconds(name, text)
+    if not (math.isfinite(seconds) and 0 <= seconds < _YEAR_10000):
+        raise bad_request(f"{name}: out of range (1970-01-01 to 9999-12-31)")
+    return seconds
+
+
+def _iso_seconds(name: str, text: str) -> float:
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -44,7 +52,10 @@ def parse_time(name: str, text: str) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):
+        return -1.0  # before year 1 in UTC: out of range
 
 
 def query_time(request: web.Request, name: str) -> float | None:

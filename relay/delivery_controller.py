@@ -261,10 +261,11 @@ class DeliveryController:
         usage = self._engine.usage
         started = self._clock()
         usage.count(upstream, needed, started)  # reserve, so concurrent passes see it
+        timer = time.monotonic()  # a wall-clock step must not skew durations
         result = await self._engine.clients.get(upstream).send(
             p.message.envelope_sender, p.pending, p.message.content, p.message.id
         )
-        duration = max(self._clock() - started, 0.0)
+        duration = time.monotonic() - timer
         self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)

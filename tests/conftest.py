@@ -128,7 +128,8 @@ SinkFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFactory]:
-    """make_sink(tls=none|starttls|implicit, auth=None|(user, password), replies={...}, port=0)."""
+    """make_sink(tls=none|starttls|implicit, auth=None|(user, password), replies={...}, port=0,
+    cert=(chain, key) instead of the localhost certificate)."""
     servers: list[asyncio.Server] = []
 
     async def make(
@@ -136,10 +137,11 @@ async def make_sink(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[SinkFa
         auth: tuple[str, str] | None = None,
         replies: dict[str, Any] | None = None,
         port: int = 0,
+        cert: tuple[Path, Path] | None = None,
     ) -> Sink:
         handler = SinkHandler(replies=replies or {})
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert_files[0], cert_files[1])
+        context.load_cert_chain(*(cert or cert_files[:2]))
 
         def authenticator(
             server: Any, session: Any, envelope: Any, mechanism: str, data: Any
