@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from relay.catalog_controller import CatalogController
-from relay.config import Config
+from relay.config import Config, ReloadResult
 from relay.core.directory import Directory
 from relay.domain_monitor import DomainMonitor
 from relay.health_controller import HealthController
@@ -32,7 +31,7 @@ class Api:
     domains: DomainMonitor
     directory: Callable[[], Directory]
     config: Callable[[], Config]
-    reload: Callable[[], Any]  # -> relay.app.ReloadResult (problems, restart_needed)
+    reload: Callable[[], ReloadResult]
     clock: Callable[[], float] = time.time
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -198,7 +197,3 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
         "detail": a.detail,
         "route": a.route,
     }
-
-
-def without_nulls(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if v is not None}

@@ -16,7 +16,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -32,7 +32,14 @@ from relay.catalog_controller import (
     load_store,
     merged_directory,
 )
-from relay.config import AdminToken, Config, ConfigError, ListenerConfig, load_config
+from relay.config import (
+    AdminToken,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    ReloadResult,
+    load_config,
+)
 from relay.core.directory import Directory
 from relay.core.model import TlsMode
 from relay.core.quota import UsageBook
@@ -64,13 +71,6 @@ PERSIST_SECONDS = 2.0  # how often changed usage counters and circuits are writt
 
 class StartupError(Exception):
     """A problem the operator must fix (port in use, unreadable certificate): one clear line."""
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    problems: list[str]  # the file was refused for these; the running config stays
-    restart_needed: list[str]  # changed sections that only a restart applies
-    warnings: list[str]  # applied, but worth a look (a site listing a vanished upstream)
 
 
 class RelayApp:

@@ -164,6 +164,15 @@ class Config:
         return Directory.of(self.sites, self.credentials, self.upstreams, self.domains)
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """What re-reading the file did (SIGHUP, POST /api/v1/reload)."""
+
+    problems: list[str]  # the file was refused for these; the running config stays
+    restart_needed: list[str]  # changed sections that only a restart applies
+    warnings: list[str]  # applied, but worth a look (a site listing a vanished upstream)
+
+
 def default_config_path() -> Path:
     """``./config.yaml`` when it exists, else ``$RELAY_CONFIG``, else ``./config.yaml``."""
     local = Path("config.yaml")
