@@ -1,0 +1,1 @@
+"""The benchmark: the relay against Postfix doing the same job (`python -m bench`)."""

@@ -1,0 +1,174 @@
+"""The load generator: N sessions over reused connections, STARTTLS and AUTH when asked.
+
+Each session connects once, says EHLO (STARTTLS, EHLO again, AUTH PLAIN when
+configured) and then sends messages until the shared count or the time limit
+is reached. Accept latency is the time from writing the final dot to reading
+the 250. Runs in its own process (``run_in_process``) so the orchestrator's
+own work does not disturb it. Bounded in count and time; loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import multiprocessing
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Load:
+    port: int
+    sessions: int
+    messages: int
+    size: int
+    starttls: bool = False
+    auth: tuple[str, str] | None = None
+    sender: str = "app@bench.example.com"
+    time_limit: float = 300.0
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    refused: list[str] = field(default_factory=list)  # first replies that were not 250
+    latencies: list[float] = field(default_factory=list)  # seconds, final dot to 250
+    started: float = 0.0  # time.time() of the first connection
+    finished: float = 0.0  # when the last 250 arrived
+
+
+def message(size: int, sender: str) -> bytes:
+    header = (
+        f"From: <{sender}>\r\nTo: <rcpt@example.org>\r\nSubject: bench\r\n"
+        "Message-ID: <bench@bench.example.com>\r\n\r\n"
+    ).encode()
+    line = b"x" * 76 + b"\r\n"
+    return header + line * max(1, (size - len(header)) // len(line))
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    async def command(self, line: bytes, expect: bytes) -> None:
+        self.writer.write(line + b"\r\n")
+        answer = await self.reply()
+        if not answer.startswith(expect):
+            raise RuntimeError(f"{line[:20]!r}: {answer.decode(errors='replace').strip()}")
+
+
+async def _open(load: Load, context: ssl.SSLContext) -> _Session:
+    reader, writer = await asyncio.open_connection("127.0.0.1", load.port)
+    session = _Session(reader, writer)
+    await session.reply()
+    await session.command(b"EHLO loadgen.bench", b"250")
+    if load.starttls:
+        await session.command(b"STARTTLS", b"220")
+        await writer.start_tls(context, server_hostname="localhost")
+        await session.command(b"EHLO loadgen.bench", b"250")
+    if load.auth:
+        token = base64.b64encode(b"\0" + load.auth[0].encode() + b"\0" + load.auth[1].encode())
+        await session.command(b"AUTH PLAIN " + token, b"235")
+    return session
+
+
+async def run(load: Load) -> LoadResult:
+    result = LoadResult(started=time.time())
+    body = message(load.size, load.sender)
+    data = body + b".\r\n" if body.endswith(b"\r\n") else body + b"\r\n.\r\n"
+    # One command at a time, as the apps that use a relay send (PHPMailer, Nodemailer, Django).
+    commands = (
+        (f"MAIL FROM:<{load.sender}>\r\n".encode(), b"250"),
+        (b"RCPT TO:<rcpt@example.org>\r\n", b"250"),
+        (b"DATA\r\n", b"354"),
+    )
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the servers present throwaway certificates
+    remaining = [load.messages]
+    deadline = time.monotonic() + load.time_limit
+
+    async def session() -> None:
+        s = await _open(load, context)
+        while remaining[0] > 0 and time.monotonic() < deadline:
+            remaining[0] -= 1
+            for command, expect in commands:
+                s.writer.write(command)
+                answer = await s.reply()
+                if not answer.startswith(expect):
+                    result.refused.append(answer.decode(errors="replace").strip())
+                    await s.command(b"RSET", b"250")
+                    break
+            else:
+                s.writer.write(data)
+                dot = time.perf_counter()
+                answer = await s.reply()
+                result.latencies.append(time.perf_counter() - dot)
+                if answer.startswith(b"250"):
+                    result.sent += 1
+                    result.finished = time.time()
+                else:
+                    result.refused.append(answer.decode(errors="replace").strip())
+        s.writer.write(b"QUIT\r\n")
+        s.writer.close()
+
+    await asyncio.wait_for(
+        asyncio.gather(*(session() for _ in range(load.sessions))), load.time_limit + 30
+    )
+    return result
+
+
+async def hold_idle(port: int, count: int, seconds: float, opened: Any) -> None:
+    """Open ``count`` connections, say EHLO on each, keep them idle for ``seconds``."""
+    sessions = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        s = _Session(reader, writer)
+        await s.reply()
+        await s.command(b"EHLO idle.bench", b"250")
+        sessions.append(s)
+        opened.value = len(sessions)
+    await asyncio.sleep(seconds)
+    for s in sessions:
+        s.writer.close()
+
+
+def _child(target: Any, args: tuple[Any, ...], queue: Any) -> None:
+    try:
+        import uvloop
+
+        queue.put(uvloop.run(target(*args)))
+    except ImportError:
+        queue.put(asyncio.run(target(*args)))
+
+
+def run_in_process(load: Load) -> LoadResult:
+    queue: Any = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_child, args=(run, (load,), queue), daemon=True)
+    process.start()
+    result: LoadResult = queue.get(timeout=load.time_limit + 60)
+    process.join(10)
+    return result
+
+
+def idle_in_process(port: int, count: int, seconds: float) -> tuple[multiprocessing.Process, Any]:
+    """Start holding ``count`` idle connections in a child; returns (process, opened count)."""
+    opened = multiprocessing.Value("i", 0)
+    queue: Any = multiprocessing.Queue()
+    process = multiprocessing.Process(
+        target=_child, args=(hold_idle, (port, count, seconds, opened), queue), daemon=True
+    )
+    process.start()
+    return process, opened

@@ -1,0 +1,145 @@
+"""`relay serve` as the benchmark runs it, with the same interface as PostfixInstance.
+
+The same job as the Postfix instance: a trusted loopback listener (plain), or
+STARTTLS + AUTH with one site credential; every message relayed to the sink;
+the durable SQLite queue (fsync before 250); optional DKIM signing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.core import dkim
+from relay.core.passwords import hash_password
+
+SENDER_DOMAIN = "bench.example.com"
+
+
+@dataclass
+class RelayInstance:
+    root: Path
+    port: int
+    sink_port: int
+    tls: tuple[Path, Path] | None = None  # (cert chain, key): STARTTLS + AUTH
+    users: dict[str, str] | None = None
+    sign: bool = False  # DKIM-sign every message (RSA-2048)
+
+    def __post_init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> dict[str, Any]:
+        listener: dict[str, Any] = {"name": "bench", "host": "127.0.0.1", "port": self.port}
+        if self.users:
+            assert self.tls is not None, "AUTH needs TLS"
+            listener.update(tls="starttls", cert_file=str(self.tls[0]), key_file=str(self.tls[1]))
+        else:
+            listener.update(tls="none", auth="none", trusted_networks=["127.0.0.0/8"])
+        domains = []
+        if self.sign:
+            key_file = self.root / "bench.pem"
+            key_file.write_bytes(dkim.private_pem(dkim.generate(dkim.Algorithm.RSA)))
+            selector = {"selector": "bench", "private_key_file": str(key_file)}
+            domains = [{"name": SENDER_DOMAIN, "dkim": selector}]
+        return {
+            "server": {"hostname": "relay.bench", "data_dir": str(self.root / "data")},
+            "listeners": [listener],
+            "admin": {"host": "127.0.0.1", "port": 0},
+            "health": {"check_interval_seconds": 0},
+            "dns": {"verify_interval_seconds": 0},
+            "limits": {"max_message_bytes": 64 * 1024 * 1024},
+            "upstreams": [
+                {
+                    "name": "sink",
+                    "host": "127.0.0.1",
+                    "port": self.sink_port,
+                    "tls": "none",
+                    "max_connections": 20,  # Postfix's default destination concurrency
+                }
+            ],
+            "domains": domains,
+            "sites": [
+                {
+                    "id": "bench",
+                    "senders": [f"*@{SENDER_DOMAIN}"],
+                    "from": {"email": f"app@{SENDER_DOMAIN}"},
+                    "credentials": [
+                        {"username": name, "password_hash": hash_password(password)}
+                        for name, password in (self.users or {}).items()
+                    ],
+                }
+            ],
+        }
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "config.yaml"
+        path.write_text(yaml.safe_dump(self.config()))
+        log = open(self.root / "relay.log", "wb")  # noqa: SIM115 (the process keeps it)
+        self._process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "relay.cli", "serve", "-c", str(path), "--log-level", "WARNING"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"relay exited: {(self.root / 'relay.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(3) == b"220":
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("relay did not start within 60 s")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
+        self._process = None
+
+    def pids(self) -> list[int]:
+        return [self._process.pid] if self._process and self._process.poll() is None else []
+
+    def cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(pid) for pid in self.pids())
+
+    def pss_bytes(self) -> int:
+        return sum(process_pss_bytes(pid) for pid in self.pids())
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of one process, in seconds (0 when it is gone)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = data[data.rfind(")") + 2 :].split()
+    ticks = sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_pss_bytes(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
