@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="workload names containing these words")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument(
+        "--systems", nargs="+", default=["postfix", "relay"], choices=["postfix", "relay"]
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark runs Postfix, which needs root", flush=True)
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()
         try:
             for repetition in range(args.repetitions):
-                order = ("postfix", "relay") if repetition % 2 == 0 else ("relay", "postfix")
+                order = args.systems if repetition % 2 == 0 else args.systems[::-1]
                 for w in chosen:
                     for kind in order:
                         root = base / f"{kind}-{repetition}-{chosen.index(w)}"

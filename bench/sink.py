@@ -24,7 +24,7 @@ class SinkProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.write(b"220 sink.bench ESMTP\r\n")
+        self._transport.write(b"220 sink.bench ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

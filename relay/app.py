@@ -114,7 +114,7 @@ class RelayApp:
             config.limits,
             self.metrics,
             self.usage,
-            on_queued=self.delivery.wake,
+            delivery=self.delivery,
             class_header=config.routing.class_header,
             clock=clock,
         )

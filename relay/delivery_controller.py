@@ -24,8 +24,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import DeliveryConfig
 from relay.core import dkim, dsn
@@ -58,7 +61,7 @@ from relay.core.routing import (
     describe_skips,
     earliest_opening,
 )
-from relay.engine_database import Suppression
+from relay.engine_database import Suppression, suppressed
 from relay.events import Events
 from relay.health_controller import HealthController
 from relay.metrics import Metrics
@@ -67,7 +70,7 @@ from relay.queue_database import (
     RecipientState,
     claim_due,
     next_due_at,
-    record_delivery,
+    record_deliveries,
     release_leases,
 )
 from relay.store import GroupWriter
@@ -106,6 +109,40 @@ class Engine:
     events: Events
 
 
+Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
+
+
+class _SuppressionLookups:
+    """Lookups asked at the same moment share one query (a burst of fresh messages)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Suppressed]]] = []
+        self._task: asyncio.Future[None] | None = None
+
+    async def find(self, pairs: list[tuple[str, str]]) -> Suppressed:
+        future: asyncio.Future[Suppressed] = asyncio.get_running_loop().create_future()
+        self._waiting.append((pairs, future))
+        if len(self._waiting) == 1:
+            self._task = asyncio.ensure_future(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # let the other deliveries started in this loop turn ask too
+        batch, self._waiting = self._waiting, []
+        try:
+            async with self._engine.connect() as connection:
+                listed = await suppressed(connection, (p for pairs, _ in batch for p in pairs))
+        except Exception as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(listed)
+
+
 class DeliveryController:
     def __init__(
         self,
@@ -128,10 +165,61 @@ class DeliveryController:
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0  # slots promised to messages the ingress is storing
+        # Mail may be waiting in the queue (not handed over, deferred, a DSN): a slot that
+        # frees up looks for it. Without it, finished deliveries do not query the queue.
+        self._backlog = True
+        self._suppressions = _SuppressionLookups(writer.engine)
 
     def wake(self) -> None:
         """New mail was queued: look for due messages now rather than at the next poll."""
         self._wake.set()
+
+    def reserve(self, now: float) -> tuple[str, float] | None:
+        """A slot for a message the ingress is storing: the lease to store it with, or None."""
+        if self._stopping or len(self._in_flight) + self._reserved >= self._config.concurrency:
+            return None
+        self._reserved += 1
+        return self._owner, now + self._config.lease_seconds
+
+    def hand_over(self, message: NewMessage, stored: bool) -> None:
+        """A message is stored: deliver it now when it came leased to us, else claim it later."""
+        if message.lease is not None:
+            self._reserved -= 1
+        if not stored:
+            return
+        if message.lease is None or self._stopping:  # a stopping node's leases are released
+            self._backlog = True
+            self.wake()
+            return
+        queued = QueuedMessage(
+            id=message.id,
+            site_id=message.site_id,
+            envelope_sender=message.envelope_sender,
+            pending_recipients=message.recipients,
+            content=message.content,
+            created_at=message.created_at,
+            attempt_count=0,
+            original_sender=message.original_sender,
+            message_class=message.message_class,
+        )
+        self._start(queued, self._deliver_fresh(queued))
+
+    def _start(self, message: QueuedMessage, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"deliver-{message.id}")
+        self._in_flight[message.id] = task
+        task.add_done_callback(functools.partial(self._finished, message.id))
+
+    async def _deliver_fresh(self, message: QueuedMessage) -> None:
+        """A message straight from the ingress: only its suppressed recipients are unknown."""
+        pairs = [(message.site_id, a) for a in message.pending_recipients]
+        try:
+            listed = await self._suppressions.find(pairs)
+        except Exception:  # the lease expires and the queue retries it: never lost
+            log.exception("message %s: suppression list not read", message.id)
+            return
+        found = {a: listed[(s, a.lower())] for s, a in pairs if (s, a.lower()) in listed}
+        await self._deliver(replace(message, suppressed=found) if found else message)
 
     async def run(self) -> None:
         released = await self._writer.write(lambda c: release_leases(c, self._owner))
@@ -139,8 +227,11 @@ class DeliveryController:
             log.info("released %d leases left by this node's previous run", released)
         while not self._stopping:
             self._wake.clear()
-            free = self._config.concurrency - len(self._in_flight)
+            self._backlog = False
+            free = self._config.concurrency - len(self._in_flight) - self._reserved
             claimed = await self._claim(free) if free > 0 else 0
+            if claimed == free:
+                self._backlog = True  # there may be more than the slots took
             if (claimed and claimed == free) or self._stopping:
                 await self._sleep(None)  # all slots busy: a finishing delivery wakes us
             elif not claimed:
@@ -159,14 +250,13 @@ class DeliveryController:
             )
         )
         for message in batch:
-            task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
-            self._in_flight[message.id] = task
-            task.add_done_callback(functools.partial(self._finished, message.id))
+            self._start(message, self._deliver(message))
         return len(batch)
 
     def _finished(self, message_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(message_id, None)
-        self._wake.set()
+        if self._backlog:  # a freed slot matters only when mail waits in the queue
+            self._wake.set()
 
     async def _seconds_until_due(self) -> float:
         async with self._writer.engine.connect() as connection:
@@ -194,7 +284,9 @@ class DeliveryController:
     async def _deliver(self, message: QueuedMessage) -> None:
         try:
             record = await self._attempt_route(message)
-            await self._writer.write(lambda c: record_delivery(c, record))
+            await self._writer.write_item(record_deliveries, record)
+            if record.retry_at is not None or record.notices:
+                self._backlog = True  # due again later, or DSNs to deliver: look again
         except asyncio.CancelledError:
             raise
         except Exception:

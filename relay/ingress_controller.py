@@ -14,7 +14,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from relay.config import LimitsConfig
 from relay.core import dkim, headers
@@ -72,6 +73,16 @@ class Submission:
     content: bytes
 
 
+class Handover(Protocol):
+    """Where stored messages go: delivery (relay.delivery_controller.DeliveryController)."""
+
+    def reserve(self, now: float) -> tuple[str, float] | None:
+        """A delivery slot for a message about to be stored: its lease, or None when busy."""
+
+    def hand_over(self, message: NewMessage, stored: bool) -> None:
+        """The message is stored (deliver it, or find it in the queue) or not (free its slot)."""
+
+
 class IngressController:
     def __init__(
         self,
@@ -81,7 +92,7 @@ class IngressController:
         limits: LimitsConfig,
         metrics: Metrics,
         usage: UsageController,
-        on_queued: Callable[[], None],
+        delivery: Handover,
         class_header: str = "X-Relay-Class",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,7 +103,7 @@ class IngressController:
         self._hostname = hostname
         self._limits = limits
         self._metrics = metrics
-        self._on_queued = on_queued
+        self._delivery = delivery
         self._clock = clock
         self._throttle = FailureThrottle(
             limits.auth_max_failures, limits.auth_failure_window_seconds
@@ -174,10 +185,15 @@ class IngressController:
             return over
         # Counted before the write, so DATA from concurrent sessions sees it; given back on failure.
         self._usage.count(submission.site, 1, message.created_at)
+        # With a free delivery slot the message is stored already leased and handed over:
+        # delivery starts without looking for it in the queue.
+        lease = self._delivery.reserve(message.created_at)
+        message = replace(message, lease=lease)
         try:
-            await self._writer.write(lambda c: insert_messages(c, [message]))
+            await self._writer.write_item(insert_messages, message)
         except Exception:
             self._usage.count(submission.site, -1, message.created_at)
+            self._delivery.hand_over(message, stored=False)
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
         self._metrics.accepted.labels(message.site_id).inc()
@@ -189,7 +205,7 @@ class IngressController:
             len(message.recipients),
             len(message.content),
         )
-        self._on_queued()
+        self._delivery.hand_over(message, stored=True)
         return Queued(message.id)
 
     def _prepare(self, s: Submission) -> NewMessage | Reject:

@@ -51,6 +51,8 @@ async def insert_messages(connection: AsyncConnection, batch: Sequence[NewMessag
                 "updated_at": m.created_at,
                 "next_attempt_at": m.created_at,
                 "message_class": m.message_class.value,
+                "lease_owner": m.lease[0] if m.lease else None,
+                "leased_until": m.lease[1] if m.lease else None,
             }
             for m in batch
         ],
@@ -188,50 +190,72 @@ class DeliveryRecord:
 
 
 async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -> None:
-    if record.recipients:
+    await record_deliveries(connection, [record])
+
+
+async def record_deliveries(connection: AsyncConnection, records: list[DeliveryRecord]) -> None:
+    """Write delivery passes together: a few statements per batch, not per message."""
+    rows = [_recipient_row(r, u) for r in records for u in r.recipients]
+    if rows:
+        await connection.execute(_UPDATE_RECIPIENT, rows)
+    statuses: dict[str, list[RecipientStatus]] = {}
+    ids = list({r.message_id for r in records})
+    for row in await connection.execute(
+        sa.select(recipients.c.message_id, recipients.c.status).where(
+            recipients.c.message_id.in_(ids)
+        )
+    ):
+        statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
+    live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
+    notices = [n for r in live for n in r.notices]
+    if notices:
+        await insert_messages(connection, notices)
+    await add_suppressions(connection, [e for r in live for e in r.suppress])
+    tries = [_attempt_row(r, a) for r in live for a in r.attempts]
+    if tries:
+        await connection.execute(attempts.insert(), tries)
+    if live:
         await connection.execute(
-            _UPDATE_RECIPIENT, [_recipient_row(record, u) for u in record.recipients]
+            _UPDATE_MESSAGE,
+            [
+                {
+                    "b_id": r.message_id,
+                    "b_status": message_status(statuses[r.message_id], retry=True).value,
+                    "b_next_attempt_at": r.retry_at or r.now,
+                    "b_counted": 1 if r.counted else 0,
+                    "b_delay_notified": r.delay_notified,
+                    "b_last_error": r.last_error,
+                    "b_updated_at": r.now,
+                }
+                for r in live
+            ],
         )
-    statuses = (
-        (
-            await connection.execute(
-                sa.select(recipients.c.status).where(recipients.c.message_id == record.message_id)
-            )
-        )
-        .scalars()
-        .all()
+
+
+_UPDATE_MESSAGE = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("b_id", type_=sa.String))
+    .values(
+        # Held while this pass ran and still waiting: it stays held.
+        status=sa.case(
+            (
+                sa.and_(
+                    messages.c.status == MessageStatus.HELD.value,
+                    sa.bindparam("b_status", type_=sa.String) == MessageStatus.DEFERRED.value,
+                ),
+                messages.c.status,
+            ),
+            else_=sa.bindparam("b_status", type_=sa.String),
+        ),
+        next_attempt_at=sa.bindparam("b_next_attempt_at", type_=sa.Float),
+        attempt_count=messages.c.attempt_count + sa.bindparam("b_counted", type_=sa.Integer),
+        delay_notified=sa.bindparam("b_delay_notified", type_=sa.Boolean),
+        last_error=sa.bindparam("b_last_error", type_=sa.Text),
+        leased_until=None,
+        lease_owner=None,
+        updated_at=sa.bindparam("b_updated_at", type_=sa.Float),
     )
-    if not statuses:
-        return  # deleted by an operator while it was being delivered
-    if record.notices:
-        await insert_messages(connection, record.notices)
-    await add_suppressions(connection, record.suppress)
-    if record.attempts:
-        await connection.execute(
-            attempts.insert(), [_attempt_row(record, a) for a in record.attempts]
-        )
-    status: str | sa.Case[Any] = message_status(
-        (RecipientStatus(s) for s in statuses), retry=True
-    ).value
-    if status == MessageStatus.DEFERRED.value:
-        # Held while this pass ran: it stays held.
-        status = sa.case(
-            (messages.c.status == MessageStatus.HELD.value, messages.c.status), else_=status
-        )
-    await connection.execute(
-        messages.update()
-        .where(messages.c.id == record.message_id)
-        .values(
-            status=status,
-            next_attempt_at=record.retry_at or record.now,
-            attempt_count=messages.c.attempt_count + (1 if record.counted else 0),
-            delay_notified=record.delay_notified,
-            last_error=record.last_error,
-            leased_until=None,
-            lease_owner=None,
-            updated_at=record.now,
-        )
-    )
+)
 
 
 _UPDATE_RECIPIENT = (

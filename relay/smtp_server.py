@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
 from relay import __version__
 from relay.config import ListenerConfig
@@ -23,6 +24,12 @@ from relay.smtp_view import RelayEnvelope, SmtpHandler
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_SECONDS = 300  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+# A reverse or forward path that is a plain dot-atom address (RFC 5321 section 4.1.2).
+_PLAIN_PATH = re.compile(
+    r"[ \t]*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-][A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{0,63}"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)>[ \t]*(.*?)[ \t]*",
+    re.DOTALL,
+)
 
 
 class RelaySMTP(SMTP):
@@ -35,6 +42,14 @@ class RelaySMTP(SMTP):
         self.implicit_tls = implicit_tls
         self._listeners = listeners
         self.in_data = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """``<local@domain> params`` without the email package's RFC 5322 parser: it cost
+        ~15 % of the CPU per message. Anything less plain takes aiosmtpd's full parse."""
+        match = _PLAIN_PATH.fullmatch(arg)
+        if match is None or ".." in match.group(1) or self.local_part_limit:
+            return super()._getaddr(arg)
+        return match.group(1), match.group(2)
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -50,10 +65,60 @@ class RelaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         try:
-            await super().smtp_DATA(arg)
+            await self._data(arg)
         finally:
             self.in_data = False
             self._listeners.data_ended.set()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in chunks, not line by line (that cost
+        ~57 % of the CPU at 50 KB). Same rules: end only at <CRLF>.<CRLF>, 552 past the
+        size limit and 500 for a line over 1000 bytes, both after the whole message is
+        read; dots unstuffed (RFC 5321 section 4.5.2). Bare CR and LF are refused later,
+        by the ingress policy, exactly as before."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = bytearray()
+        size, limit, too_much = 0, self.data_size_limit, False
+        while True:
+            try:
+                # Every end of data ends in ".\r\n": read to each one and look behind it.
+                chunk = await self._reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as overrun:  # no ".\r\n" in the next KB
+                chunk = await self._reader.readexactly(overrun.consumed)
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            size += len(chunk)
+            data += chunk
+            if (size == 3 and data == b".\r\n") or data.endswith(b"\r\n.\r\n"):
+                break
+            if limit and size > limit:  # keep reading to the end, keeping only its tail
+                too_much = True
+                del data[:-5]
+        if too_much:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        body = bytes(data[:-3])  # without the final ".\r\n"; the CRLF before it stays
+        if max(map(len, body.split(b"\r\n")), default=0) > self.line_length_limit - 2:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        content = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     def say_goodbye(self) -> None:
         """Shutdown: 421 (RFC 5321 section 3.8) and close."""

@@ -188,6 +188,7 @@ class NewMessage:
     subject: str
     created_at: float
     message_class: MessageClass = MessageClass.TRANSACTIONAL
+    lease: tuple[str, float] | None = None  # (owner, until): stored already claimed by delivery
 
 
 @dataclass(frozen=True)
