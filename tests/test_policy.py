@@ -273,3 +273,17 @@ def test_size_limit(size: int, max_bytes: int, accepted: bool) -> None:
         assert result.reply.code == 552
         assert result.reply.enhanced == "5.3.4"
         assert str(max_bytes) in result.reply.text
+
+
+def test_only_crlf_agrees_with_the_look_around_rule_on_random_bytes() -> None:
+    """The counting check equals the definition: no CR without LF after, no LF without CR."""
+    import random
+    import re
+
+    from relay.core.policy import has_only_crlf
+
+    bare = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+    rng = random.Random(5)  # noqa: S311 (test data)
+    for _ in range(20_000):
+        text = bytes(rng.choice(b"a.\r\n") for _ in range(rng.randint(0, 10)))
+        assert has_only_crlf(text) == (bare.search(text) is None), text

