@@ -149,17 +149,24 @@ def _child(target: Any, args: tuple[Any, ...], queue: Any) -> None:
     try:
         import uvloop
 
-        queue.put(uvloop.run(target(*args)))
+        runner: Any = uvloop.run
     except ImportError:
-        queue.put(asyncio.run(target(*args)))
+        runner = asyncio.run
+    try:
+        queue.put(runner(target(*args)))
+    except BaseException as error:  # the parent reports it instead of waiting for nothing
+        queue.put(RuntimeError(f"load generator failed: {error!r}"))
 
 
 def run_in_process(load: Load) -> LoadResult:
     queue: Any = multiprocessing.Queue()
     process = multiprocessing.Process(target=_child, args=(run, (load,), queue), daemon=True)
     process.start()
-    result: LoadResult = queue.get(timeout=load.time_limit + 60)
+    result = queue.get(timeout=load.time_limit + 60)
     process.join(10)
+    if isinstance(result, Exception):
+        raise result
+    assert isinstance(result, LoadResult)
     return result
 
 

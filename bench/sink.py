@@ -21,6 +21,7 @@ class SinkProtocol(asyncio.Protocol):
         self._count = count
         self._buffer = b""
         self._in_data = False
+        self._context = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -31,12 +32,14 @@ class SinkProtocol(asyncio.Protocol):
         replies = []
         while True:
             if self._in_data:
-                # The terminator may follow the DATA line's CRLF directly (an empty body).
-                end = (b"\r\n" + self._buffer).find(END_OF_DATA)
+                # Search with the bytes before (at first the DATA line's own CRLF, so an
+                # empty body ends at once); keep the last 4 as context for the next read.
+                seen = self._context + self._buffer
+                end = seen.find(END_OF_DATA)
                 if end < 0:
-                    self._buffer = self._buffer[-4:] if len(self._buffer) > 4 else self._buffer
+                    self._context, self._buffer = seen[-4:], b""
                     break
-                self._buffer = self._buffer[end + 3 :]
+                self._buffer = seen[end + len(END_OF_DATA) :]
                 self._in_data = False
                 with self._count.get_lock():
                     self._count.value += 1
@@ -54,7 +57,7 @@ class SinkProtocol(asyncio.Protocol):
         if verb in (b"EHLO", b"HELO"):
             return b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n"
         if verb == b"DATA":
-            self._in_data = True
+            self._in_data, self._context = True, b"\r\n"
             return b"354 go on\r\n"
         if verb == b"QUIT":
             self._transport.close()

@@ -199,8 +199,19 @@ class IngressController:
         # delivery starts without looking for it in the queue.
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
+        stored = asyncio.ensure_future(self._writer.write_item(insert_messages, message))
         try:
-            await self._writer.write_item(insert_messages, message)
+            # Shielded: a client that hangs up during the commit does not undo it, and the
+            # message still goes to delivery once stored (it was never answered 250, so the
+            # client may send it again: at least once).
+            await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            stored.add_done_callback(
+                lambda f: self._delivery.hand_over(
+                    message, stored=not f.cancelled() and f.exception() is None
+                )
+            )
+            raise
         except Exception:
             self._usage.count(submission.site, -1, message.created_at)
             self._delivery.hand_over(message, stored=False)
