@@ -22,6 +22,7 @@ class SinkProtocol(asyncio.Protocol):
         self._buffer = b""
         self._in_data = False
         self._context = b""
+        self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -46,12 +47,14 @@ class SinkProtocol(asyncio.Protocol):
                 replies.append(b"250 2.0.0 OK\r\n")
                 continue
             line_end = self._buffer.find(b"\r\n")
-            if line_end < 0:
+            if line_end < 0 or self._closing:
                 break
             line, self._buffer = self._buffer[:line_end], self._buffer[line_end + 2 :]
             replies.append(self._answer(line[:4].upper()))
         if replies:
             self._transport.write(b"".join(replies))
+        if self._closing:  # after the replies: a pipelined ".\r\nQUIT" still gets its 250
+            self._transport.close()
 
     def _answer(self, verb: bytes) -> bytes:
         if verb in (b"EHLO", b"HELO"):
@@ -60,7 +63,7 @@ class SinkProtocol(asyncio.Protocol):
             self._in_data, self._context = True, b"\r\n"
             return b"354 go on\r\n"
         if verb == b"QUIT":
-            self._transport.close()
+            self._closing = True
             return b"221 bye\r\n"
         return b"250 OK\r\n"
 
