@@ -118,13 +118,15 @@ class _SuppressionLookups:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Suppressed]]] = []
-        self._task: asyncio.Future[None] | None = None
+        self._running: set[asyncio.Future[None]] = set()  # strong references to the queries
 
     async def find(self, pairs: list[tuple[str, str]]) -> Suppressed:
         future: asyncio.Future[Suppressed] = asyncio.get_running_loop().create_future()
         self._waiting.append((pairs, future))
         if len(self._waiting) == 1:
-            self._task = asyncio.ensure_future(self._run())
+            query = asyncio.ensure_future(self._run())
+            self._running.add(query)
+            query.add_done_callback(self._running.discard)
         return await future
 
     async def _run(self) -> None:
