@@ -108,18 +108,18 @@ async def load_store(connection: AsyncConnection, box: SecretBox) -> StoreObject
 
 def merged_directory(config: Config, store: StoreObjects) -> Directory:
     """The file's objects, then the store's; the file wins a name clash."""
-    upstreams = config.upstreams + tuple(
-        u for u in store.upstreams if u.name not in {f.name for f in config.upstreams}
-    )
-    sites = config.sites + tuple(s for s in store.sites if s.id not in {f.id for f in config.sites})
-    store_sites = {s.id for s in sites if not s.managed_by_file}
-    in_file = {c.username for c in config.credentials}
+    file_upstreams = {u.name for u in config.upstreams}
+    file_sites = {s.id for s in config.sites}
+    file_users = {c.username for c in config.credentials}
+    file_domains = {d.name for d in config.domains}
+    upstreams = config.upstreams + tuple(u for u in store.upstreams if u.name not in file_upstreams)
+    store_sites = tuple(s for s in store.sites if s.id not in file_sites)
+    store_site_ids = {s.id for s in store_sites}
     credentials = config.credentials + tuple(
-        c for c in store.credentials if c.site_id in store_sites and c.username not in in_file
+        c for c in store.credentials if c.site_id in store_site_ids and c.username not in file_users
     )
-    domains = config.domains + tuple(
-        d for d in store.domains if d.name not in {f.name for f in config.domains}
-    )
+    domains = config.domains + tuple(d for d in store.domains if d.name not in file_domains)
+    sites = config.sites + store_sites
     return Directory.of(sites, credentials, upstreams, domains)
 
 

@@ -87,7 +87,7 @@ class RelaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         data = bytearray()
-        size, limit, too_much = 0, self.data_size_limit, False
+        size, limit = 0, self.data_size_limit
         while True:
             try:
                 # Every end of data ends in ".\r\n": read to each one and look behind it.
@@ -103,9 +103,8 @@ class RelaySMTP(SMTP):
             if (size == 3 and data == b".\r\n") or data.endswith(b"\r\n.\r\n"):
                 break
             if limit and size > limit:  # keep reading to the end, keeping only its tail
-                too_much = True
                 del data[:-5]
-        if too_much:
+        if limit and size > limit:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
