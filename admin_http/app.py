@@ -68,4 +68,5 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_get(f"{V1}/messages", messages_view.search)
     r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)
     r.add_post(f"{V1}/messages/{{id}}/retry", messages_view.retry)
+    r.add_post(f"{V1}/queue/flush", messages_view.flush)
     return app

@@ -1,4 +1,5 @@
-"""/api/v1/messages: search, one message in full (recipients, attempts, header diff), retry."""
+"""/api/v1/messages: search, one message in full (recipients, attempts, header diff), retry;
+/api/v1/queue/flush."""
 
 from __future__ import annotations
 
@@ -110,3 +111,11 @@ async def retry(request: web.Request) -> web.Response:
         raise not_found(f"no message {message_id!r}")
     await api.catalog.record(request[ACTOR], "retry", "message", message_id)
     return web.json_response({"id": message_id, "status": status.value})
+
+
+async def flush(request: web.Request) -> web.Response:
+    """Every waiting message due now, every open circuit closed (an upstream is back)."""
+    api = api_of(request)
+    flushed = await api.queue.flush()
+    await api.catalog.record(request[ACTOR], "flush", "queue", "queue")
+    return web.json_response({"messages": flushed.messages, "upstreams": flushed.upstreams})

@@ -369,6 +369,7 @@ def _schemas() -> dict[str, Schema]:
             }
         ),
         "Retry": _object({"id": text, "status": text}),
+        "Flush": _object({"messages": integer, "upstreams": {"type": "array", "items": text}}),
         "SiteStats": _object(
             {
                 "site": text,
@@ -613,6 +614,12 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/messages/{id}/retry": {
             "post": _op("Try a waiting or held message now", _json(_ref("Retry")), params=[message])
+        },
+        "/api/v1/queue/flush": {
+            "post": _op(
+                "Make every waiting message due now and close every open circuit",
+                _json(_ref("Flush")),
+            )
         },
     }
 

@@ -106,7 +106,7 @@ class RelayApp:
             self.metrics,
             clock=clock,
         )
-        self.queue = QueueController(self.writer, self.delivery.wake, clock)
+        self.queue = QueueController(self.writer, self.delivery.wake, self.health, clock)
         self.ingress = IngressController(
             self.writer,
             self.directory,

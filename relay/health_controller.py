@@ -74,6 +74,16 @@ class HealthController:
         else:
             self._set(upstream, circuit.succeeded(now), None)
 
+    def close_all(self) -> list[str]:
+        """An operator says the upstreams are back: every circuit closes; returns those that were not.
+
+        One that is still down opens again after ``failure_threshold`` failures.
+        """
+        opened = [n for n, c in self.circuits.items() if c.state is not CircuitState.CLOSED]
+        for name in opened:
+            self._set(name, self.circuits[name].reset(), "flushed by an operator")
+        return opened
+
     async def check(self, upstream: Upstream) -> CheckResult:
         """Connect, EHLO, STARTTLS, AUTH, QUIT now; the verdict feeds the circuit."""
         result = await self._clients.get(upstream).check()

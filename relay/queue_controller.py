@@ -1,4 +1,5 @@
-"""Queue operations for operators (the admin API calls these): retry, hold, release, delete, stats.
+"""Queue operations for operators (the admin API calls these): retry, flush, hold, release,
+delete, stats.
 
 Each runs in its own store transaction and answers with the message's new
 status, None when there is no such message, or raises ``QueueConflict``
@@ -10,11 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from relay.core.model import MessageStatus
+from relay.health_controller import HealthController
 from relay.queue_database import (
     QueueStats,
     delete_message,
+    flush_waiting,
     hold,
     queue_stats,
     release,
@@ -25,15 +29,23 @@ from relay.store import GroupWriter
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Flushed:
+    messages: int  # waiting messages made due now
+    upstreams: list[str]  # upstreams whose circuit was open and is closed now
+
+
 class QueueController:
     def __init__(
         self,
         writer: GroupWriter,
         wake_delivery: Callable[[], None],
+        health: HealthController,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
         self._wake_delivery = wake_delivery
+        self._health = health
         self._clock = clock
 
     async def retry(self, message_id: str) -> MessageStatus | None:
@@ -43,6 +55,15 @@ class QueueController:
             log.info("message %s: retry now requested (%s)", message_id, status.value)
             self._wake_delivery()
         return status
+
+    async def flush(self) -> Flushed:
+        """Try everything now (an upstream is back): Postfix's ``postqueue -f``."""
+        now = self._clock()
+        upstreams = self._health.close_all()
+        count = await self._writer.write(lambda c: flush_waiting(c, now))
+        log.info("queue flushed: %d messages due now, circuits closed: %s", count, upstreams or "none")
+        self._wake_delivery()
+        return Flushed(count, upstreams)
 
     async def hold(self, message_id: str) -> MessageStatus | None:
         now = self._clock()

@@ -377,6 +377,16 @@ async def retry_now(
     return await _status(connection, message_id)
 
 
+async def flush_waiting(connection: AsyncConnection, now: float) -> int:
+    """Make every queued or deferred message due now (held ones stay held); returns how many."""
+    result = await connection.execute(
+        messages.update()
+        .where(messages.c.status.in_(_WAITING), messages.c.next_attempt_at > now)
+        .values(next_attempt_at=now, updated_at=now)
+    )
+    return int(result.rowcount)
+
+
 async def hold(connection: AsyncConnection, message_id: str, now: float) -> MessageStatus | None:
     """Keep a waiting message out of delivery until released (a pass in flight still ends)."""
     status = await _status(connection, message_id)

@@ -544,6 +544,47 @@ async def test_retry_of_a_final_or_unknown_message(traffic: Traffic) -> None:
     assert body["error"]["code"] == "not_found"
 
 
+# -- POST /api/v1/queue/flush
+
+
+async def test_flush_sends_the_backlog_once_the_upstream_is_back(
+    tmp_path: Path,
+    make_sink: MakeSink,
+    start_relay: StartRelay,
+    http: aiohttp.ClientSession,
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+) -> None:
+    down = await make_sink(replies={"mail": "421 4.3.2 down for maintenance"})
+    config = with_admin(base_config(tmp_path, [smtp_upstream("main", down.port)]), cert_files)
+    config["delivery"] = {"retry_first_seconds": 3600, "retry_max_seconds": 7200}
+    config["health"] = {"failure_threshold": 1, "cooldown_seconds": 3600}
+    relay = await start_relay(config, clock=FakeClock(START))
+    admin = Admin(http, relay.app.admin_port)
+    held_back = [
+        await submit(relay, client_tls, SHOP_SENDER, [f"r{n}@example.org"], ORDER)
+        for n in range(3)
+    ]
+    for message_id in held_back:
+        await admin.wait_status(message_id, {"deferred"})
+    upstreams = await admin.get("/api/v1/upstreams")
+    assert upstreams["items"][0]["circuit"] == "open"
+
+    del down.handler.replies["mail"]  # the upstream is back; nothing is due for an hour
+    status, body = await admin.call("POST", "/api/v1/queue/flush")
+    assert (status, body) == (200, {"messages": 3, "upstreams": ["main"]})
+    assert (await admin.get("/api/v1/upstreams"))["items"][0]["circuit"] == "closed"
+
+    await down.handler.wait_for(3)
+    for message_id in held_back:
+        assert (await admin.wait_status(message_id, FINAL))["status"] == "sent"
+    assert (await admin.get("/api/v1/upstreams"))["items"][0]["circuit"] == "closed"
+    status, body = await admin.call("POST", "/api/v1/queue/flush")
+    assert (status, body) == (200, {"messages": 0, "upstreams": []})
+    audit = await admin.get("/api/v1/audit")
+    assert [e["target"] for e in audit["items"] if e["action"] == "flush"] == ["queue", "queue"]
+
+
 # -- GET /api/v1/stats, GET /api/v1/upstreams/{name}/stats
 
 

@@ -27,7 +27,7 @@ def test_default_policy_and_circuit() -> None:
     assert circuit.state is CircuitState.CLOSED
     assert circuit.failures == 0
     assert circuit.admits(POLICY, 0.0)
-    assert circuit.reopens_at(POLICY) is None
+    assert circuit.reopens_at(POLICY, T0) is None
 
 
 @pytest.mark.parametrize("failures", [1, 2])
@@ -38,7 +38,7 @@ def test_closed_counts_consecutive_failures_below_threshold(failures: int) -> No
     assert circuit.last_error == f"error {failures}"
     assert circuit.changed_at == 0.0  # counting failures does not change the state
     assert circuit.admits(POLICY, T0 + 10)
-    assert circuit.reopens_at(POLICY) is None
+    assert circuit.reopens_at(POLICY, T0) is None
 
 
 def test_opens_at_failure_threshold() -> None:
@@ -47,7 +47,7 @@ def test_opens_at_failure_threshold() -> None:
     assert circuit.failures == 3
     assert circuit.changed_at == T0 + 2  # the third failure opened it
     assert circuit.last_error == "error 3"
-    assert circuit.reopens_at(POLICY) == T0 + 2 + 60
+    assert circuit.reopens_at(POLICY, T0) == T0 + 2 + 60
 
 
 @pytest.mark.parametrize("threshold", [1, 2, 5])
@@ -84,7 +84,9 @@ def test_probing_turns_half_open_and_blocks_others_until_another_cooldown() -> N
     # While the probe is out, nothing else goes.
     assert not circuit.admits(POLICY, probe_at)
     assert not circuit.admits(POLICY, probe_at + 59.9)
-    assert circuit.reopens_at(POLICY) == probe_at + 60
+    # Mail waiting behind the probe looks again when its verdict is due, then after a cooldown.
+    assert circuit.reopens_at(POLICY, probe_at + 1) == probe_at + 5
+    assert circuit.reopens_at(POLICY, probe_at + 5) == probe_at + 60
     # A probe that never reports does not block for ever: another may go.
     assert circuit.admits(POLICY, probe_at + 60)
 
@@ -102,14 +104,14 @@ def test_failure_while_half_open_reopens_with_new_changed_at() -> None:
     )
     assert not circuit.admits(POLICY, T0 + 124)
     assert circuit.admits(POLICY, T0 + 125)
-    assert circuit.reopens_at(POLICY) == T0 + 125
+    assert circuit.reopens_at(POLICY, T0) == T0 + 125
 
 
 def test_failure_while_open_restarts_the_cooldown() -> None:
     circuit = opened_at(T0).failed(POLICY, T0 + 30, "late report")
     assert circuit.state is CircuitState.OPEN
     assert circuit.changed_at == T0 + 30
-    assert circuit.reopens_at(POLICY) == T0 + 90
+    assert circuit.reopens_at(POLICY, T0) == T0 + 90
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ def test_success_closes_and_resets_failures(circuit: Circuit) -> None:
     closed = circuit.succeeded(T0 + 70)
     assert closed == Circuit(CircuitState.CLOSED, 0, T0 + 70, None)
     assert closed.admits(POLICY, T0 + 70)
-    assert closed.reopens_at(POLICY) is None
+    assert closed.reopens_at(POLICY, T0) is None
 
 
 def test_success_on_closed_clears_failures_and_keeps_changed_at() -> None:
@@ -157,3 +159,11 @@ def test_full_cycle() -> None:
 
 def test_states_are_strings() -> None:
     assert [s.value for s in CircuitState] == ["closed", "half_open", "open"]
+
+
+def test_an_operators_flush_closes_an_open_circuit() -> None:
+    opened = opened_at(T0)
+    closed = opened.reset()
+    assert (closed.state, closed.failures, closed.last_error) == (CircuitState.CLOSED, 0, None)
+    assert closed.admits(POLICY, T0)
+    assert Circuit().reset() == Circuit()

@@ -262,6 +262,11 @@ def test_inactive_is_skipped_without_a_list_too() -> None:
             Skip("alpha", "circuit half_open after 4 failures (last: tls: handshake)", NOW + 55),
             id="probe-in-progress",
         ),
+        pytest.param(
+            Circuit(CircuitState.HALF_OPEN, 4, NOW - 1, None),
+            Skip("alpha", "circuit half_open", NOW + 4),
+            id="probe-just-sent: look again when its verdict is due",
+        ),
         pytest.param(Circuit(CircuitState.OPEN, 3, NOW - 60, "x"), None, id="cooldown-over"),
         pytest.param(Circuit(CircuitState.CLOSED, 2, 0.0, "x"), None, id="closed-with-failures"),
     ],

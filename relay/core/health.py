@@ -16,6 +16,9 @@ import enum
 from dataclasses import dataclass, replace
 
 
+PROBE_VERDICT_SECONDS = 5.0  # mail waiting behind a probe looks again this soon
+
+
 class CircuitState(enum.StrEnum):
     CLOSED = "closed"
     HALF_OPEN = "half_open"
@@ -41,11 +44,22 @@ class Circuit:
             return True
         return now >= self.changed_at + policy.cooldown_seconds
 
-    def reopens_at(self, policy: HealthPolicy) -> float | None:
-        """When a probe may go, for an open circuit; None when closed."""
+    def reopens_at(self, policy: HealthPolicy, now: float) -> float | None:
+        """When to look again, for an open circuit; None when closed.
+
+        While a probe is out, its verdict usually comes within seconds: mail
+        that waits for it looks again then, not after a whole cooldown.
+        """
         if self.state is CircuitState.CLOSED:
             return None
+        verdict_due = self.changed_at + min(PROBE_VERDICT_SECONDS, policy.cooldown_seconds)
+        if self.state is CircuitState.HALF_OPEN and now < verdict_due:
+            return verdict_due
         return self.changed_at + policy.cooldown_seconds
+
+    def reset(self) -> Circuit:
+        """An operator's flush says the upstream is back: closed, failures forgotten."""
+        return Circuit(changed_at=self.changed_at) if self.state is not CircuitState.CLOSED else self
 
     def probing(self, now: float) -> Circuit:
         """A probe goes out: the other deliveries keep skipping the upstream meanwhile."""

@@ -142,7 +142,7 @@ def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) ->
         reason = f"circuit {circuit.state.value}"
         if circuit.last_error:
             reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
-        return Skip(upstream.name, reason, circuit.reopens_at(conditions.health))
+        return Skip(upstream.name, reason, circuit.reopens_at(conditions.health, conditions.now))
     over = conditions.usage.over(
         Scope.UPSTREAM, upstream.name, limits_of(upstream), conditions.now, needed
     )
