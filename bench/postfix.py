@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
+POSTQUEUE = "/usr/sbin/postqueue"
 APT_GET = "/usr/bin/apt-get"
 DEBCONF_SET_SELECTIONS = "/usr/bin/debconf-set-selections"
 APT_PACKAGES = ("postfix", "libsasl2-modules", "sasl2-bin")
@@ -476,6 +477,14 @@ class PostfixInstance:
                 break
             time.sleep(0.05)
         self._kill_leftovers(known)
+
+    def flush(self) -> None:
+        """`postqueue -f`: try every deferred message now (the sink is back)."""
+        env = dict(os.environ, LANG="C", LC_ALL="C")
+        env.pop("MAIL_CONFIG", None)
+        subprocess.run(  # noqa: S603 - fixed executable, our own arguments
+            [POSTQUEUE, "-c", str(self.config_dir), "-f"], env=env, check=True, timeout=60
+        )
 
     # ---- measurements
 

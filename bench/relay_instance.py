@@ -12,16 +12,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.sink import free_port
 from relay.core import dkim
 from relay.core.passwords import hash_password
 
 SENDER_DOMAIN = "bench.example.com"
+ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 - a throwaway instance's
 
 
 @dataclass
@@ -35,6 +38,7 @@ class RelayInstance:
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
+        self.admin_port = free_port()
 
     def config(self) -> dict[str, Any]:
         listener: dict[str, Any] = {"name": "bench", "host": "127.0.0.1", "port": self.port}
@@ -52,7 +56,11 @@ class RelayInstance:
         return {
             "server": {"hostname": "relay.bench", "data_dir": str(self.root / "data")},
             "listeners": [listener],
-            "admin": {"host": "127.0.0.1", "port": 0},
+            "admin": {
+                "host": "127.0.0.1",
+                "port": self.admin_port,
+                "tokens": [{"name": "bench", "token": ADMIN_TOKEN}],
+            },
             "health": {"check_interval_seconds": 0},
             "dns": {"verify_interval_seconds": 0},
             "limits": {"max_message_bytes": 64 * 1024 * 1024},
@@ -101,6 +109,16 @@ class RelayInstance:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("relay did not start within 60 s")
+
+    def flush(self) -> None:
+        """POST /api/v1/queue/flush: try every waiting message now (the sink is back)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/api/v1/queue/flush",
+            method="POST",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            answer.read()
 
     def stop(self) -> None:
         if self._process is None:

@@ -75,13 +75,14 @@ class HealthController:
             self._set(upstream, circuit.succeeded(now), None)
 
     def close_all(self) -> list[str]:
-        """An operator says the upstreams are back: every circuit closes; returns those that were not.
+        """An operator says the upstreams are back: every circuit closes; returns the ones opened.
 
         One that is still down opens again after ``failure_threshold`` failures.
         """
+        now = self._clock()
         opened = [n for n, c in self.circuits.items() if c.state is not CircuitState.CLOSED]
         for name in opened:
-            self._set(name, self.circuits[name].reset(), "flushed by an operator")
+            self._set(name, self.circuits[name].reset(now), "flushed by an operator")
         return opened
 
     async def check(self, upstream: Upstream) -> CheckResult:

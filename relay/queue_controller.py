@@ -61,7 +61,8 @@ class QueueController:
         now = self._clock()
         upstreams = self._health.close_all()
         count = await self._writer.write(lambda c: flush_waiting(c, now))
-        log.info("queue flushed: %d messages due now, circuits closed: %s", count, upstreams or "none")
+        closed = ", ".join(upstreams) or "none"
+        log.info("queue flushed: %d messages due now; circuits closed: %s", count, closed)
         self._wake_delivery()
         return Flushed(count, upstreams)
 

@@ -562,8 +562,7 @@ async def test_flush_sends_the_backlog_once_the_upstream_is_back(
     relay = await start_relay(config, clock=FakeClock(START))
     admin = Admin(http, relay.app.admin_port)
     held_back = [
-        await submit(relay, client_tls, SHOP_SENDER, [f"r{n}@example.org"], ORDER)
-        for n in range(3)
+        await submit(relay, client_tls, SHOP_SENDER, [f"r{n}@example.org"], ORDER) for n in range(3)
     ]
     for message_id in held_back:
         await admin.wait_status(message_id, {"deferred"})

@@ -163,7 +163,7 @@ def test_states_are_strings() -> None:
 
 def test_an_operators_flush_closes_an_open_circuit() -> None:
     opened = opened_at(T0)
-    closed = opened.reset()
-    assert (closed.state, closed.failures, closed.last_error) == (CircuitState.CLOSED, 0, None)
-    assert closed.admits(POLICY, T0)
-    assert Circuit().reset() == Circuit()
+    assert opened.reset(T0 + 10) == Circuit(CircuitState.CLOSED, 0, T0 + 10, None)
+    assert opened.reset(T0 + 10).admits(POLICY, T0 + 10)
+    closed = failed_times(Circuit(), 2)
+    assert closed.reset(T0 + 10) is closed

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-
 PROBE_VERDICT_SECONDS = 5.0  # mail waiting behind a probe looks again this soon
 
 
@@ -57,9 +56,9 @@ class Circuit:
             return verdict_due
         return self.changed_at + policy.cooldown_seconds
 
-    def reset(self) -> Circuit:
+    def reset(self, now: float) -> Circuit:
         """An operator's flush says the upstream is back: closed, failures forgotten."""
-        return Circuit(changed_at=self.changed_at) if self.state is not CircuitState.CLOSED else self
+        return self if self.state is CircuitState.CLOSED else Circuit(changed_at=now)
 
     def probing(self, now: float) -> Circuit:
         """A probe goes out: the other deliveries keep skipping the upstream meanwhile."""
