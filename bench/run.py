@@ -28,7 +28,7 @@ from typing import Protocol
 import trustme
 
 from bench import postfix
-from bench.loadgen import Load, LoadResult, idle_in_process, run_in_process
+from bench.loadgen import Load, LoadResult, idle_in_process, run_in_process, run_smtp_source
 from bench.relay_instance import SENDER_DOMAIN, RelayInstance
 from bench.sink import Sink, free_port
 
@@ -58,6 +58,7 @@ class Workload:
     sign: bool = False  # the relay DKIM-signs (Postfix does the plain job)
     idle: int = 0  # connections held open instead of sending
     backlog: bool = False  # queued while the sink is down, then drained once it is back
+    smtp_source: bool = False  # Postfix's smtp-source drives it instead of our generator
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -70,6 +71,7 @@ def workloads(quick: bool) -> list[Workload]:
     found += [
         Workload("2 KB, 50 sessions, STARTTLS+AUTH", 2048, 50, 10_000 // scale, secure=True),
         Workload("2 KB, 50 sessions, DKIM (relay signs)", 2048, 50, 10_000 // scale, sign=True),
+        Workload("2 KB, 50 sessions, smtp-source", 2048, 50, 10_000 // scale, smtp_source=True),
         Workload("2 KB backlog drain", 2048, 50, 100_000 // scale, backlog=True),
         Workload("1,000 idle connections", idle=1000),
     ]
@@ -140,7 +142,7 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
         if w.backlog:
             result, started = queue_backlog(server, sink, load)
         else:
-            result = run_in_process(load)
+            result = run_smtp_source(load) if w.smtp_source else run_in_process(load)
             started = result.started
         delivered = wait_until(lambda: sink.count >= result.sent, RUN_TIME_LIMIT)
         finished = time.time()
