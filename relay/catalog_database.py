@@ -81,7 +81,7 @@ async def put_upstream(connection: AsyncConnection, stored: StoredUpstream) -> N
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,
     }
-    await upsert(connection, upstreams, [row], ["name"])
+    await connection.run_sync(upsert, upstreams, [row], ["name"])
 
 
 async def load_sites(connection: AsyncConnection) -> list[StoredSite]:
@@ -96,7 +96,7 @@ async def put_site(connection: AsyncConnection, stored: StoredSite) -> None:
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,
     }
-    await upsert(connection, sites, [row], ["id"])
+    await connection.run_sync(upsert, sites, [row], ["id"])
 
 
 async def delete_site(connection: AsyncConnection, site_id: str) -> bool:

@@ -134,7 +134,8 @@ class _SuppressionLookups:
         batch, self._waiting = self._waiting, []
         try:
             async with self._engine.connect() as connection:
-                listed = await suppressed(connection, (p for pairs, _ in batch for p in pairs))
+                wanted = [p for pairs, _ in batch for p in pairs]
+                listed = await connection.run_sync(suppressed, wanted)
         except Exception as error:
             for _, future in batch:
                 if not future.done():
@@ -241,7 +242,7 @@ class DeliveryController:
 
     async def _claim(self, free: int) -> int:
         now = self._clock()
-        batch = await self._writer.write(
+        batch = await self._writer.write_sync(
             lambda c: claim_due(
                 c,
                 owner=self._owner,

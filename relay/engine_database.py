@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core.health import Circuit, CircuitState
@@ -41,7 +42,7 @@ async def save_circuits(
         }
         for name, c in circuits.items()
     ]
-    await upsert(connection, upstream_health, rows, ["upstream"])
+    await connection.run_sync(upsert, upstream_health, rows, ["upstream"])
 
 
 async def load_usage(connection: AsyncConnection, periods: Iterable[str]) -> list[tuple[Key, int]]:
@@ -61,7 +62,7 @@ async def save_usage(
         {"scope": k[0].value, "name": k[1], "window": k[2].value, "period": k[3], "count": n}
         for k, n in counts
     ]
-    await upsert(connection, usage_counters, rows, ["scope", "name", "window", "period"])
+    await connection.run_sync(upsert, usage_counters, rows, ["scope", "name", "window", "period"])
     # Minute counters are only useful while their minute lasts.
     await connection.execute(
         usage_counters.delete().where(
@@ -80,7 +81,7 @@ class Suppression:
     created_at: float
 
 
-async def add_suppressions(connection: AsyncConnection, entries: Sequence[Suppression]) -> None:
+def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> None:
     rows = [
         {
             "site_id": e.site_id,
@@ -91,17 +92,17 @@ async def add_suppressions(connection: AsyncConnection, entries: Sequence[Suppre
         }
         for e in entries
     ]
-    await upsert(connection, suppressions, rows, ["site_id", "address"])
+    upsert(connection, suppressions, rows, ["site_id", "address"])
 
 
-async def suppressed(
-    connection: AsyncConnection, pairs: Iterable[tuple[str, str]]
+def suppressed(
+    connection: Connection, pairs: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], str]:
     """Which (site id, address) pairs are suppressed, keyed in lower case, with the reason."""
     wanted = {(site, address.lower()) for site, address in pairs}
     if not wanted:
         return {}
-    rows = await connection.execute(
+    rows = connection.execute(
         sa.select(suppressions.c.site_id, suppressions.c.address, suppressions.c.reason).where(
             suppressions.c.site_id.in_(sorted({site for site, _ in wanted})),
             suppressions.c.address.in_(sorted({address for _, address in wanted})),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core.model import (
@@ -31,8 +32,8 @@ from relay.tables import attempts, messages, recipients
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 
-async def insert_messages(connection: AsyncConnection, batch: Sequence[NewMessage]) -> None:
-    await connection.execute(
+def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None:
+    connection.execute(
         messages.insert(),
         [
             {
@@ -57,7 +58,7 @@ async def insert_messages(connection: AsyncConnection, batch: Sequence[NewMessag
             for m in batch
         ],
     )
-    await connection.execute(
+    connection.execute(
         recipients.insert(),
         [
             {
@@ -72,8 +73,8 @@ async def insert_messages(connection: AsyncConnection, batch: Sequence[NewMessag
     )
 
 
-async def claim_due(
-    connection: AsyncConnection,
+def claim_due(
+    connection: Connection,
     *,
     owner: str,
     now: float,
@@ -90,16 +91,16 @@ async def claim_due(
         .limit(limit)
     )
     excluded = set(exclude)
-    ids = [row.id for row in await connection.execute(due) if row.id not in excluded]
+    ids = [row.id for row in connection.execute(due) if row.id not in excluded]
     if not ids:
         return []
-    await connection.execute(
+    connection.execute(
         messages.update()
         .where(messages.c.id.in_(ids), free)
         .values(leased_until=now + lease_seconds, lease_owner=owner)
     )
     rows = (
-        await connection.execute(
+        connection.execute(
             sa.select(
                 messages.c.id,
                 messages.c.site_id,
@@ -113,10 +114,8 @@ async def claim_due(
             ).where(messages.c.id.in_(ids), messages.c.lease_owner == owner)
         )
     ).all()
-    pending = await _pending_recipients(connection, ids)
-    listed = await suppressed(
-        connection, ((r.site_id, a) for r in rows for a in pending.get(r.id, ()))
-    )
+    pending = _pending_recipients(connection, ids)
+    listed = suppressed(connection, ((r.site_id, a) for r in rows for a in pending.get(r.id, ())))
     return [
         QueuedMessage(
             id=row.id,
@@ -139,8 +138,8 @@ async def claim_due(
     ]
 
 
-async def _pending_recipients(connection: AsyncConnection, ids: list[str]) -> dict[str, list[str]]:
-    rows = await connection.execute(
+def _pending_recipients(connection: Connection, ids: list[str]) -> dict[str, list[str]]:
+    rows = connection.execute(
         sa.select(recipients.c.message_id, recipients.c.address)
         .where(
             recipients.c.message_id.in_(ids), recipients.c.status == RecipientStatus.PENDING.value
@@ -189,18 +188,18 @@ class DeliveryRecord:
     counted: bool = True  # whether this pass counts as an attempt for backoff
 
 
-async def record_delivery(connection: AsyncConnection, record: DeliveryRecord) -> None:
-    await record_deliveries(connection, [record])
+def record_delivery(connection: Connection, record: DeliveryRecord) -> None:
+    record_deliveries(connection, [record])
 
 
-async def record_deliveries(connection: AsyncConnection, records: list[DeliveryRecord]) -> None:
+def record_deliveries(connection: Connection, records: list[DeliveryRecord]) -> None:
     """Write delivery passes together: a few statements per batch, not per message."""
     rows = [_recipient_row(r, u) for r in records for u in r.recipients]
     if rows:
-        await connection.execute(_UPDATE_RECIPIENT, rows)
+        connection.execute(_UPDATE_RECIPIENT, rows)
     statuses: dict[str, list[RecipientStatus]] = {}
     ids = list({r.message_id for r in records})
-    for row in await connection.execute(
+    for row in connection.execute(
         sa.select(recipients.c.message_id, recipients.c.status).where(
             recipients.c.message_id.in_(ids)
         )
@@ -209,13 +208,13 @@ async def record_deliveries(connection: AsyncConnection, records: list[DeliveryR
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
     notices = [n for r in live for n in r.notices]
     if notices:
-        await insert_messages(connection, notices)
-    await add_suppressions(connection, [e for r in live for e in r.suppress])
+        insert_messages(connection, notices)
+    add_suppressions(connection, [e for r in live for e in r.suppress])
     tries = [_attempt_row(r, a) for r in live for a in r.attempts]
     if tries:
-        await connection.execute(attempts.insert(), tries)
+        connection.execute(attempts.insert(), tries)
     if live:
-        await connection.execute(
+        connection.execute(
             _UPDATE_MESSAGE,
             [
                 {

@@ -128,7 +128,7 @@ def new_message(
 
 async def insert(engine: AsyncEngine, *batch: NewMessage) -> None:
     async with engine.begin() as c:
-        await insert_messages(c, batch)
+        await c.run_sync(insert_messages, batch)
 
 
 async def record(
@@ -147,8 +147,8 @@ async def record(
         for address, status, upstream in states
     )
     async with engine.begin() as c:
-        await write_record(
-            c,
+        await c.run_sync(
+            write_record,
             DeliveryRecord(message_id, tuple(attempts), updates, retry_at, last_error, now),
         )
 

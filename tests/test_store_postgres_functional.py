@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from relay.core.health import Circuit, CircuitState
-from relay.core.model import MessageStatus, NewMessage, RecipientStatus
+from relay.core.model import MessageStatus, NewMessage, QueuedMessage, RecipientStatus
 from relay.core.quota import Scope, Window
 from relay.engine_database import (
     Suppression,
@@ -81,12 +82,16 @@ def new_message(message_id: str, now: float) -> NewMessage:
     )
 
 
+def claim(c: Connection, now: float) -> list[QueuedMessage]:
+    return claim_due(c, owner="node", now=now, lease_seconds=60, limit=10)
+
+
 async def test_queue_round_trip(engine: AsyncEngine) -> None:
     now = 1_800_000_000.0
     async with engine.begin() as c:
-        await insert_messages(c, [new_message("m1", now), new_message("m2", now)])
+        await c.run_sync(insert_messages, [new_message("m1", now), new_message("m2", now)])
     async with engine.begin() as c:
-        claimed = await claim_due(c, owner="node", now=now, lease_seconds=60, limit=10)
+        claimed = await c.run_sync(claim, now)
     assert {m.id for m in claimed} == {"m1", "m2"}
     record = DeliveryRecord(
         "m1",
@@ -101,7 +106,7 @@ async def test_queue_round_trip(engine: AsyncEngine) -> None:
         suppress=(Suppression("shop", "Gone@example.org", "550 5.1.1 no", "m1", now),),
     )
     async with engine.begin() as c:
-        await record_delivery(c, record)
+        await c.run_sync(record_delivery, record)
         await hold(c, "m2", now)
     async with engine.connect() as c:
         detail = await load_message(c, "m1")
@@ -113,8 +118,8 @@ async def test_queue_round_trip(engine: AsyncEngine) -> None:
 
     # Suppressed recipients come with the next claim, whatever their case.
     async with engine.begin() as c:
-        await insert_messages(c, [new_message("m3", now)])
-        [again] = await claim_due(c, owner="node", now=now, lease_seconds=60, limit=10)
+        await c.run_sync(insert_messages, [new_message("m3", now)])
+        [again] = await c.run_sync(claim, now)
     assert again.suppressed.keys() == {"gone@example.org"}
     async with engine.begin() as c:
         assert await remove_suppression(c, "shop", "GONE@example.org")
