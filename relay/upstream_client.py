@@ -22,6 +22,7 @@ import aiosmtplib
 
 from relay.core.classify import Stage, TransactionResult
 from relay.core.model import SmtpReply, TlsMode, Upstream, UpstreamKind
+from relay.core.policy import has_only_crlf
 
 IDLE_SECONDS = 30.0  # reuse a connection only this long after its last message
 
@@ -247,7 +248,7 @@ class SmtpUpstreamClient:
                 await smtp.rset()
                 return TransactionResult(Stage.RCPT, next(reversed(replies.values())), replies)
             stage = Stage.DATA
-            response = await smtp.data(content)
+            response = await self._data(smtp, content)
             return TransactionResult(
                 Stage.DATA, SmtpReply(response.code, response.message), replies
             )
@@ -260,6 +261,31 @@ class SmtpUpstreamClient:
             return TransactionResult(
                 stage, None, replies, _describe(error, self.upstream.timeout_seconds)
             )
+
+    async def _data(self, smtp: aiosmtplib.SMTP, content: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, then the content dot-stuffed with bytes.replace.
+
+        aiosmtplib's ``data()`` runs two regular expressions over every message
+        (line endings, dot-stuffing): a third of the relay's CPU at 50 KB. Our
+        content already ends every line with CRLF (the ingress refuses bare CR
+        and LF), so only the stuffing is left; anything else goes the library's way.
+        """
+        if not has_only_crlf(content):
+            return await smtp.data(content)
+        protocol = smtp.protocol
+        start = await smtp.execute_command(b"DATA")
+        if start.code != 354 or protocol is None:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        stuffed = content.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        ending = b".\r\n" if stuffed.endswith(b"\r\n") or not stuffed else b"\r\n.\r\n"
+        # No await between the write and read_response(): the reply cannot arrive unawaited.
+        protocol.write(stuffed + ending)
+        response = await protocol.read_response(timeout=self.upstream.timeout_seconds)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
         try:

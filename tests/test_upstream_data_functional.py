@@ -1,0 +1,66 @@
+"""DATA towards an upstream: our own dot-stuffing must give the sink the content byte for byte.
+
+The client dot-stuffs with bytes.replace when every line ends in CRLF and
+leaves anything else to aiosmtplib; an aiosmtpd sink on loopback un-stuffs
+and records what it got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from relay.core.classify import Stage
+from relay.core.model import TlsMode, Upstream, UpstreamKind
+from relay.upstream_client import SmtpUpstreamClient
+from tests.conftest import Sink
+
+MakeSink = Callable[..., Awaitable[Sink]]
+HEADER = b"Subject: dots\r\n\r\n"
+
+
+def client(port: int) -> SmtpUpstreamClient:
+    upstream = Upstream("sink", UpstreamKind.SMTP, "127.0.0.1", port, TlsMode.NONE)
+    return SmtpUpstreamClient(upstream, "relay.test")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b".\r\n", id="a lone dot"),
+        pytest.param(b"..\r\n.x\r\n", id="dots at line starts"),
+        pytest.param(b"a.\r\n.\r\n.\r\nend.\r\n", id="dots at line ends and alone"),
+        pytest.param(b"line\r\n. \r\n\r\n.", id="no final CRLF"),
+        pytest.param(b"", id="empty body"),
+        pytest.param(b"bare\nLF\r\n.dot\r\n", id="bare LF: the library's way"),
+    ],
+)
+async def test_content_arrives_as_sent(make_sink: MakeSink, body: bytes) -> None:
+    sink = await make_sink()
+    c = client(sink.port)
+    try:
+        result = await c.send("a@example.com", ["b@example.org"], HEADER + body, "m1")
+    finally:
+        await c.close()
+    assert (result.stage, result.reply and result.reply.code) == (Stage.DATA, 250)
+    [received] = await sink.handler.wait_for(1)
+    expected = HEADER + body
+    if b"\n" in body.replace(b"\r\n", b""):  # aiosmtplib turns a bare LF into CRLF
+        expected = expected.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not expected.endswith(b"\r\n"):
+        expected += b"\r\n"
+    assert received.content == expected
+
+
+async def test_a_refusal_after_data_is_the_upstreams_reply(make_sink: MakeSink) -> None:
+    sink = await make_sink(replies={"data": "554 5.7.1 content rejected"})
+    c = client(sink.port)
+    try:
+        result: Any = await c.send("a@example.com", ["b@example.org"], HEADER + b"x\r\n", "m1")
+    finally:
+        await c.close()
+    assert result.stage is Stage.DATA
+    assert (result.reply.code, result.reply.text) == (554, "5.7.1 content rejected")
+    assert result.transport_error is None
