@@ -179,10 +179,12 @@ class GroupWriter:
         self._wake.set()
         await self._task
         self._task = None
-        if self._thread is not None:
+        if self._sync_engine is not None and self._thread is not None:
+            # pysqlite connections are closed in the thread that made them
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._sync_engine.dispose
+            )
             self._thread.shutdown()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
 
     async def _run(self) -> None:
         while not self._closing or self._pending:
