@@ -1,8 +1,8 @@
-"""DATA towards an upstream: our own dot-stuffing must give the sink the content byte for byte.
+"""The SMTP client's own MAIL, RCPT and DATA: the sink must get the envelope and content exactly.
 
-The client dot-stuffs with bytes.replace when every line ends in CRLF and
-leaves anything else to aiosmtplib; an aiosmtpd sink on loopback un-stuffs
-and records what it got.
+The client quotes plain addresses itself and dot-stuffs with bytes.replace
+when every line ends in CRLF, leaving anything else to aiosmtplib; an
+aiosmtpd sink on loopback un-stuffs and records what it got.
 """
 
 from __future__ import annotations
@@ -64,3 +64,49 @@ async def test_a_refusal_after_data_is_the_upstreams_reply(make_sink: MakeSink) 
     assert result.stage is Stage.DATA
     assert (result.reply.code, result.reply.text) == (554, "5.7.1 content rejected")
     assert result.transport_error is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient"),
+    [
+        pytest.param("bounce+x=y@example.com", "o'brien@example.ie", id="plain"),
+        pytest.param("", "b@example.org", id="null sender"),
+        pytest.param("a@example.com", "b@[127.0.0.1]", id="address literal"),
+    ],
+)
+async def test_the_envelope_arrives_as_given(
+    make_sink: MakeSink, sender: str, recipient: str
+) -> None:
+    sink = await make_sink()
+    c = client(sink.port)
+    try:
+        result = await c.send(sender, [recipient], HEADER + b"x\r\n", "m1")
+    finally:
+        await c.close()
+    assert result.reply is not None and result.reply.code == 250
+    [received] = await sink.handler.wait_for(1)
+    assert (received.mail_from, received.rcpt_tos) == (sender or "<>", [recipient])
+
+
+async def test_refusals_at_mail_and_rcpt_are_the_upstreams_replies(make_sink: MakeSink) -> None:
+    refusing = await make_sink(replies={"rcpt": {"gone@example.org": "550 5.1.1 no such user"}})
+    c = client(refusing.port)
+    try:
+        result = await c.send("a@example.com", ["gone@example.org", "ok@example.org"], HEADER, "m1")
+    finally:
+        await c.close()
+    assert result.recipient_replies["gone@example.org"].code == 550
+    assert result.recipient_replies["ok@example.org"].code == 250
+    assert (result.stage, result.reply and result.reply.code) == (Stage.DATA, 250)
+
+    closed = await make_sink(replies={"mail": "553 5.7.1 sender not allowed"})
+    c = client(closed.port)
+    try:
+        result = await c.send("a@example.com", ["b@example.org"], HEADER, "m2")
+    finally:
+        await c.close()
+    assert result.stage is Stage.MAIL
+    assert result.reply is not None and (result.reply.code, result.reply.text) == (
+        553,
+        "5.7.1 sender not allowed",
+    )

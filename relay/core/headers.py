@@ -11,6 +11,7 @@ fields. The body bytes are re-attached untouched, so DKIM body hashes and
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ class HeaderField:
     name: bytes  # as written, for output
     raw: bytes  # the whole field: "Name: value\r\n" plus any continuation lines
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # every rewriter asks, for every field
         return self.name.decode("ascii").lower()
 
     @property
