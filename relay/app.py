@@ -11,6 +11,7 @@ sessions stay.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -356,6 +357,18 @@ def _token_hash(token: AdminToken) -> str:
     return hash_token(token.token.reveal())
 
 
+def _tune_garbage_collector() -> None:
+    """Fewer, shorter collections while serving: they were the p99 of accept latency.
+
+    What start-up made (modules, config, directory) is frozen out of every
+    later collection, and the young generation is collected every 20,000
+    allocations instead of 700 (2 KB x 50 sessions: p99 86-90 -> 47 ms).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 async def serve(config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
     config = load_config(config_path)
@@ -367,6 +380,7 @@ async def serve(config_path: Path) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: app.reload() and None)
     try:
         await app.start()
+        _tune_garbage_collector()
         log.info(
             "relay ready: SMTP %s, admin %s:%d",
             app.listeners.ports,
