@@ -234,7 +234,7 @@ class GroupWriter:
             return [await job(connection) for job in jobs]
 
     async def _run_sync(self, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
-        """The sync jobs in one transaction: in the writer's thread on SQLite."""
+        """The sync jobs in one transaction (see the module's docstring for SQLite's)."""
         if self._sync_engine is None:
             async with self.engine.begin() as connection:
                 return await connection.run_sync(_run_jobs, jobs)

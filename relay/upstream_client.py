@@ -300,10 +300,12 @@ class SmtpUpstreamClient:
         """
         if not has_only_crlf(content):
             return await smtp.data(content)
-        protocol = smtp.protocol
         start = await smtp.execute_command(b"DATA")
-        if start.code != 354 or protocol is None:
+        if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost after DATA")
         stuffed = content.replace(b"\r\n.", b"\r\n..")
         if stuffed.startswith(b"."):
             stuffed = b"." + stuffed
