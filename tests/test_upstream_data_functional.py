@@ -21,9 +21,14 @@ MakeSink = Callable[..., Awaitable[Sink]]
 HEADER = b"Subject: dots\r\n\r\n"
 
 
-def client(port: int) -> SmtpUpstreamClient:
+async def send(port: int, sender: str, recipients: list[str], content: bytes) -> Any:
+    """One transaction through a fresh client (plain SMTP to the loopback sink)."""
     upstream = Upstream("sink", UpstreamKind.SMTP, "127.0.0.1", port, TlsMode.NONE)
-    return SmtpUpstreamClient(upstream, "relay.test")
+    client = SmtpUpstreamClient(upstream, "relay.test")
+    try:
+        return await client.send(sender, recipients, content, "m1")
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize(
@@ -39,11 +44,7 @@ def client(port: int) -> SmtpUpstreamClient:
 )
 async def test_content_arrives_as_sent(make_sink: MakeSink, body: bytes) -> None:
     sink = await make_sink()
-    c = client(sink.port)
-    try:
-        result = await c.send("a@example.com", ["b@example.org"], HEADER + body, "m1")
-    finally:
-        await c.close()
+    result = await send(sink.port, "a@example.com", ["b@example.org"], HEADER + body)
     assert (result.stage, result.reply and result.reply.code) == (Stage.DATA, 250)
     [received] = await sink.handler.wait_for(1)
     expected = HEADER + body
@@ -56,11 +57,7 @@ async def test_content_arrives_as_sent(make_sink: MakeSink, body: bytes) -> None
 
 async def test_a_refusal_after_data_is_the_upstreams_reply(make_sink: MakeSink) -> None:
     sink = await make_sink(replies={"data": "554 5.7.1 content rejected"})
-    c = client(sink.port)
-    try:
-        result: Any = await c.send("a@example.com", ["b@example.org"], HEADER + b"x\r\n", "m1")
-    finally:
-        await c.close()
+    result = await send(sink.port, "a@example.com", ["b@example.org"], HEADER + b"x\r\n")
     assert result.stage is Stage.DATA
     assert (result.reply.code, result.reply.text) == (554, "5.7.1 content rejected")
     assert result.transport_error is None
@@ -78,11 +75,7 @@ async def test_the_envelope_arrives_as_given(
     make_sink: MakeSink, sender: str, recipient: str
 ) -> None:
     sink = await make_sink()
-    c = client(sink.port)
-    try:
-        result = await c.send(sender, [recipient], HEADER + b"x\r\n", "m1")
-    finally:
-        await c.close()
+    result = await send(sink.port, sender, [recipient], HEADER + b"x\r\n")
     assert result.reply is not None and result.reply.code == 250
     [received] = await sink.handler.wait_for(1)
     assert (received.mail_from, received.rcpt_tos) == (sender or "<>", [recipient])
@@ -90,21 +83,15 @@ async def test_the_envelope_arrives_as_given(
 
 async def test_refusals_at_mail_and_rcpt_are_the_upstreams_replies(make_sink: MakeSink) -> None:
     refusing = await make_sink(replies={"rcpt": {"gone@example.org": "550 5.1.1 no such user"}})
-    c = client(refusing.port)
-    try:
-        result = await c.send("a@example.com", ["gone@example.org", "ok@example.org"], HEADER, "m1")
-    finally:
-        await c.close()
+    result = await send(
+        refusing.port, "a@example.com", ["gone@example.org", "ok@example.org"], HEADER
+    )
     assert result.recipient_replies["gone@example.org"].code == 550
     assert result.recipient_replies["ok@example.org"].code == 250
     assert (result.stage, result.reply and result.reply.code) == (Stage.DATA, 250)
 
     closed = await make_sink(replies={"mail": "553 5.7.1 sender not allowed"})
-    c = client(closed.port)
-    try:
-        result = await c.send("a@example.com", ["b@example.org"], HEADER, "m2")
-    finally:
-        await c.close()
+    result = await send(closed.port, "a@example.com", ["b@example.org"], HEADER)
     assert result.stage is Stage.MAIL
     assert result.reply is not None and (result.reply.code, result.reply.text) == (
         553,
