@@ -189,6 +189,11 @@ class IngressController:
         message = self._prepare(submission)
         if isinstance(message, Reject):
             return message
+        key = self._directory().signing_key(domain_of(submission.site.from_email))
+        if key is not None:  # after the rewrite: the signature covers what goes out
+            # In a thread: OpenSSL's RSA signature (0.6 ms) runs there without the GIL.
+            signed = await asyncio.to_thread(dkim.sign, message.content, key, message.created_at)
+            message = replace(message, content=signed)
         # Checked again: other sessions may have used the site's last messages since MAIL.
         over = self._check_site_limits(submission.site)
         if over is not None:
@@ -253,9 +258,6 @@ class IngressController:
         kind = message_class(original, self._class_header, s.site)
         if isinstance(kind, Reject):
             return kind
-        key = self._directory().signing_key(domain_of(s.site.from_email))
-        if key is not None:  # after the rewrite: the signature covers what goes out
-            content = dkim.sign(content, key, now)
         subject = headers.first(original, "subject")
         return NewMessage(
             id=message_id,
