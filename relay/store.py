@@ -85,7 +85,7 @@ def _sqlite_path(url: str) -> str:
     return "" if path in ("", ":memory:") else path
 
 
-def sync_twin(engine: AsyncEngine) -> Engine | None:
+def _sync_twin(engine: AsyncEngine) -> Engine | None:
     """A plain pysqlite engine on the same SQLite file, for the writer; else None.
 
     Its connections are used from the loop and the writer's thread, one at a time.
@@ -139,10 +139,8 @@ class GroupWriter:
     def __init__(self, engine: AsyncEngine, max_batch: int = 256) -> None:
         self.engine = engine
         self._max_batch = max_batch
-        self._sync_engine = sync_twin(engine)
-        self._thread = (
-            ThreadPoolExecutor(1, thread_name_prefix="store-writer") if self._sync_engine else None
-        )
+        self._sync_engine = _sync_twin(engine)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")  # SQLite's
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -187,9 +185,9 @@ class GroupWriter:
         self._wake.set()
         await self._task
         self._task = None
-        if self._sync_engine is not None and self._thread is not None:
+        if self._sync_engine is not None:
             self._sync_engine.dispose()
-            self._thread.shutdown()
+        self._thread.shutdown()
 
     async def _run(self) -> None:
         while not self._closing or self._pending:
