@@ -97,6 +97,9 @@ class ListenerConfig:
 class LimitsConfig:
     max_message_bytes: int = 26_214_400
     max_recipients: int = 100
+    max_header_bytes: int = 262_144  # a bigger header block gets 552 5.3.4
+    max_connections: int = 1000  # SMTP sessions in all; over it 421 4.7.0
+    max_connections_per_ip: int = 50  # per client address (IPv6: per /64); trusted exempt
     auth_max_failures: int = 5
     auth_failure_window_seconds: int = 300
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))  # quota days and months
@@ -522,6 +525,11 @@ def _parse_limits(s: _Section) -> LimitsConfig:
     limits = LimitsConfig(
         max_message_bytes=s.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
         max_recipients=s.integer("max_recipients", d.max_recipients, minimum=1),
+        max_header_bytes=s.integer("max_header_bytes", d.max_header_bytes, minimum=1024),
+        max_connections=s.integer("max_connections", d.max_connections, minimum=1),
+        max_connections_per_ip=s.integer(
+            "max_connections_per_ip", d.max_connections_per_ip, minimum=1
+        ),
         auth_max_failures=s.integer("auth_max_failures", d.auth_max_failures, minimum=1),
         auth_failure_window_seconds=s.integer(
             "auth_failure_window_seconds", d.auth_failure_window_seconds, minimum=1
