@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import ssl
 import time
@@ -26,6 +27,7 @@ from sqlalchemy import text
 from admin_http.app import create_app
 from admin_http.deps import AdminDeps, Api
 from relay import tls
+from relay.auth_controller import AuthController
 from relay.catalog_controller import (
     CatalogController,
     StoreObjects,
@@ -68,6 +70,9 @@ DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
 QUEUE_GAUGE_SECONDS = 15.0
 PERSIST_SECONDS = 2.0  # how often changed usage counters and circuits are written
+# Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
+# the store, DNS, and upstream connections (one per delivery at most).
+RESERVED_DESCRIPTORS = 128
 
 
 class StartupError(Exception):
@@ -108,6 +113,7 @@ class RelayApp:
             clock=clock,
         )
         self.queue = QueueController(self.writer, self.delivery.wake, self.health, clock)
+        self.auth = AuthController(self.directory, config.limits, self.metrics, clock=clock)
         self.ingress = IngressController(
             self.writer,
             self.directory,
@@ -131,7 +137,14 @@ class RelayApp:
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
         self.probes = ProbeController(self.health, self.directory, config.server.hostname, clock)
         self._clock = clock
-        self.listeners = SmtpListeners()
+        self.listeners = SmtpListeners(
+            max_connections=session_ceiling(
+                config.limits.max_connections,
+                RESERVED_DESCRIPTORS + config.delivery.concurrency,
+            ),
+            max_connections_per_ip=config.limits.max_connections_per_ip,
+            refused=lambda reason: self.metrics.connections_refused.labels(reason).inc(),
+        )
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -161,7 +174,7 @@ class RelayApp:
         self.usage.export(self._directory)
         self.health.export()
         for listener in self.config.listeners:
-            handler = SmtpHandler(listener, self.ingress, self.metrics)
+            handler = SmtpHandler(listener, self.ingress, self.auth, self.metrics)
             try:
                 await self.listeners.start(
                     listener,
@@ -330,6 +343,7 @@ class RelayApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._tasks:
             await self._flush()
+        self.auth.close()
         await self.writer.close()
         await self.clients.close()
         if self._admin is not None:
@@ -355,6 +369,32 @@ def _token_hash(token: AdminToken) -> str:
         return token.token_hash
     assert token.token is not None
     return hash_token(token.token.reveal())
+
+
+def session_ceiling(max_connections: int, reserved: int) -> int:
+    """The SMTP sessions this process can hold with ``reserved`` descriptors to spare.
+
+    Raises the soft descriptor limit toward the hard one when that is what it
+    takes; caps the sessions (with a warning) when even the hard one is short,
+    so idle SMTP connections can never starve the admin port or the store.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + reserved
+    if soft < wanted and (hard == resource.RLIM_INFINITY or soft < hard):
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft >= wanted:
+        return max_connections
+    ceiling = max(soft - reserved, 1)
+    log.warning(
+        "limits.max_connections %d needs %d descriptors but the limit is %d: "
+        "at most %d SMTP sessions (raise LimitNOFILE / ulimit -n)",
+        max_connections,
+        wanted,
+        soft,
+        ceiling,
+    )
+    return ceiling
 
 
 def _tune_garbage_collector() -> None:

@@ -1,4 +1,4 @@
-"""Accepting mail: authenticate, identify the site, rewrite, and queue durably.
+"""Accepting mail: identify the site, rewrite, and queue durably.
 
 Callable without aiosmtpd (the HTTP ingestion of a later issue uses the same
 path). ``accept`` answers only after the message and its recipients are
@@ -8,8 +8,6 @@ committed: the caller may then say 250, and a crash loses nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
 import time
@@ -22,11 +20,8 @@ from relay.core import dkim, headers
 from relay.core.addresses import domain_of
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
-from relay.core.model import Credential, NewMessage, Site, SmtpReply
-from relay.core.passwords import hash_password, verify_password
+from relay.core.model import NewMessage, Site, SmtpReply
 from relay.core.policy import (
-    AUTH_INVALID,
-    AUTH_THROTTLED,
     LOCAL_ERROR,
     Reject,
     SessionFacts,
@@ -39,15 +34,12 @@ from relay.core.policy import (
     message_class,
     site_over_limit,
 )
-from relay.core.throttle import FailureThrottle
 from relay.metrics import Metrics
 from relay.queue_database import insert_messages
 from relay.store import GroupWriter
 from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
-_DUMMY_HASH = hash_password("no such user", salt=b"relay-dummy-salt")
-_VERIFIED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -105,57 +97,6 @@ class IngressController:
         self._metrics = metrics
         self._delivery = delivery
         self._clock = clock
-        self._throttle = FailureThrottle(
-            limits.auth_max_failures, limits.auth_failure_window_seconds
-        )
-        # Successful (username, hash, HMAC of password) triples: clients that log in on
-        # every message (PHPMailer does) skip the scrypt cost; a changed hash misses.
-        self._cache_key = os.urandom(32)
-        self._verified: dict[tuple[str, str, bytes], None] = {}
-        self._verifying: dict[tuple[str, str, bytes], asyncio.Future[bool]] = {}
-
-    async def authenticate(
-        self, username: str, password: str, client_ip: str
-    ) -> Credential | SmtpReply:
-        now = self._clock()
-        keys = (f"ip:{client_ip}", f"user:{username}")
-        if any(self._throttle.is_blocked(key, now) for key in keys):
-            self._metrics.auth_failures.labels("throttled").inc()
-            log.warning("AUTH throttled for %s (user %r)", client_ip, username)
-            return AUTH_THROTTLED
-        credential = self._directory().credential(username)
-        if credential is None:
-            # Spend what a real check costs, so timing does not reveal which names exist.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
-        elif await self._verify(credential, password):
-            self._throttle.record_success(keys[1])
-            return credential
-        for key in keys:
-            self._throttle.record_failure(key, now)
-        self._metrics.auth_failures.labels("invalid").inc()
-        log.warning("AUTH failed from %s for user %r", client_ip, username)
-        return AUTH_INVALID
-
-    async def _verify(self, credential: Credential, password: str) -> bool:
-        digest = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
-        key = (credential.username, credential.password_hash, digest)
-        if key in self._verified:
-            return True
-        # Sessions that log in at once with the same password share one scrypt run (each
-        # costs ~0.1 s of CPU and 32 MB), instead of 50 sessions running 50 of them.
-        running = self._verifying.get(key)
-        if running is None:
-            running = asyncio.ensure_future(
-                asyncio.to_thread(verify_password, password, credential.password_hash)
-            )
-            self._verifying[key] = running
-            running.add_done_callback(lambda _: self._verifying.pop(key, None))
-        if not await asyncio.shield(running):
-            return False
-        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-            self._verified.clear()
-        self._verified[key] = None
-        return True
 
     def begin(self, facts: SessionFacts, sender: str) -> Site | Reject | TempFail:
         """MAIL FROM: which site this transaction belongs to, or why not.

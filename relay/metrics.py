@@ -33,6 +33,12 @@ class Metrics:
             ["stage", "reply_class"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "relay_smtp_connections_refused_total",
+            "SMTP connections refused with 421: too many in all, or from one client.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "relay_auth_failures_total",
             "Failed or throttled AUTH attempts.",

@@ -2,7 +2,12 @@
 
 Only this module touches aiosmtpd's server classes. It also tracks the open
 sessions so a shutdown can stop accepting, let a DATA in progress finish
-storing, then say 421 to the rest.
+storing, then say 421 to the rest; and it bounds them: past
+``max_connections`` in all, or ``max_connections_per_ip`` from one client
+(IPv6: one /64; the listener's trusted networks are exempt), a new connection
+gets 421 and is closed before a session starts. A session idles at most
+``PRE_MAIL_TIMEOUT_SECONDS`` before its first MAIL, and DATA may go on past
+the session timeout while bytes keep arriving at ``MIN_DATA_RATE`` or better.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import contextlib
 import logging
 import re
 import ssl
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +27,15 @@ from aiosmtpd.smtp import MISSING, SMTP
 from relay import __version__
 from relay.config import ListenerConfig
 from relay.core.model import TlsMode
+from relay.core.throttle import client_network
 from relay.smtp_view import RelayEnvelope, SmtpHandler
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_SECONDS = 300  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+PRE_MAIL_TIMEOUT_SECONDS = 60  # an idle connection that has sent no MAIL yet costs a descriptor
+MIN_DATA_RATE = 500  # bytes per second over a whole DATA (Postfix's smtpd_min_data_rate)
+TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections; try again later\r\n"
+TOO_MANY_FROM_YOU = b"421 4.7.0 Too many connections from your address; try again later\r\n"
 # A reverse or forward path that is a plain dot-atom address (RFC 5321 section 4.1.2).
 _PLAIN_PATH = re.compile(
     r"[ \t]*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-][A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{0,63}"
@@ -36,11 +48,18 @@ class RelaySMTP(SMTP):
     """aiosmtpd's SMTP, aware of implicit TLS and of the set of open sessions."""
 
     def __init__(
-        self, *args: Any, implicit_tls: bool, listeners: SmtpListeners, **kwargs: Any
+        self,
+        *args: Any,
+        implicit_tls: bool,
+        listeners: SmtpListeners,
+        listener: ListenerConfig,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, timeout=PRE_MAIL_TIMEOUT_SECONDS, **kwargs)
         self.implicit_tls = implicit_tls
         self._listeners = listeners
+        self._listener = listener
+        self._client: str | None = None  # the counted client; None: refused or not yet open
         self.in_data = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -55,12 +74,38 @@ class RelaySMTP(SMTP):
         return RelayEnvelope()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # a new connection (STARTTLS calls this again)
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            refusal = self._listeners.admit(ip, exempt=self._listener.is_trusted(ip))
+            if isinstance(refusal, bytes):
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(refusal)
+                transport.close()
+                return
+            self._client = refusal
+            self._listeners.sessions.add(self)
         super().connection_made(transport)
-        self._listeners.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._client is None:  # refused before a session began
+            asyncio.StreamReaderProtocol.connection_lost(self, error)
+            return
         self._listeners.sessions.discard(self)
+        self._listeners.release(self._client)
+        self._client = None
         super().connection_lost(error)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            self._timeout_duration = SESSION_TIMEOUT_SECONDS  # a real client, not an idler
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Our failure ends the transaction: the client's next MAIL must not get 503.
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        reply: str = await super().handle_exception(error)
+        return reply
 
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
@@ -88,6 +133,7 @@ class RelaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         data = bytearray()
         size, limit = 0, self.data_size_limit
+        started = last_reset = self.loop.time()
         while True:
             try:
                 # Every end of data ends in ".\r\n": read to each one and look behind it.
@@ -100,6 +146,12 @@ class RelaySMTP(SMTP):
                 raise
             size += len(chunk)
             data += chunk
+            now = self.loop.time()
+            if now - last_reset > 1 and (
+                now - started < SESSION_TIMEOUT_SECONDS or size >= MIN_DATA_RATE * (now - started)
+            ):  # still arriving, fast enough: not idle
+                self._reset_timeout(SESSION_TIMEOUT_SECONDS)
+                last_reset = now
             if (size == 3 and data == b".\r\n") or data.endswith(b"\r\n.\r\n"):
                 break
             if limit and size > limit:  # keep reading to the end, keeping only its tail
@@ -129,9 +181,37 @@ class RelaySMTP(SMTP):
 
 @dataclass
 class SmtpListeners:
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
     servers: list[asyncio.Server] = field(default_factory=list)
     sessions: set[RelaySMTP] = field(default_factory=set)
     data_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    per_client: Counter[str] = field(default_factory=Counter)
+    refused: Callable[[str], None] = lambda reason: None  # counts a refused connection
+
+    def admit(self, ip: str, exempt: bool) -> str | bytes:
+        """Count a new connection: its client key, or the 421 line that refuses it."""
+        if len(self.sessions) >= self.max_connections:
+            self.refused("total")
+            log.warning("SMTP connection from %s refused: %d sessions open", ip, len(self.sessions))
+            return TOO_MANY_CONNECTIONS
+        client = client_network(ip)
+        if not exempt and self.per_client[client] >= self.max_connections_per_ip:
+            self.refused("per_ip")
+            log.warning(
+                "SMTP connection from %s refused: %d open from %s",
+                ip,
+                self.per_client[client],
+                client,
+            )
+            return TOO_MANY_FROM_YOU
+        self.per_client[client] += 1
+        return client
+
+    def release(self, client: str) -> None:
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
 
     async def start(
         self,
@@ -154,9 +234,9 @@ class SmtpListeners:
                 # Implicit TLS is TLS from the first byte; aiosmtpd only knows STARTTLS.
                 auth_require_tls=not (implicit or listener.allow_plaintext_auth),
                 auth_exclude_mechanism=auth_methods_off,
-                timeout=SESSION_TIMEOUT_SECONDS,
                 implicit_tls=implicit,
                 listeners=self,
+                listener=listener,
             )
 
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
+from relay.auth_controller import AuthController
 from relay.config import ListenerConfig
 from relay.core.model import Credential, Site, SmtpReply
 from relay.core.policy import (
@@ -37,10 +38,15 @@ class RelayEnvelope(Envelope):
 
 class SmtpHandler:
     def __init__(
-        self, listener: ListenerConfig, ingress: IngressController, metrics: Metrics
+        self,
+        listener: ListenerConfig,
+        ingress: IngressController,
+        auth: AuthController,
+        metrics: Metrics,
     ) -> None:
         self._listener = listener
         self._ingress = ingress
+        self._auth = auth
         self._metrics = metrics
 
     # -- EHLO: AUTH is never advertised on an `auth: none` listener.
@@ -86,7 +92,7 @@ class SmtpHandler:
             name, secret = username.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
             return _auth_refused("501 5.5.2 Username and password must be UTF-8")
-        result = await self._ingress.authenticate(name, secret, _client_ip(server.session))
+        result = await self._auth.authenticate(name, secret, _client_ip(server.session))
         if isinstance(result, Credential):
             return AuthResult(success=True, auth_data=result, message=AUTH_SUCCEEDED.render())
         return _auth_refused(result.render())
@@ -96,13 +102,17 @@ class SmtpHandler:
     async def handle_MAIL(
         self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        credential = session.auth_data if session.authenticated else None
+        data: object = session.auth_data if session.authenticated else None
+        credential = data if isinstance(data, Credential) else None
         facts = SessionFacts(
-            site_id=credential.site_id if isinstance(credential, Credential) else None,
+            site_id=credential.site_id if credential else None,
             trusted=self._listener.is_trusted(_client_ip(session)),
+            credential=credential,
         )
         site = self._ingress.begin(facts, address)
         if isinstance(site, Reject | TempFail):
+            if credential is not None and site.reply.code == 530:  # removed or changed: may AUTH again
+                session.authenticated, session.auth_data = False, None
             return self._refuse("mail", site.reply)
         assert isinstance(envelope, RelayEnvelope)
         envelope.mail_from = address

@@ -185,7 +185,7 @@ def throttle_config(tmp_path: Path, sink: Any, cert_files: tuple[Path, Path, Pat
     return config
 
 
-async def test_wrong_password_535_then_throttled_per_username(
+async def test_wrong_password_535_then_throttled_but_never_locked_out(
     tmp_path: Path, make_sink, start_relay, cert_files, client_tls
 ) -> None:
     sink = await make_sink()
@@ -196,7 +196,7 @@ async def test_wrong_password_535_then_throttled_per_username(
             with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
                 await smtp.auth_plain("shop", "wrong password")
             assert failed.value.code == 535
-        # Blocked now, even with the right password.
+        # The address is blocked now, even with the right password.
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as throttled:
             await smtp.auth_plain("shop", SITE_PASSWORD)
         assert throttled.value.code == 454
@@ -204,11 +204,13 @@ async def test_wrong_password_535_then_throttled_per_username(
             await smtp.auth_login("shop", SITE_PASSWORD)
         assert throttled.value.code == 454
 
-    # The username is blocked from another address too...
-    assert await auth_code(relay.port, client_tls, "shop", SITE_PASSWORD, "127.0.0.2") == 454
-    # ...while another user from that address is not,
+    # The username is blocked for guesses from other addresses...
+    assert await auth_code(relay.port, client_tls, "shop", "another guess", "127.0.0.2") == 454
+    # ...but its owner, with the right password from an address not blocked, gets in,
+    assert await auth_code(relay.port, client_tls, "shop", SITE_PASSWORD, "127.0.0.4") == 235
+    # as does another user from an address with one failure;
     assert await auth_code(relay.port, client_tls, "ops", SITE_PASSWORD, "127.0.0.2") == 235
-    # and the address that failed is blocked for every username.
+    # the address that failed is blocked for every username.
     assert await auth_code(relay.port, client_tls, "ops", SITE_PASSWORD, "127.0.0.1") == 454
 
 

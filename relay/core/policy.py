@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from relay.core.addresses import is_address, sender_matches
 from relay.core.directory import Directory
 from relay.core.headers import Fields, decoded_text, first
-from relay.core.model import MessageClass, Site, SmtpReply
+from relay.core.model import Credential, MessageClass, Site, SmtpReply
 from relay.core.quota import OverLimit
 
 NULL_SENDER = "<>"
@@ -42,6 +42,7 @@ ACCEPT = Accept()
 AUTH_REQUIRED = Reject(SmtpReply(530, "5.7.0 Authentication required"))
 AUTH_INVALID = SmtpReply(535, "5.7.8 Authentication credentials invalid")
 AUTH_THROTTLED = SmtpReply(454, "4.7.0 Too many failed authentication attempts; try again later")
+AUTH_BUSY = SmtpReply(454, "4.7.0 Too many authentications in progress; try again shortly")
 AUTH_SUCCEEDED = SmtpReply(235, "2.7.0 Authentication successful")
 LOCAL_ERROR = TempFail(SmtpReply(451, "4.3.0 Local error in processing; try again later"))
 BARE_LINE_ENDING = Reject(
@@ -66,6 +67,7 @@ class SessionFacts:
 
     site_id: str | None  # from AUTH
     trusted: bool  # client address in the listener's trusted_networks
+    credential: Credential | None = None  # what AUTH verified, checked again at every MAIL
 
 
 def identify_site(facts: SessionFacts, sender: str, directory: Directory) -> Site | Reject:
@@ -74,6 +76,10 @@ def identify_site(facts: SessionFacts, sender: str, directory: Directory) -> Sit
     Never an open relay: a session that neither authenticated nor comes from
     a trusted network is refused whatever the addresses are.
     """
+    if facts.credential is not None and directory.credential(facts.credential.username) != (
+        facts.credential
+    ):
+        return credential_revoked(facts.credential.username)
     if facts.site_id is not None:
         site = directory.site(facts.site_id)
         if site is None:  # the credential's site was removed by a reload
@@ -87,6 +93,13 @@ def identify_site(facts: SessionFacts, sender: str, directory: Directory) -> Sit
     if site is None:
         return Reject(SmtpReply(550, f"5.7.1 Sender <{sender}> belongs to no site on this relay"))
     return site
+
+
+def credential_revoked(username: str) -> Reject:
+    """The session's credential was removed or its password changed since AUTH."""
+    return Reject(
+        SmtpReply(530, f"5.7.0 Credential {username} was removed or changed; authenticate again")
+    )
 
 
 def check_sender_syntax(sender: str) -> Verdict:

@@ -1,13 +1,29 @@
 """Failure throttling for AUTH: too many failures per key within a window blocks the key.
 
-Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``; the caller checks
-both before verifying a password, so a brute force from many addresses
-against one username is stopped as well as one address trying many names.
+Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``. A caller may
+count an attempt as a failure when it starts and ``refund`` it when it turns
+out well, so parallel attempts are counted as they start, not as they finish.
+Client addresses are keyed by ``client_network``: one IPv6 host owns a whole
+/64, so counting its addresses one by one would count nothing.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
+
+
+def client_network(address: str) -> str:
+    """The unit a client is counted by: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a Unix socket, say): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class FailureThrottle:
@@ -35,6 +51,14 @@ class FailureThrottle:
 
     def record_success(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def refund(self, key: str, at: float) -> None:
+        """Take back a failure recorded at ``at`` for an attempt that succeeded after all."""
+        failures = self._failures.get(key)
+        if failures is not None and at in failures:
+            failures.remove(at)
+            if not failures:
+                del self._failures[key]
 
     def _expire(self, failures: deque[float], now: float) -> None:
         while failures and failures[0] <= now - self._window:
