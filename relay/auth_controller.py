@@ -33,7 +33,7 @@ from relay.config import LimitsConfig
 from relay.core.directory import Directory
 from relay.core.model import Credential, SmtpReply
 from relay.core.passwords import hash_password, verify_password
-from relay.core.policy import AUTH_BUSY, AUTH_INVALID, AUTH_THROTTLED
+from relay.core.policy import AUTH_BUSY, AUTH_INVALID, AUTH_LINE_TOO_LONG, AUTH_THROTTLED
 from relay.core.throttle import FailureThrottle, client_network
 from relay.metrics import Metrics
 
@@ -102,6 +102,13 @@ class AuthController:
         if user_blocked:
             return self._refused("throttled", AUTH_THROTTLED, client_ip, username)
         return self._refused("invalid", AUTH_INVALID, client_ip, username)
+
+    def line_too_long(self, client_ip: str) -> SmtpReply:
+        """An AUTH answer over the line limit: a failure of its address, refused without a check."""
+        self._throttle.record_failure(f"ip:{client_network(client_ip)}", self._clock())
+        self._metrics.auth_failures.labels("too_long").inc()
+        log.warning("AUTH from %s: an answer over the line limit", client_ip)
+        return AUTH_LINE_TOO_LONG
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -13,22 +13,24 @@ the session timeout while bytes keep arriving at ``MIN_DATA_RATE`` or better.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import logging
 import re
 import ssl
+from base64 import b64decode, b64encode
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING, SMTP, _Missing
 
 from relay import __version__
 from relay.config import ListenerConfig
 from relay.core.model import TlsMode
 from relay.core.throttle import client_network
-from relay.smtp_view import RelayEnvelope, SmtpHandler
+from relay.smtp_view import AuthLineTooLong, RelayEnvelope, SmtpHandler
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_SECONDS = 300  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
@@ -100,6 +102,37 @@ class RelaySMTP(SMTP):
         await super().smtp_MAIL(arg)
         if self.envelope is not None and self.envelope.mail_from is not None:
             self._timeout_duration = SESSION_TIMEOUT_SECONDS  # a real client, not an idler
+
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> _Missing | bytes:
+        """aiosmtpd's, but an answer longer than a line may be is read to its end and raised
+        as AuthLineTooLong (aiosmtpd lets readline's ValueError escape as our error)."""
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(raw) if encode_to_b64 else raw))
+        try:
+            line = await self._reader.readuntil()
+        except asyncio.LimitOverrunError as overrun:
+            await self._discard_line(overrun.consumed)
+            raise AuthLineTooLong from None
+        blob = line.strip()
+        if blob == b"*":  # RFC 4954 section 4: the client cancels
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _discard_line(self, consumed: int) -> None:
+        while True:
+            await self._reader.readexactly(consumed)
+            try:
+                await self._reader.readuntil()
+                return
+            except asyncio.LimitOverrunError as overrun:
+                consumed = overrun.consumed
 
     async def handle_exception(self, error: Exception) -> str:
         # Our failure ends the transaction: the client's next MAIL must not get 503.

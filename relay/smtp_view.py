@@ -30,6 +30,10 @@ from relay.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+class AuthLineTooLong(Exception):
+    """An AUTH exchange line over the SMTP line limit (read to its end and dropped)."""
+
+
 class RelayEnvelope(Envelope):
     """aiosmtpd's envelope plus the site that MAIL FROM identified."""
 
@@ -62,6 +66,18 @@ class SmtpHandler:
     # -- AUTH (RFC 4954, RFC 4616); aiosmtpd calls these instead of its built-ins.
 
     async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
+        try:
+            return await self._auth_plain(server, args)
+        except AuthLineTooLong:
+            return _auth_refused(self._auth.line_too_long(_client_ip(server.session)).render())
+
+    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+        try:
+            return await self._auth_login(server, args)
+        except AuthLineTooLong:
+            return _auth_refused(self._auth.line_too_long(_client_ip(server.session)).render())
+
+    async def _auth_plain(self, server: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
             blob = await server.challenge_auth("")
             if blob is MISSING:
@@ -73,7 +89,7 @@ class SmtpHandler:
             return _auth_refused("501 5.5.2 Cannot decode AUTH PLAIN response")
         return await self._authenticate(server, parts[1], parts[2])
 
-    async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
+    async def _auth_login(self, server: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
             username = await server.challenge_auth(server.AuthLoginUsernameChallenge)
             if username is MISSING:
@@ -111,7 +127,9 @@ class SmtpHandler:
         )
         site = self._ingress.begin(facts, address)
         if isinstance(site, Reject | TempFail):
-            if credential is not None and site.reply.code == 530:  # removed or changed: may AUTH again
+            if (
+                credential is not None and site.reply.code == 530
+            ):  # removed or changed: may AUTH again
                 session.authenticated, session.auth_data = False, None
             return self._refuse("mail", site.reply)
         assert isinstance(envelope, RelayEnvelope)

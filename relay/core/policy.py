@@ -43,6 +43,7 @@ AUTH_REQUIRED = Reject(SmtpReply(530, "5.7.0 Authentication required"))
 AUTH_INVALID = SmtpReply(535, "5.7.8 Authentication credentials invalid")
 AUTH_THROTTLED = SmtpReply(454, "4.7.0 Too many failed authentication attempts; try again later")
 AUTH_BUSY = SmtpReply(454, "4.7.0 Too many authentications in progress; try again shortly")
+AUTH_LINE_TOO_LONG = SmtpReply(500, "5.5.6 Authentication Exchange line is too long")
 AUTH_SUCCEEDED = SmtpReply(235, "2.7.0 Authentication successful")
 LOCAL_ERROR = TempFail(SmtpReply(451, "4.3.0 Local error in processing; try again later"))
 BARE_LINE_ENDING = Reject(
