@@ -81,8 +81,7 @@ class RelaySMTP(SMTP):
             ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
             refusal = self._listeners.admit(ip, exempt=self._listener.is_trusted(ip))
             if isinstance(refusal, bytes):
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(refusal)
+                transport.write(refusal)  # type: ignore[attr-defined]  # as in say_goodbye
                 transport.close()
                 return
             self._client = refusal
@@ -206,8 +205,8 @@ class RelaySMTP(SMTP):
 
     def say_goodbye(self) -> None:
         """Shutdown: 421 (RFC 5321 section 3.8) and close."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        transport: Any = self.transport  # uvloop's transports are no asyncio.WriteTransport
+        if transport is not None and not transport.is_closing():
             transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
             transport.close()
 
