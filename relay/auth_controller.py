@@ -4,9 +4,12 @@
   is refused (454) without hashing. Every scrypt run counts as a failure of
   its address and its username when it *starts* and is refunded when the
   password was right, so parallel guesses are counted before any finishes.
-- One scrypt run at a time per address and per username; logins that are
-  the same (username, hash, password) share one run, and a password already
-  verified skips scrypt. Anything else meanwhile gets 454 without hashing.
+- One scrypt run at a time per address and per username: the others wait
+  in line (a short one; beyond it 454 without hashing) and look at the
+  counts again when their turn comes. Logins that are the same (username,
+  hash, password) share one run, and a password already verified skips
+  scrypt, so the PHP workers of one web server logging in together cost one
+  run per credential.
 - Runs happen in their own small thread pool with a short queue: beyond it,
   454 without hashing, so a burst of guesses delays neither DKIM signing (the
   default pool) nor a legitimate login by more than that queue.
@@ -35,6 +38,7 @@ from relay.core.model import Credential, SmtpReply
 from relay.core.passwords import hash_password, verify_password
 from relay.core.policy import AUTH_BUSY, AUTH_INVALID, AUTH_LINE_TOO_LONG, AUTH_THROTTLED
 from relay.core.throttle import FailureThrottle, client_network
+from relay.keyed_lines import KeyedLines, LineFull
 from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,10 @@ _VERIFIED_CACHE_SIZE = 10_000
 # short queue behind them bound both the memory and the wait of a legitimate login.
 PASSWORD_WORKERS = 2
 PASSWORD_QUEUE = 8
+# Checks waiting for their address's or username's turn: a web server's PHP workers for
+# many sites share one address, an attacker's parallel guesses queue up and get counted.
+LINE_LENGTH = 16
+_REASONS = {AUTH_THROTTLED: "throttled", AUTH_BUSY: "busy"}
 
 
 @dataclass(frozen=True)
@@ -74,14 +82,13 @@ class AuthController:
         self._key = os.urandom(32)
         self._verified: dict[_Check, None] = {}  # successful checks: PHPMailer logs in per message
         self._running: dict[_Check, asyncio.Future[bool]] = {}
-        self._busy: set[str] = set()  # throttle keys with a run in flight
+        self._lines = KeyedLines(LINE_LENGTH)  # one check at a time per address and username
 
     async def authenticate(
         self, username: str, password: str, client_ip: str
     ) -> Credential | SmtpReply:
-        now = self._clock()
         ip_key, user_key = f"ip:{client_network(client_ip)}", f"user:{username}"
-        if self._throttle.is_blocked(ip_key, now):
+        if self._throttle.is_blocked(ip_key, self._clock()):
             return self._refused("throttled", AUTH_THROTTLED, client_ip, username)
         credential = self._directory().credential(username)
         check = _Check(
@@ -91,17 +98,58 @@ class AuthController:
         )
         if credential is not None and check in self._verified:
             return credential
-        user_blocked = self._throttle.is_blocked(user_key, now)  # before this attempt counts
+        user_blocked = self._throttle.is_blocked(user_key, self._clock())  # before this try
         run = self._running.get(check)
         if run is None:
-            run = self._start(check, password, (ip_key, user_key), now)
-        if run is None:
-            return self._refused("busy", AUTH_BUSY, client_ip, username)
-        if await asyncio.shield(run) and credential is not None:
+            try:
+                async with self._lines.hold(ip_key, user_key):
+                    answer = await self._check_in_turn(check, password, ip_key, user_key)
+            except LineFull:
+                answer = AUTH_BUSY
+            if isinstance(answer, SmtpReply):
+                return self._refused(_REASONS[answer], answer, client_ip, username)
+            right = answer
+        else:
+            right = await asyncio.shield(run)
+        if right and credential is not None:
             return credential
         if user_blocked:
             return self._refused("throttled", AUTH_THROTTLED, client_ip, username)
         return self._refused("invalid", AUTH_INVALID, client_ip, username)
+
+    async def _check_in_turn(
+        self, check: _Check, password: str, ip_key: str, user_key: str
+    ) -> bool | SmtpReply:
+        """With the address's and the username's turn: the check, or why not now."""
+        now = self._clock()
+        if self._throttle.is_blocked(ip_key, now):  # failures while this one waited
+            return AUTH_THROTTLED
+        if check in self._verified:  # an identical login succeeded while this one waited
+            return True
+        if self._queued >= PASSWORD_WORKERS + PASSWORD_QUEUE:
+            return AUTH_BUSY
+        # Counted as it starts; refunded if the password was right.
+        for key in (ip_key, user_key):
+            self._throttle.record_failure(key, now)
+        self._queued += 1
+        loop = asyncio.get_running_loop()
+        run = loop.run_in_executor(self._pool, verify_password, password, check.password_hash)
+        self._running[check] = run
+
+        def finished(future: asyncio.Future[bool]) -> None:
+            self._queued -= 1
+            self._running.pop(check, None)
+            right = not future.cancelled() and future.exception() is None and future.result()
+            if not right or check.password_hash == _DUMMY_HASH:
+                return
+            self._throttle.refund(ip_key, now)
+            self._throttle.record_success(user_key)
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[check] = None
+
+        run.add_done_callback(finished)
+        return await asyncio.shield(run)  # a client that hangs up does not undo the count
 
     def line_too_long(self, client_ip: str) -> SmtpReply:
         """An AUTH answer over the line limit: a failure of its address, refused without a check."""
@@ -112,39 +160,6 @@ class AuthController:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _start(
-        self, check: _Check, password: str, keys: tuple[str, str], now: float
-    ) -> asyncio.Future[bool] | None:
-        """A new scrypt run, or None when its address or username has one in flight or
-        the pool is full. Counted as a failure of both keys until it succeeds."""
-        if any(key in self._busy for key in keys) or self._queued >= (
-            PASSWORD_WORKERS + PASSWORD_QUEUE
-        ):
-            return None
-        for key in keys:
-            self._throttle.record_failure(key, now)
-        self._busy.update(keys)
-        self._queued += 1
-        loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(self._pool, verify_password, password, check.password_hash)
-        self._running[check] = run
-
-        def finished(future: asyncio.Future[bool]) -> None:
-            self._queued -= 1
-            self._busy.difference_update(keys)
-            self._running.pop(check, None)
-            right = not future.cancelled() and future.exception() is None and future.result()
-            if not right or check.password_hash == _DUMMY_HASH:
-                return
-            self._throttle.refund(keys[0], now)
-            self._throttle.record_success(keys[1])
-            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified[check] = None
-
-        run.add_done_callback(finished)
-        return run
 
     def _refused(self, reason: str, reply: SmtpReply, client_ip: str, username: str) -> SmtpReply:
         self._metrics.auth_failures.labels(reason).inc()

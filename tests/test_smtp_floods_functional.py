@@ -24,7 +24,13 @@ from relay import smtp_server
 from relay.app import RESERVED_DESCRIPTORS
 from relay.config import DeliveryConfig
 from relay.core.passwords import hash_password
-from tests.conftest import SITE_PASSWORD, base_config, smtp_upstream, write_config
+from tests.conftest import (
+    SITE_PASSWORD,
+    SITE_PASSWORD_HASH,
+    base_config,
+    smtp_upstream,
+    write_config,
+)
 from tests.test_smtp_security_functional import (
     GOOD_MESSAGE,
     auth_code,
@@ -95,6 +101,25 @@ async def test_a_login_gets_in_during_a_burst_of_guesses_from_many_addresses(
     assert login == 235
     assert waited < 5
     assert set(codes) <= {535, 454}
+
+
+async def test_many_sites_behind_one_address_log_in_at_once(
+    tmp_path: Path, make_sink, start_relay, cert_files, client_tls
+) -> None:
+    """A web server hosting ten sites: their logins from one address wait their turn."""
+    sink = await make_sink()
+    config = tls_config(tmp_path, sink, cert_files)
+    config["sites"][0]["credentials"] = [
+        {"username": f"site{i}", "password_hash": SITE_PASSWORD_HASH} for i in range(10)
+    ]
+    relay = await start_relay(config)
+    codes = await asyncio.gather(
+        *(
+            auth_code(relay.port, client_tls, f"site{i}", SITE_PASSWORD, "127.0.0.1")
+            for i in range(10)
+        )
+    )
+    assert codes == [235] * 10
 
 
 # -- Connection limits.
