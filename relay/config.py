@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from relay.core.addresses import is_address, is_sender_pattern
+from relay.core.addresses import control_character, is_address, is_sender_pattern
 from relay.core.backoff import BackoffPolicy
 from relay.core.directory import Directory
 from relay.core.dkim import (
@@ -857,12 +857,22 @@ def _address(s: _Section, key: str, default: Any = _MISSING) -> str | None:
     return value
 
 
+def _display_name(s: _Section, key: str) -> str | None:
+    """A display name for the From header: one line without control characters."""
+    value: str | None = s.text(key, None)
+    found = control_character(value) if value is not None else None
+    if found is not None:
+        s.problem(f"must not contain control characters (found U+{ord(found):04X})", key)
+        return None
+    return value
+
+
 def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
     site_id = _name(s, "id")
     name = s.text("name", site_id)
     sender = s.section("from", required=True)
     from_email = _address(sender, "email")
-    from_name = sender.text("name", None)
+    from_name = _display_name(sender, "name")
     sender.finish()
     reply_to, reply_to_address = ReplyTo.ORIGINAL, None
     reply_to_text = s.text("reply_to", "original")

@@ -9,10 +9,14 @@ transport failure moves the remaining recipients to the next upstream at
 once (``core.classify`` decides per recipient); when the route is exhausted
 they are deferred with backoff -- or until the earliest time a skipped
 upstream opens again, when nothing could be tried -- or failed once the
-message is older than the maximum age. Failed recipients get a DSN to the
-original sender, in the same store job as the record, so a crash can
-neither lose it nor send it twice; hard bounces join the suppression list
-in that job too. Nothing is ever delivered inside an SMTP session's DATA.
+message is older than the maximum age. Failed recipients get a DSN to an
+address the site owns (``core.dsn.recipient_for``), in the same store job as
+the record, so a crash can neither lose it nor send it twice; hard bounces
+join the suppression list in that job too. A DSN counts against the site's
+limits like a message it sent: over them, or for a site that is gone, none
+is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
+bounces costs the flooder and nobody else. Nothing is ever delivered inside
+an SMTP session's DATA.
 """
 
 from __future__ import annotations
@@ -285,6 +289,7 @@ class DeliveryController:
         await self._writer.write(lambda c: release_leases(c, self._owner))
 
     async def _deliver(self, message: QueuedMessage) -> None:
+        record = None
         try:
             record = await self._attempt_route(message)
             await self._writer.write_item(record_deliveries, record)
@@ -295,6 +300,8 @@ class DeliveryController:
         except Exception:
             # Our own bug: leave the lease to expire so the message is retried, never lost.
             log.exception("message %s: delivery pass failed", message.id)
+            if record is not None:  # its DSNs were counted but not stored; the retry counts them
+                self._give_back(record.notices)
             return
         for notice in record.notices:
             failed = notice.subject == dsn.subject(dsn.Action.FAILED)
@@ -305,6 +312,12 @@ class DeliveryController:
         for entry in record.suppress:
             self._metrics.suppressions.labels(entry.site_id).inc()
         self._engine.events.publish(record)
+
+    def _give_back(self, notices: Sequence[NewMessage]) -> None:
+        for notice in notices:
+            site = self._engine.directory().site(notice.site_id)
+            if site is not None:
+                self._engine.usage.count(site, -1, notice.created_at)
 
     def _conditions(self) -> Conditions:
         health = self._engine.health
@@ -453,10 +466,12 @@ class DeliveryController:
             )
             if self._delay_notice_due(message, now):
                 entries = [(a, p.last[a].reply if a in p.last else None, None) for a in waiting]
-                notices.append(self._notice(message, site, dsn.Action.DELAYED, entries, now))
+                notices += self._notice(message, site, dsn.Action.DELAYED, entries, now)
+                # Also when none could be made (over a limit): one try per message, as with
+                # Postfix's delay_warning_time, never one more on every pass.
                 delay_notified = True
         if p.failed and self._wants_notices(message):
-            notices.append(self._notice(message, site, dsn.Action.FAILED, p.failed, now))
+            notices += self._notice(message, site, dsn.Action.FAILED, p.failed, now)
         return DeliveryRecord(
             message.id,
             tuple(p.attempts),
@@ -513,23 +528,44 @@ class DeliveryController:
         action: dsn.Action,
         entries: Sequence[tuple[str, SmtpReply | None, str | None]],
         now: float,
-    ) -> NewMessage:
-        """A DSN, queued as a message of the same site so it takes the same route."""
+    ) -> list[NewMessage]:
+        """The DSN, queued as a message of the same site so it takes the same route; or none.
+
+        None when the site is gone (no address is known to be its own) or over a
+        limit: the DSN is counted as one of the site's messages.
+        """
+        to = dsn.recipient_for(site, message.original_sender)
+        if site is None or to is None:  # a null sender never gets here (_wants_notices)
+            self._drop_notice(message, action, "site_gone", f"site {message.site_id} is gone")
+            return []
+        over = self._engine.usage.take(site, now)
+        if over is not None:
+            self._drop_notice(message, action, "over_limit", over.describe("messages"))
+            return []
         report = dsn.Report(
             action=action,
             reporting_mta=self._hostname,
             message_id=message.id,
             arrival=message.created_at,
-            sender=message.original_sender,
+            to=to,
             # An address the site's upstreams accept as sender (providers verify From).
-            from_address=site.envelope_sender if site else f"postmaster@{self._hostname}",
+            from_address=site.envelope_sender,
             recipients=dsn.recipients_of(entries, permanent=action is dsn.Action.FAILED),
             original_content=message.content,
             retry_until=message.created_at + self._config.backoff.max_age,
+            original_sender=message.original_sender,
         )
         notice = dsn.as_message(report, message.site_id, new_message_id(now, os.urandom(10)), now)
         key = self._engine.directory().signing_key(domain_of(report.from_address))
-        return replace(notice, content=dkim.sign(notice.content, key, now)) if key else notice
+        return [replace(notice, content=dkim.sign(notice.content, key, now)) if key else notice]
+
+    def _drop_notice(
+        self, message: QueuedMessage, action: dsn.Action, reason: str, why: str
+    ) -> None:
+        self._metrics.notices_dropped.labels(message.site_id, reason).inc()
+        log.warning(
+            "message %s site %s: no %s DSN, %s", message.id, message.site_id, action.value, why
+        )
 
     def _log_outcome(
         self, message: QueuedMessage, upstream: str, recipient: str, outcome: RecipientOutcome

@@ -105,8 +105,14 @@ class Metrics:
         )
         self.notices = Counter(
             "relay_dsn_queued_total",
-            "Delivery status notifications queued to original senders.",
+            "Delivery status notifications queued (to the sender or the site bounce address).",
             ["action"],
+            registry=self.registry,
+        )
+        self.notices_dropped = Counter(
+            "relay_dsn_dropped_total",
+            "DSNs not sent: the site was over a limit, or no longer exists.",
+            ["site", "reason"],
             registry=self.registry,
         )
         self.suppressions = Counter(

@@ -1,6 +1,7 @@
 """Usage of sites and upstreams against their limits: counted in memory, persisted in batches.
 
-The ingress counts a site's messages as it stores them; delivery reserves
+The ingress counts a site's messages as it stores them, and delivery the
+DSNs it makes for a site (``take``: none is made over a limit); delivery reserves
 an upstream's recipients before it sends and gives back what was not
 accepted. Changed counters are written every few seconds and at stop, so
 they hold across a restart (a crash may forget the last seconds' counts:
@@ -65,6 +66,17 @@ class UsageController:
 
     def site_over(self, site: Site) -> OverLimit | None:
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
+
+    def take(self, site: Site, at: float) -> OverLimit | None:
+        """Count one message the relay makes for the site (a DSN), unless that exceeds a limit.
+
+        The ingress's fence for a message of the site's own: the limit that is
+        reached and nothing counted, or None and the message counted.
+        """
+        over = self.book.over(Scope.SITE, site.id, limits_of(site), at)
+        if over is None:
+            self.count(site, 1, at)
+        return over
 
     def count(self, owner: Site | Upstream, count: int, at: float | None = None) -> None:
         """Count (or, negative, give back) usage; ``at``: when the reservation was made."""

@@ -625,6 +625,62 @@ async def test_invalid_site_is_refused_with_its_problems(
 
 
 @pytest.mark.parametrize(
+    ("sender", "problem"),
+    [
+        pytest.param(
+            {"name": "Blog\u0000"},
+            "site.from.name: must not contain control characters (found U+0000)",
+            id="nul-in-name",
+        ),
+        pytest.param(
+            {"name": "Blog\r\nBcc: victim@example.org"},
+            "site.from.name: must be a single line",
+            id="crlf-in-name",
+        ),
+        pytest.param(
+            {"name": "\u001b[8mBlog"},
+            "site.from.name: must not contain control characters (found U+001B)",
+            id="escape-in-name",
+        ),
+        pytest.param(
+            {"name": "Blog\u0085"},
+            "site.from.name: must not contain control characters (found U+0085)",
+            id="c1-in-name",
+        ),
+        pytest.param(
+            {"email": '"news\u0001"@blog.example.com'},
+            "site.from.email: not an email address",
+            id="control-in-quoted-local-part",
+        ),
+    ],
+)
+async def test_control_characters_in_the_from_of_a_site_are_refused(
+    tmp_path: Path,
+    start_relay,
+    admin,
+    closed_port: int,
+    sender: dict[str, str],
+    problem: str,
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+    await api.ok("POST", f"{V1}/upstreams", api_upstream("api-up", closed_port), status=201)
+    bad = api_site("blog", ["api-up"])
+    bad["from"] = {**bad["from"], **sender}
+
+    created = (await api.call("POST", f"{V1}/sites", bad)).error(422, "invalid")
+
+    assert created["problems"] == [problem]
+    assert (await api.call("GET", f"{V1}/sites/blog")).status == 404
+    await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
+    patch = {"from": bad["from"]}
+    patched = (await api.call("PATCH", f"{V1}/sites/blog", patch)).error(422, "invalid")
+    assert patched["problems"] == [problem]
+    site = await api.get(f"{V1}/sites/blog")
+    assert site["from"] == {"email": "news@blog.example.com", "name": "Blog"}
+
+
+@pytest.mark.parametrize(
     "body",
     [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe"],
     ids=["broken", "array", "string", "empty", "not-utf8"],

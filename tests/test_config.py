@@ -357,6 +357,30 @@ ERROR_CASES: list[Any] = [
         ),
         id="multi-line-from-name",
     ),
+    *(
+        pytest.param(
+            case(
+                _set(["sites", 0, "from", "name"], f"Sales{char}Team"),
+                f"sites[0].from.name: must not contain control characters (found {code})",
+            ),
+            id=f"control-in-from-name-{code}",
+        )
+        for char, code in [
+            ("\x00", "U+0000"),
+            ("\x1b", "U+001B"),
+            ("\t", "U+0009"),
+            ("\x7f", "U+007F"),
+            ("\x85", "U+0085"),
+            ("\x9f", "U+009F"),
+        ]
+    ),
+    pytest.param(
+        case(
+            _set(["sites", 0, "bounce_address"], '"b\x00ounces"@example.com'),
+            "sites[0].bounce_address: not an email address",
+        ),
+        id="control-in-quoted-local-part",
+    ),
     # Unknown keys, at every level.
     pytest.param(
         case(_set(["sites", 0, "bogus"], 1), "sites[0].bogus: unknown key"),

@@ -7,6 +7,7 @@ import email.policy
 import email.utils
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from email.message import EmailMessage, Message
 
 import pytest
@@ -16,11 +17,12 @@ from relay.core.dsn import (
     DsnRecipient,
     Report,
     build,
+    recipient_for,
     recipients_of,
     status_of,
     subject,
 )
-from relay.core.model import SmtpReply
+from relay.core.model import Site, SmtpReply
 
 ARRIVAL = 1_763_719_530.0  # 2025-11-21 10:05:30 UTC
 NOW = ARRIVAL + 5 * 86_400
@@ -54,7 +56,7 @@ def report(
         reporting_mta="relay.example.net",
         message_id="01JABC",
         arrival=ARRIVAL,
-        sender="orders@shop.example",
+        to="orders@shop.example",
         from_address="bounces@shop.example",
         recipients=recipients,
         original_content=ORIGINAL,
@@ -90,6 +92,64 @@ def groups(data: bytes) -> list[Message]:
 
 def date(value: str) -> float:
     return email.utils.parsedate_to_datetime(value).timestamp()
+
+
+# -- recipient_for: only addresses the site owns (no backscatter)
+
+SHOP = Site(id="shop", name="Shop", from_email="sales@shop.example")
+BOUNCING = Site(
+    id="shop", name="Shop", from_email="sales@shop.example", bounce_address="bounces@shop.example"
+)
+LISTED = Site(
+    id="shop",
+    name="Shop",
+    from_email="sales@shop.example",
+    senders=("*@shop.example", "app@other.example"),
+    bounce_address="bounces@shop.example",
+)
+
+
+@pytest.mark.parametrize(
+    ("site", "original_sender", "to"),
+    [
+        pytest.param(SHOP, "victim@elsewhere.example", "sales@shop.example", id="no-senders-from"),
+        pytest.param(
+            BOUNCING, "victim@elsewhere.example", "bounces@shop.example", id="no-senders-bounce"
+        ),
+        pytest.param(
+            BOUNCING, "orders@shop.example", "bounces@shop.example", id="no-senders-own-domain"
+        ),
+        pytest.param(LISTED, "orders@shop.example", "orders@shop.example", id="listed"),
+        pytest.param(LISTED, "App@Other.Example", "App@Other.Example", id="listed-any-case"),
+        pytest.param(
+            LISTED, "victim@elsewhere.example", "bounces@shop.example", id="listed-no-match"
+        ),
+        pytest.param(LISTED, "<>", None, id="null-sender"),
+        pytest.param(LISTED, "", None, id="no-sender"),
+        pytest.param(SHOP, "<>", None, id="null-sender-no-senders"),
+        pytest.param(None, "orders@shop.example", None, id="site-gone"),
+    ],
+)
+def test_recipient_for(site: Site | None, original_sender: str, to: str | None) -> None:
+    assert recipient_for(site, original_sender) == to
+
+
+def test_the_envelope_sender_is_named_when_the_dsn_goes_elsewhere() -> None:
+    elsewhere = replace(report(), to="bounces@shop.example", original_sender="x@elsewhere.example")
+    text = parts(build(elsewhere, "dsn1", NOW))[0].get_content()
+    assert "Envelope sender: <x@elsewhere.example>" in text
+    same = replace(report(), original_sender="orders@shop.example")
+    assert "Envelope sender" not in parts(build(same, "dsn1", NOW))[0].get_content()
+
+
+def test_a_hostile_envelope_sender_stays_one_printable_line() -> None:
+    hostile = "a\r\nX-Evil: 1\x00\x85@x.example"
+    elsewhere = replace(report(), to="bounces@shop.example", original_sender=hostile)
+    data = build(elsewhere, "dsn1", NOW)
+    assert data.isascii()
+    assert b"\r\nX-Evil" not in data
+    # NEL (U+0085) is whitespace to str.split: a space, like the CRLF.
+    assert "Envelope sender: <a X-Evil: 1? @x.example>" in parts(data)[0].get_content()
 
 
 # -- status_of and recipients_of

@@ -177,6 +177,11 @@ def test_valid_recipients_are_accepted(address: str) -> None:
         pytest.param("<bob@example.com>", id="angle-brackets"),
         pytest.param("", id="empty"),
         pytest.param("a" * 250 + "@example.com", id="too-long"),
+        pytest.param('"bob\x00 smith"@example.com', id="nul-in-quoted-local-part"),
+        pytest.param('"bob\x01"@example.com', id="soh-in-quoted-local-part"),
+        pytest.param('"bob \x1b[2J"@example.com', id="escape-in-quoted-local-part"),
+        pytest.param('"bob\x7f"@example.com', id="del-in-quoted-local-part"),
+        pytest.param('"bob\x85"@example.com', id="c1-in-quoted-local-part"),
     ],
 )
 def test_invalid_recipients_get_553(address: str) -> None:
@@ -184,6 +189,8 @@ def test_invalid_recipients_get_553(address: str) -> None:
     assert isinstance(result, Reject)
     assert result.reply.code == 553
     assert result.reply.enhanced == "5.1.3"
+    # The reply quotes the address as printable ASCII: no control goes back to the client.
+    assert result.reply.render().isascii() and result.reply.render().isprintable()
 
 
 # -- check_sender_syntax
@@ -208,6 +215,8 @@ def test_sender_syntax_accepts_addresses_and_the_null_sender(sender: str) -> Non
         "alice@shop.example.com\n",
         "<alice@shop.example.com>",
         "<<>>",
+        '"alice\x00 x"@shop.example.com',
+        '"alice\x7f"@shop.example.com',
     ],
 )
 def test_sender_syntax_rejects_non_addresses_with_553(sender: str) -> None:
@@ -215,6 +224,7 @@ def test_sender_syntax_rejects_non_addresses_with_553(sender: str) -> None:
     assert isinstance(result, Reject)
     assert result.reply.code == 553
     assert result.reply.enhanced == "5.1.7"
+    assert result.reply.render().isascii() and result.reply.render().isprintable()
 
 
 # -- check_content

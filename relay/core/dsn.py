@@ -1,8 +1,8 @@
 """Delivery status notifications (RFC 3464) for failed and delayed recipients.
 
-A DSN goes to the message's original envelope sender with a null reverse
-path (RFC 5321 section 4.5.5), so it can never cause another DSN: the caller
-sends none for a null sender, which every DSN is. It is a
+A DSN goes only to an address the site owns (``recipient_for``), with a null
+reverse path (RFC 5321 section 4.5.5), so it can never cause another DSN: the
+caller sends none for a null sender, which every DSN is. It is a
 multipart/report (RFC 6522) of a human-readable part, the
 message/delivery-status part (one per-message group, one group per
 recipient) and the original header block (text/rfc822-headers).
@@ -18,8 +18,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.core.addresses import sender_matches
 from relay.core.headers import CRLF, format_address, split_message
-from relay.core.model import NewMessage, SmtpReply
+from relay.core.model import NewMessage, Site, SmtpReply
 from relay.core.policy import NULL_SENDER
 
 
@@ -42,11 +43,29 @@ class Report:
     reporting_mta: str  # our hostname
     message_id: str  # the relay's id of the original message
     arrival: float
-    sender: str  # the original envelope sender: the DSN's recipient
+    to: str  # the DSN's recipient: recipient_for(site, original_sender)
     from_address: str  # who the DSN is from (an address the upstreams accept for the site)
     recipients: tuple[DsnRecipient, ...]
     original_content: bytes  # its header block is attached
     retry_until: float | None = None  # for delayed: when the relay gives up
+    original_sender: str = ""  # the client's MAIL FROM, named when the DSN goes elsewhere
+
+
+def recipient_for(site: Site | None, original_sender: str) -> str | None:
+    """Where a DSN about a site's message may go: only to an address the site owns.
+
+    The client's MAIL FROM when the site lists ``senders`` and it matches them
+    (ingress enforced that; a reload may have changed the list since), else
+    the site's bounce address. A site without ``senders`` lets its clients
+    give any MAIL FROM, so sending there would let a leaked credential mail
+    null-sender bounces with chosen text to anyone (backscatter). None: no
+    DSN at all, for a null sender or a site that no longer exists.
+    """
+    if site is None or original_sender in ("", NULL_SENDER):
+        return None
+    if site.senders and sender_matches(original_sender, site.senders):
+        return original_sender
+    return site.envelope_sender
 
 
 def status_of(reply: SmtpReply | None, *, permanent: bool) -> str:
@@ -59,7 +78,7 @@ def status_of(reply: SmtpReply | None, *, permanent: bool) -> str:
 
 
 def as_message(report: Report, site_id: str, notice_id: str, now: float) -> NewMessage:
-    """The DSN as a message to queue: null envelope sender, to the original sender."""
+    """The DSN as a message to queue: null envelope sender, to ``report.to``."""
     return NewMessage(
         id=notice_id,
         site_id=site_id,
@@ -67,7 +86,7 @@ def as_message(report: Report, site_id: str, notice_id: str, now: float) -> NewM
         client_ip="",
         original_sender=NULL_SENDER,
         envelope_sender="",
-        recipients=(report.sender,),
+        recipients=(report.to,),
         content=build(report, notice_id, now),
         original_headers=b"",
         subject=subject(report.action),
@@ -85,7 +104,7 @@ def build(report: Report, dsn_id: str, now: float) -> bytes:
     boundary = f"{dsn_id}/{report.reporting_mta}"
     headers = [
         f"From: {format_address(report.from_address, 'Mail Delivery System')}",
-        f"To: <{report.sender}>",
+        f"To: <{report.to}>",
         f"Subject: {subject(report.action)}",
         f"Date: {email.utils.formatdate(now, usegmt=True)}",
         f"Message-ID: <{dsn_id}@{report.reporting_mta}>",
@@ -121,7 +140,10 @@ def _explanation(report: Report) -> str:
             "Your message has not been delivered yet to the recipients below. The relay",
             f"keeps trying until {until}; you need do nothing now.",
         ]
-    lines += ["", f"Message: {report.message_id}", ""]
+    lines += ["", f"Message: {report.message_id}"]
+    if report.original_sender and report.original_sender != report.to:
+        lines.append(f"Envelope sender: <{report.original_sender}>")
+    lines.append("")
     for r in report.recipients:
         lines.append(f"<{r.address}>: {r.diagnostic or r.status}")
     return "\r\n".join(_printable(line) for line in lines) + "\r\n"

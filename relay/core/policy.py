@@ -86,13 +86,17 @@ def identify_site(facts: SessionFacts, sender: str, directory: Directory) -> Sit
         if site is None:  # the credential's site was removed by a reload
             return AUTH_REQUIRED
         if site.senders and not sender_matches(sender, site.senders):
-            return Reject(SmtpReply(550, f"5.7.1 Sender <{sender}> not allowed for site {site.id}"))
+            return Reject(
+                SmtpReply(550, f"5.7.1 Sender <{_shown(sender)}> not allowed for site {site.id}")
+            )
         return site
     if not facts.trusted:
         return AUTH_REQUIRED
     site = directory.site_for_sender(sender) if sender != NULL_SENDER else None
     if site is None:
-        return Reject(SmtpReply(550, f"5.7.1 Sender <{sender}> belongs to no site on this relay"))
+        return Reject(
+            SmtpReply(550, f"5.7.1 Sender <{_shown(sender)}> belongs to no site on this relay")
+        )
     return site
 
 
@@ -106,7 +110,7 @@ def credential_revoked(username: str) -> Reject:
 def check_sender_syntax(sender: str) -> Verdict:
     if sender == NULL_SENDER or is_address(sender):
         return ACCEPT
-    return Reject(SmtpReply(553, f"5.1.7 Sender address <{sender}> is not a valid address"))
+    return Reject(SmtpReply(553, f"5.1.7 Sender address <{_shown(sender)}> is not a valid address"))
 
 
 def check_recipient(address: str, accepted_so_far: int, max_recipients: int) -> Verdict:
@@ -116,10 +120,16 @@ def check_recipient(address: str, accepted_so_far: int, max_recipients: int) -> 
     if not is_address(address):
         return Reject(
             SmtpReply(
-                553, f"5.1.3 Recipient <{address}> is not a valid address (no routing syntax)"
+                553,
+                f"5.1.3 Recipient <{_shown(address)}> is not a valid address (no routing syntax)",
             )
         )
     return ACCEPT
+
+
+def _shown(address: str) -> str:
+    """An address as a reply may quote it: replies are printable ASCII (RFC 5321 4.2)."""
+    return re.sub(r"[^\x20-\x7e]", "?", address)
 
 
 def check_content(content: bytes, max_bytes: int) -> Verdict:
