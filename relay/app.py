@@ -83,7 +83,7 @@ class RelayApp:
         self.events = Events()
         self.engine = create_engine(config.store_url)
         self.writer = GroupWriter(self.engine)
-        self.clients = UpstreamClients(config.server.hostname)
+        self.clients = UpstreamClients(config.server.hostname, config.admin.allow_private_upstreams)
         self.usage = UsageController(
             UsageBook(config.limits.timezone), self.writer, self.metrics, self.events, clock
         )
@@ -129,7 +129,13 @@ class RelayApp:
             self.writer, self.secrets, lambda: self.config, self.directory, self.load_store, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
-        self.probes = ProbeController(self.health, self.directory, config.server.hostname, clock)
+        self.probes = ProbeController(
+            self.health,
+            self.directory,
+            config.server.hostname,
+            clock,
+            config.admin.allow_private_upstreams,
+        )
         self._clock = clock
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None

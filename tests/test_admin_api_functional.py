@@ -133,6 +133,10 @@ def with_tls_listener(config: dict[str, Any], cert_files: tuple[Path, Path, Path
     config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
 
 
+# A password needs TLS; the API takes no ca_file, so the sink's test certificate goes unverified.
+UNVERIFIED_TLS = {"tls": "starttls", "verify_tls": False}
+
+
 def api_upstream(name: str, port: int, **extra: Any) -> dict[str, Any]:
     return {"name": name, "host": "127.0.0.1", "port": port, "tls": "none", **extra}
 
@@ -335,11 +339,16 @@ async def test_no_response_ever_contains_a_secret(
 ) -> None:
     file_password, env_password, api_password = "file-pw-Aq7x91", "env-pw-Bz3k42", "api-pw-Cy5m63"
     monkeypatch.setenv("ADMIN_TEST_UPSTREAM_PASSWORD", env_password)
-    sink = await make_sink(auth=("apiuser", api_password))
+    sink = await make_sink(tls="starttls", auth=("apiuser", api_password))
+    plain = {"allow_plaintext_auth": True}  # never connected to (closed port)
     upstreams = [
-        smtp_upstream("file-up", closed_port, username="fileuser", password=file_password),
+        smtp_upstream("file-up", closed_port, username="fileuser", password=file_password, **plain),
         smtp_upstream(
-            "env-up", closed_port, username="envuser", password_env="ADMIN_TEST_UPSTREAM_PASSWORD"
+            "env-up",
+            closed_port,
+            username="envuser",
+            password_env="ADMIN_TEST_UPSTREAM_PASSWORD",
+            **plain,
         ),
     ]
     config = relay_config(tmp_path, closed_port, upstreams)
@@ -350,7 +359,9 @@ async def test_no_response_ever_contains_a_secret(
     created = await api.ok(
         "POST",
         f"{V1}/upstreams",
-        api_upstream("api-up", sink.port, username="apiuser", password=api_password),
+        api_upstream(
+            "api-up", sink.port, username="apiuser", password=api_password, **UNVERIFIED_TLS
+        ),
         status=201,
     )
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
@@ -674,12 +685,14 @@ async def test_store_objects_survive_a_restart_with_the_upstream_password(
     cert_files: tuple[Path, Path, Path],
     client_tls: ssl.SSLContext,
 ) -> None:
-    sink = await make_sink(auth=("user", "pw"))
+    sink = await make_sink(tls="starttls", auth=("user", "pw"))
     config = relay_config(tmp_path, closed_port)
     with_tls_listener(config, cert_files)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", sink.port, username="user", password="pw", priority=3)
+    body = api_upstream(
+        "api-up", sink.port, username="user", password="pw", priority=3, **UNVERIFIED_TLS
+    )
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
     await api.ok("POST", f"{V1}/domains", {"name": "blog.example.com"}, status=201)
@@ -716,7 +729,7 @@ async def test_upstream_password_is_encrypted_at_rest(
     config = relay_config(tmp_path, closed_port)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", closed_port, username="user", password=password)
+    body = api_upstream("api-up", closed_port, username="user", password=password, **UNVERIFIED_TLS)
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("PATCH", f"{V1}/upstreams/api-up", {"priority": 4})
     await relay.app.stop()  # everything written and the database closed
@@ -741,7 +754,7 @@ async def test_deleting_an_api_upstream_is_soft_and_refused_while_a_site_uses_it
     config = relay_config(tmp_path, closed_port)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", closed_port, username="u", password="old-pw-123")
+    body = api_upstream("api-up", closed_port, username="u", password="old-pw-123", tls="starttls")
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
 
@@ -1007,7 +1020,7 @@ async def test_every_change_is_audited_newest_first(
     client_tls: ssl.SSLContext,
 ) -> None:
     failing = await make_sink(replies={"rcpt": {"x@example.org": "451 4.3.0 try later"}})
-    probe_sink = await make_sink()
+    probe_sink = await make_sink(tls="starttls")
     clock = FakeClock()
     config = relay_config(tmp_path, failing.port)
     with_tls_listener(config, cert_files)
@@ -1021,7 +1034,7 @@ async def test_every_change_is_audited_newest_first(
     await wait_until(deferred)
 
     secret = "audited-Secret-77"
-    body = api_upstream("api-up", probe_sink.port, username="u", password=secret)
+    body = api_upstream("api-up", probe_sink.port, username="u", password=secret, **UNVERIFIED_TLS)
     steps: list[tuple[str, str, str]] = []
 
     async def do(method: str, path: str, entry: tuple[str, str, str], *args: Any) -> None:
