@@ -4,8 +4,8 @@ Start: config, store (migrations), group writer, delivery, SMTP listeners,
 admin HTTP. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
 progress is stored), then delivery (in-flight finish or are released), then
 the writer commits what is pending. SIGHUP re-reads the file and swaps the
-sites, credentials, upstreams, domains and routing; queued mail and open
-sessions stay.
+sites, credentials, upstreams, domains, routing and admin tokens (a removed
+token is refused from the next request); queued mail and open sessions stay.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 import time
@@ -59,7 +60,7 @@ from relay.reports_controller import ReportsController
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
-from relay.store import GroupWriter, create_engine, migrate
+from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
 
@@ -137,6 +138,7 @@ class RelayApp:
             config.admin.allow_private_upstreams,
         )
         self._clock = clock
+        self._admin_tokens = _token_hashes(config)  # replaced by a reload
         self.listeners = SmtpListeners()
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,8 +160,9 @@ class RelayApp:
         return self.config.routing.policy
 
     async def start(self) -> None:
-        self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_directory(self.config.server.data_dir)
         await migrate(self.engine)
+        restrict_sqlite_files(self.config.store_url)
         await self.load_store()
         self.writer.start()
         await self.usage.load()
@@ -227,18 +230,30 @@ class RelayApp:
             self.reload,
             self._clock,
         )
-        tokens = [(t.name, _token_hash(t)) for t in admin.tokens]
-        deps = AdminDeps(self.metrics, self.readiness, tokens, api)
+        deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
+        context = self._admin_tls_context()
         runner = web.AppRunner(create_app(deps), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, admin.host, admin.port).start()
+            await web.TCPSite(runner, admin.host, admin.port, ssl_context=context).start()
         except OSError as error:
             await runner.cleanup()
             raise StartupError(
                 f"admin: cannot listen on {admin.host}:{admin.port}: {error.strerror}"
             ) from None
         self._admin = runner
+
+    def _admin_tls_context(self) -> ssl.SSLContext | None:
+        """HTTPS when admin.cert_file and key_file are given (config requires it off loopback)."""
+        admin = self.config.admin
+        if admin.cert_file is None or admin.key_file is None:
+            return None
+        try:
+            return tls.server_context(admin.cert_file, admin.key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(
+                f"admin: cannot load {admin.cert_file} / {admin.key_file}: {error}"
+            ) from None
 
     @property
     def admin_port(self) -> int:
@@ -282,8 +297,8 @@ class RelayApp:
             log.warning("usage counters and circuits not saved: %s", error)
 
     def reload(self) -> ReloadResult:
-        """Re-read the file; apply sites, credentials, upstreams, domains and routing, or keep
-        the old on problems."""
+        """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin
+        tokens, or keep the old on problems."""
         try:
             config = load_config(self.config.path)
         except ConfigError as error:
@@ -295,7 +310,6 @@ class RelayApp:
                 "server",
                 "store_url",
                 "listeners",
-                "admin",
                 "limits",
                 "delivery",
                 "health",
@@ -303,6 +317,8 @@ class RelayApp:
             )
             if getattr(config, name) != getattr(self.config, name)
         ]
+        if replace(config.admin, tokens=()) != replace(self.config.admin, tokens=()):
+            restart_needed.append("admin")  # its tokens apply at once; the rest at a restart
         if config.routing.class_header != self.config.routing.class_header:
             restart_needed.append("routing.class_header")
         if restart_needed:
@@ -311,6 +327,7 @@ class RelayApp:
             )
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
+        self._admin_tokens = _token_hashes(config)
         warnings = dangling_upstreams(self._directory)
         for warning in warnings:
             log.warning("reload: %s", warning)
@@ -353,7 +370,12 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         credentials=loaded.credentials,
         domains=loaded.domains,
         routing=loaded.routing,
+        admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
+
+
+def _token_hashes(config: Config) -> tuple[tuple[str, str], ...]:
+    return tuple((t.name, _token_hash(t)) for t in config.admin.tokens)
 
 
 def _token_hash(token: AdminToken) -> str:
@@ -361,6 +383,15 @@ def _token_hash(token: AdminToken) -> str:
         return token.token_hash
     assert token.token is not None
     return hash_token(token.token.reveal())
+
+
+def _private_directory(path: Path) -> None:
+    """The data directory: the store, keys and outbox are the relay user's alone (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:  # someone else's directory: say so, the files stay 0600
+        log.warning("%s belongs to another user: cannot make it 0700", path)
 
 
 def _tune_garbage_collector() -> None:
@@ -377,6 +408,8 @@ def _tune_garbage_collector() -> None:
 
 async def serve(config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
+    # Whatever the shell's umask: what the relay creates (store, WAL, keys) is its user's alone.
+    os.umask(0o077)
     config = load_config(config_path)
     app = RelayApp(config)
     stop = asyncio.Event()

@@ -181,7 +181,7 @@ def routes_of(live: LiveRelay) -> set[tuple[str, str]]:
         lambda: relay.config,
         relay.reload,
     )
-    app = create_app(AdminDeps(relay.metrics, relay.readiness, [], api))
+    app = create_app(AdminDeps(relay.metrics, relay.readiness, tuple, api))
     found = set()
     for route in app.router.routes():
         if route.method == "HEAD":

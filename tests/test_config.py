@@ -1098,3 +1098,17 @@ def test_plaintext_upstream_auth_and_a_public_admin_listener_need_an_explicit_ch
     assert problems_of(write(tmp_path, data)) == [
         "admin: give both cert_file and key_file, or neither"
     ]
+
+
+def test_check_config_refuses_a_public_admin_listener_without_tls(tmp_path: Path) -> None:
+    data = base()
+    data["admin"] = {"host": "0.0.0.0", "port": 8025}
+    path = write(tmp_path, data)
+
+    result = run_relay("check-config", "-c", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "admin.host: an admin listener beyond loopback (0.0.0.0) sends tokens over the network: "
+        "give cert_file and key_file (HTTPS), or allow_plaintext: true behind your own TLS"
+    ]
