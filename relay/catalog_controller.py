@@ -36,6 +36,10 @@ from relay.upstream_client import UnsafeDestination, public_addresses
 
 log = logging.getLogger(__name__)
 API_RESOLVE_SECONDS = 5.0  # how long a create or change waits for the host's addresses
+# A shorter timeout would make /test a quick port scanner; real SMTP servers may pause
+# several seconds before their greeting (RFC 5321 section 4.5.3.2 suggests waiting 5 minutes).
+# Checked when an upstream is made or changed, so one saved before the rule still loads.
+API_MIN_TIMEOUT_SECONDS = 10.0
 MASK = "********"
 _OUTSIDE_SPEC = ("password", "active")  # kept in their own columns (sealed; toggled)
 _SECRET_WORDS = ("password", "secret", "token", "private_key", "api_key")
@@ -171,6 +175,7 @@ class CatalogController:
         upstream, problems = parse_upstream_spec(dict(body))
         if upstream is None:
             raise Invalid(problems)
+        _refuse_short_timeout(upstream)
         await self._check_destination(upstream.host)
         password = body.get("password")
         now = self._clock()
@@ -211,6 +216,7 @@ class CatalogController:
             upstream, problems = parse_upstream_spec(_with_secret(spec, active, password))
             if upstream is None:
                 raise Invalid(problems)
+            _refuse_short_timeout(upstream)
             sealed = self._box.seal(password.encode()) if isinstance(password, str) else None
             await db.put_upstream(
                 c,
@@ -461,6 +467,16 @@ async def _find_upstream(c: AsyncConnection, name: str) -> db.StoredUpstream | N
 def _with_secret(spec: Mapping[str, Any], active: Any, password: Any) -> dict[str, Any]:
     given = {**spec, "active": active}
     return {**given, "password": password} if password is not None else given
+
+
+def _refuse_short_timeout(upstream: Upstream) -> None:
+    if upstream.timeout_seconds < API_MIN_TIMEOUT_SECONDS:
+        raise Invalid(
+            [
+                f"upstream.timeout_seconds: must be at least {API_MIN_TIMEOUT_SECONDS:g} "
+                "for an upstream made through the API"
+            ]
+        )
 
 
 def _refuse_moved_password(before: Upstream | None, after: Upstream) -> None:

@@ -370,9 +370,6 @@ API_FORBIDDEN_KEYS = (
     "credentials",
     "allow_plaintext_auth",
 )
-# A shorter timeout would make /test a quick port scanner; real SMTP servers may pause
-# several seconds before their greeting (RFC 5321 section 4.5.3.2 suggests waiting 5 minutes).
-API_MIN_TIMEOUT_SECONDS = 10.0
 
 
 def parse_upstream_spec(data: object) -> tuple[Upstream | None, list[str]]:
@@ -382,11 +379,6 @@ def parse_upstream_spec(data: object) -> tuple[Upstream | None, list[str]]:
     upstream = _parse_upstream(s)
     if upstream is not None and upstream.kind is UpstreamKind.FILE:
         s.problem("file upstreams are for local development: declare them in the config file")
-    if upstream is not None and upstream.timeout_seconds < API_MIN_TIMEOUT_SECONDS:
-        s.problem(
-            f"must be at least {API_MIN_TIMEOUT_SECONDS:g} for an upstream made through the API",
-            "timeout_seconds",
-        )
     return (upstream if not problems else None), problems
 
 

@@ -339,6 +339,8 @@ async def test_a_short_timeout_is_refused_through_the_api(
         "upstream.timeout_seconds: must be at least 10 for an upstream made through the API"
     )
     assert (await api.call("POST", f"{V1}/upstreams", {**body, "timeout_seconds": 10}))[0] == 201
+    [again] = await api.problems("PATCH", f"{V1}/upstreams/fast", {"timeout_seconds": 9.9})
+    assert again == problem
 
 
 async def test_the_audit_entry_of_a_test_names_to_and_from(
