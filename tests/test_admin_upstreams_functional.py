@@ -327,6 +327,20 @@ async def test_a_non_smtp_peer_is_described_not_quoted(
     assert "SSH" not in json.dumps(probe) and "OpenSSH" not in json.dumps(probe)
 
 
+async def test_a_delivery_attempt_to_a_non_smtp_peer_records_no_banner(banner: int) -> None:
+    upstream = Upstream("ssh", UpstreamKind.SMTP, "127.0.0.1", banner, TlsMode.NONE)
+    client = SmtpUpstreamClient(upstream, "relay.test")
+    try:
+        result = await client.send(
+            "a@example.com", ["b@example.org"], b"Subject: x\r\n\r\nx\r\n", "m1"
+        )
+    finally:
+        await client.close()
+
+    assert (result.stage, result.reply, result.transport_error) == (Stage.CONNECT, None, NOT_SMTP)
+    assert "SSH" not in result.summary
+
+
 async def test_a_short_timeout_is_refused_through_the_api(
     tmp_path: Path, start_relay: StartRelay, http: aiohttp.ClientSession, closed_port: int
 ) -> None:
