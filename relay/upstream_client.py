@@ -24,7 +24,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -81,6 +81,8 @@ class UnsafeDestination(Exception):
 
 
 Address = tuple[int, tuple[object, ...]]  # (family, sockaddr) as getaddrinfo gives them
+# (host, port, seconds) -> the addresses to connect to, or UnsafeDestination
+Resolver = Callable[[str, int | None, float], Awaitable[list[Address]]]
 
 
 async def public_addresses(host: str, port: int | None, within: float) -> list[Address]:
@@ -141,7 +143,7 @@ def make_client(
     if upstream.kind is UpstreamKind.FILE:
         return FileUpstreamClient(upstream)
     public_only = not upstream.managed_by_file and not allow_private
-    return SmtpUpstreamClient(upstream, local_hostname, public_only)
+    return SmtpUpstreamClient(upstream, local_hostname, public_addresses if public_only else None)
 
 
 class UpstreamClients:
@@ -202,10 +204,14 @@ def _describe(error: BaseException, timeout: float) -> str:
 class SmtpUpstreamClient:
     """Connections to one SMTP upstream, at most ``max_connections``, reused while fresh."""
 
-    def __init__(self, upstream: Upstream, local_hostname: str, public_only: bool = False) -> None:
+    def __init__(
+        self, upstream: Upstream, local_hostname: str, resolve: Resolver | None = None
+    ) -> None:
+        """``resolve``: where to connect, decided here (an API upstream: public_addresses);
+        None lets the OS resolve the name as it connects."""
         self.upstream = upstream
         self._local_hostname = local_hostname
-        self._public_only = public_only  # an API upstream: check every address before connecting
+        self._resolve = resolve
         self._slots = asyncio.Semaphore(upstream.max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._tls_context = self._make_tls_context()
@@ -328,8 +334,8 @@ class SmtpUpstreamClient:
         """The client, not yet connected; for an API upstream, bound to a checked address."""
         u = self.upstream
         sock = None
-        if self._public_only and u.host is not None:
-            addresses = await public_addresses(u.host, u.port, u.timeout_seconds)
+        if self._resolve is not None and u.host is not None:
+            addresses = await self._resolve(u.host, u.port, u.timeout_seconds)
             sock = await _open_socket(addresses, u.timeout_seconds)
         # With a socket, the name stays the TLS server name (SNI and the certificate check).
         return aiosmtplib.SMTP(

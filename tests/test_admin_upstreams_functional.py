@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,12 @@ import pytest
 
 from relay.core.classify import Stage
 from relay.core.model import Secret, TlsMode, Upstream, UpstreamKind
-from relay.upstream_client import NOT_SMTP, PLAINTEXT_AUTH_REFUSED, SmtpUpstreamClient
+from relay.upstream_client import (
+    NOT_SMTP,
+    PLAINTEXT_AUTH_REFUSED,
+    Address,
+    SmtpUpstreamClient,
+)
 from tests.conftest import RunningRelay, Sink, base_config, smtp_upstream
 
 TOKEN = "ops-token-0123456789abcdef"
@@ -307,6 +313,43 @@ async def test_connect_time_check_refuses_a_stored_upstream_that_now_points_insi
     assert "localhost resolves to" in probe["detail"]
     assert "admin.allow_private_upstreams" in probe["detail"]
     assert sink.handler.ehlo_count == 1  # never connected again
+
+
+async def loopback_only(host: str, port: int | None, within: float) -> list[Address]:
+    """A resolver that sends every name to 127.0.0.1, as a rebinding DNS server would."""
+    return [(socket.AF_INET, ("127.0.0.1", port or 25))]
+
+
+MISMATCH = "Hostname mismatch, certificate is not valid for 'other.test'"
+
+
+@pytest.mark.parametrize(
+    ("tls", "host", "detail"),
+    [
+        (TlsMode.STARTTLS, "localhost", "ok"),
+        (TlsMode.STARTTLS, "other.test", MISMATCH),
+        (TlsMode.IMPLICIT, "localhost", "ok"),
+        (TlsMode.IMPLICIT, "other.test", MISMATCH),
+    ],
+)
+async def test_a_bound_connection_still_verifies_tls_against_the_name(
+    make_sink: MakeSink,
+    cert_files: tuple[Path, Path, Path],
+    tls: TlsMode,
+    host: str,
+    detail: str,
+) -> None:
+    """Connecting to the checked address keeps the name for SNI and the certificate check."""
+    sink = await make_sink(tls=tls.value)  # a certificate for localhost and 127.0.0.1
+    upstream = Upstream(
+        "bound", UpstreamKind.SMTP, host, sink.port, tls, ca_file=str(cert_files[2])
+    )
+    client = SmtpUpstreamClient(upstream, "relay.test", resolve=loopback_only)
+
+    result = await client.check()
+
+    assert detail in result.detail
+    assert result.ok is (detail == "ok")
 
 
 async def test_a_non_smtp_peer_is_described_not_quoted(
