@@ -25,7 +25,7 @@ V1 = "/api/v1"
 
 def create_app(deps: AdminDeps) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware(), auth_middleware(deps.tokens)],
+        middlewares=[error_middleware(), auth_middleware(deps.tokens, deps.metrics)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[DEPS] = deps

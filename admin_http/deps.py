@@ -39,7 +39,8 @@ class Api:
 class AdminDeps:
     metrics: Metrics
     readiness: Callable[[], Awaitable[list[str]]]  # names of what is not ready; empty = ready
-    tokens: Sequence[tuple[str, str]] = ()  # (name, token hash)
+    # (name, token hash) of the tokens in force now: a reload may change them.
+    tokens: Callable[[], Sequence[tuple[str, str]]] = tuple
     api: Api | None = None  # None: only /healthz, /readyz, /metrics
 
 

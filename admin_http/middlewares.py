@@ -1,8 +1,11 @@
 """Bearer-token authentication and the error envelope, for every request.
 
-Tokens are compared as SHA-256 digests in constant time; a client IP that
-fails too often is refused for a while (429) before any comparison. The
-matched token's name is kept on the request for the audit log.
+Tokens are compared as SHA-256 digests in constant time against the list in
+force now (a reload that removes a token locks it out at once); a client IP
+that fails too often is refused for a while (429) before any comparison. Each
+failure is logged (one WARNING line with the client's address, never what it
+presented) and counted in ``relay_admin_auth_failures_total``. The matched
+token's name is kept on the request for the audit log.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from relay.catalog_controller import Conflict, Invalid, NotFound
 from relay.core.throttle import FailureThrottle
 from relay.core.tokens import match_token
 from relay.domain_database import DomainConflict
+from relay.metrics import Metrics
 from relay.queue_database import QueueConflict
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,11 @@ def error_middleware() -> Middleware:
 
 
 def auth_middleware(
-    tokens: Sequence[tuple[str, str]], clock: Callable[[], float] = time.monotonic
+    tokens: Callable[[], Sequence[tuple[str, str]]],
+    metrics: Metrics,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Middleware:
-    """``tokens``: (name, token hash). Everything under /api/ needs one of them."""
+    """``tokens()``: (name, token hash) in force now. Everything under /api/ needs one of them."""
     throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
 
     @web.middleware
@@ -74,19 +80,29 @@ def auth_middleware(
             return await handler(request)
         client = f"ip:{request.remote}"
         if throttle.is_blocked(client, clock()):
+            metrics.admin_auth_failures.labels("blocked").inc()  # counted, not logged: a flood
             return error_response(
                 429,
                 "too_many_requests",
                 "too many failed authentications from this address; try again later",
                 headers={"Retry-After": str(int(FAILURE_WINDOW_SECONDS))},
             )
+        in_force = tokens()
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        name = match_token(presented.strip(), tokens) if scheme.lower() == "bearer" else None
+        name = match_token(presented.strip(), in_force) if scheme.lower() == "bearer" else None
         if name is None:
             throttle.record_failure(client, clock())
+            metrics.admin_auth_failures.labels("invalid").inc()
+            log.warning(
+                "admin API: failed authentication from %s (%s %s)%s",
+                request.remote,
+                request.method,
+                request.rel_url.raw_path,  # as sent: percent-escapes keep it on one line
+                "; now blocked for a while" if throttle.is_blocked(client, clock()) else "",
+            )
             message = (
                 "a valid bearer token is required (Authorization: Bearer <token>)"
-                if tokens
+                if in_force
                 else "no admin tokens are configured: add admin.tokens to the config file"
             )
             return error_response(

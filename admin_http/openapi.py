@@ -118,7 +118,11 @@ def _schemas() -> dict[str, Schema]:
     upstream_input = {
         "type": "object",
         "description": "The keys of an upstream in the config file; `password` is write-only. "
-        "`password_env`, `password_file`, `path`, `ca_file` and `kind: file` are refused.",
+        "`password_env`, `password_file`, `path`, `ca_file`, `allow_plaintext_auth` and "
+        "`kind: file` are refused; so is a password with `tls: none`. A change of `host`, "
+        "`port`, `tls`, `verify_tls` or `username` must give `password` again (or null) when "
+        "one is stored. `host` must be, and resolve to, public addresses only, unless the "
+        "config file sets `admin.allow_private_upstreams: true`.",
         "properties": {
             "name": text,
             "kind": {"type": "string", "enum": ["smtp"]},
@@ -134,7 +138,7 @@ def _schemas() -> dict[str, Schema]:
             "daily_limit": limit,
             "monthly_limit": limit,
             "max_connections": {"type": "integer", "minimum": 1},
-            "timeout_seconds": {"type": "number", "exclusiveMinimum": 0},
+            "timeout_seconds": {"type": "number", "minimum": 10},
             "cost_per_1000": {"type": ["number", "null"], "minimum": 0},
             "weight": {"type": "integer", "minimum": 0},
             "spf_include": {"oneOf": [text, {"type": "array", "items": text}]},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,9 @@ from relay.core.model import Attempt, Credential, Site, Upstream
 
 MAX_PAGE_SIZE = 500
 _YEAR_10000 = 253_402_300_800.0  # UNIX seconds
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # aiohttp's client_max_size: a longer body is 413
+MAX_JSON_DEPTH = 32  # our objects nest 3 deep; more is an attack on the recursive code
+_WHOLE = re.compile(r"[0-9]{1,9}")
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -74,7 +77,8 @@ def _positive(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+    if _WHOLE.fullmatch(text) is None or int(text) < 1:
         raise bad_request(f"{name}: must be a whole number, 1 or more")
     return int(text)
 
@@ -102,9 +106,27 @@ async def json_body(request: web.Request, required: bool = True) -> dict[str, An
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise bad_request(f"the body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise bad_request("the body must be a JSON object")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value``, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:  # deeper is refused anyway: no need to walk it
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def managed_by(managed_by_file: bool) -> str:

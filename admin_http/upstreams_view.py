@@ -96,7 +96,8 @@ async def probe_upstream(request: web.Request) -> web.Response:
             raise bad_request(f"{key}: not an email address")
     report = await api.probes.probe(upstream, to, sender)
     target = upstream.name + (f" -> {to}" if to else "")
-    await api.catalog.record(request[ACTOR], "test", "upstream", target)
+    detail = {"to": to, "from": sender or api.probes.default_sender} if to else {}
+    await api.catalog.record(request[ACTOR], "test", "upstream", target, detail)
     return web.json_response(probe_view(report))
 
 

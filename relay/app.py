@@ -4,8 +4,8 @@ Start: config, store (migrations), group writer, delivery, SMTP listeners,
 admin HTTP. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
 progress is stored), then delivery (in-flight finish or are released), then
 the writer commits what is pending. SIGHUP re-reads the file and swaps the
-sites, credentials, upstreams, domains and routing; queued mail and open
-sessions stay.
+sites, credentials, upstreams, domains, routing and admin tokens (a removed
+token is refused from the next request); queued mail and open sessions stay.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -61,7 +62,7 @@ from relay.reports_controller import ReportsController
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
-from relay.store import GroupWriter, create_engine, migrate
+from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
 
@@ -88,7 +89,7 @@ class RelayApp:
         self.events = Events()
         self.engine = create_engine(config.store_url)
         self.writer = GroupWriter(self.engine)
-        self.clients = UpstreamClients(config.server.hostname)
+        self.clients = UpstreamClients(config.server.hostname, config.admin.allow_private_upstreams)
         self.usage = UsageController(
             UsageBook(config.limits.timezone), self.writer, self.metrics, self.events, clock
         )
@@ -135,8 +136,15 @@ class RelayApp:
             self.writer, self.secrets, lambda: self.config, self.directory, self.load_store, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
-        self.probes = ProbeController(self.health, self.directory, config.server.hostname, clock)
+        self.probes = ProbeController(
+            self.health,
+            self.directory,
+            config.server.hostname,
+            clock,
+            config.admin.allow_private_upstreams,
+        )
         self._clock = clock
+        self._admin_tokens = _token_hashes(config)  # replaced by a reload
         self.listeners = SmtpListeners(
             max_connections=session_ceiling(
                 config.limits.max_connections,
@@ -165,8 +173,9 @@ class RelayApp:
         return self.config.routing.policy
 
     async def start(self) -> None:
-        self.config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_directory(self.config.server.data_dir)
         await migrate(self.engine)
+        restrict_sqlite_files(self.config.store_url)
         await self.load_store()
         self.writer.start()
         await self.usage.load()
@@ -234,18 +243,30 @@ class RelayApp:
             self.reload,
             self._clock,
         )
-        tokens = [(t.name, _token_hash(t)) for t in admin.tokens]
-        deps = AdminDeps(self.metrics, self.readiness, tokens, api)
+        deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
+        context = self._admin_tls_context()
         runner = web.AppRunner(create_app(deps), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, admin.host, admin.port).start()
+            await web.TCPSite(runner, admin.host, admin.port, ssl_context=context).start()
         except OSError as error:
             await runner.cleanup()
             raise StartupError(
                 f"admin: cannot listen on {admin.host}:{admin.port}: {error.strerror}"
             ) from None
         self._admin = runner
+
+    def _admin_tls_context(self) -> ssl.SSLContext | None:
+        """HTTPS when admin.cert_file and key_file are given (config requires it off loopback)."""
+        admin = self.config.admin
+        if admin.cert_file is None or admin.key_file is None:
+            return None
+        try:
+            return tls.server_context(admin.cert_file, admin.key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise StartupError(
+                f"admin: cannot load {admin.cert_file} / {admin.key_file}: {error}"
+            ) from None
 
     @property
     def admin_port(self) -> int:
@@ -289,8 +310,8 @@ class RelayApp:
             log.warning("usage counters and circuits not saved: %s", error)
 
     def reload(self) -> ReloadResult:
-        """Re-read the file; apply sites, credentials, upstreams, domains and routing, or keep
-        the old on problems."""
+        """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin
+        tokens, or keep the old on problems."""
         try:
             config = load_config(self.config.path)
         except ConfigError as error:
@@ -302,7 +323,6 @@ class RelayApp:
                 "server",
                 "store_url",
                 "listeners",
-                "admin",
                 "limits",
                 "delivery",
                 "health",
@@ -310,6 +330,8 @@ class RelayApp:
             )
             if getattr(config, name) != getattr(self.config, name)
         ]
+        if replace(config.admin, tokens=()) != replace(self.config.admin, tokens=()):
+            restart_needed.append("admin")  # its tokens apply at once; the rest at a restart
         if config.routing.class_header != self.config.routing.class_header:
             restart_needed.append("routing.class_header")
         if restart_needed:
@@ -318,6 +340,7 @@ class RelayApp:
             )
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
+        self._admin_tokens = _token_hashes(config)
         warnings = dangling_upstreams(self._directory)
         for warning in warnings:
             log.warning("reload: %s", warning)
@@ -361,7 +384,12 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         credentials=loaded.credentials,
         domains=loaded.domains,
         routing=loaded.routing,
+        admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
+
+
+def _token_hashes(config: Config) -> tuple[tuple[str, str], ...]:
+    return tuple((t.name, _token_hash(t)) for t in config.admin.tokens)
 
 
 def _token_hash(token: AdminToken) -> str:
@@ -397,6 +425,15 @@ def session_ceiling(max_connections: int, reserved: int) -> int:
     return ceiling
 
 
+def _private_directory(path: Path) -> None:
+    """The data directory: the store, keys and outbox are the relay user's alone (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:  # someone else's directory: say so, the files stay 0600
+        log.warning("%s belongs to another user: cannot make it 0700", path)
+
+
 def _tune_garbage_collector() -> None:
     """Fewer, shorter collections while serving: they were the p99 of accept latency.
 
@@ -411,6 +448,8 @@ def _tune_garbage_collector() -> None:
 
 async def serve(config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
+    # Whatever the shell's umask: what the relay creates (store, WAL, keys) is its user's alone.
+    os.umask(0o077)
     config = load_config(config_path)
     app = RelayApp(config)
     stop = asyncio.Event()

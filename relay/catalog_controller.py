@@ -4,7 +4,10 @@ The file's objects are read-only here: a change to one is a ``Conflict``
 naming the file. Store objects are validated by the config file's own rules,
 written with an audit entry in one transaction, and then the caller's
 ``on_change`` rebuilds the live directory. Secrets never leave: upstream
-passwords are sealed, credential passwords are hashed and returned once.
+passwords are sealed, credential passwords are hashed and returned once, and
+a stored upstream password never follows a change of where it is sent: a
+PATCH of host, port, tls, verify_tls or username must give the password again.
+An API upstream's host must be public (unless ``admin.allow_private_upstreams``).
 """
 
 from __future__ import annotations
@@ -29,11 +32,19 @@ from relay.core.model import Credential, Site, Upstream
 from relay.core.passwords import hash_password
 from relay.secret_box import SecretBox
 from relay.store import GroupWriter
+from relay.upstream_client import UnsafeDestination, public_addresses
 
 log = logging.getLogger(__name__)
+API_RESOLVE_SECONDS = 5.0  # how long a create or change waits for the host's addresses
+# A shorter timeout would make /test a quick port scanner; real SMTP servers may pause
+# several seconds before their greeting (RFC 5321 section 4.5.3.2 suggests waiting 5 minutes).
+# Checked when an upstream is made or changed, so one saved before the rule still loads.
+API_MIN_TIMEOUT_SECONDS = 10.0
 MASK = "********"
 _OUTSIDE_SPEC = ("password", "active")  # kept in their own columns (sealed; toggled)
 _SECRET_WORDS = ("password", "secret", "token", "private_key", "api_key")
+# Where a stored password goes: changing one of these without giving it again is refused.
+_DESTINATION = ("host", "port", "tls", "verify_tls", "username")
 
 
 class NotFound(Exception):
@@ -164,6 +175,8 @@ class CatalogController:
         upstream, problems = parse_upstream_spec(dict(body))
         if upstream is None:
             raise Invalid(problems)
+        _refuse_short_timeout(upstream)
+        await self._check_destination(upstream.host)
         password = body.get("password")
         now = self._clock()
 
@@ -185,23 +198,25 @@ class CatalogController:
         self._refuse_file_object("upstream", name, {u.name for u in self._config().upstreams})
         if "name" in patch and patch["name"] != name:
             raise Invalid(["upstream.name: an upstream cannot be renamed; create a new one"])
+        if isinstance(patch.get("host"), str):  # resolved here, outside the write transaction
+            await self._check_destination(patch["host"])
         now = self._clock()
 
         async def write(c: AsyncConnection) -> None:
             old = await self._stored_upstream(c, name)
             spec = _merge(old.spec, {k: v for k, v in patch.items() if k not in _OUTSIDE_SPEC})
-            password: Any = (
-                patch["password"]
-                if "password" in patch
-                else (self._box.open(old.sealed_password).decode() if old.sealed_password else None)
-            )
+            kept = self._box.open(old.sealed_password).decode() if old.sealed_password else None
+            password: Any = patch.get("password", kept)
             active = patch.get("active", old.active)
-            given = {**spec, "active": active}
-            upstream, problems = parse_upstream_spec(
-                {**given, "password": password} if password is not None else given
-            )
+            if kept is not None and "password" not in patch:
+                before, _ = parse_upstream_spec(_with_secret(old.spec, old.active, kept))
+                after, _ = parse_upstream_spec(_with_secret(spec, active, None))
+                if after is not None:  # else its own problems are the answer
+                    _refuse_moved_password(before, after)
+            upstream, problems = parse_upstream_spec(_with_secret(spec, active, password))
             if upstream is None:
                 raise Invalid(problems)
+            _refuse_short_timeout(upstream)
             sealed = self._box.seal(password.encode()) if isinstance(password, str) else None
             await db.put_upstream(
                 c,
@@ -248,6 +263,15 @@ class CatalogController:
             await self._audit(c, actor, "delete", "upstream", name, {})
 
         await self._write(write)
+
+    async def _check_destination(self, host: str | None) -> None:
+        """Refuse a host that is or resolves to a non-public address (422), unless allowed."""
+        if host is None or self._config().admin.allow_private_upstreams:
+            return
+        try:
+            await public_addresses(host, None, API_RESOLVE_SECONDS)
+        except UnsafeDestination as error:
+            raise Invalid([f"upstream.host: {error}"]) from None
 
     async def _stored_upstream(self, c: AsyncConnection, name: str) -> db.StoredUpstream:
         found = await _find_upstream(c, name)
@@ -398,9 +422,18 @@ class CatalogController:
         async with self._writer.engine.connect() as connection:
             return await db.list_audit(connection, page, page_size)
 
-    async def record(self, actor: str, action: str, kind: str, target: str) -> None:
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        kind: str,
+        target: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         """An audited operation that changes no object (reload, retry, an upstream test)."""
-        entry = db.AuditEntry(self._clock(), actor, action, kind, target, {})
+        entry = db.AuditEntry(
+            self._clock(), actor, action, kind, target, masked(dict(detail or {}))
+        )
         await self._writer.write(lambda c: db.add_audit(c, entry))
 
     async def _audit(
@@ -429,6 +462,35 @@ class CatalogController:
 async def _find_upstream(c: AsyncConnection, name: str) -> db.StoredUpstream | None:
     """Deleted ones included: creating one again under its name revives the row."""
     return next((u for u in await db.load_upstreams(c) if u.name == name), None)
+
+
+def _with_secret(spec: Mapping[str, Any], active: Any, password: Any) -> dict[str, Any]:
+    given = {**spec, "active": active}
+    return {**given, "password": password} if password is not None else given
+
+
+def _refuse_short_timeout(upstream: Upstream) -> None:
+    if upstream.timeout_seconds < API_MIN_TIMEOUT_SECONDS:
+        raise Invalid(
+            [
+                f"upstream.timeout_seconds: must be at least {API_MIN_TIMEOUT_SECONDS:g} "
+                "for an upstream made through the API"
+            ]
+        )
+
+
+def _refuse_moved_password(before: Upstream | None, after: Upstream) -> None:
+    """The stored password may only go where it went before (finding: PATCH host, then test)."""
+    moved = [f for f in _DESTINATION if before is None or getattr(before, f) != getattr(after, f)]
+    if moved:
+        what = ", ".join(moved) if before is not None else "this upstream"
+        raise Invalid(
+            [
+                f"upstream.password: changing {what} needs the password again: give "
+                '"password" in the same request (the stored one is never sent to a new '
+                "destination)"
+            ]
+        )
 
 
 def _merge(spec: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,11 @@ class AdminToken:
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 8025
-    tokens: tuple[AdminToken, ...] = ()
+    tokens: tuple[AdminToken, ...] = ()  # a reload applies a changed list at once
+    cert_file: Path | None = None  # with key_file: the admin listener speaks HTTPS
+    key_file: Path | None = None
+    allow_plaintext: bool = False  # plain HTTP beyond loopback: the operator's explicit choice
+    allow_private_upstreams: bool = False  # API upstreams may reach loopback/private/link-local
 
 
 @dataclass(frozen=True)
@@ -357,7 +361,15 @@ class _Section:
 
 # Keys the admin API refuses in an object's JSON: they would read the server's environment or
 # files, or write files on it. The YAML file may use them; the API gives secrets inline.
-API_FORBIDDEN_KEYS = ("password_env", "password_file", "path", "ca_file", "credentials")
+# allow_plaintext_auth: an API caller must never choose to send a stored password in clear.
+API_FORBIDDEN_KEYS = (
+    "password_env",
+    "password_file",
+    "path",
+    "ca_file",
+    "credentials",
+    "allow_plaintext_auth",
+)
 
 
 def parse_upstream_spec(data: object) -> tuple[Upstream | None, list[str]]:
@@ -571,8 +583,27 @@ def _parse_admin(s: _Section) -> AdminConfig:
             t.problem("give token (or token_env / token_file) or token_hash")
         t.finish()
         tokens.append(AdminToken(name or "", secret, token_hash))
+    cert_file, key_file = _existing_file(s, "cert_file"), _existing_file(s, "key_file")
+    if (cert_file is None) != (key_file is None):
+        s.problem("give both cert_file and key_file, or neither")
+    plaintext = s.boolean("allow_plaintext", False)
+    if cert_file is None and not plaintext and not _is_loopback(host or d.host):
+        s.problem(
+            f"an admin listener beyond loopback ({host}) sends tokens over the network: "
+            "give cert_file and key_file (HTTPS), or allow_plaintext: true behind your own TLS",
+            "host",
+        )
+    allow_private = s.boolean("allow_private_upstreams", d.allow_private_upstreams)
     s.finish()
-    return AdminConfig(host or d.host, port if port is not None else d.port, tuple(tokens))
+    return AdminConfig(
+        host or d.host,
+        port if port is not None else d.port,
+        tuple(tokens),
+        cert_file,
+        key_file,
+        plaintext,
+        allow_private,
+    )
 
 
 def _parse_delivery(s: _Section) -> DeliveryConfig:
@@ -668,6 +699,13 @@ def _parse_upstream(s: _Section) -> Upstream | None:
     password = s.secret("password")
     if password is not None and username is None:
         s.problem("a password needs a username", "password")
+    plaintext_auth = s.boolean("allow_plaintext_auth", False)
+    if password is not None and tls is TlsMode.NONE and not plaintext_auth:
+        s.problem(
+            "with tls: none the password would cross the network in clear; use tls: starttls "
+            "or implicit (or, in the config file only, allow_plaintext_auth: true)",
+            "password",
+        )
     path = s.text("path") if not smtp else s.text("path", None)
     upstream = Upstream(
         name=name or "",
@@ -679,6 +717,7 @@ def _parse_upstream(s: _Section) -> Upstream | None:
         ca_file=str(ca_file) if (ca_file := _existing_file(s, "ca_file")) else None,
         username=username,
         password=password,
+        allow_plaintext_auth=plaintext_auth,
         path=path,
         priority=s.integer("priority", 100),
         active=s.boolean("active", True),

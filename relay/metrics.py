@@ -45,6 +45,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.admin_auth_failures = Counter(
+            "relay_admin_auth_failures_total",
+            "Admin API requests refused for their token: invalid (401) or from a blocked "
+            "address (429).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.deliveries = Counter(
             "relay_deliveries_total",
             "Recipient outcomes of delivery attempts.",

@@ -38,11 +38,18 @@ class ProbeController:
         directory: Callable[[], Directory],
         hostname: str,
         clock: Callable[[], float] = time.time,
+        allow_private: bool = False,
     ) -> None:
         self._health = health
         self._directory = directory
         self._hostname = hostname
         self._clock = clock
+        self._allow_private = allow_private  # admin.allow_private_upstreams
+
+    @property
+    def default_sender(self) -> str:
+        """MAIL FROM of a test message sent without ``from``."""
+        return f"postmaster@{self._hostname}"
 
     async def probe(
         self, upstream: Upstream, to: str | None = None, sender: str | None = None
@@ -50,14 +57,14 @@ class ProbeController:
         check = await self._health.check(upstream)
         if to is None or not check.ok:
             return ProbeReport(check)
-        sender = sender or f"postmaster@{self._hostname}"
+        sender = sender or self.default_sender
         now = self._clock()
         message_id = new_message_id(now, os.urandom(10))
         content = probe_message(sender, to, upstream.name, self._hostname, message_id, now)
         key = self._directory().signing_key(domain_of(sender))
         if key is not None:
             content = dkim.sign(content, key, now)
-        client = make_client(upstream, self._hostname)
+        client = make_client(upstream, self._hostname, self._allow_private)
         started = time.monotonic()
         try:
             result = await client.send(sender, [to], content, message_id)

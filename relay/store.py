@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,7 +77,22 @@ def create_engine(url: str) -> AsyncEngine:
 def _ensure_sqlite_dir(url: str) -> None:
     path = _sqlite_path(url)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def restrict_sqlite_files(url: str) -> None:
+    """The database file and its -wal, -shm, -journal: 0600, whatever the umask made them.
+
+    SQLite gives the files it creates later the database file's mode.
+    """
+    path = _sqlite_path(url) if url.startswith("sqlite") else ""
+    if not path:
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _sqlite_path(url: str) -> str:

@@ -4,7 +4,16 @@ Both answer ``send()`` with a TransactionResult, never an exception: every
 aiosmtplib, ssl and OS error is translated here, at this one edge, into a
 stage plus either the upstream's reply or a transport error text. TLS is
 never silently dropped: an upstream configured for STARTTLS that does not
-offer it fails at the TLS stage.
+offer it fails at the TLS stage, and a password is never sent over a
+connection without TLS unless the file says ``allow_plaintext_auth: true``.
+
+An upstream made through the admin API may only reach public addresses
+(unless ``admin.allow_private_upstreams``): its name is resolved before each
+connection, every address is checked, and the connection goes to the checked
+address (TLS still verifies the name), so a DNS answer that changed since the
+upstream was saved cannot lead it into the relay's own network. A peer that
+does not speak SMTP is described as such, never quoted: its first bytes
+(an SSH or database banner) are not ours to show.
 """
 
 from __future__ import annotations
@@ -12,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,9 +33,16 @@ import aiosmtplib
 
 from relay.core.classify import Stage, TransactionResult
 from relay.core.model import SmtpReply, TlsMode, Upstream, UpstreamKind
+from relay.core.network import parse_ip, restricted_kind
 from relay.core.policy import has_only_crlf
 
 IDLE_SECONDS = 30.0  # reuse a connection only this long after its last message
+RESOLVE_SECONDS = 10.0  # at most this long for a name's addresses
+NOT_SMTP = "the server did not answer as an SMTP server"
+PLAINTEXT_AUTH_REFUSED = (
+    "refused to send the password without TLS: use tls: starttls or implicit "
+    "(or allow_plaintext_auth: true in the config file)"
+)
 _PLAIN_ADDRESS = re.compile(r"[!#-;=?A-~]+@[!#-;=?A-~]+|")  # printable ASCII; no <>"@ or space
 
 
@@ -59,17 +76,82 @@ class UpstreamClient(Protocol):
     async def close(self) -> None: ...
 
 
-def make_client(upstream: Upstream, local_hostname: str) -> UpstreamClient:
+class UnsafeDestination(Exception):
+    """An API upstream's host is, or resolves to, an address it may not reach; says which."""
+
+
+Address = tuple[int, tuple[object, ...]]  # (family, sockaddr) as getaddrinfo gives them
+# (host, port, seconds) -> the addresses to connect to, or UnsafeDestination
+Resolver = Callable[[str, int | None, float], Awaitable[list[Address]]]
+
+
+async def public_addresses(host: str, port: int | None, within: float) -> list[Address]:
+    """``host``'s addresses, every one of them public, or UnsafeDestination saying why not.
+
+    The event loop's getaddrinfo: no blocking call on the loop.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(min(within, RESOLVE_SECONDS)):
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UnsafeDestination(f"{host} does not resolve ({error.strerror})") from None
+    except TimeoutError:
+        raise UnsafeDestination(f"{host} did not resolve in time") from None
+    addresses: list[Address] = []
+    for family, _, _, _, sockaddr in found:
+        ip = parse_ip(str(sockaddr[0]))
+        kind = restricted_kind(ip) if ip is not None else "unknown"
+        if kind is not None:
+            where = host if str(ip) == host else f"{host} resolves to {ip}, which"
+            raise UnsafeDestination(
+                f"{where} is a {kind} address; upstreams made through the API may only reach "
+                "public addresses (admin.allow_private_upstreams: true in the config file "
+                "allows others)"
+            )
+        addresses.append((family, tuple(sockaddr)))
+    if not addresses:
+        raise UnsafeDestination(f"{host} has no address")
+    return addresses
+
+
+async def _open_socket(addresses: Sequence[Address], within: float) -> socket.socket:
+    """A connected socket to the first of ``addresses`` that answers, ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    async with asyncio.timeout(within):
+        for family, sockaddr in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as error:
+                sock.close()
+                last = error
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+    raise last if last is not None else OSError("no address to connect to")
+
+
+def make_client(
+    upstream: Upstream, local_hostname: str, allow_private: bool = False
+) -> UpstreamClient:
+    """``allow_private``: admin.allow_private_upstreams (the file's upstreams are trusted)."""
     if upstream.kind is UpstreamKind.FILE:
         return FileUpstreamClient(upstream)
-    return SmtpUpstreamClient(upstream, local_hostname)
+    public_only = not upstream.managed_by_file and not allow_private
+    return SmtpUpstreamClient(upstream, local_hostname, public_addresses if public_only else None)
 
 
 class UpstreamClients:
     """One client per upstream, replaced when a reload changes that upstream."""
 
-    def __init__(self, local_hostname: str) -> None:
+    def __init__(self, local_hostname: str, allow_private: bool = False) -> None:
         self._local_hostname = local_hostname
+        self.allow_private = allow_private
         self._clients: dict[str, tuple[Upstream, UpstreamClient]] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # old clients closing after a reload
 
@@ -81,7 +163,7 @@ class UpstreamClients:
             task = asyncio.get_running_loop().create_task(known[1].close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-        client = make_client(upstream, self._local_hostname)
+        client = make_client(upstream, self._local_hostname, self.allow_private)
         self._clients[upstream.name] = (upstream, client)
         return client
 
@@ -97,6 +179,11 @@ class _Failed(Exception):
 
 def _reply(error: aiosmtplib.SMTPResponseException) -> SmtpReply:
     return SmtpReply(error.code, error.message)
+
+
+def _is_reply(error: aiosmtplib.SMTPResponseException) -> bool:
+    """A reply with an SMTP code; aiosmtplib says -1 for a line that is not one."""
+    return 200 <= error.code <= 599
 
 
 def _describe(error: BaseException, timeout: float) -> str:
@@ -117,9 +204,14 @@ def _describe(error: BaseException, timeout: float) -> str:
 class SmtpUpstreamClient:
     """Connections to one SMTP upstream, at most ``max_connections``, reused while fresh."""
 
-    def __init__(self, upstream: Upstream, local_hostname: str) -> None:
+    def __init__(
+        self, upstream: Upstream, local_hostname: str, resolve: Resolver | None = None
+    ) -> None:
+        """``resolve``: where to connect, decided here (an API upstream: public_addresses);
+        None lets the OS resolve the name as it connects."""
         self.upstream = upstream
         self._local_hostname = local_hostname
+        self._resolve = resolve
         self._slots = asyncio.Semaphore(upstream.max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._tls_context = self._make_tls_context()
@@ -195,16 +287,17 @@ class SmtpUpstreamClient:
             steps.append((step, now - started))
             started = now
 
-        smtp = aiosmtplib.SMTP(
-            hostname=u.host,
-            port=u.port,
-            use_tls=u.tls is TlsMode.IMPLICIT,
-            start_tls=False,
-            tls_context=self._tls_context,
-            local_hostname=self._local_hostname,
-            timeout=u.timeout_seconds,
-        )
         stage = Stage.TLS if u.tls is TlsMode.IMPLICIT else Stage.CONNECT
+        try:
+            smtp = await self._smtp()
+        except UnsafeDestination as error:
+            raise _Failed(TransactionResult(Stage.CONNECT, transport_error=str(error))) from None
+        except (OSError, TimeoutError) as error:
+            raise _Failed(
+                TransactionResult(
+                    Stage.CONNECT, transport_error=_describe(error, u.timeout_seconds)
+                )
+            ) from None
         try:
             await smtp.connect()
             done("connect")
@@ -217,11 +310,16 @@ class SmtpUpstreamClient:
                 done("starttls")
             if u.username:
                 stage = Stage.AUTH
+                if u.tls is TlsMode.NONE and not u.allow_plaintext_auth:
+                    smtp.close()  # defence in depth: the config refuses this already
+                    raise _Failed(TransactionResult(stage, transport_error=PLAINTEXT_AUTH_REFUSED))
                 password = u.password.reveal() if u.password else ""
                 await smtp.login(u.username, password)
                 done("auth")
         except aiosmtplib.SMTPResponseException as error:
             smtp.close()
+            if not _is_reply(error):
+                raise _Failed(TransactionResult(stage, transport_error=NOT_SMTP)) from None
             raise _Failed(TransactionResult(stage, _reply(error))) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             smtp.close()
@@ -231,6 +329,25 @@ class SmtpUpstreamClient:
                 TransactionResult(stage, transport_error=_describe(error, u.timeout_seconds))
             ) from None
         return smtp
+
+    async def _smtp(self) -> aiosmtplib.SMTP:
+        """The client, not yet connected; for an API upstream, bound to a checked address."""
+        u = self.upstream
+        sock = None
+        if self._resolve is not None and u.host is not None:
+            addresses = await self._resolve(u.host, u.port, u.timeout_seconds)
+            sock = await _open_socket(addresses, u.timeout_seconds)
+        # With a socket, the name stays the TLS server name (SNI and the certificate check).
+        return aiosmtplib.SMTP(
+            hostname=u.host,
+            port=None if sock is not None else u.port,
+            sock=sock,
+            use_tls=u.tls is TlsMode.IMPLICIT,
+            start_tls=False,
+            tls_context=self._tls_context,
+            local_hostname=self._local_hostname,
+            timeout=u.timeout_seconds,
+        )
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], content: bytes
@@ -260,6 +377,9 @@ class SmtpUpstreamClient:
                 Stage.DATA, SmtpReply(response.code, response.message), replies
             )
         except aiosmtplib.SMTPResponseException as error:
+            if not _is_reply(error):
+                smtp.close()
+                return TransactionResult(stage, None, replies, NOT_SMTP)
             if smtp.is_connected:
                 await self._reset(smtp)
             return TransactionResult(stage, _reply(error), replies)

@@ -223,7 +223,8 @@ def base_config(
                 "auth": "required",
             }
         ],
-        "admin": {"host": "127.0.0.1", "port": 0},
+        # Tests point API upstreams at loopback sinks; the refusal has its own tests.
+        "admin": {"host": "127.0.0.1", "port": 0, "allow_private_upstreams": True},
         "delivery": {"retry_first_seconds": 1, "retry_max_seconds": 2},
         "dns": {"verify_interval_seconds": 0},  # no DNS traffic unless a test points it at a zone
         "upstreams": upstreams,

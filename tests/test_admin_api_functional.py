@@ -80,7 +80,7 @@ class Admin:
         *,
         token: Any = _DEFAULT,
         headers: dict[str, str] | None = None,
-        data: bytes | io.BytesIO | None = None,
+        data: bytes | io.BytesIO | AsyncIterator[bytes] | None = None,
     ) -> Reply:
         token = self.token if token is _DEFAULT else token
         sent = dict(headers or {})
@@ -131,6 +131,10 @@ def relay_config(
 def with_tls_listener(config: dict[str, Any], cert_files: tuple[Path, Path, Path]) -> None:
     """The submission listener presents the test CA's certificate (for `client_tls`)."""
     config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+
+
+# A password needs TLS; the API takes no ca_file, so the sink's test certificate goes unverified.
+UNVERIFIED_TLS = {"tls": "starttls", "verify_tls": False}
 
 
 def api_upstream(name: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -320,6 +324,80 @@ async def test_nine_failures_do_not_block(
     assert (await api.call("GET", f"{V1}/sites")).status == 200
 
 
+async def test_a_failed_authentication_is_logged_once_and_counted(
+    tmp_path: Path, start_relay, admin, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+    guess = "guess-0123456789-abcdef"
+
+    with caplog.at_level("WARNING", logger="admin_http.middlewares"):
+        (await api.call("GET", f"{V1}/sites", token=guess)).error(401, "unauthorized")
+        assert (await api.call("GET", f"{V1}/sites")).status == 200  # the right token: no line
+
+    [line] = [r for r in caplog.records if r.name == "admin_http.middlewares"]
+    assert line.levelname == "WARNING"
+    assert (
+        line.getMessage() == "admin API: failed authentication from 127.0.0.1 (GET /api/v1/sites)"
+    )
+    assert guess not in caplog.text and TOKEN not in caplog.text
+    for _ in range(9):
+        await api.call("GET", f"{V1}/sites", token=guess)
+    (await api.call("GET", f"{V1}/sites")).error(429, "too_many_requests")
+    metrics = (await api.call("GET", "/metrics")).text
+    assert 'relay_admin_auth_failures_total{reason="invalid"} 10.0' in metrics
+    assert 'relay_admin_auth_failures_total{reason="blocked"} 1.0' in metrics
+    assert "now blocked for a while" in caplog.records[-1].getMessage()
+
+
+async def test_reload_applies_a_changed_token_list_at_once(
+    tmp_path: Path, start_relay, admin, closed_port: int
+) -> None:
+    config = relay_config(tmp_path, closed_port)
+    config["admin"]["tokens"].append({"name": "ci", "token_hash": hash_token(CI_TOKEN)})
+    relay = await start_relay(config)
+    ops, ci = admin(relay), admin(relay, token=CI_TOKEN)
+    assert (await ci.call("GET", f"{V1}/sites")).status == 200
+
+    config["admin"]["tokens"] = [{"name": "ci", "token": CI_TOKEN}]  # ops removed, ci kept
+    write_config(tmp_path, config)
+    result = await ops.ok("POST", f"{V1}/reload")
+
+    assert result["restart_needed"] == []
+    (await ops.call("GET", f"{V1}/sites")).error(401, "unauthorized")
+    assert (await ci.call("GET", f"{V1}/sites")).status == 200
+    # The rest of the admin section still needs a restart, and says so.
+    config["admin"]["port"] = 1
+    write_config(tmp_path, config)
+    assert (await ci.ok("POST", f"{V1}/reload"))["restart_needed"] == ["admin"]
+    assert relay.app.config.admin.port == 0
+
+
+async def test_the_admin_listener_speaks_https_with_a_certificate(
+    tmp_path: Path,
+    start_relay,
+    closed_port: int,
+    cert_files: tuple[Path, Path, Path],
+    client_tls: ssl.SSLContext,
+) -> None:
+    config = relay_config(tmp_path, closed_port)
+    config["admin"].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    port = relay.app.admin_port
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"https://localhost:{port}{V1}/upstreams",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            ssl=client_tls,
+        ) as response:
+            assert response.status == 200
+            assert [u["name"] for u in (await response.json())["items"]] == ["file-up"]
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP is not answered as HTTP
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as plain:
+                await plain.read()
+
+
 # -- 2. Secrets are never returned
 
 
@@ -335,11 +413,16 @@ async def test_no_response_ever_contains_a_secret(
 ) -> None:
     file_password, env_password, api_password = "file-pw-Aq7x91", "env-pw-Bz3k42", "api-pw-Cy5m63"
     monkeypatch.setenv("ADMIN_TEST_UPSTREAM_PASSWORD", env_password)
-    sink = await make_sink(auth=("apiuser", api_password))
+    sink = await make_sink(tls="starttls", auth=("apiuser", api_password))
+    plain = {"allow_plaintext_auth": True}  # never connected to (closed port)
     upstreams = [
-        smtp_upstream("file-up", closed_port, username="fileuser", password=file_password),
+        smtp_upstream("file-up", closed_port, username="fileuser", password=file_password, **plain),
         smtp_upstream(
-            "env-up", closed_port, username="envuser", password_env="ADMIN_TEST_UPSTREAM_PASSWORD"
+            "env-up",
+            closed_port,
+            username="envuser",
+            password_env="ADMIN_TEST_UPSTREAM_PASSWORD",
+            **plain,
         ),
     ]
     config = relay_config(tmp_path, closed_port, upstreams)
@@ -350,7 +433,9 @@ async def test_no_response_ever_contains_a_secret(
     created = await api.ok(
         "POST",
         f"{V1}/upstreams",
-        api_upstream("api-up", sink.port, username="apiuser", password=api_password),
+        api_upstream(
+            "api-up", sink.port, username="apiuser", password=api_password, **UNVERIFIED_TLS
+        ),
         status=201,
     )
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
@@ -730,12 +815,14 @@ async def test_store_objects_survive_a_restart_with_the_upstream_password(
     cert_files: tuple[Path, Path, Path],
     client_tls: ssl.SSLContext,
 ) -> None:
-    sink = await make_sink(auth=("user", "pw"))
+    sink = await make_sink(tls="starttls", auth=("user", "pw"))
     config = relay_config(tmp_path, closed_port)
     with_tls_listener(config, cert_files)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", sink.port, username="user", password="pw", priority=3)
+    body = api_upstream(
+        "api-up", sink.port, username="user", password="pw", priority=3, **UNVERIFIED_TLS
+    )
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
     await api.ok("POST", f"{V1}/domains", {"name": "blog.example.com"}, status=201)
@@ -772,7 +859,7 @@ async def test_upstream_password_is_encrypted_at_rest(
     config = relay_config(tmp_path, closed_port)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", closed_port, username="user", password=password)
+    body = api_upstream("api-up", closed_port, username="user", password=password, **UNVERIFIED_TLS)
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("PATCH", f"{V1}/upstreams/api-up", {"priority": 4})
     await relay.app.stop()  # everything written and the database closed
@@ -797,7 +884,7 @@ async def test_deleting_an_api_upstream_is_soft_and_refused_while_a_site_uses_it
     config = relay_config(tmp_path, closed_port)
     relay = await start_relay(config)
     api = admin(relay)
-    body = api_upstream("api-up", closed_port, username="u", password="old-pw-123")
+    body = api_upstream("api-up", closed_port, username="u", password="old-pw-123", tls="starttls")
     await api.ok("POST", f"{V1}/upstreams", body, status=201)
     await api.ok("POST", f"{V1}/sites", api_site("blog", ["api-up"]), status=201)
 
@@ -946,7 +1033,19 @@ async def test_lists_are_paginated(tmp_path: Path, start_relay, admin, closed_po
 
 @pytest.mark.parametrize(
     "query",
-    ["page=0", "page_size=0", "page_size=501", "page=abc", "page=-1", "page_size=1.5", "page="],
+    [
+        "page=0",
+        "page_size=0",
+        "page_size=501",
+        "page=abc",
+        "page=-1",
+        "page_size=1.5",
+        "page=",
+        "page=%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "page_size=%D9%A3",  # an Arabic-Indic 3: int() would take it
+        "page=+1",
+        "page=1234567890",
+    ],
 )
 async def test_bad_paging_is_a_bad_request(
     tmp_path: Path, start_relay, admin, closed_port: int, query: str
@@ -957,6 +1056,47 @@ async def test_bad_paging_is_a_bad_request(
     for path in ("sites", "upstreams", "domains", "audit", "messages"):
         error = (await api.call("GET", f"{V1}/{path}?{query}")).error(400, "bad_request")
         assert query.split("=")[0] in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="100000-nested-lists"),
+        pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, id="50000-nested-objects"),
+        pytest.param(b'{"name": ' + b"[" * 40 + b"]" * 40 + b"}", id="40-levels"),
+    ],
+)
+async def test_deeply_nested_json_is_a_bad_request(
+    tmp_path: Path, start_relay, admin, closed_port: int, body: bytes
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+
+    reply = await api.call(
+        "POST", f"{V1}/sites", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    error = reply.error(400, "bad_request")
+    assert "nests deeper than 32 levels" in error["message"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413(
+    tmp_path: Path, start_relay, admin, closed_port: int
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the server must count
+        yield b'{"name": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    reply = await api.call(
+        "POST", f"{V1}/sites", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+
+    reply.error(413, "too_large")
 
 
 # -- 6. Reload
@@ -1063,7 +1203,7 @@ async def test_every_change_is_audited_newest_first(
     client_tls: ssl.SSLContext,
 ) -> None:
     failing = await make_sink(replies={"rcpt": {"x@example.org": "451 4.3.0 try later"}})
-    probe_sink = await make_sink()
+    probe_sink = await make_sink(tls="starttls")
     clock = FakeClock()
     config = relay_config(tmp_path, failing.port)
     with_tls_listener(config, cert_files)
@@ -1077,7 +1217,7 @@ async def test_every_change_is_audited_newest_first(
     await wait_until(deferred)
 
     secret = "audited-Secret-77"
-    body = api_upstream("api-up", probe_sink.port, username="u", password=secret)
+    body = api_upstream("api-up", probe_sink.port, username="u", password=secret, **UNVERIFIED_TLS)
     steps: list[tuple[str, str, str]] = []
 
     async def do(method: str, path: str, entry: tuple[str, str, str], *args: Any) -> None:

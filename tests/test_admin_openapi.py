@@ -181,7 +181,7 @@ def routes_of(live: LiveRelay) -> set[tuple[str, str]]:
         lambda: relay.config,
         relay.reload,
     )
-    app = create_app(AdminDeps(relay.metrics, relay.readiness, [], api))
+    app = create_app(AdminDeps(relay.metrics, relay.readiness, tuple, api))
     found = set()
     for route in app.router.routes():
         if route.method == "HEAD":
@@ -360,7 +360,7 @@ def test_lifecycles_keep_to_the_document(
         "POST",
         "/api/v1/upstreams",
         201,
-        {"name": "api-up", "host": "127.0.0.1", "port": closed_port(), "tls": "none",
+        {"name": "api-up", "host": "127.0.0.1", "port": closed_port(), "tls": "starttls",
          "username": "relay", "password": "upstream-secret"},
     )  # fmt: skip
     assert (created["managed_by"], created["has_password"]) == ("api", True)

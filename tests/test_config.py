@@ -659,6 +659,31 @@ ERROR_CASES: list[Any] = [
     ),
     pytest.param(
         case(
+            lambda d: d["upstreams"][0].update(tls="none", username="u", password="x"),
+            "upstreams[0].password: with tls: none the password would cross the network in "
+            "clear; use tls: starttls or implicit (or, in the config file only, "
+            "allow_plaintext_auth: true)",
+        ),
+        id="password-without-tls",
+    ),
+    pytest.param(
+        case(
+            _set(["admin"], {"host": "0.0.0.0"}),
+            "admin.host: an admin listener beyond loopback (0.0.0.0) sends tokens over the "
+            "network: give cert_file and key_file (HTTPS), or allow_plaintext: true behind "
+            "your own TLS",
+        ),
+        id="public-admin-without-tls",
+    ),
+    pytest.param(
+        case(
+            _set(["admin"], {"allow_private_upstreams": "yes"}),
+            "admin.allow_private_upstreams: must be true or false",
+        ),
+        id="allow-private-not-boolean",
+    ),
+    pytest.param(
+        case(
             _set(["sites", 0, "credentials", 0, "password_hash"], "hunter2"),
             "sites[0].credentials[0].password_hash: not a password hash; "
             "make one with `relay hash-password`",
@@ -1075,4 +1100,39 @@ def test_a_key_file_that_is_not_a_key_is_reported(tmp_path: Path) -> None:
     assert problems_of(write(tmp_path, data)) == [
         f"domains[0].dkim.private_key_file: {tmp_path / 'relay2.pem'}: "
         "not a PEM private key (or it needs a passphrase)"
+    ]
+
+
+def test_plaintext_upstream_auth_and_a_public_admin_listener_need_an_explicit_choice(
+    tmp_path: Path, cert_files: tuple[Path, Path, Path]
+) -> None:
+    data = base()
+    data["upstreams"][0].update(tls="none", username="u", password="x", allow_plaintext_auth=True)
+    data["admin"] = {"host": "0.0.0.0", "allow_plaintext": True, "allow_private_upstreams": True}
+    config = load_config(write(tmp_path, data))
+    assert config.upstreams[0].allow_plaintext_auth is True
+    assert (config.admin.allow_plaintext, config.admin.allow_private_upstreams) == (True, True)
+
+    data["admin"] = {"host": "::", "cert_file": str(cert_files[0]), "key_file": str(cert_files[1])}
+    config = load_config(write(tmp_path, data))
+    assert (config.admin.cert_file, config.admin.allow_plaintext) == (cert_files[0], False)
+    assert config.admin.allow_private_upstreams is False  # the default
+
+    data["admin"] = {"host": "::", "cert_file": str(cert_files[0])}
+    assert problems_of(write(tmp_path, data)) == [
+        "admin: give both cert_file and key_file, or neither"
+    ]
+
+
+def test_check_config_refuses_a_public_admin_listener_without_tls(tmp_path: Path) -> None:
+    data = base()
+    data["admin"] = {"host": "0.0.0.0", "port": 8025}
+    path = write(tmp_path, data)
+
+    result = run_relay("check-config", "-c", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "admin.host: an admin listener beyond loopback (0.0.0.0) sends tokens over the network: "
+        "give cert_file and key_file (HTTPS), or allow_plaintext: true behind your own TLS"
     ]

@@ -183,3 +183,36 @@ def test_config_example_runs_as_is(tmp_path: Path) -> None:
     finally:
         assert relay.stop() == 0
     assert os.path.exists(tmp_path / "data" / "relay.db")
+
+
+def test_the_data_directory_and_store_are_private_whatever_the_umask(
+    tmp_path: Path, closed_port: int
+) -> None:
+    """Outside systemd (umask 022) the data dir was 755 and relay.db, -wal, -shm 644."""
+    config = plaintext_config(tmp_path, closed_port)
+    config["listeners"][0].update(tls="starttls")  # the development certificate and its key
+    data = Path(config["server"]["data_dir"])
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)  # as an operator's mkdir made it
+    previous = os.umask(0o022)
+    try:
+        relay = RelayProcess(write_config(tmp_path, config))
+    finally:
+        os.umask(previous)
+    try:
+        port = relay.wait_ready()
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.starttls()
+            client.login("shop", SITE_PASSWORD)
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in [data, *data.iterdir()]}
+    finally:
+        assert relay.stop() == 0
+    assert modes == {
+        "data": "0o700",
+        "relay.db": "0o600",
+        "relay.db-wal": "0o600",
+        "relay.db-shm": "0o600",
+        "secret.key": "0o600",
+        "dev-cert.pem": "0o600",
+        "dev-key.pem": "0o600",
+    }

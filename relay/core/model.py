@@ -111,6 +111,7 @@ class Upstream:
     ca_file: str | None = None  # trust this CA bundle instead of the system's
     username: str | None = None
     password: Secret | None = None
+    allow_plaintext_auth: bool = False  # the file's explicit choice to send a password without TLS
     path: str | None = None  # kind: file
     priority: int = 100
     active: bool = True
