@@ -2,7 +2,8 @@
 
 Tokens are compared as SHA-256 digests in constant time against the list in
 force now (a reload that removes a token locks it out at once); a client IP
-that fails too often is refused for a while (429) before any comparison. Each
+that fails too often (IPv6: a /64) is refused for a while (429) before any
+comparison. Each
 failure is logged (one WARNING line with the client's address, never what it
 presented) and counted in ``relay_admin_auth_failures_total``. The matched
 token's name is kept on the request for the audit log.
@@ -19,7 +20,7 @@ from aiohttp.typedefs import Middleware
 
 from admin_http.errors import ApiError, error_response
 from relay.catalog_controller import Conflict, Invalid, NotFound
-from relay.core.throttle import FailureThrottle
+from relay.core.throttle import FailureThrottle, client_network
 from relay.core.tokens import match_token
 from relay.domain_database import DomainConflict
 from relay.metrics import Metrics
@@ -78,7 +79,7 @@ def auth_middleware(
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
-        client = f"ip:{request.remote}"
+        client = f"ip:{client_network(request.remote or '')}"  # IPv6: its /64
         if throttle.is_blocked(client, clock()):
             metrics.admin_auth_failures.labels("blocked").inc()  # counted, not logged: a flood
             return error_response(
