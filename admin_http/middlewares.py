@@ -4,8 +4,9 @@ Tokens are compared as SHA-256 digests in constant time against the list in
 force now (a reload that removes a token locks it out at once); a client IP
 that fails too often (IPv6: a /64) is refused for a while (429) before any
 comparison. Each failure is logged (one WARNING line with the client's
-address, never what it presented) and counted in ``relay_admin_auth_failures_total``. The matched
-token's name is kept on the request for the audit log.
+address, never what it presented) and counted in
+``relay_admin_auth_failures_total``. The matched token's name is kept on the
+request for the audit log.
 """
 
 from __future__ import annotations
