@@ -291,14 +291,22 @@ async def data_session(port: int, tls: ssl.SSLContext) -> tuple[Any, Any]:
     return reader, writer
 
 
-async def test_data_arriving_steadily_outlives_the_session_timeout(
+@pytest.fixture
+async def in_data(
     tmp_path: Path, make_sink, start_relay, cert_files, client_tls, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Any, Any]:
+    """A session in DATA, the session timeout 2 s and the minimum rate 100 bytes/s."""
     monkeypatch.setattr(smtp_server, "SESSION_TIMEOUT_SECONDS", 2)
     monkeypatch.setattr(smtp_server, "MIN_DATA_RATE", 100)
     sink = await make_sink()
     relay = await start_relay(tls_config(tmp_path, sink, cert_files))
-    reader, writer = await data_session(relay.port, client_tls)
+    return await data_session(relay.port, client_tls)
+
+
+async def test_data_arriving_steadily_outlives_the_session_timeout(
+    in_data: tuple[Any, Any],
+) -> None:
+    reader, writer = in_data
     writer.write(GOOD_MESSAGE)
     for _ in range(14):  # 4.2 s at ~1,000 bytes a second
         writer.write(b"x" * 298 + b"\r\n")
@@ -309,14 +317,8 @@ async def test_data_arriving_steadily_outlives_the_session_timeout(
     writer.close()
 
 
-async def test_data_slower_than_the_minimum_rate_is_cut(
-    tmp_path: Path, make_sink, start_relay, cert_files, client_tls, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(smtp_server, "SESSION_TIMEOUT_SECONDS", 2)
-    monkeypatch.setattr(smtp_server, "MIN_DATA_RATE", 100)
-    sink = await make_sink()
-    relay = await start_relay(tls_config(tmp_path, sink, cert_files))
-    reader, writer = await data_session(relay.port, client_tls)
+async def test_data_slower_than_the_minimum_rate_is_cut(in_data: tuple[Any, Any]) -> None:
+    reader, writer = in_data
     started = time.monotonic()
     with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)):
         while time.monotonic() - started < 10:
