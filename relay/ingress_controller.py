@@ -19,6 +19,7 @@ from relay.config import LimitsConfig
 from relay.core import dkim, headers
 from relay.core.addresses import domain_of
 from relay.core.directory import Directory
+from relay.core.dkim import SigningKey
 from relay.core.ids import new_message_id
 from relay.core.model import NewMessage, Site, SmtpReply
 from relay.core.policy import (
@@ -28,6 +29,7 @@ from relay.core.policy import (
     TempFail,
     Verdict,
     check_content,
+    check_header_size,
     check_recipient,
     check_sender_syntax,
     identify_site,
@@ -40,6 +42,10 @@ from relay.store import GroupWriter
 from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
+# Up to this size an unsigned message is rewritten on the event loop: at most a few ms
+# even when it is all header, while a thread hand-off costs about as much CPU as the
+# rewrite of a 2 KB message (70 us against 60 us: 5 % of a message's CPU here).
+_ON_LOOP_BYTES = 65_536
 
 
 @dataclass(frozen=True)
@@ -124,17 +130,19 @@ class IngressController:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
 
     async def accept(self, submission: Submission) -> Queued | Reject | TempFail:
-        verdict = check_content(submission.content, self._limits.max_message_bytes)
-        if isinstance(verdict, Reject | TempFail):
-            return verdict
-        message = self._prepare(submission)
+        for verdict in (
+            check_content(submission.content, self._limits.max_message_bytes),
+            check_header_size(submission.content, self._limits.max_header_bytes),
+        ):
+            if isinstance(verdict, Reject | TempFail):
+                return verdict
+        key = self._directory().signing_key(domain_of(submission.site.from_email))
+        if key is None and len(submission.content) <= _ON_LOOP_BYTES:
+            message = self._prepare(submission, key)
+        else:  # one hand-off for the rewrite and the signature (OpenSSL runs without the GIL)
+            message = await asyncio.to_thread(self._prepare, submission, key)
         if isinstance(message, Reject):
             return message
-        key = self._directory().signing_key(domain_of(submission.site.from_email))
-        if key is not None:  # after the rewrite: the signature covers what goes out
-            # In a thread: OpenSSL's RSA signature (0.6 ms) runs there without the GIL.
-            signed = await asyncio.to_thread(dkim.sign, message.content, key, message.created_at)
-            message = replace(message, content=signed)
         # Checked again: other sessions may have used the site's last messages since MAIL.
         over = self._check_site_limits(submission.site)
         if over is not None:
@@ -175,7 +183,8 @@ class IngressController:
         self._delivery.hand_over(message, stored=True)
         return Queued(message.id)
 
-    def _prepare(self, s: Submission) -> NewMessage | Reject:
+    def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:
+        """The message as it is stored and sent: rewritten, then signed with ``key``."""
         now = self._clock()
         message_id = new_message_id(now, os.urandom(10))
         received = headers.received_field(
@@ -189,6 +198,7 @@ class IngressController:
         content, original = headers.rewrite(
             s.content,
             [
+                headers.StripSpaceBeforeColon(),
                 headers.RemoveBcc(),
                 headers.RemoveField(self._class_header),
                 headers.RewriteFrom(s.site),
@@ -199,6 +209,8 @@ class IngressController:
         kind = message_class(original, self._class_header, s.site)
         if isinstance(kind, Reject):
             return kind
+        if key is not None:  # after the rewrite: the signature covers what goes out
+            content = dkim.sign(content, key, now)
         subject = headers.first(original, "subject")
         return NewMessage(
             id=message_id,

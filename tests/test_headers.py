@@ -6,6 +6,7 @@ import email
 import email.policy
 import email.utils
 from email.message import EmailMessage
+from random import Random
 from typing import Any
 
 import pytest
@@ -189,6 +190,20 @@ def test_split_and_join_round_trip_byte_exact(
             b"Subject: x\r\n\r\n",
             id="last-field-without-crlf",
         ),
+        pytest.param(
+            b"Subject: x\r\n y",
+            [b"Subject"],
+            b"",
+            b"Subject: x\r\n y\r\n\r\n",
+            id="last-continuation-without-crlf",
+        ),
+        pytest.param(
+            b" x\r\nSubject: x\r\n\r\n",
+            [],
+            b" x\r\nSubject: x\r\n\r\n",
+            b"\r\n x\r\nSubject: x\r\n\r\n",
+            id="continuation-before-any-field-starts-body",
+        ),
     ],
 )
 def test_split_without_empty_line_keeps_body_bytes_and_join_adds_separator(
@@ -210,6 +225,100 @@ def test_field_keeps_raw_and_exposes_unfolded_value_and_lowercase_key() -> None:
     assert field.raw == b"SUBJECT: a long\r\n subject\r\n\tline\r\n"
     assert field.key == "subject"
     assert field.value == b"a long subject\tline"
+
+
+def test_a_field_folded_into_many_lines_is_one_field_with_every_byte() -> None:
+    folded = b"X-Long: start\r\n" + b" x\r\n" * 10_000
+    fields, body = split_message(b"From: a@example.com\r\n" + folded + b"Subject: s\r\n\r\nb")
+    assert [f.raw for f in fields] == [b"From: a@example.com\r\n", folded, b"Subject: s\r\n"]
+    assert fields[1].value == b"start" + b" x" * 10_000
+    assert body == b"b"
+
+
+# -- header_block_fits: the size of the header block, read no further than the limit
+
+
+@pytest.mark.parametrize(
+    ("content", "limit", "fits"),
+    [
+        pytest.param(b"Subject: x\r\n\r\n" + b"b" * 100, 12, True, id="exactly-the-limit"),
+        pytest.param(b"Subject: x\r\n\r\n" + b"b" * 100, 11, False, id="one-byte-over"),
+        pytest.param(b"\r\n" + b"Subject: x\r\n" * 100, 0, True, id="starts-with-the-empty-line"),
+        pytest.param(b"Subject: x\r\n" * 100, 20, False, id="no-empty-line-all-fields"),
+        pytest.param(
+            b"Subject: x\r\nnot a field\r\n" + b"To: y\r\n" * 100,
+            20,
+            True,
+            id="no-empty-line-block-ends-at-a-non-field",
+        ),
+        pytest.param(
+            b"Subject: x\r\n" + b"not a field, and long\r\n",
+            14,
+            True,
+            id="non-field-line-crossing-the-limit",
+        ),
+        pytest.param(
+            b"Subject: x\r\n" + b"Field-With-A-Long-Name: y\r\n",
+            14,
+            False,
+            id="field-crossing-the-limit",
+        ),
+        pytest.param(b"Subject: x\r\n x\r\n x\r\n", 14, False, id="continuation-crossing"),
+        pytest.param(b" continued\r\n" * 10, 5, True, id="continuation-without-field-is-body"),
+        pytest.param(b"X" * 100 + b": v\r\n", 50, False, id="one-long-field"),
+        pytest.param(b"X" * 100 + b" v\r\n", 50, True, id="one-long-line-no-field"),
+    ],
+)
+def test_header_block_fits(content: bytes, limit: int, fits: bool) -> None:
+    assert headers.header_block_fits(content, limit) is fits
+
+
+def _block_length(content: bytes) -> int:
+    fields, _body = split_message(content)
+    return sum(len(f.raw) for f in fields)
+
+
+def test_header_block_fits_agrees_with_the_split_on_random_messages() -> None:
+    random = Random(13)  # noqa: S311 -- reproducible test inputs
+    lines = [b"To: y\r\n", b" x\r\n", b"\tx\r\n", b"\r\n", b"body\r\n", b"X-Foo : b\r\n"]
+    for _ in range(2_000):
+        content = b"".join(random.choices(lines, k=random.randint(0, 8)))
+        for limit in range(len(content) + 3):
+            expected = _block_length(content) <= limit
+            assert headers.header_block_fits(content, limit) is expected, (content, limit)
+
+
+# -- StripSpaceBeforeColon
+
+
+def test_space_before_the_colon_is_removed_and_nothing_else_changes() -> None:
+    content = b"X-Foo : bar\r\nSubject\t:  hi\r\n there\r\nTo: a@example.org\r\n\r\nX-B : body\r\n"
+    out, _ = headers.rewrite(content, [headers.StripSpaceBeforeColon()])
+    assert out == b"X-Foo: bar\r\nSubject:  hi\r\n there\r\nTo: a@example.org\r\n\r\nX-B : body\r\n"
+
+
+# -- decoded_text: readable, bounded
+
+
+def test_decoded_text_decodes_encoded_words() -> None:
+    assert headers.decoded_text(b"=?utf-8?q?caf=C3=A9?= au lait") == "café au lait"
+
+
+def test_decoded_text_is_at_most_limit_characters() -> None:
+    assert headers.decoded_text(b"x" * 5000) == "x" * headers.TEXT_CHARS
+    assert headers.decoded_text(b"abcdef", limit=3) == "abc"
+
+
+def test_decoded_text_of_a_huge_value_decodes_its_start_and_cuts_no_word() -> None:
+    value = b" ".join([b"=?utf-8?q?caf=C3=A9?="] * 50_000)  # 1 MB of encoded words
+    text = headers.decoded_text(value)
+    assert text.startswith("cafécafé")
+    assert "=?" not in text
+    assert len(text) <= headers.TEXT_CHARS
+
+
+def test_decoded_text_of_a_malformed_value_is_the_text() -> None:
+    assert headers.decoded_text(b"=?no-such-charset?q?x?=") == "=?no-such-charset?q?x?="
 
 
 # -- make_field: no header injection

@@ -15,6 +15,7 @@ from relay.core.policy import (
     SessionFacts,
     TempFail,
     check_content,
+    check_header_size,
     check_recipient,
     check_sender_syntax,
     identify_site,
@@ -297,3 +298,25 @@ def test_only_crlf_agrees_with_the_look_around_rule_on_random_bytes() -> None:
     for _ in range(20_000):
         text = bytes(rng.choice(b"a.\r\n") for _ in range(rng.randint(0, 10)))
         assert has_only_crlf(text) == (bare.search(text) is None), text
+
+
+# -- check_header_size
+
+
+@pytest.mark.parametrize(
+    ("content", "accepted"),
+    [
+        pytest.param(b"Subject: " + b"x" * 89 + b"\r\n\r\nbody" * 1000, True, id="at-the-limit"),
+        pytest.param(b"Subject: " + b"x" * 90 + b"\r\n\r\nbody", False, id="one-byte-over"),
+        pytest.param(b"Subject: x\r\n" + b" folded\r\n" * 20 + b"\r\n", False, id="folded"),
+        pytest.param(b"\r\n" + b"Subject: x\r\n" * 20, True, id="no-header-at-all"),
+        pytest.param(b"Subject: x\r\n" * 20, False, id="no-empty-line"),
+    ],
+)
+def test_header_size_limit(content: bytes, accepted: bool) -> None:
+    result = check_header_size(content, 100)
+    if accepted:
+        assert result == ACCEPT
+    else:
+        assert isinstance(result, Reject)
+        assert result.reply.render() == "552 5.3.4 Header block too big (at most 100 bytes)"

@@ -10,6 +10,7 @@ fields. The body bytes are re-attached untouched, so DKIM body hashes and
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import re
@@ -20,7 +21,13 @@ from email.header import decode_header, make_header
 from relay.core.model import ReplyTo, Site
 
 CRLF = b"\r\n"
-_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# RFC 5322 section 3.6.8 printable ASCII but ":", then the obsolete whitespace
+# before the colon that section 4.5.8 (obs-optional) still lets us receive.
+# Matched at a line's start, never across lines (CR is not a name character).
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_WSP = b" \t"
+TEXT_CHARS = 1000  # of a decoded value the relay keeps (a message's subject)
+_DECODED_BYTES = 4096  # of a value it decodes for that: 1.5 ms at most
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,8 @@ class HeaderField:
     def value(self) -> bytes:
         """The unfolded value, without the name, colon and final CRLF."""
         value = self.raw.split(b":", 1)[1]
-        return re.sub(rb"\r\n(?=[ \t])", b"", value).strip()
+        # Unfolding (RFC 5322 section 2.2.3) removes each CRLF that precedes whitespace.
+        return value.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t").strip()
 
 
 Fields = tuple[HeaderField, ...]
@@ -48,24 +56,61 @@ def split_message(content: bytes) -> tuple[Fields, bytes]:
 
     A line that is neither a field nor a continuation ends the header block
     early (the message had no empty line): that line and the rest are body.
+    Linear in the header block: a field is cut out of ``content`` once, when
+    its last continuation line is passed, never grown line by line.
     """
     fields: list[HeaderField] = []
+    field: re.Match[bytes] | None = None  # the field being read, until a line is not its own
     pos = 0
     while pos < len(content):
         end = content.find(CRLF, pos)
-        line_end = len(content) if end < 0 else end + 2
-        line = content[pos:line_end]
-        if line in (CRLF, b""):
-            return tuple(fields), content[line_end:]
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] = HeaderField(fields[-1].name, fields[-1].raw + line)
-        else:
-            match = _FIELD_NAME.match(line)
-            if match is None:
-                return tuple(fields), content[pos:]
-            fields.append(HeaderField(match.group(1), line if line.endswith(CRLF) else line + CRLF))
-        pos = line_end
+        next_line = len(content) if end < 0 else end + 2
+        if field is not None and content[pos] in _WSP:
+            pos = next_line
+            continue
+        if field is not None:
+            fields.append(_cut(content, field, pos))
+            field = None
+        if end == pos:
+            return tuple(fields), content[next_line:]
+        field = _FIELD_NAME.match(content, pos)
+        if field is None:
+            return tuple(fields), content[pos:]
+        pos = next_line
+    if field is not None:
+        fields.append(_cut(content, field, pos))
     return tuple(fields), b""
+
+
+def _cut(content: bytes, field: re.Match[bytes], end: int) -> HeaderField:
+    raw = content[field.start() : end]
+    return HeaderField(field.group(1), raw if raw.endswith(CRLF) else raw + CRLF)
+
+
+def header_block_fits(content: bytes, limit: int) -> bool:
+    """Whether the header block (its fields with their CRLFs) has at most ``limit`` bytes.
+
+    Linear, and reads about ``limit`` bytes of ``content`` whatever its size:
+    the end of the block is an empty line looked for only that far, or, in a
+    message without one, the first line that is neither a field nor a
+    continuation. A message may begin with the empty line (no header at all).
+    """
+    if len(content) <= limit or content.startswith(CRLF):
+        return True
+    if content.find(b"\r\n\r\n", 0, limit + 2) >= 0:  # the empty line follows in time
+        return True
+    # No empty line in time: the block is small only if a line that starts within the
+    # limit is not a header line. Whole lines first, then the one that crosses the limit.
+    last = content.rfind(CRLF, 0, limit + 2)
+    whole = last + 2 if last >= 0 else 0
+    fields, body = split_message(content[:whole])
+    if body:
+        return True
+    if whole > limit:
+        return False
+    if content[whole : whole + 1] in (b" ", b"\t"):
+        return not fields
+    return _FIELD_NAME.match(content, whole) is None
 
 
 def join_message(fields: Sequence[HeaderField], body: bytes) -> bytes:
@@ -86,13 +131,23 @@ def format_address(address: str, display_name: str | None) -> str:
     return email.utils.formataddr((display_name, address), charset="utf-8")
 
 
-def decoded_text(value: bytes) -> str:
-    """Readable text of an RFC 2047 value (for logs and search, never for output)."""
+def decoded_text(value: bytes, limit: int = TEXT_CHARS) -> str:
+    """Readable text of an RFC 2047 value (for logs and search, never for output).
+
+    At most ``limit`` characters, decoded from the value's first
+    ``_DECODED_BYTES`` only: email.header's decoder grows faster than the
+    value (2.9 s for 1 MB of encoded words), and a subject shown in a log
+    line or a search result needs no more. The value is cut at a space, so
+    no encoded word is cut in half (RFC 2047 section 2: they are separated
+    by whitespace and at most 75 characters long).
+    """
+    if len(value) > _DECODED_BYTES:
+        cut = max(value.rfind(b" ", 0, _DECODED_BYTES), value.rfind(b"\t", 0, _DECODED_BYTES))
+        value = value[: cut if cut > 0 else _DECODED_BYTES]
     text = value.decode("utf-8", errors="replace")
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError):
-        return text
+    with contextlib.suppress(ValueError, LookupError):  # a malformed value stays as it is
+        text = str(make_header(decode_header(text)))
+    return text[:limit]
 
 
 def first(fields: Fields, key: str) -> HeaderField | None:
@@ -135,6 +190,25 @@ class RemoveBcc:
 
     def __call__(self, fields: Fields) -> Fields:
         return without(fields, "bcc")
+
+
+class StripSpaceBeforeColon:
+    """``X-Foo : bar`` goes out as ``X-Foo: bar``.
+
+    The space before the colon is obsolete syntax (RFC 5322 section 4.5.8):
+    received, never to be generated, and some DKIM verifiers (dkimpy) refuse
+    a message that has it.
+    """
+
+    def __call__(self, fields: Fields) -> Fields:
+        return tuple(_close_up(f) for f in fields)
+
+
+def _close_up(field: HeaderField) -> HeaderField:
+    colon = field.raw.index(b":", len(field.name))
+    if colon == len(field.name):
+        return field
+    return HeaderField(field.name, field.name + field.raw[colon:])
 
 
 class RemoveField:

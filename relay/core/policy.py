@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from relay.core.addresses import is_address, sender_matches
 from relay.core.directory import Directory
-from relay.core.headers import Fields, decoded_text, first
+from relay.core.headers import Fields, decoded_text, first, header_block_fits
 from relay.core.model import Credential, MessageClass, Site, SmtpReply
 from relay.core.quota import OverLimit
 
@@ -138,6 +138,14 @@ def check_content(content: bytes, max_bytes: int) -> Verdict:
     if not has_only_crlf(content):
         return BARE_LINE_ENDING
     return ACCEPT
+
+
+def check_header_size(content: bytes, max_bytes: int) -> Verdict:
+    """The header block is what every header pass reads: its size bounds their cost."""
+    if header_block_fits(content, max_bytes):
+        return ACCEPT
+    # RFC 3463 5.3.4: message too big for system (here: its header block).
+    return Reject(SmtpReply(552, f"5.3.4 Header block too big (at most {max_bytes} bytes)"))
 
 
 def site_over_limit(site: Site, over: OverLimit, now: float) -> TempFail:
