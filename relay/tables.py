@@ -186,3 +186,24 @@ audit_log = sa.Table(
     sa.Column("target", sa.String(253), nullable=False),
     sa.Column("detail", sa.JSON, nullable=False),
 )
+
+# Failed AUTH attempts of the whole cluster (keys such as ``ip:192.0.2.1``, ``user:shop``),
+# each counted when its check starts; a refunded attempt's row is deleted.
+auth_failures = sa.Table(
+    "auth_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_auth_failures_key_at", "key", "at"),
+)
+
+# One row per shared thing whose change every node must notice (``catalog``: the
+# objects of the admin API and the file's reload); nodes poll ``version``.
+cluster_versions = sa.Table(
+    "cluster_versions",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("changed_at", sa.Float, nullable=False),
+)
