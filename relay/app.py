@@ -71,6 +71,7 @@ DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
 QUEUE_GAUGE_SECONDS = 15.0
 PERSIST_SECONDS = 2.0  # how often changed usage counters and circuits are written
+AUTH_PRUNE_SECONDS = 60.0  # how often AUTH failures out of the window leave the store
 # Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
 # the store, DNS, and upstream connections (one per delivery at most).
 RESERVED_DESCRIPTORS = 128
@@ -114,7 +115,9 @@ class RelayApp:
             clock=clock,
         )
         self.queue = QueueController(self.writer, self.delivery.wake, self.health, clock)
-        self.auth = AuthController(self.directory, config.limits, self.metrics, clock=clock)
+        self.auth = AuthController(
+            self.directory, config.limits, self.metrics, self.writer, clock=clock
+        )
         self.ingress = IngressController(
             self.writer,
             self.directory,
@@ -202,6 +205,7 @@ class RelayApp:
             asyncio.create_task(self.delivery.run(), name="delivery"),
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
+            asyncio.create_task(self.auth.run_pruning(AUTH_PRUNE_SECONDS), name="auth-pruning"),
         ]
         interval = self.config.health.check_interval_seconds
         if interval > 0:

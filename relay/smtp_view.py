@@ -69,13 +69,17 @@ class SmtpHandler:
         try:
             return await self._auth_plain(server, args)
         except AuthLineTooLong:
-            return _auth_refused(self._auth.line_too_long(_client_ip(server.session)).render())
+            return _auth_refused(
+                (await self._auth.line_too_long(_client_ip(server.session))).render()
+            )
 
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
         try:
             return await self._auth_login(server, args)
         except AuthLineTooLong:
-            return _auth_refused(self._auth.line_too_long(_client_ip(server.session)).render())
+            return _auth_refused(
+                (await self._auth.line_too_long(_client_ip(server.session))).render()
+            )
 
     async def _auth_plain(self, server: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:

@@ -1,10 +1,10 @@
-"""The failure throttle's client keys and refunds (relay.core.throttle)."""
+"""relay.core.throttle: client keys, refunds, and the rule the store-kept counts follow."""
 
 from __future__ import annotations
 
 import pytest
 
-from relay.core.throttle import FailureThrottle, client_network
+from relay.core.throttle import FailureThrottle, KnownBlocked, blocked_until, client_network
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,32 @@ def test_a_refunded_attempt_no_longer_counts() -> None:
     throttle.refund("ip:b", 1.0)
     throttle.record_failure("ip:a", 3.0)
     assert throttle.is_blocked("ip:a", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("recent", "until"),
+    [
+        ([], None),
+        ([50.0, 40.0], None),  # two of three
+        ([50.0, 40.0, 30.0], 90.0),  # the oldest of the three leaves the window at 30 + 60
+        ([50.0, 40.0, 30.0, 20.0], 90.0),  # older ones do not matter
+    ],
+)
+def test_a_key_is_blocked_until_its_max_th_newest_failure_leaves_the_window(
+    recent: list[float], until: float | None
+) -> None:
+    assert blocked_until(recent, max_failures=3, window_seconds=60) == until
+
+
+def test_known_blocked_keys_expire_and_stay_bounded() -> None:
+    known = KnownBlocked(max_keys=2)
+    known.block("ip:a", until=10.0, now=0.0)
+    assert known.is_blocked("ip:a", 9.9)
+    assert not known.is_blocked("ip:a", 10.0)
+    known.block("ip:a", until=10.0, now=0.0)
+    known.block("ip:b", until=20.0, now=0.0)
+    known.block("ip:c", until=30.0, now=0.0)  # full: the oldest entry goes
+    assert not known.is_blocked("ip:a", 1.0)
+    assert known.is_blocked("ip:b", 1.0) and known.is_blocked("ip:c", 1.0)
+    known.block("ip:d", until=40.0, now=25.0)  # full: the expired entry goes first
+    assert known.is_blocked("ip:c", 26.0) and known.is_blocked("ip:d", 26.0)

@@ -5,6 +5,10 @@ count an attempt as a failure when it starts and ``refund`` it when it turns
 out well, so parallel attempts are counted as they start, not as they finish.
 Client addresses are keyed by ``client_network``: one IPv6 host owns a whole
 /64, so counting its addresses one by one would count nothing.
+
+``FailureThrottle`` counts in memory (the admin API's token failures);
+``blocked_until`` and ``KnownBlocked`` serve SMTP AUTH, whose failures every
+node counts in the store.
 """
 
 from __future__ import annotations
@@ -72,3 +76,46 @@ class FailureThrottle:
                 del self._failures[key]
         while len(self._failures) >= self._max_keys:
             del self._failures[next(iter(self._failures))]
+
+
+def blocked_until(recent: list[float], max_failures: int, window_seconds: float) -> float | None:
+    """Until when a key is blocked, given its newest failure times (newest first); else None.
+
+    ``recent`` needs no more than the ``max_failures`` newest failures inside
+    the window: blocked while that many remain, so until the oldest of them
+    leaves the window.
+    """
+    if len(recent) < max_failures:
+        return None
+    return recent[max_failures - 1] + window_seconds
+
+
+class KnownBlocked:
+    """Keys this process has seen blocked, and until when: answered without asking the store.
+
+    Safe to trust: a blocked key only unblocks as its failures age (or when an
+    attempt in flight is refunded: then the key stays refused a little longer
+    here than in the store, never shorter). Bounded: beyond ``max_keys`` the
+    expired, then the oldest entries go.
+    """
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._until: dict[str, float] = {}
+        self._max_keys = max_keys
+
+    def is_blocked(self, key: str, now: float) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._until[key]
+            return False
+        return True
+
+    def block(self, key: str, until: float, now: float) -> None:
+        if key not in self._until and len(self._until) >= self._max_keys:
+            for old in [k for k, t in self._until.items() if t <= now]:
+                del self._until[old]
+            while len(self._until) >= self._max_keys:
+                del self._until[next(iter(self._until))]
+        self._until[key] = max(until, self._until.get(key, until))
