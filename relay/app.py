@@ -36,6 +36,7 @@ from relay.catalog_controller import (
     load_store,
     merged_directory,
 )
+from relay.cluster_controller import CATALOG, RELOAD, ClusterSync
 from relay.config import (
     AdminToken,
     Config,
@@ -135,8 +136,11 @@ class RelayApp:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
+        self.sync = ClusterSync(
+            self.writer, {CATALOG: self.load_store, RELOAD: self._reload_from_elsewhere}, clock
+        )
         self.catalog = CatalogController(
-            self.writer, self.secrets, lambda: self.config, self.directory, self.load_store, clock
+            self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
         self.probes = ProbeController(
@@ -158,6 +162,7 @@ class RelayApp:
         )
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._announcing: set[asyncio.Task[None]] = set()  # reloads told to the other nodes
         self._stopped = False
 
     def directory(self) -> Directory:
@@ -179,6 +184,7 @@ class RelayApp:
         _private_directory(self.config.server.data_dir)
         await migrate(self.engine)
         restrict_sqlite_files(self.config.store_url)
+        await self.sync.start()  # before loading: a change in between is loaded again, not lost
         await self.load_store()
         self.writer.start()
         await self.usage.load()
@@ -206,6 +212,9 @@ class RelayApp:
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
             asyncio.create_task(self.auth.run_pruning(AUTH_PRUNE_SECONDS), name="auth-pruning"),
+            asyncio.create_task(
+                self.sync.run(self.config.cluster.sync_seconds), name="cluster-sync"
+            ),
         ]
         interval = self.config.health.check_interval_seconds
         if interval > 0:
@@ -315,7 +324,26 @@ class RelayApp:
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin
-        tokens, or keep the old on problems."""
+        tokens, or keep the old on problems. One that applied makes every node re-read its own
+        file within ``cluster.sync_seconds``."""
+        result = self._reload_file()
+        if not result.problems and not self._stopped:
+            task = asyncio.create_task(self._announce_reload(), name="announce-reload")
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+        return result
+
+    async def _announce_reload(self) -> None:
+        try:
+            await self.sync.announce(RELOAD)
+        except Exception as error:  # this node reloaded; the others reload at their next one
+            log.warning("reload not announced to the other nodes: %s", error)
+
+    async def _reload_from_elsewhere(self) -> None:
+        log.info("another node reloaded: re-reading %s", self.config.path)
+        self._reload_file()
+
+    def _reload_file(self) -> ReloadResult:
         try:
             config = load_config(self.config.path)
         except ConfigError as error:
@@ -331,6 +359,7 @@ class RelayApp:
                 "delivery",
                 "health",
                 "dns",
+                "cluster",
             )
             if getattr(config, name) != getattr(self.config, name)
         ]
@@ -365,6 +394,7 @@ class RelayApp:
         await self.listeners.stop(DRAIN_SECONDS)
         if self._tasks:  # started
             await self.delivery.stop(DELIVERY_STOP_SECONDS)
+        await asyncio.gather(*self._announcing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -2,12 +2,14 @@
 
 The file's objects are read-only here: a change to one is a ``Conflict``
 naming the file. Store objects are validated by the config file's own rules,
-written with an audit entry in one transaction, and then the caller's
-``on_change`` rebuilds the live directory. Secrets never leave: upstream
-passwords are sealed, credential passwords are hashed and returned once, and
-a stored upstream password never follows a change of where it is sent: a
-PATCH of host, port, tls, verify_tls or username must give the password again.
-An API upstream's host must be public (unless ``admin.allow_private_upstreams``).
+written with an audit entry and a bump of the ``catalog`` version in one
+transaction, then applied to this node's live directory at once and to the
+other nodes' within ``cluster.sync_seconds`` (relay/cluster_controller.py).
+Secrets never leave: upstream passwords are sealed, credential passwords are
+hashed and returned once, and a stored upstream password never follows a
+change of where it is sent: a PATCH of host, port, tls, verify_tls or
+username must give the password again. An API upstream's host must be public
+(unless ``admin.allow_private_upstreams``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import catalog_database as db
 from relay import domain_database
+from relay.cluster_controller import CATALOG, ClusterSync
 from relay.config import Config, parse_site_spec, parse_upstream_spec
 from relay.core import dkim
 from relay.core.directory import Directory
@@ -157,14 +160,14 @@ class CatalogController:
         box: SecretBox,
         config: Callable[[], Config],
         directory: Callable[[], Directory],
-        on_change: Callable[[], Awaitable[None]],
+        sync: ClusterSync,
         clock: Callable[[], float],
     ) -> None:
         self._writer = writer
         self._box = box
         self._config = config
         self._directory = directory
-        self._on_change = on_change
+        self._sync = sync
         self._clock = clock
 
     # -- upstreams
@@ -449,8 +452,7 @@ class CatalogController:
         await db.add_audit(c, entry)
 
     async def _write(self, job: Callable[[AsyncConnection], Awaitable[None]]) -> None:
-        await self._writer.write(job)
-        await self._on_change()
+        await self._sync.change(CATALOG, job)
 
     def _refuse_file_object(
         self, kind: str, name: str, in_file: set[str], hint: str = "change it there and reload"

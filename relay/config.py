@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -151,6 +152,12 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    sync_seconds: float = 2.0  # how often a node looks for changes made on other nodes
+    redis_url: Secret | None = None  # accepted and checked; the relay does not use Redis (README)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -166,6 +173,7 @@ class Config:
     domains: tuple[Domain, ...]
     sites: tuple[Site, ...]
     credentials: tuple[Credential, ...]
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def directory(self) -> Directory:
         return Directory.of(self.sites, self.credentials, self.upstreams, self.domains)
@@ -419,6 +427,7 @@ def _parse(path: Path, root: _Section) -> Config | None:
     dns = _parse_dns(root.section("dns"))
     domains = _parse_domains(root)
     sites, credentials = _parse_sites(root, upstream_names)
+    cluster = _parse_cluster(root.section("cluster"))
     root.finish()
     return Config(
         path,
@@ -435,6 +444,41 @@ def _parse(path: Path, root: _Section) -> Config | None:
         domains,
         sites,
         credentials,
+        cluster,
+    )
+
+
+MIN_SYNC_SECONDS = 0.2  # below it every node polls the store more than five times a second
+
+
+def _parse_cluster(s: _Section) -> ClusterConfig:
+    d = ClusterConfig()
+    sync_seconds = s.number("sync_seconds", d.sync_seconds)
+    if sync_seconds < MIN_SYNC_SECONDS:
+        s.problem(f"must be at least {MIN_SYNC_SECONDS}", "sync_seconds")
+        sync_seconds = d.sync_seconds
+    redis_url = s.secret("redis_url")
+    if redis_url is not None and not _is_redis_url(redis_url.reveal()):
+        s.problem("must be a redis:// or rediss:// URL with a host", "redis_url")
+        redis_url = None
+    s.finish()
+    return ClusterConfig(sync_seconds, redis_url)
+
+
+def _is_redis_url(text: str) -> bool:
+    """redis://[user:password@]host[:port][/db], or rediss:// (TLS)."""
+    try:
+        url = urlsplit(text)
+        port = url.port  # raises on a port that is not a number in range
+    except ValueError:
+        return False
+    database = url.path.lstrip("/")
+    return (
+        url.scheme in ("redis", "rediss")
+        and bool(url.hostname)
+        and (port is None or port > 0)
+        and (database == "" or database.isdigit())
+        and not url.fragment
     )
 
 

@@ -1136,3 +1136,40 @@ def test_check_config_refuses_a_public_admin_listener_without_tls(tmp_path: Path
         "admin.host: an admin listener beyond loopback (0.0.0.0) sends tokens over the network: "
         "give cert_file and key_file (HTTPS), or allow_plaintext: true behind your own TLS"
     ]
+
+
+# -- cluster
+
+
+def test_cluster_defaults_and_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config(write(tmp_path, base())).cluster.sync_seconds == 2.0
+    assert load_config(write(tmp_path, base())).cluster.redis_url is None
+    data = base()
+    monkeypatch.setenv("RELAY_TEST_REDIS", "rediss://:pw@redis.internal:6380/2")
+    data["cluster"] = {"sync_seconds": 0.5, "redis_url_env": "RELAY_TEST_REDIS"}
+    cluster = load_config(write(tmp_path, data)).cluster
+    assert cluster.sync_seconds == 0.5
+    assert cluster.redis_url is not None
+    assert cluster.redis_url.reveal() == "rediss://:pw@redis.internal:6380/2"
+    assert "pw" not in repr(cluster)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "problem"),
+    [
+        ({"sync_seconds": 0.1}, "cluster.sync_seconds: must be at least 0.2"),
+        ({"sync_seconds": "fast"}, "cluster.sync_seconds: must be a positive number"),
+        ({"redis_url": "http://127.0.0.1:6379"}, "cluster.redis_url: must be a redis://"),
+        ({"redis_url": "redis://"}, "cluster.redis_url: must be a redis://"),
+        ({"redis_url": "redis://127.0.0.1:99999"}, "cluster.redis_url: must be a redis://"),
+        ({"redis_url": "redis://127.0.0.1/zero"}, "cluster.redis_url: must be a redis://"),
+        ({"redis": "redis://127.0.0.1"}, "cluster.redis: unknown key"),
+    ],
+)
+def test_cluster_problems_name_their_key(
+    tmp_path: Path, cluster: dict[str, Any], problem: str
+) -> None:
+    data = base()
+    data["cluster"] = cluster
+    [reported] = problems_of(write(tmp_path, data))
+    assert reported.startswith(problem), reported

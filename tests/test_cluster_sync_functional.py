@@ -1,0 +1,148 @@
+"""Changes reach every node within ``cluster.sync_seconds``: two nodes on one store.
+
+Two in-process relays on one SQLite file, and on a throwaway PostgreSQL
+database (skipped with the reason when there is none). Node A changes
+things through its admin API or reloads; node B must use them. Waits are
+bounded (5 s for a sync_seconds of 0.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+import yaml
+
+from relay.cluster_controller import CATALOG
+from tests.conftest import (
+    SITE_PASSWORD,
+    SITE_PASSWORD_HASH,
+    RunningRelay,
+    base_config,
+    smtp_upstream,
+)
+from tests.test_admin_api_functional import TOKEN, V1, Admin, api_site, send_mail
+from tests.two_nodes import start_node, store_url
+
+__all__ = ["start_node", "store_url"]  # fixtures
+SYNC_SECONDS = 0.5
+BOUND_SECONDS = 5.0
+
+
+def node_config(tmp_path: Path, sink_port: int, cert_files: Any) -> dict[str, Any]:
+    config = base_config(tmp_path, [smtp_upstream("sink", sink_port)])
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["health"] = {"check_interval_seconds": 0}
+    config["cluster"] = {"sync_seconds": SYNC_SECONDS}
+    return config
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def seconds_until(check: Callable[[], bool]) -> float:
+    """How long until ``check()`` holds; fails the test beyond BOUND_SECONDS."""
+    started = time.monotonic()
+    async with asyncio.timeout(BOUND_SECONDS):
+        while True:
+            if check():
+                break
+            await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_a_site_and_credential_made_on_a_are_used_on_b_and_a_deletion_stops_them(
+    tmp_path: Path, make_sink, cert_files, client_tls, start_node, store_url: str, http
+) -> None:
+    sink = await make_sink()
+    config = node_config(tmp_path, sink.port, cert_files)
+    a, b = await start_node("a", config), await start_node("b", config)
+    api = Admin(http, a.admin_port)
+
+    await api.ok("POST", f"{V1}/sites", api_site("blog", ["sink"]), status=201)
+    credential = await api.ok("POST", f"{V1}/sites/blog/credentials", status=201)
+    username, password = credential["username"], credential["password"]
+    assert await a.sync.poll() == []  # A applied its own change as it made it
+    waited = await seconds_until(lambda: b.directory().credential(username) is not None)
+    print(f"B had the new credential after {waited:.2f} s (sync_seconds {SYNC_SECONDS})")
+
+    await send_mail(RunningRelay(b), client_tls, username, password, "a@blog.example.com")
+    [received] = await sink.handler.wait_for(1)
+    assert received.mail_from == "news@blog.example.com"
+
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=b.listeners.ports[0], tls_context=client_tls, start_tls=True
+    ) as session:
+        await session.login(username, password)
+        await api.ok("DELETE", f"{V1}/sites/blog/credentials/{username}", status=204)
+        await seconds_until(lambda: b.directory().credential(username) is None)
+        refused = await session.execute_command(b"MAIL", b"FROM:<a@blog.example.com>")
+        assert refused.code == 530, refused
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
+        await send_mail(RunningRelay(b), client_tls, username, password, "a@blog.example.com")
+    assert failed.value.code == 535
+
+
+async def test_a_refused_change_bumps_nothing(
+    tmp_path: Path, make_sink, cert_files, start_node, store_url: str, http
+) -> None:
+    sink = await make_sink()
+    config = node_config(tmp_path, sink.port, cert_files)
+    a = await start_node("a", config)
+    api = Admin(http, a.admin_port)
+    await api.ok("POST", f"{V1}/sites", api_site("blog", ["sink"]), status=201)
+    before = await a.sync._read()
+    assert before[CATALOG] >= 1
+    again = await api.call("POST", f"{V1}/sites", api_site("blog", ["sink"]))
+    again.error(409, "conflict")
+    assert await a.sync._read() == before
+
+
+async def test_a_reload_on_a_makes_b_reread_its_own_file(
+    tmp_path: Path,
+    make_sink,
+    cert_files,
+    client_tls,
+    start_node,
+    store_url: str,
+    http,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.app")
+    sink = await make_sink()
+    config = node_config(tmp_path, sink.port, cert_files)
+    a, b = await start_node("a", config), await start_node("b", config)
+    # B's file (only B's) gets a second site; A's file stays as it was.
+    config_b = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    config_b["sites"].append(
+        {
+            "id": "news",
+            "credentials": [{"username": "news", "password_hash": SITE_PASSWORD_HASH}],
+            "senders": ["*@news.example.com"],
+            "from": {"email": "news@example.com"},
+            "upstreams": ["sink"],
+        }
+    )
+    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(config_b))
+
+    reply = await Admin(http, a.admin_port).ok("POST", f"{V1}/reload")
+    assert reply["status"] == "reloaded"
+    await seconds_until(lambda: b.directory().site("news") is not None)
+    assert a.directory().site("news") is None  # A read its own file
+    await asyncio.sleep(SYNC_SECONDS * 2)  # A polls meanwhile: its own reload is not news
+    assert await a.sync.poll() == []
+    rereads = [r.getMessage() for r in caplog.records if "another node reloaded" in r.getMessage()]
+    assert rereads == [f"another node reloaded: re-reading {tmp_path / 'b' / 'config.yaml'}"]
+    await send_mail(RunningRelay(b), client_tls, "news", SITE_PASSWORD, "x@news.example.com")
+    await sink.handler.wait_for(1)
