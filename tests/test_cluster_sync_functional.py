@@ -9,7 +9,10 @@ bounded (5 s for a sync_seconds of 0.5).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import re
+import smtplib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,9 +32,10 @@ from tests.conftest import (
     smtp_upstream,
 )
 from tests.test_admin_api_functional import TOKEN, V1, Admin, api_site, send_mail
+from tests.test_process_functional import relays
 from tests.two_nodes import start_node, store_url
 
-__all__ = ["start_node", "store_url"]  # fixtures
+__all__ = ["relays", "start_node", "store_url"]  # fixtures
 SYNC_SECONDS = 0.5
 BOUND_SECONDS = 5.0
 
@@ -146,3 +150,59 @@ async def test_a_reload_on_a_makes_b_reread_its_own_file(
     assert rereads == [f"another node reloaded: re-reading {tmp_path / 'b' / 'config.yaml'}"]
     await send_mail(RunningRelay(b), client_tls, "news", SITE_PASSWORD, "x@news.example.com")
     await sink.handler.wait_for(1)
+
+
+# -- Two `relay serve` processes on one SQLite file: each its own event loop and connections.
+
+ADMIN_PORT = re.compile(r"relay ready: .*, admin [\d.]+:(\d+)")
+
+
+def smtp_code(port: int, username: str, password: str, source: str) -> int:
+    """The reply code of AUTH PLAIN from ``source`` (plaintext on loopback, as the config says)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo()
+        blob = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+        return int(client.docmd("AUTH", f"PLAIN {blob}")[0])
+
+
+async def test_two_relay_serve_processes_share_the_throttle_and_the_api_changes(
+    tmp_path: Path, make_sink, relays, http
+) -> None:
+    sink = await make_sink()
+    config = base_config(tmp_path, [smtp_upstream("sink", sink.port)])
+    config["listeners"][0].update(tls="none", allow_plaintext_auth=True)
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["health"] = {"check_interval_seconds": 0}
+    config["limits"] = {"auth_max_failures": 3}
+    config["cluster"] = {"sync_seconds": SYNC_SECONDS}
+    processes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        processes.append(relays(path))
+    a, b = processes
+    port_a, port_b = [await asyncio.to_thread(p.wait_ready) for p in processes]
+
+    attacker = "127.0.0.5"
+    for port in (port_a, port_a, port_b):
+        assert await asyncio.to_thread(smtp_code, port, "shop", "guess", attacker) == 535
+    for port in (port_a, port_b):
+        assert await asyncio.to_thread(smtp_code, port, "shop", SITE_PASSWORD, attacker) == 454
+    assert await asyncio.to_thread(smtp_code, port_b, "shop", SITE_PASSWORD, "127.0.0.6") == 235
+
+    admin_port = int(next(m.group(1) for line in a.lines if (m := ADMIN_PORT.search(line))))
+    api = Admin(http, admin_port)
+    await api.ok("POST", f"{V1}/sites", api_site("blog", ["sink"]), status=201)
+    credential = await api.ok("POST", f"{V1}/sites/blog/credentials", status=201)
+    started = time.monotonic()
+    code, tries = 535, 0
+    while code != 235 and time.monotonic() - started < BOUND_SECONDS:
+        tries += 1  # a fresh address each time: the tries before B knows it are failures
+        source = f"127.0.1.{tries}"
+        login = (credential["username"], credential["password"], source)
+        code = await asyncio.to_thread(smtp_code, port_b, *login)
+    print(f"B took the credential after {time.monotonic() - started:.2f} s ({tries} tries)")
+    assert code == 235
+    assert await asyncio.to_thread(b.stop) == 0
+    assert await asyncio.to_thread(a.stop) == 0
