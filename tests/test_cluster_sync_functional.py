@@ -175,14 +175,15 @@ async def test_two_relay_serve_processes_share_the_throttle_and_the_api_changes(
     config["health"] = {"check_interval_seconds": 0}
     config["limits"] = {"auth_max_failures": 3}
     config["cluster"] = {"sync_seconds": SYNC_SECONDS}
-    processes = []
-    for name in ("a", "b"):
+    processes, ports = [], []
+    for name in ("a", "b"):  # one after the other: the first makes the store and the key
         (tmp_path / name).mkdir()
         path = tmp_path / name / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         processes.append(relays(path))
+        ports.append(await asyncio.to_thread(processes[-1].wait_ready))
     a, b = processes
-    port_a, port_b = [await asyncio.to_thread(p.wait_ready) for p in processes]
+    port_a, port_b = ports
 
     attacker = "127.0.0.5"
     for port in (port_a, port_a, port_b):
