@@ -57,6 +57,7 @@ from relay.events import Events
 from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
+from relay.node import gone_owners, lease_owner
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
@@ -85,6 +86,7 @@ class StartupError(Exception):
 class RelayApp:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.owner = lease_owner()  # made here, in the process that runs: after any fork
         self._store = StoreObjects()  # created through the admin API
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
@@ -113,6 +115,8 @@ class RelayApp:
             config.delivery,
             config.server.hostname,
             self.metrics,
+            owner=str(self.owner),
+            gone=gone_owners(self.owner, legacy=config.server.hostname),
             clock=clock,
         )
         self.queue = QueueController(self.writer, self.delivery.wake, self.health, clock)
@@ -181,6 +185,7 @@ class RelayApp:
         return self.config.routing.policy
 
     async def start(self) -> None:
+        log.info("node %s", self.owner)  # the lease owner of this process's claims
         _private_directory(self.config.server.data_dir)
         await migrate(self.engine)
         restrict_sqlite_files(self.config.store_url)

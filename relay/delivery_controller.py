@@ -76,6 +76,7 @@ from relay.queue_database import (
     next_due_at,
     record_deliveries,
     release_leases,
+    release_stale_leases,
 )
 from relay.store import GroupWriter
 from relay.upstream_client import UpstreamClients
@@ -158,13 +159,16 @@ class DeliveryController:
         config: DeliveryConfig,
         hostname: str,
         metrics: Metrics,
+        owner: str,
+        gone: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._writer = writer
         self._engine = engine
         self._config = config
-        self._owner = hostname  # lease owner: one node per host name
+        self._owner = owner  # lease owner: this process (core.leases)
+        self._gone = gone  # owners whose leases we may release at start
         self._hostname = hostname
         self._metrics = metrics
         self._clock = clock
@@ -229,9 +233,9 @@ class DeliveryController:
         await self._deliver(replace(message, suppressed=found) if found else message)
 
     async def run(self) -> None:
-        released = await self._writer.write(lambda c: release_leases(c, self._owner))
-        if released:
-            log.info("released %d leases left by this node's previous run", released)
+        released = await self._writer.write(lambda c: release_stale_leases(c, self._gone))
+        for owner, count in released.items():
+            log.info("released %d leases of %s (that process is gone)", count, owner)
         while not self._stopping:
             self._wake.clear()
             self._backlog = False

@@ -2,13 +2,17 @@
 
 Functions take a connection inside a transaction (the GroupWriter's for
 writes) and return core objects, never rows. Claims are leases: a claimed
-message carries ``leased_until`` and its owner; a crashed owner's leases
-simply expire, and a restarted node releases its own at once.
+message carries ``leased_until`` and its owner (one per process, see
+``core.leases``); a crashed owner's leases expire, and at start a process
+releases those of owners it can tell are gone. Several nodes claim from one
+PostgreSQL without waiting for each other: the due rows are picked with
+``FOR UPDATE SKIP LOCKED``, and the lease is written only where it is still
+free, so a message is never leased twice. SQLite has one writer at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +94,11 @@ def claim_due(
         .order_by(messages.c.next_attempt_at)
         .limit(limit)
     )
+    if connection.dialect.name == "postgresql":
+        # Rows another node is claiming in its open transaction are passed over, not waited
+        # for: without it both read the same due rows, one waits on the other's update and
+        # gets nothing, or the two lock them in different orders and one is aborted.
+        due = due.with_for_update(skip_locked=True)
     excluded = set(exclude)
     ids = [row.id for row in connection.execute(due) if row.id not in excluded]
     if not ids:
@@ -153,12 +162,28 @@ def _pending_recipients(connection: Connection, ids: list[str]) -> dict[str, lis
 
 
 async def release_leases(connection: AsyncConnection, owner: str) -> int:
+    """Make ``owner``'s waiting messages claimable at once; how many there were."""
     result = await connection.execute(
         messages.update()
         .where(messages.c.lease_owner == owner, messages.c.status.in_(_WAITING))
         .values(leased_until=None, lease_owner=None)
     )
     return result.rowcount
+
+
+async def release_stale_leases(
+    connection: AsyncConnection, stale: Callable[[str], bool]
+) -> dict[str, int]:
+    """Release the leases of every owner ``stale`` says is gone: {owner: messages released}."""
+    owners = await connection.scalars(
+        sa.select(messages.c.lease_owner)
+        .distinct()
+        .where(messages.c.lease_owner.is_not(None), messages.c.status.in_(_WAITING))
+    )
+    released = {}
+    for owner in [o for o in owners if stale(o)]:
+        released[owner] = await release_leases(connection, owner)
+    return released
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ GIL. On PostgreSQL the jobs run through ``AsyncConnection.run_sync``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -124,13 +125,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_MIGRATION_LOCK = 0x4D494752  # "MIGR": PostgreSQL's advisory lock while one node migrates
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (run by `relay serve` at start)."""
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    """Bring the schema to the newest revision (run by `relay serve` at start).
+
+    Nodes that start together take turns: the first migrates, the others then
+    find the schema at the newest revision (PostgreSQL: an advisory lock held
+    by the migration's transaction; SQLite: a lock file beside the database).
+    """
+    path = _sqlite_path(str(engine.url)) if engine.dialect.name == "sqlite" else ""
+    if not path:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade)
+        return
+    lock = await asyncio.to_thread(_lock_file, Path(path + ".migrate.lock"))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade)
+    finally:
+        lock.close()
+
+
+def _lock_file(path: Path) -> Any:
+    """``path`` opened and locked (flock, exclusive): closing it lets the next one in."""
+    file = open(path, "a")  # noqa: SIM115 -- closed by the caller after the migration
+    fcntl.flock(file, fcntl.LOCK_EX)
+    return file
 
 
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
     config = AlembicConfig()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.attributes["connection"] = connection

@@ -7,9 +7,11 @@ every other functional test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -37,8 +39,10 @@ from relay.queue_database import (
     load_message,
     queue_stats,
     record_delivery,
+    release_stale_leases,
 )
 from relay.store import create_engine, migrate
+from relay.tables import messages
 
 ADMIN_URL = os.environ.get(
     "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -136,3 +140,64 @@ async def test_counters_and_circuits_upsert(engine: AsyncEngine) -> None:
         assert await load_usage(c, ["2027-01-15"]) == [(key, 7)]
         circuits = await load_circuits(c)
     assert circuits["ses"].state is CircuitState.HALF_OPEN
+
+
+async def test_nodes_claiming_at_once_skip_each_others_rows(engine: AsyncEngine) -> None:
+    """A claim in an open transaction is passed over by another node's claim, not waited for."""
+    now = 1_800_000_000.0
+    async with engine.begin() as c:
+        await c.run_sync(insert_messages, [new_message(f"m{i:02}", now + i) for i in range(10)])
+
+    def claim_as(owner: str) -> Callable[[Connection], list[QueuedMessage]]:
+        return lambda c: claim_due(c, owner=owner, now=now + 60, lease_seconds=60, limit=6)
+
+    async with engine.connect() as a, engine.connect() as b:
+        await a.begin()
+        await b.begin()
+        first = await a.run_sync(claim_as("a"))  # uncommitted: its rows stay locked
+        second = await asyncio.wait_for(b.run_sync(claim_as("b")), 10)  # no waiting on a
+        await b.commit()
+        await a.commit()
+    assert len(first) == 6 and len(second) == 4
+    assert {m.id for m in first}.isdisjoint(m.id for m in second)
+    async with engine.connect() as c:
+        owners = dict((await c.execute(sa.select(messages.c.id, messages.c.lease_owner))).all())
+    assert sorted(owners.values()) == ["a"] * 6 + ["b"] * 4
+
+
+async def test_a_start_releases_the_leases_of_gone_owners_only(engine: AsyncEngine) -> None:
+    now = 1_800_000_000.0
+    owners = ["gone", "alive", "gone", "delivered", None]
+    batch = [
+        replace(new_message(f"m{i}", now), lease=(o, now + 600) if o else None)
+        for i, o in enumerate(owners)
+    ]
+    async with engine.begin() as c:
+        await c.run_sync(insert_messages, batch)
+        await c.execute(
+            messages.update()
+            .where(messages.c.id == "m3")
+            .values(status=MessageStatus.SENT.value)  # finished: its row is history
+        )
+        released = await release_stale_leases(c, lambda owner: owner in ("gone", "delivered"))
+    assert released == {"gone": 2}
+    async with engine.connect() as c:
+        rows = dict((await c.execute(sa.select(messages.c.id, messages.c.lease_owner))).all())
+    assert rows == {"m0": None, "m1": "alive", "m2": None, "m3": "delivered", "m4": None}
+
+
+async def test_nodes_starting_at_once_migrate_in_turn(engine: AsyncEngine) -> None:
+    """Four nodes migrate one database at once (here: again, after the fixture's run,
+    and from scratch on a fresh schema): each waits for the one before it."""
+    async with engine.begin() as connection:
+        await connection.execute(sa.text("DROP SCHEMA public CASCADE"))
+        await connection.execute(sa.text("CREATE SCHEMA public"))
+    nodes = [create_engine(engine.url.render_as_string(hide_password=False)) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate(node) for node in nodes))
+    finally:
+        for node in nodes:
+            await node.dispose()
+    async with engine.connect() as connection:
+        version = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    assert version is not None
