@@ -100,7 +100,7 @@ class AuthController:
         self._queued = 0  # checks counted or running, not finished
         self._key = os.urandom(32)
         self._verified: dict[_Check, None] = {}  # successful checks: PHPMailer logs in per message
-        self._running: dict[_Check, asyncio.Future[_Verdict]] = {}
+        self._running: dict[_Check, asyncio.Future[_Verdict | SmtpReply]] = {}
         self._lines = KeyedLines(LINE_LENGTH)  # one check at a time per address and username
 
     async def authenticate(
@@ -118,17 +118,16 @@ class AuthController:
         if credential is not None and check in self._verified:
             return credential
         run = self._running.get(check)
-        if run is None:
+        answer = await asyncio.shield(run) if run is not None else None
+        if not isinstance(answer, _Verdict):  # none to share, or refused for its own address
             try:
                 async with self._lines.hold(ip_key, user_key):
                     answer = await self._check_in_turn(check, password, ip_key, user_key)
             except LineFull:
                 answer = AUTH_BUSY
-            if isinstance(answer, SmtpReply):
-                return self._refused(_REASONS[answer], answer, client_ip, username)
-            verdict = answer
-        else:
-            verdict = await asyncio.shield(run)
+        if isinstance(answer, SmtpReply):
+            return self._refused(_REASONS[answer], answer, client_ip, username)
+        verdict = answer
         if verdict.right and credential is not None:
             return credential
         if verdict.user_blocked:
@@ -147,9 +146,12 @@ class AuthController:
             return AUTH_BUSY
         self._queued += 1
         counted = asyncio.ensure_future(self._counted_check(check, password, ip_key, user_key))
+        self._running[check] = counted  # identical logins share it from now on
 
         def finished(_: object) -> None:
             self._queued -= 1
+            if self._running.get(check) is counted:
+                del self._running[check]
 
         counted.add_done_callback(finished)
         return await asyncio.shield(counted)  # a client that hangs up does not undo the count
@@ -172,12 +174,7 @@ class AuthController:
         if counted.blocked_until is not None:
             self._blocked.block(ip_key, counted.blocked_until, now)
             return AUTH_THROTTLED
-        run = asyncio.ensure_future(self._verify(check, password, counted, keys, now))
-        self._running[check] = run
-        try:
-            return await run
-        finally:
-            self._running.pop(check, None)
+        return await self._verify(check, password, counted, keys, now)
 
     async def _verify(
         self,

@@ -105,3 +105,24 @@ async def test_old_failures_leave_the_store(
                 await asyncio.sleep(0.02)
     finally:
         pruning.cancel()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_identical_logins_at_once_share_one_check_while_it_is_counted(
+    tmp_path: Path, make_sink, cert_files, client_tls, start_node, store_url: str
+) -> None:
+    """30 sessions of one web server log in together: one check, counted in the store; all 235."""
+    a, _ = await two_nodes(tmp_path, make_sink, cert_files, start_node, store_url)
+    sessions = [client(port(a), client_tls) for _ in range(30)]
+    smtps: list[aiosmtplib.SMTP] = [await session.__aenter__() for session in sessions]
+    try:
+        replies = await asyncio.gather(
+            *(
+                smtp.execute_command(b"AUTH", b"PLAIN", plain_blob("shop", SITE_PASSWORD))
+                for smtp in smtps
+            )
+        )
+    finally:
+        for session in sessions:
+            await session.__aexit__(None, None, None)
+    assert [reply.code for reply in replies] == [235] * 30
