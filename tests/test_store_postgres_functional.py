@@ -184,20 +184,3 @@ async def test_a_start_releases_the_leases_of_gone_owners_only(engine: AsyncEngi
     async with engine.connect() as c:
         rows = dict((await c.execute(sa.select(messages.c.id, messages.c.lease_owner))).all())
     assert rows == {"m0": None, "m1": "alive", "m2": None, "m3": "delivered", "m4": None}
-
-
-async def test_nodes_starting_at_once_migrate_in_turn(engine: AsyncEngine) -> None:
-    """Four nodes migrate one database at once (here: again, after the fixture's run,
-    and from scratch on a fresh schema): each waits for the one before it."""
-    async with engine.begin() as connection:
-        await connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        await connection.execute(sa.text("CREATE SCHEMA public"))
-    nodes = [create_engine(engine.url.render_as_string(hide_password=False)) for _ in range(4)]
-    try:
-        await asyncio.gather(*(migrate(node) for node in nodes))
-    finally:
-        for node in nodes:
-            await node.dispose()
-    async with engine.connect() as connection:
-        version = await connection.scalar(sa.text("SELECT version_num FROM alembic_version"))
-    assert version is not None
