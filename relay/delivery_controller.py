@@ -325,15 +325,14 @@ class DeliveryController:
         self, message: QueuedMessage, record: DeliveryRecord, verdicts: NoticeVerdicts
     ) -> DeliveryRecord:
         """The record with the DSNs the store counted and stored; the others are dropped."""
+        if len(verdicts) != len(record.notices):  # the message was deleted: nothing written
+            return replace(record, notices=(), notice_claims=())
         kept = []
-        for notice, claim, verdict in zip(
-            record.notices, record.notice_claims, verdicts, strict=True
-        ):
-            over = (
-                None
-                if claim is None or verdict is None
-                else self._engine.usage.settle(claim, verdict)
-            )
+        claims = record.notice_claims or (None,) * len(record.notices)
+        for notice, claim, verdict in zip(record.notices, claims, verdicts, strict=True):
+            over = None
+            if claim is not None and verdict is not None:
+                over = self._engine.usage.settle(claim, verdict)
             if over is None:
                 kept.append(notice)
             else:
