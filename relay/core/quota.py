@@ -116,10 +116,12 @@ class Claim:
     at: float
     zone: ZoneInfo
 
-    def counter_keys(self) -> list[Key]:
-        return [
+    @functools.cached_property
+    def counter_keys(self) -> tuple[Key, ...]:
+        """Its counters: one per window (asked several times per claim, made once)."""
+        return tuple(
             (self.scope, self.name, window, period(window, self.at, self.zone)) for window in Window
-        ]
+        )
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def admit(
     now = dict(counts)
     verdicts: list[Granted | OverLimit] = []
     for claim in claims:
-        keys = claim.counter_keys()
+        keys = claim.counter_keys
         over = _first_over(claim, keys, now)
         if over is not None:
             verdicts.append(over)
@@ -153,7 +155,7 @@ def admit(
     return verdicts, {key: delta for key, delta in deltas.items() if delta}
 
 
-def _first_over(claim: Claim, keys: list[Key], counts: Mapping[Key, int]) -> OverLimit | None:
+def _first_over(claim: Claim, keys: tuple[Key, ...], counts: Mapping[Key, int]) -> OverLimit | None:
     for key in keys:
         limit = claim.limits.get(key[2])
         used = counts.get(key, 0)
