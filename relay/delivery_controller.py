@@ -4,17 +4,19 @@ One pass over a message first fails the recipients on the site's suppression
 list, then tries each upstream of its route (``core.routing``) until no
 recipient is left to retry. Right before each send the upstream's circuit
 and quota are checked again (other passes run concurrently) and its quota
-reserved; what the upstream did not accept is given back. A 4xx or a
-transport failure moves the remaining recipients to the next upstream at
-once (``core.classify`` decides per recipient); when the route is exhausted
+reserved in the store, which refuses a reservation over the quota (exact for
+every process on the store: ``relay.usage_controller``); what the upstream
+did not accept is given back. A 4xx or a transport failure moves the
+remaining recipients to the next upstream at once (``core.classify``
+decides per recipient); when the route is exhausted
 they are deferred with backoff -- or until the earliest time a skipped
 upstream opens again, when nothing could be tried -- or failed once the
 message is older than the maximum age. Failed recipients get a DSN to an
 address the site owns (``core.dsn.recipient_for``), in the same store job as
 the record, so a crash can neither lose it nor send it twice; hard bounces
 join the suppression list in that job too. A DSN counts against the site's
-limits like a message it sent: over them, or for a site that is gone, none
-is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
+limits like a message it sent, in that job: over them, or for a site that
+is gone, none is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
 bounces costs the flooder and nobody else. Nothing is ever delivered inside
 an SMTP session's DATA.
 """
@@ -381,24 +383,17 @@ class DeliveryController:
     async def _try(self, upstream: Upstream, p: _Pass) -> None:
         """Hand the pending recipients to one upstream, unless it may not take them right now."""
         needed = len(p.pending)
-        skip = availability(upstream, self._conditions(), needed)
+        skip = availability(upstream, self._conditions(), needed)  # on the cached counts
         if skip is not None:
-            log.debug(
-                "message %s: upstream %s skipped: %s", p.message.id, upstream.name, skip.reason
-            )
-            p.skipped.append(skip)
+            self._skip(p, skip)
             return
         usage = self._engine.usage
         started = self._clock()
-        # Reserved in the store before the send, so no process's passes together overshoot.
+        # Reserved in the store before the send: no passes of any process together overshoot.
         claim = usage.claim_for(upstream, needed, started)
         over = await usage.claim(claim) if claim is not None else None
         if over is not None:
-            skip = Skip(upstream.name, over.describe("recipients"), over.reopens_at)
-            log.debug(
-                "message %s: upstream %s skipped: %s", p.message.id, upstream.name, skip.reason
-            )
-            p.skipped.append(skip)
+            self._skip(p, Skip(upstream.name, over.describe("recipients"), over.reopens_at))
             return
         self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe
         timer = time.monotonic()  # a wall-clock step must not skew durations
@@ -418,6 +413,11 @@ class DeliveryController:
             self._apply(p, upstream, recipient, outcome)
         p.last.update(outcomes)
         p.pending = [r for r in p.pending if outcomes[r].outcome is Outcome.RETRY]
+
+    @staticmethod
+    def _skip(p: _Pass, skip: Skip) -> None:
+        log.debug("message %s: upstream %s skipped: %s", p.message.id, skip.upstream, skip.reason)
+        p.skipped.append(skip)
 
     def _apply(
         self, p: _Pass, upstream: Upstream, recipient: str, outcome: RecipientOutcome
