@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
 QUEUE_GAUGE_SECONDS = 15.0
-PERSIST_SECONDS = 2.0  # how often changed usage counters and circuits are written
+PERSIST_SECONDS = 2.0  # how often circuits are written and usage counters re-read
 AUTH_PRUNE_SECONDS = 60.0  # how often AUTH failures out of the window leave the store
 # Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
 # the store, DNS, and upstream connections (one per delivery at most).
@@ -322,10 +322,10 @@ class RelayApp:
         try:
             self.usage.export(self._directory)
             self.health.export()
-            await self.usage.flush()
+            await self.usage.refresh()
             await self.health.flush()
         except Exception as error:  # kept for the next flush; never stops the relay
-            log.warning("usage counters and circuits not saved: %s", error)
+            log.warning("usage counters not read or circuits not saved: %s", error)
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin

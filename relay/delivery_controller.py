@@ -4,17 +4,19 @@ One pass over a message first fails the recipients on the site's suppression
 list, then tries each upstream of its route (``core.routing``) until no
 recipient is left to retry. Right before each send the upstream's circuit
 and quota are checked again (other passes run concurrently) and its quota
-reserved; what the upstream did not accept is given back. A 4xx or a
-transport failure moves the remaining recipients to the next upstream at
-once (``core.classify`` decides per recipient); when the route is exhausted
+reserved in the store, which refuses a reservation over the quota (exact for
+every process on the store: ``relay.usage_controller``); what the upstream
+did not accept is given back. A 4xx or a transport failure moves the
+remaining recipients to the next upstream at once (``core.classify``
+decides per recipient); when the route is exhausted
 they are deferred with backoff -- or until the earliest time a skipped
 upstream opens again, when nothing could be tried -- or failed once the
 message is older than the maximum age. Failed recipients get a DSN to an
 address the site owns (``core.dsn.recipient_for``), in the same store job as
 the record, so a crash can neither lose it nor send it twice; hard bounces
 join the suppression list in that job too. A DSN counts against the site's
-limits like a message it sent: over them, or for a site that is gone, none
-is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
+limits like a message it sent, in that job: over them, or for a site that
+is gone, none is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
 bounces costs the flooder and nobody else. Nothing is ever delivered inside
 an SMTP session's DATA.
 """
@@ -56,6 +58,7 @@ from relay.core.model import (
     Upstream,
 )
 from relay.core.policy import NULL_SENDER
+from relay.core.quota import Claim
 from relay.core.routing import (
     Conditions,
     RoutingPolicy,
@@ -71,6 +74,7 @@ from relay.health_controller import HealthController
 from relay.metrics import Metrics
 from relay.queue_database import (
     DeliveryRecord,
+    NoticeVerdicts,
     RecipientState,
     claim_due,
     next_due_at,
@@ -296,7 +300,8 @@ class DeliveryController:
         record = None
         try:
             record = await self._attempt_route(message)
-            await self._writer.write_item(record_deliveries, record)
+            verdicts = await self._writer.write_item(record_deliveries, record)
+            record = self._counted_notices(message, record, verdicts)
             if record.retry_at is not None or record.notices:
                 self._backlog = True  # due again later, or DSNs to deliver: look again
         except asyncio.CancelledError:
@@ -304,12 +309,9 @@ class DeliveryController:
         except Exception:
             # Our own bug: leave the lease to expire so the message is retried, never lost.
             log.exception("message %s: delivery pass failed", message.id)
-            if record is not None:  # its DSNs were counted but not stored; the retry counts them
-                self._give_back(record.notices)
             return
         for notice in record.notices:
-            failed = notice.subject == dsn.subject(dsn.Action.FAILED)
-            self._metrics.notices.labels("failed" if failed else "delayed").inc()
+            self._metrics.notices.labels("failed" if _is_failure(notice) else "delayed").inc()
             log.info(
                 "message %s: DSN %s queued for %s", message.id, notice.id, notice.recipients[0]
             )
@@ -317,11 +319,34 @@ class DeliveryController:
             self._metrics.suppressions.labels(entry.site_id).inc()
         self._engine.events.publish(record)
 
-    def _give_back(self, notices: Sequence[NewMessage]) -> None:
-        for notice in notices:
-            site = self._engine.directory().site(notice.site_id)
-            if site is not None:
-                self._engine.usage.count(site, -1, notice.created_at)
+    async def _give_back(self, claim: Claim, count: int) -> None:
+        """What the upstream did not accept; not given back (store down) errs on the safe side."""
+        try:
+            await self._engine.usage.give_back(claim, count)
+        except Exception as error:
+            log.warning("upstream %s: %d reserved recipients not given back: %s",
+                        claim.name, count, error)  # fmt: skip
+
+    def _counted_notices(
+        self, message: QueuedMessage, record: DeliveryRecord, verdicts: NoticeVerdicts
+    ) -> DeliveryRecord:
+        """The record with the DSNs the store counted and stored; the others are dropped."""
+        if len(verdicts) != len(record.notices):  # the message was deleted: nothing written
+            return replace(record, notices=(), notice_claims=())
+        kept = []
+        claims = record.notice_claims or (None,) * len(record.notices)
+        for notice, claim, verdict in zip(record.notices, claims, verdicts, strict=True):
+            over = None
+            if claim is not None and verdict is not None:
+                over = self._engine.usage.settle(claim, verdict)
+            if over is None:
+                kept.append(notice)
+            else:
+                action = dsn.Action.FAILED if _is_failure(notice) else dsn.Action.DELAYED
+                self._drop_notice(message, action, "over_limit", over.describe("messages"))
+        if len(kept) == len(record.notices):
+            return record
+        return replace(record, notices=tuple(kept), notice_claims=())
 
     def _conditions(self) -> Conditions:
         health = self._engine.health
@@ -362,17 +387,19 @@ class DeliveryController:
     async def _try(self, upstream: Upstream, p: _Pass) -> None:
         """Hand the pending recipients to one upstream, unless it may not take them right now."""
         needed = len(p.pending)
-        skip = availability(upstream, self._conditions(), needed)
+        skip = availability(upstream, self._conditions(), needed)  # on the cached counts
         if skip is not None:
-            log.debug(
-                "message %s: upstream %s skipped: %s", p.message.id, upstream.name, skip.reason
-            )
-            p.skipped.append(skip)
+            self._skip(p, skip)
             return
-        self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe
         usage = self._engine.usage
         started = self._clock()
-        usage.count(upstream, needed, started)  # reserve, so concurrent passes see it
+        # Reserved in the store before the send: no passes of any process together overshoot.
+        claim = usage.claim_for(upstream, needed, started)
+        over = await usage.claim(claim) if claim is not None else None
+        if over is not None:
+            self._skip(p, Skip(upstream.name, over.describe("recipients"), over.reopens_at))
+            return
+        self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe
         timer = time.monotonic()  # a wall-clock step must not skew durations
         result = await self._engine.clients.get(upstream).send(
             p.message.envelope_sender, p.pending, p.message.content, p.message.id
@@ -381,7 +408,8 @@ class DeliveryController:
         self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
-        usage.count(upstream, sent - needed, started)  # give back what it did not take
+        if claim is not None:
+            await self._give_back(claim, needed - sent)
         p.attempts += self._attempts(upstream.name, started, duration, outcomes, p.route)
         self._metrics.observe_attempt(upstream.name, duration)
         for recipient, outcome in outcomes.items():
@@ -389,6 +417,11 @@ class DeliveryController:
             self._apply(p, upstream, recipient, outcome)
         p.last.update(outcomes)
         p.pending = [r for r in p.pending if outcomes[r].outcome is Outcome.RETRY]
+
+    @staticmethod
+    def _skip(p: _Pass, skip: Skip) -> None:
+        log.debug("message %s: upstream %s skipped: %s", p.message.id, skip.upstream, skip.reason)
+        p.skipped.append(skip)
 
     def _apply(
         self, p: _Pass, upstream: Upstream, recipient: str, outcome: RecipientOutcome
@@ -484,6 +517,10 @@ class DeliveryController:
             last_error,
             now,
             notices=tuple(notices),
+            notice_claims=tuple(
+                self._engine.usage.claim_for(site, 1, n.created_at) if site else None
+                for n in notices
+            ),
             suppress=tuple(p.suppress),
             delay_notified=delay_notified,
             counted=counted,
@@ -542,7 +579,7 @@ class DeliveryController:
         if site is None or to is None:  # a null sender never gets here (_wants_notices)
             self._drop_notice(message, action, "site_gone", f"site {message.site_id} is gone")
             return []
-        over = self._engine.usage.take(site, now)
+        over = self._engine.usage.site_over(site)  # the store counts it with the record
         if over is not None:
             self._drop_notice(message, action, "over_limit", over.describe("messages"))
             return []
@@ -583,6 +620,10 @@ class DeliveryController:
             outcome.outcome.value,
             outcome.detail,
         )
+
+
+def _is_failure(notice: NewMessage) -> bool:
+    return notice.subject == dsn.subject(dsn.Action.FAILED)
 
 
 def _update(recipient: str, outcome: RecipientOutcome, upstream: str) -> RecipientState:

@@ -1,8 +1,7 @@
-"""SQL for what the delivery engine remembers: circuits, usage counters, suppressions.
+"""SQL for what the delivery engine remembers: circuits and suppressions.
 
-Functions take a connection and return core objects. Counters are written
-as absolute values from the node's in-memory book (one node per store
-today; the multi-node roadmap moves limits to Redis).
+Functions take a connection and return core objects. Usage counters have
+their own module (``relay.usage_database``).
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core.health import Circuit, CircuitState
-from relay.core.quota import Key, Scope, Window
 from relay.store import upsert
-from relay.tables import suppressions, upstream_health, usage_counters
+from relay.tables import suppressions, upstream_health
 
 
 async def load_circuits(connection: AsyncConnection) -> dict[str, Circuit]:
@@ -43,33 +41,6 @@ async def save_circuits(
         for name, c in circuits.items()
     ]
     await connection.run_sync(upsert, upstream_health, rows, ["upstream"])
-
-
-async def load_usage(connection: AsyncConnection, periods: Iterable[str]) -> list[tuple[Key, int]]:
-    c = usage_counters.c
-    rows = await connection.execute(
-        sa.select(c.scope, c.name, c.window, c.period, c.count.label("n")).where(
-            c.period.in_(list(periods))
-        )
-    )
-    return [((Scope(r.scope), r.name, Window(r.window), r.period), int(r.n)) for r in rows]
-
-
-async def save_usage(
-    connection: AsyncConnection, counts: Sequence[tuple[Key, int]], current_minute: str
-) -> None:
-    rows = [
-        {"scope": k[0].value, "name": k[1], "window": k[2].value, "period": k[3], "count": n}
-        for k, n in counts
-    ]
-    await connection.run_sync(upsert, usage_counters, rows, ["scope", "name", "window", "period"])
-    # Minute counters are only useful while their minute lasts.
-    await connection.execute(
-        usage_counters.delete().where(
-            usage_counters.c.window == Window.MINUTE.value,
-            usage_counters.c.period < current_minute,
-        )
-    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay.config import LimitsConfig
 from relay.core import dkim, headers
@@ -36,8 +36,9 @@ from relay.core.policy import (
     message_class,
     site_over_limit,
 )
+from relay.core.quota import Claim, OverLimit
 from relay.metrics import Metrics
-from relay.queue_database import insert_messages
+from relay.queue_database import Admission, store_messages
 from relay.store import GroupWriter
 from relay.usage_controller import UsageController
 
@@ -120,11 +121,22 @@ class IngressController:
 
     def _check_site_limits(self, site: Site) -> TempFail | None:
         over = self._usage.site_over(site)
-        if over is None:
-            return None
+        return None if over is None else self._refused(site, over)
+
+    def _refused(self, site: Site, over: OverLimit) -> TempFail:
         self._metrics.quota_refusals.labels(site.id, over.window.value).inc()
         log.warning("site %s: refused, %s", site.id, over.describe("messages"))
         return site_over_limit(site, over, self._clock())
+
+    def _stored_meanwhile(
+        self, message: NewMessage, claim: Claim | None, done: asyncio.Future[Any]
+    ) -> None:
+        """The client left during the commit: deliver what was stored all the same."""
+        verdict = None if done.cancelled() or done.exception() else done.result()
+        if claim is not None and verdict is not None:
+            verdict = self._usage.settle(claim, verdict)
+        stored = not done.cancelled() and done.exception() is None and verdict is None
+        self._delivery.hand_over(message, stored=stored)
 
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
@@ -143,34 +155,35 @@ class IngressController:
             message = await asyncio.to_thread(self._prepare, submission, key)
         if isinstance(message, Reject):
             return message
-        # Checked again: other sessions may have used the site's last messages since MAIL.
+        # Checked again on the cache (cheap): other sessions may have used the last messages.
         over = self._check_site_limits(submission.site)
         if over is not None:
             return over
-        # Counted before the write, so DATA from concurrent sessions sees it; given back on failure.
-        self._usage.count(submission.site, 1, message.created_at)
+        # The store counts the message in the transaction that stores it, or refuses it.
+        claim = self._usage.claim_for(submission.site, 1, message.created_at)
         # With a free delivery slot the message is stored already leased and handed over:
         # delivery starts without looking for it in the queue.
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
-        stored = asyncio.ensure_future(self._writer.write_item(insert_messages, message))
+        stored = asyncio.ensure_future(
+            self._writer.write_item(store_messages, Admission(message, claim))
+        )
         try:
             # Shielded: a client that hangs up during the commit does not undo it, and the
             # message still goes to delivery once stored (it was never answered 250, so the
             # client may send it again: at least once).
-            await asyncio.shield(stored)
+            counted = await asyncio.shield(stored)
         except asyncio.CancelledError:
-            stored.add_done_callback(
-                lambda f: self._delivery.hand_over(
-                    message, stored=not f.cancelled() and f.exception() is None
-                )
-            )
+            stored.add_done_callback(lambda f: self._stored_meanwhile(message, claim, f))
             raise
         except Exception:
-            self._usage.count(submission.site, -1, message.created_at)
             self._delivery.hand_over(message, stored=False)
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
+        refused = None if claim is None else self._usage.settle(claim, counted)
+        if refused is not None:  # nothing stored: another process took the last messages
+            self._delivery.hand_over(message, stored=False)
+            return self._refused(submission.site, refused)
         self._metrics.accepted.labels(message.site_id).inc()
         log.info(
             "message %s site %s: queued from %s for %d recipients, %d bytes",

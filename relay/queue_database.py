@@ -12,6 +12,7 @@ free, so a message is never leased twice. SQLite has one writer at a time.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +31,43 @@ from relay.core.model import (
     SmtpReply,
 )
 from relay.core.outcome import message_status
+from relay.core.quota import Claim, Granted, OverLimit
 from relay.engine_database import Suppression, add_suppressions, suppressed
 from relay.tables import attempts, messages, recipients
+from relay.usage_database import claim_usage
 
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A message to store, and its site's claim when the site has limits."""
+
+    message: NewMessage
+    claim: Claim | None = None
+
+
+def store_messages(
+    connection: Connection, batch: Sequence[Admission]
+) -> list[Granted | OverLimit | None]:
+    """Count each message against its site's limits, in order, and store those within them.
+
+    The count and the message commit together: a message is stored exactly
+    when it was counted. Per admission: the new counts, the limit that refused
+    it (nothing stored), or None (the site has no limits: nothing counted).
+    """
+    verdicts = iter(claim_usage(connection, [a.claim for a in batch if a.claim is not None]))
+    results = [next(verdicts) if a.claim is not None else None for a in batch]
+    insert_messages(
+        connection,
+        [a.message for a, r in zip(batch, results, strict=True) if not isinstance(r, OverLimit)],
+    )
+    return results
+
+
 def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None:
+    if not batch:
+        return
     connection.execute(
         messages.insert(),
         [
@@ -208,17 +239,29 @@ class DeliveryRecord:
     last_error: str | None
     now: float
     notices: tuple[NewMessage, ...] = ()  # DSNs to queue with this record
+    notice_claims: tuple[Claim | None, ...] = ()  # each DSN's count for its site, when limited
     suppress: tuple[Suppression, ...] = ()  # hard bounces for the site's suppression list
     delay_notified: bool = False  # a "delayed" DSN went out (with this record or before)
     counted: bool = True  # whether this pass counts as an attempt for backoff
 
 
-def record_delivery(connection: Connection, record: DeliveryRecord) -> None:
-    record_deliveries(connection, [record])
+NoticeVerdicts = tuple[Granted | OverLimit | None, ...]  # per notice of a record, in order
 
 
-def record_deliveries(connection: Connection, records: list[DeliveryRecord]) -> None:
-    """Write delivery passes together: a few statements per batch, not per message."""
+def record_delivery(connection: Connection, record: DeliveryRecord) -> NoticeVerdicts:
+    return record_deliveries(connection, [record])[0]
+
+
+def record_deliveries(
+    connection: Connection, records: list[DeliveryRecord]
+) -> list[NoticeVerdicts]:
+    """Write delivery passes together: a few statements per batch, not per message.
+
+    Each record's DSNs are counted against their site's limits like the
+    site's own messages (``store_messages``): a DSN over a limit is not
+    stored. Per record, the verdict on each of its DSNs (none for a record
+    whose message was deleted meanwhile: nothing of it is written).
+    """
     rows = [_recipient_row(r, u) for r in records for u in r.recipients]
     if rows:
         connection.execute(_UPDATE_RECIPIENT, rows)
@@ -231,9 +274,16 @@ def record_deliveries(connection: Connection, records: list[DeliveryRecord]) -> 
     ):
         statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
-    notices = [n for r in live for n in r.notices]
-    if notices:
-        insert_messages(connection, notices)
+    admissions = [
+        Admission(n, claim)
+        for r in live
+        for n, claim in itertools.zip_longest(r.notices, r.notice_claims)
+    ]
+    verdicts = iter(store_messages(connection, admissions))
+    answers = [
+        tuple(next(verdicts) for _ in r.notices) if r.message_id in statuses else ()
+        for r in records
+    ]
     add_suppressions(connection, [e for r in live for e in r.suppress])
     tries = [_attempt_row(r, a) for r in live for a in r.attempts]
     if tries:
@@ -254,6 +304,7 @@ def record_deliveries(connection: Connection, records: list[DeliveryRecord]) -> 
                 for r in live
             ],
         )
+    return answers
 
 
 _UPDATE_MESSAGE = (

@@ -1,7 +1,8 @@
 """What the admin API reads about mail: the message log, one message in full, statistics.
 
-Read-only; each call uses its own connection. Quota use comes from the live
-usage book, not the store, so it is exact to the last message.
+Read-only; each call uses its own connection. Quota use comes from this
+process's usage book: exact for its own messages, at most a couple of seconds
+behind other processes' (``relay.usage_controller``).
 """
 
 from __future__ import annotations

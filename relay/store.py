@@ -24,7 +24,7 @@ import asyncio
 import fcntl
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -41,7 +41,8 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 WriteJob = Callable[[AsyncConnection], Awaitable[T]]
 SyncJob = Callable[[Connection], T]
-ItemsJob = Callable[[Connection, list[Item]], None]
+# An ItemsJob returns None, or one result per item (in order): each item's caller gets its own.
+ItemsJob = Callable[[Connection, list[Item]], Sequence[Any] | None]
 
 
 class _Sync(Generic[T]):
@@ -217,13 +218,14 @@ class GroupWriter:
         async with self.engine.begin() as connection:
             return await connection.run_sync(job)
 
-    async def write_item(self, job: ItemsJob[Item], item: Item) -> None:
+    async def write_item(self, job: ItemsJob[Item], item: Item) -> Any:
         """Like write_sync(), but the items of one ``job`` in a batch go to it in one call.
 
         For the hot paths (store a message, record a delivery): one statement
-        per batch instead of one per message.
+        per batch instead of one per message. Returns the item's result, if
+        the job gives results.
         """
-        await self._enqueue(_Item(job, item))
+        return await self._enqueue(_Item(job, item))
 
     async def _enqueue(self, job: Job) -> Any:
         if self._task is None or self._task.done() or self._closing:
@@ -315,6 +317,10 @@ def _run_jobs(connection: Connection, jobs: list[_Sync[Any] | _Item[Any]]) -> li
     for job in jobs:
         if isinstance(job, _Item):
             items.setdefault(job.job, []).append(job.item)
+    answers = {}
     for items_job, grouped in items.items():
-        items_job(connection, grouped)
-    return [job.job(connection) if isinstance(job, _Sync) else None for job in jobs]
+        results = items_job(connection, grouped)
+        answers[items_job] = iter(results if results is not None else [None] * len(grouped))
+    return [
+        job.job(connection) if isinstance(job, _Sync) else next(answers[job.job]) for job in jobs
+    ]

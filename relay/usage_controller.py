@@ -1,27 +1,44 @@
-"""Usage of sites and upstreams against their limits: counted in memory, persisted in batches.
+"""Usage of sites and upstreams against their limits: counted in the store, cached in memory.
 
-The ingress counts a site's messages as it stores them, and delivery the
-DSNs it makes for a site (``take``: none is made over a limit); delivery reserves
-an upstream's recipients before it sends and gives back what was not
-accepted. Changed counters are written every few seconds and at stop, so
-they hold across a restart (a crash may forget the last seconds' counts:
-limits are a fence against runaway senders and provider quotas, not billing).
+Exact across processes and nodes that share the store: a site's message is
+counted in the transaction that stores it (``queue_database.store_messages``),
+a DSN in the transaction that records its delivery pass, and an upstream's
+recipients are reserved by a transaction of their own before the send
+(``claim``); each is refused there when it would go over a limit. What an
+upstream did not accept is given back by a decrement. Owners without limits
+are not counted at all (a limit added later counts from then on).
+
+``book`` is this process's cache of the store's counts: exact after the
+process's own claims, and at most ``relay.app.PERSIST_SECONDS`` (2 s, plus one
+store read) behind other processes' claims. It answers the early check at MAIL, routing's
+first look at upstreams, the reports and the gauges; none of them can let a
+message over a limit, only refuse one early on a stale count.
 Crossing 80 % and 90 % of a limit logs a warning, counts a metric and
-publishes the ``QuotaWarning``.
+publishes the ``QuotaWarning`` (once per cluster: the claim that crosses it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from relay.core.directory import Directory
 from relay.core.model import Site, Upstream
-from relay.core.quota import OverLimit, Scope, UsageBook, Window, limits_of, period
-from relay.engine_database import load_usage, save_usage
+from relay.core.quota import (
+    Claim,
+    Granted,
+    OverLimit,
+    QuotaWarning,
+    Scope,
+    UsageBook,
+    Window,
+    limits_of,
+    period,
+)
 from relay.events import Events
 from relay.metrics import Metrics
 from relay.store import GroupWriter
+from relay.usage_database import claim_usage, forget_minutes_before, give_back, load_usage
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +57,22 @@ class UsageController:
         self._metrics = metrics
         self._events = events
         self._clock = clock
+        self._swept = ""  # the minute whose older minute counters were last removed
 
     async def load(self) -> None:
+        """Read the current periods' counts from the store into the cache."""
         now = self._clock()
         periods = [period(window, now, self.book.zone) for window in Window]
         async with self._writer.engine.connect() as connection:
             self.book.load(await load_usage(connection, periods))
 
-    async def flush(self) -> None:
-        counts = self.book.take_dirty()
-        if counts:
-            minute = period(Window.MINUTE, self._clock(), self.book.zone)
-            try:
-                await self._writer.write(lambda c: save_usage(c, counts, minute))
-            except BaseException:
-                self.book.not_saved(counts)
-                raise
+    async def refresh(self) -> None:
+        """Catch up with other processes' counts; once a minute, drop past minute counters."""
+        await self.load()
+        minute = period(Window.MINUTE, self._clock(), self.book.zone)
+        if minute != self._swept:
+            await self._writer.write(lambda c: forget_minutes_before(c, minute))
+            self._swept = minute
 
     def export(self, directory: Directory) -> None:
         """Refresh the use-ratio gauges (a new day lowers them without any traffic)."""
@@ -65,47 +82,72 @@ class UsageController:
             self._export(owner, now)
 
     def site_over(self, site: Site) -> OverLimit | None:
+        """The early check (cached counts): the store decides again when the message is stored."""
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
 
-    def take(self, site: Site, at: float) -> OverLimit | None:
-        """Count one message the relay makes for the site (a DSN), unless that exceeds a limit.
-
-        The ingress's fence for a message of the site's own: the limit that is
-        reached and nothing counted, or None and the message counted.
-        """
-        over = self.book.over(Scope.SITE, site.id, limits_of(site), at)
-        if over is None:
-            self.count(site, 1, at)
-        return over
-
-    def count(self, owner: Site | Upstream, count: int, at: float | None = None) -> None:
-        """Count (or, negative, give back) usage; ``at``: when the reservation was made."""
-        if count == 0:
-            return
-        scope, name = _scope(owner)
+    def claim_for(self, owner: Site | Upstream, count: int, at: float) -> Claim | None:
+        """What counting ``count`` for the owner at ``at`` asks of the store; None: no limits."""
         limits = limits_of(owner)
-        now = self._clock()
-        for warning in self.book.add(scope, name, count, limits, now if at is None else at):
-            log.warning(
-                "%s %s has used %d%% of its %s limit (%d of %d)",
-                scope.value,
-                name,
-                round(warning.level * 100),
-                warning.window.value,
-                warning.used,
-                warning.limit,
-            )
-            self._metrics.quota_warnings.labels(
-                scope.value, name, warning.window.value, f"{warning.level:.1f}"
-            ).inc()
-            self._events.publish(warning)
-        self._export(owner, now)
+        if not limits:
+            return None
+        scope, name = _scope(owner)
+        return Claim(scope, name, limits, count, at, self.book.zone)
+
+    async def claim(self, claim: Claim) -> OverLimit | None:
+        """Count in the store now (recipients before a send); the limit in the way, if any."""
+        verdict = await self._writer.write_item(claim_usage, claim)
+        return self.settle(claim, verdict)
+
+    def settle(self, claim: Claim, verdict: Granted | OverLimit) -> OverLimit | None:
+        """The store's verdict on a claim: cache its counts and warn; the limit if refused."""
+        if isinstance(verdict, OverLimit):  # the store's count is news: the next MAIL sees it
+            key = (claim.scope, claim.name, verdict.window, _period(claim, verdict))
+            self.book.load([(key, verdict.used)])
+            return verdict
+        for warning in self.book.settle(claim, verdict):
+            self._warn(warning)
+        self._export_claim(claim)
+        return None
+
+    async def give_back(self, claim: Claim, count: int) -> None:
+        """Take ``count`` of a granted claim back (recipients the upstream did not accept)."""
+        if count <= 0:
+            return
+        await self._writer.write_item(give_back, (claim, count))
+        self.book.add(claim.scope, claim.name, -count, claim.limits, claim.at)
+        self._export_claim(claim)
+
+    def _warn(self, warning: QuotaWarning) -> None:
+        log.warning(
+            "%s %s has used %d%% of its %s limit (%d of %d)",
+            warning.scope.value,
+            warning.name,
+            round(warning.level * 100),
+            warning.window.value,
+            warning.used,
+            warning.limit,
+        )
+        self._metrics.quota_warnings.labels(
+            warning.scope.value, warning.name, warning.window.value, f"{warning.level:.1f}"
+        ).inc()
+        self._events.publish(warning)
+
+    def _export_claim(self, claim: Claim) -> None:
+        self._export_limits(claim.scope, claim.name, claim.limits, self._clock())
 
     def _export(self, owner: Site | Upstream, now: float) -> None:
-        scope, name = _scope(owner)
-        for window, limit in limits_of(owner).items():
+        self._export_limits(*_scope(owner), limits_of(owner), now)
+
+    def _export_limits(
+        self, scope: Scope, name: str, limits: Mapping[Window, int], now: float
+    ) -> None:
+        for window, limit in limits.items():
             ratio = self.book.ratio(scope, name, window, limit, now)
             self._metrics.quota_use.labels(scope.value, name, window.value).set(ratio)
+
+
+def _period(claim: Claim, over: OverLimit) -> str:
+    return period(over.window, claim.at, claim.zone)
 
 
 def _scope(owner: Site | Upstream) -> tuple[Scope, str]:

@@ -68,6 +68,28 @@ async def test_items_sync_and_async_jobs_of_one_batch(writer: GroupWriter) -> No
     assert await stored(writer) == ["async", "item0", "item1", "item2", "item3", "item4", "sync"]
 
 
+async def test_an_items_job_answers_each_item_in_order(writer: GroupWriter) -> None:
+    calls: list[list[str]] = []
+
+    def insert_new(c: Connection, keys: list[str]) -> list[bool]:
+        """Inserts the keys not stored yet; per key, whether it was new (decided in order)."""
+        calls.append(keys)
+        seen = set(c.execute(sa.select(KEYS.c.k)).scalars())
+        answers = []
+        for k in keys:
+            answers.append(k not in seen)
+            seen.add(k)
+        c.execute(KEYS.insert(), [{"k": k} for k, new in zip(keys, answers, strict=True) if new])
+        return answers
+
+    await writer.write_item(insert_new, "a")
+    results = await asyncio.gather(*(writer.write_item(insert_new, k) for k in "abcb"))
+
+    assert results == [False, True, True, False]
+    assert calls[1:] == [list("abcb")]  # one call for the four concurrent items
+    assert await stored(writer) == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_failing_job_fails_alone(writer: GroupWriter, kind: str) -> None:
     await writer.write_sync(lambda c: c.execute(KEYS.insert().values(k="taken")))

@@ -9,11 +9,14 @@ import pytest
 
 from relay.core.model import Site, Upstream, UpstreamKind
 from relay.core.quota import (
+    Claim,
+    Granted,
     OverLimit,
     QuotaWarning,
     Scope,
     UsageBook,
     Window,
+    admit,
     limits_of,
     period,
     period_end,
@@ -246,7 +249,6 @@ def test_empty_book() -> None:
     book = UsageBook(UTC_ZONE)
     assert used(book) == dict.fromkeys(Window, 0)
     assert book.over(SITE, "shop", LIMITS, NOW) is None
-    assert book.take_dirty() == []
     assert list(book) == []
 
 
@@ -411,52 +413,26 @@ def test_a_new_day_reads_zero_and_the_old_period_is_forgotten_on_add() -> None:
     assert {key[3] for key, _ in book} == {"2026-11-22T08:00", "2026-11-22", "2026-11"}
 
 
-def test_take_dirty_returns_changed_keys_once() -> None:
-    book = book_with(3)
-    assert sorted(book.take_dirty()) == sorted(
-        [
-            ((SITE, "shop", MINUTE, "2026-11-21T10:05"), 3),
-            ((SITE, "shop", DAY, "2026-11-21"), 3),
-            ((SITE, "shop", MONTH, "2026-11"), 3),
-        ]
-    )
-    assert book.take_dirty() == []
-    book.add(UPSTREAM, "mx1", 2, {}, NOW)
-    book.add(UPSTREAM, "mx1", -1, {}, NOW)
-    assert sorted(book.take_dirty()) == sorted(
-        [
-            ((UPSTREAM, "mx1", MINUTE, "2026-11-21T10:05"), 1),
-            ((UPSTREAM, "mx1", DAY, "2026-11-21"), 1),
-            ((UPSTREAM, "mx1", MONTH, "2026-11"), 1),
-        ]
-    )
-    assert book.take_dirty() == []
-
-
-def test_take_dirty_keeps_the_final_count_of_periods_already_forgotten() -> None:
-    book = book_with(3)
-    book.add(SITE, "shop", 1, LIMITS, NOW + 60)  # next minute, before a flush
-    keys = {key: count for key, count in book.take_dirty()}
-    assert keys[(SITE, "shop", MINUTE, "2026-11-21T10:05")] == 3
-    assert keys[(SITE, "shop", MINUTE, "2026-11-21T10:06")] == 1
-    assert keys[(SITE, "shop", DAY, "2026-11-21")] == 4
-
-
-def test_load_keeps_the_larger_of_loaded_and_in_memory() -> None:
+def test_load_replaces_the_cached_counts_with_the_stored_ones() -> None:
     book = book_with(5)
-    book.take_dirty()
     book.load(
         [
-            ((SITE, "shop", MINUTE, "2026-11-21T10:05"), 3),  # memory is ahead
-            ((SITE, "shop", DAY, "2026-11-21"), 40),  # the store is ahead
+            ((SITE, "shop", MINUTE, "2026-11-21T10:05"), 3),  # a give-back elsewhere: lower
+            ((SITE, "shop", DAY, "2026-11-21"), 40),  # other processes counted more
             ((UPSTREAM, "mx1", MONTH, "2026-11"), 7),  # only in the store
         ]
     )
-    assert used(book) == {MINUTE: 5, DAY: 40, MONTH: 5}
+    assert used(book) == {MINUTE: 3, DAY: 40, MONTH: 5}
     assert book.used(UPSTREAM, "mx1", MONTH, NOW) == 7
-    assert book.take_dirty() == []  # loading is not a change to persist
     book.add(SITE, "shop", 1, LIMITS, NOW)
-    assert used(book) == {MINUTE: 6, DAY: 41, MONTH: 6}
+    assert used(book) == {MINUTE: 4, DAY: 41, MONTH: 6}
+
+
+def test_load_of_a_new_period_forgets_the_old_one() -> None:
+    book = book_with(5)
+    book.load([((SITE, "shop", MINUTE, "2026-11-21T10:06"), 2)])
+    assert book.used(SITE, "shop", MINUTE, NOW + 60) == 2
+    assert (SITE, "shop", MINUTE, "2026-11-21T10:05") not in dict(book)
 
 
 def test_ratio() -> None:
@@ -473,10 +449,84 @@ def test_minute_counts_do_not_return_in_the_repeated_dst_hour() -> None:
     assert book.over(SITE, "shop", {MINUTE: 10}, first + HOUR) is None  # 02:30 CET
 
 
-def test_counts_that_could_not_be_saved_are_offered_again() -> None:
-    book = book_with(3)
-    book.add(SITE, "shop", 1, LIMITS, NOW + 60)  # the old minute retires, unsaved
-    first = sorted(book.take_dirty())
-    book.not_saved(first)  # the write failed
-    assert sorted(book.take_dirty()) == first
-    assert book.take_dirty() == []
+# -- Claims: what the store decides (relay.usage_database reads and writes, admit decides)
+
+
+def claim(count: int = 1, limits: dict[Window, int] = LIMITS, name: str = "shop",
+          at: float = NOW) -> Claim:  # fmt: skip
+    return Claim(SITE, name, limits, count, at, UTC_ZONE)
+
+
+def keys(name: str = "shop") -> list[tuple[Scope, str, Window, str]]:
+    return [
+        (SITE, name, MINUTE, "2026-11-21T10:05"),
+        (SITE, name, DAY, "2026-11-21"),
+        (SITE, name, MONTH, "2026-11"),
+    ]
+
+
+def test_claim_keys_are_every_window_of_its_time() -> None:
+    assert claim().counter_keys == tuple(keys())
+    assert claim(limits={}).counter_keys == tuple(keys())  # counted in unlimited windows too
+
+
+def test_admit_grants_until_the_limit_then_refuses_in_order() -> None:
+    stored = dict(zip(keys(), [8, 98, 998], strict=True))
+    verdicts, deltas = admit([claim(), claim(), claim(), claim(name="blog")], stored)
+    assert verdicts[0] == Granted(dict(zip(keys(), [9, 99, 999], strict=True)))
+    assert verdicts[1] == Granted(dict(zip(keys(), [10, 100, 1000], strict=True)))
+    assert verdicts[2] == OverLimit(MINUTE, 10, 10, utc(2026, 11, 21, 10, 6))
+    assert verdicts[3] == Granted(dict.fromkeys(keys("blog"), 1))  # missing rows count 0
+    assert deltas == {**dict.fromkeys(keys(), 2), **dict.fromkeys(keys("blog"), 1)}
+
+
+@pytest.mark.parametrize(
+    ("stored", "count", "limits", "expected"),
+    [
+        pytest.param([0, 0, 0], 1, {DAY: 0}, OverLimit(DAY, 0, 0, utc(2026, 11, 22)),
+                     id="zero-limit"),
+        pytest.param([0, 99, 0], 1, LIMITS, None, id="last-one-fits"),
+        pytest.param([0, 99, 0], 2, LIMITS, OverLimit(DAY, 100, 99, utc(2026, 11, 22)),
+                     id="two-do-not-fit"),
+        pytest.param([9, 100, 0], 1, LIMITS, OverLimit(DAY, 100, 100, utc(2026, 11, 22)),
+                     id="day-full-minute-free"),
+        pytest.param([0, 0, 1000], 1, LIMITS, OverLimit(MONTH, 1000, 1000, utc(2026, 12, 1)),
+                     id="month-full"),
+        pytest.param([50, 5000, 10**6], 7, {}, None, id="no-limits-never-refuse"),
+    ],
+)  # fmt: skip
+def test_admit_one_claim(
+    stored: list[int], count: int, limits: dict[Window, int], expected: OverLimit | None
+) -> None:
+    counts = dict(zip(keys(), stored, strict=True))
+    [verdict], deltas = admit([claim(count, limits)], counts)
+    if expected is None:
+        assert verdict == Granted({k: n + count for k, n in counts.items()})
+        assert deltas == dict.fromkeys(keys(), count)
+    else:
+        assert verdict == expected
+        assert deltas == {}  # a refused claim counts nothing
+
+
+def test_admit_a_refused_claim_leaves_room_for_a_smaller_one() -> None:
+    stored = dict(zip(keys(), [7, 7, 7], strict=True))
+    verdicts, deltas = admit([claim(4), claim(3)], stored)  # recipients of two deliveries
+    assert isinstance(verdicts[0], OverLimit) and isinstance(verdicts[1], Granted)
+    assert deltas == dict.fromkeys(keys(), 3)
+
+
+def test_admit_empty() -> None:
+    assert admit([], {}) == ([], {})
+
+
+def test_settle_caches_the_store_counts_and_warns_on_the_claim_that_crosses() -> None:
+    book = UsageBook(UTC_ZONE)
+    limits = {DAY: 10}
+    [before] = admit([claim(limits=limits)], dict.fromkeys(keys(), 6))[0]
+    assert isinstance(before, Granted)
+    assert book.settle(claim(limits=limits), before) == []  # 7: below 80 %
+    [crossing] = admit([claim(limits=limits)], dict.fromkeys(keys(), 7))[0]
+    assert isinstance(crossing, Granted)
+    assert book.settle(claim(limits=limits), crossing) == [warning(DAY, 0.8, 8, 10)]
+    assert used(book) == dict.fromkeys(Window, 8)
+    assert book.settle(claim(limits=limits), crossing) == []  # each level once per period

@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -20,15 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from relay.core.health import Circuit, CircuitState
 from relay.core.model import MessageStatus, NewMessage, QueuedMessage, RecipientStatus
-from relay.core.quota import Scope, Window
+from relay.core.quota import Claim, Granted, OverLimit, Scope, Window
 from relay.engine_database import (
     Suppression,
     list_suppressions,
     load_circuits,
-    load_usage,
     remove_suppression,
     save_circuits,
-    save_usage,
 )
 from relay.queue_database import (
     DeliveryRecord,
@@ -43,6 +42,7 @@ from relay.queue_database import (
 )
 from relay.store import create_engine, migrate
 from relay.tables import messages
+from relay.usage_database import claim_usage, give_back, load_usage
 
 ADMIN_URL = os.environ.get(
     "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -131,9 +131,14 @@ async def test_queue_round_trip(engine: AsyncEngine) -> None:
 
 async def test_counters_and_circuits_upsert(engine: AsyncEngine) -> None:
     key = (Scope.UPSTREAM, "ses", Window.DAY, "2027-01-15")
+    claim = Claim(Scope.UPSTREAM, "ses", {Window.DAY: 10}, 3, 1_800_000_000.0, ZoneInfo("UTC"))
     async with engine.begin() as c:
-        await save_usage(c, [(key, 3)], "2027-01-15T08:00")
-        await save_usage(c, [(key, 7)], "2027-01-15T08:00")
+        first = await c.run_sync(claim_usage, [claim, claim, claim])
+        assert [type(v) for v in first] == [Granted, Granted, Granted]
+        assert await c.run_sync(claim_usage, [claim]) == [
+            OverLimit(Window.DAY, 10, 9, 1_800_057_600.0)
+        ]
+        await c.run_sync(give_back, [(claim, 2)])
         await save_circuits(c, {"ses": Circuit(CircuitState.OPEN, 5, 10.0, "refused")}, 10.0)
         await save_circuits(c, {"ses": Circuit(CircuitState.HALF_OPEN, 5, 20.0, "refused")}, 20.0)
     async with engine.connect() as c:

@@ -2,9 +2,11 @@
 
 Windows are calendar periods in the configured time zone (a day ends at local
 midnight, a month on the 1st), so a provider's "50,000 per day" and the
-operator's idea of a day agree. ``UsageBook`` keeps the counts in memory;
-``relay.usage_controller`` persists them so they hold across a restart.
-Crossing 80 % and 90 % of a limit yields a warning once.
+operator's idea of a day agree. The store holds the counts; ``admit`` decides
+claims against counts the store read under its write lock (``relay.usage_database``),
+so every process that shares the store sees one count. ``UsageBook`` is a
+process's cache of those counts, for the early check at MAIL, routing's first
+look and the gauges. Crossing 80 % and 90 % of a limit yields a warning once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -99,19 +101,88 @@ class QuotaWarning:
 Key = tuple[Scope, str, Window, str]  # (scope, name, window, period)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """``count`` more for a site (messages) or an upstream (recipients) at ``at``.
+
+    Counted in every window, limited or not, so a limit added later in a
+    period starts from the period's true count.
+    """
+
+    scope: Scope
+    name: str
+    limits: Mapping[Window, int]
+    count: int
+    at: float
+    zone: ZoneInfo
+
+    @functools.cached_property
+    def counter_keys(self) -> tuple[Key, ...]:
+        """Its counters: one per window (asked several times per claim, made once)."""
+        return tuple(
+            (self.scope, self.name, window, period(window, self.at, self.zone)) for window in Window
+        )
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A claim counted: each window's count once it was added."""
+
+    counts: Mapping[Key, int]
+
+
+def admit(
+    claims: Sequence[Claim], counts: Mapping[Key, int]
+) -> tuple[list[Granted | OverLimit], dict[Key, int]]:
+    """Each claim in order: granted when no limited window would go over, else refused.
+
+    ``counts`` are the stored counts (a key that is missing counts 0). Returns
+    the verdicts in ``claims`` order and the increments to store. A refused
+    claim counts nothing, and those after it are still decided.
+    """
+    now = dict(counts)
+    verdicts: list[Granted | OverLimit] = []
+    for claim in claims:
+        keys = claim.counter_keys
+        over = _first_over(claim, keys, now)
+        if over is not None:
+            verdicts.append(over)
+            continue
+        for key in keys:
+            now[key] = now.get(key, 0) + claim.count
+        verdicts.append(Granted({key: now[key] for key in keys}))
+    deltas = {key: n - counts.get(key, 0) for key, n in now.items()}
+    return verdicts, {key: delta for key, delta in deltas.items() if delta}
+
+
+def _first_over(claim: Claim, keys: tuple[Key, ...], counts: Mapping[Key, int]) -> OverLimit | None:
+    for key in keys:
+        limit = claim.limits.get(key[2])
+        used = counts.get(key, 0)
+        if limit is not None and used + claim.count > limit:
+            return OverLimit(key[2], limit, used, period_end(key[2], claim.at, claim.zone))
+    return None
+
+
 class UsageBook:
-    """Counts per (scope, name, window, period); only the current periods are kept."""
+    """A process's cache of the stored counts, per (scope, name, window, period).
+
+    Only the current periods are kept. Fresh after each of the process's own
+    claims (the store answers with the new counts); others' counts arrive
+    with the next ``load`` (``relay.usage_controller`` says how often).
+    """
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
         self._counts: dict[Key, int] = {}
-        self._dirty: set[Key] = set()
-        self._retired: dict[Key, int] = {}  # final counts of past periods, not yet persisted
         self._warned: set[tuple[Key, float]] = set()  # each level warns once per period
 
     def load(self, rows: Iterable[tuple[Key, int]]) -> None:
+        """The store's counts replace the cached ones (the store is the truth)."""
         for key, count in rows:
-            self._counts[key] = max(self._counts.get(key, 0), count)
+            if key not in self._counts:
+                self._forget_older(key)
+            self._counts[key] = count
 
     def used(self, scope: Scope, name: str, window: Window, now: float) -> int:
         return self._counts.get((scope, name, window, period(window, now, self.zone)), 0)
@@ -145,39 +216,39 @@ class UsageBook:
             before = self._counts.get(key, 0)
             after = max(before + count, 0)
             self._counts[key] = after
-            self._dirty.add(key)
-            limit = limits.get(window)
-            if limit is None:
-                continue
-            for level in WARN_AT:
-                crossed = before < level * limit <= after
-                if crossed and (key, level) not in self._warned:
-                    self._warned.add((key, level))
-                    warnings.append(QuotaWarning(scope, name, window, level, after, limit))
+            warnings += self._crossed(key, before, after, limits.get(window))
+        return warnings
+
+    def settle(self, claim: Claim, granted: Granted) -> list[QuotaWarning]:
+        """A claim the store granted: cache its counts; warnings for thresholds it crossed.
+
+        Only the claim that crosses a threshold in the store sees it crossed,
+        so among processes sharing a store one warns.
+        """
+        warnings = []
+        for key, after in granted.counts.items():
+            if key not in self._counts:
+                self._forget_older(key)
+            self._counts[key] = after
+            warnings += self._crossed(key, after - claim.count, after, claim.limits.get(key[2]))
+        return warnings
+
+    def _crossed(self, key: Key, before: int, after: int, limit: int | None) -> list[QuotaWarning]:
+        warnings: list[QuotaWarning] = []
+        if limit is None:
+            return warnings
+        for level in WARN_AT:
+            crossed = before < level * limit <= after
+            if crossed and (key, level) not in self._warned:
+                self._warned.add((key, level))
+                warnings.append(QuotaWarning(key[0], key[1], key[2], level, after, limit))
         return warnings
 
     def ratio(self, scope: Scope, name: str, window: Window, limit: int, now: float) -> float:
         return self.used(scope, name, window, now) / limit
 
-    def take_dirty(self) -> list[tuple[Key, int]]:
-        """The counts changed since the last call (to be persisted), past periods' included."""
-        dirty, self._dirty = self._dirty, set()
-        retired, self._retired = self._retired, {}
-        return [*retired.items(), *((key, self._counts[key]) for key in dirty)]
-
-    def not_saved(self, counts: Iterable[tuple[Key, int]]) -> None:
-        """Counts from ``take_dirty`` that could not be persisted: offer them again."""
-        for key, count in counts:
-            if key in self._counts:
-                self._dirty.add(key)
-            else:
-                self._retired[key] = count
-
     def _forget_older(self, key: Key) -> None:
         for old in [k for k in self._counts if k[:3] == key[:3] and k[3] != key[3]]:
-            if old in self._dirty:
-                self._dirty.discard(old)
-                self._retired[old] = self._counts[old]
             del self._counts[old]
             self._warned -= {(old, level) for level in WARN_AT}
 
