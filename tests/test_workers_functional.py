@@ -83,6 +83,16 @@ def subject_of(message: Received) -> str:
     return message.content.split(b"Subject: ")[1].split(b"\r\n")[0].decode()
 
 
+async def each_arrives(sink: Any, subjects: list[str], seconds: float = 60) -> None:
+    """Every subject reaches the sink, at least once: until the lease owner is one process,
+    not the host name, a starting worker also frees the other's leases, and a message the
+    other is delivering may go twice."""
+    async with asyncio.timeout(seconds):
+        while not set(subjects) <= {subject_of(m) for m in sink.messages}:
+            sink.handler.arrived.clear()
+            await sink.handler.arrived.wait()
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -142,6 +152,7 @@ async def test_both_workers_take_connections_and_each_message_lands_once(
     assert sum(by_worker.values()) == 200
     assert await metric(admin, "relay_messages_accepted_total") == 200
     assert await metric(admin, "relay_deliveries_total", outcome="sent") == 200
+    assert not relay.log_has("database is locked")  # the writers wait for each other
     assert await asyncio.to_thread(relay.stop) == 0
 
 
@@ -213,8 +224,7 @@ async def test_sigterm_while_sending_exits_0_and_loses_nothing_answered_250(
     sink = await make_sink(port=closed_port)
     again = relays(path)
     await asyncio.to_thread(again.wait_ready)
-    await sink.handler.wait_for(len(answered), seconds=60)
-    assert set(answered) <= {subject_of(m) for m in sink.messages}
+    await each_arrives(sink, answered)
     assert await asyncio.to_thread(again.stop) == 0
 
 
@@ -237,12 +247,7 @@ async def test_a_worker_killed_with_sigkill_is_started_again(
     await asyncio.to_thread(wait_until, lambda: worker_pids(relay)["1"] != killed)
     assert relay.log_has(f"worker 1 (pid {killed}) was killed by SIGKILL; starting it again")
 
-    # At least once each: until the lease owner is one process, not the host name, the new
-    # worker 1 also releases worker 2's leases at its start, and a message may go twice.
-    async with asyncio.timeout(60):
-        while {subject_of(m) for m in sink.messages} != set(first + then):
-            sink.handler.arrived.clear()
-            await sink.handler.arrived.wait()
+    await each_arrives(sink, first + then)
     assert await metric(admin_port(relay), "relay_messages_accepted_total") == 50  # the dead too
     assert await asyncio.to_thread(relay.stop) == 0
 
