@@ -285,12 +285,12 @@ class Supervisor:
             )
             if isinstance(decision, GiveUp):
                 log.error(
-                    "worker %d %s, the %d. time in a row within %g s of its start: "
-                    "giving up, the relay stops (its errors are above)",
+                    "worker %d %s within %g s of its start %d times in a row: "
+                    "giving up, the relay stops (the worker's errors are above)",
                     worker.index,
                     _ended(code),
-                    decision.quick_deaths,
                     self._policy.quick_seconds,
+                    decision.quick_deaths,
                 )
                 self._fail(1)
                 return False

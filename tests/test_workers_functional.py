@@ -252,6 +252,29 @@ async def test_a_worker_killed_with_sigkill_is_started_again(
     assert await asyncio.to_thread(relay.stop) == 0
 
 
+def test_a_worker_that_keeps_dying_at_once_stops_the_relay(
+    tmp_path: Path, closed_port: int, relays: Any
+) -> None:
+    """Started again after 1, 2, 4 and 8 s; the fifth quick death in a row ends it (~20 s)."""
+    relay = relays(two_workers(tmp_path, closed_port))
+    relay.wait_ready()
+    killed: set[int] = set()
+    deadline = time.monotonic() + 90
+    while relay.process.poll() is None and time.monotonic() < deadline:
+        pid = worker_pids(relay)["1"]
+        if pid not in killed:  # each new worker 1 as soon as it says it is ready
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        threading.Event().wait(0.05)
+    assert relay.stop() == 1
+    assert len(killed) == 5
+    assert relay.log_has("starting it again in 8 s")
+    assert relay.log_has(
+        "worker 1 was killed by SIGKILL within 10 s of its start 5 times in a row: giving up"
+    )
+    assert relay.log_has("worker-2 relay.app: stopped")
+
+
 def test_a_port_another_relay_holds_is_one_clear_line(tmp_path: Path, closed_port: int) -> None:
     """SO_REUSEPORT would share the port with a relay already there: the supervisor refuses."""
     with socket.socket() as other:
