@@ -505,7 +505,7 @@ async def serve(config_path: Path, handoff: Handoff | None = None) -> int:
                 config.admin.host,
                 app.admin_port,
             )
-        else:  # the supervisor says "relay ready" when every worker is
+        elif not stop.is_set():  # the supervisor says "relay ready" when every worker is
             log.info("worker %d of %d ready (pid %d)", handoff.index, handoff.workers, os.getpid())
             assert control is not None
             with contextlib.suppress(OSError):  # the supervisor is gone: the watcher stops us
