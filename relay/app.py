@@ -1,10 +1,10 @@
 """The composition root of `relay serve`: builds every part, runs them, stops them in order.
 
 Start: config, store (migrations), group writer, delivery, SMTP listeners,
-admin HTTP; as a worker of relay/supervisor.py, on the sockets it handed over
-(relay/worker_handoff.py) and without the once-per-machine preparation,
-which the supervisor had done. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
-progress is stored), then delivery (in-flight finish or are released), then
+admin HTTP. A worker of relay/supervisor.py serves on the sockets it was
+handed (relay/worker_handoff.py) and skips the once-per-machine preparation,
+which the supervisor has had done. Stop (SIGTERM/SIGINT): listeners first
+(no new mail; DATA in progress is stored), then delivery (in-flight finish or are released), then
 the writer commits what is pending. SIGHUP re-reads the file and swaps the
 sites, credentials, upstreams, domains, routing and admin tokens (a removed
 token is refused from the next request); queued mail and open sessions stay.
@@ -189,7 +189,7 @@ class RelayApp:
     async def prepare(self) -> None:
         """What happens once before the relay serves: data directory, schema, file modes.
 
-        With workers the supervisor has it done before it starts them (see ``prepare``).
+        With workers the supervisor has it done once, before them (`relay serve --prepare-only`).
         """
         private_directory(self.config.server.data_dir)
         await migrate(self.engine)
