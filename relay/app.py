@@ -4,10 +4,11 @@ Start: config, store (migrations), group writer, delivery, SMTP listeners,
 admin HTTP. A worker of relay/supervisor.py serves on the sockets it was
 handed (relay/worker_handoff.py) and skips the once-per-machine preparation,
 which the supervisor has had done. Stop (SIGTERM/SIGINT): listeners first
-(no new mail; DATA in progress is stored), then delivery (in-flight finish or are released), then
-the writer commits what is pending. SIGHUP re-reads the file and swaps the
-sites, credentials, upstreams, domains, routing and admin tokens (a removed
-token is refused from the next request); queued mail and open sessions stay.
+(no new mail; DATA in progress is stored), then delivery (in-flight finish
+or are released), then the writer commits what is pending. SIGHUP re-reads
+the file and swaps the sites, credentials, upstreams, domains, routing and
+admin tokens (a removed token is refused from the next request); queued mail
+and open sessions stay.
 """
 
 from __future__ import annotations
