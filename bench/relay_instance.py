@@ -35,6 +35,7 @@ class RelayInstance:
     tls: tuple[Path, Path] | None = None  # (cert chain, key): STARTTLS + AUTH
     users: dict[str, str] | None = None
     sign: bool = False  # DKIM-sign every message (RSA-2048)
+    workers: int = 1  # server.workers: CPU and memory then count the supervisor and its workers
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -54,7 +55,11 @@ class RelayInstance:
             selector = {"selector": "bench", "private_key_file": str(key_file)}
             domains = [{"name": SENDER_DOMAIN, "dkim": selector}]
         return {
-            "server": {"hostname": "relay.bench", "data_dir": str(self.root / "data")},
+            "server": {
+                "hostname": "relay.bench",
+                "data_dir": str(self.root / "data"),
+                "workers": self.workers,
+            },
             "listeners": [listener],
             "admin": {
                 "host": "127.0.0.1",
@@ -132,13 +137,26 @@ class RelayInstance:
         self._process = None
 
     def pids(self) -> list[int]:
-        return [self._process.pid] if self._process and self._process.poll() is None else []
+        """The relay's process and its children (the workers, with ``workers`` above 1)."""
+        if self._process is None or self._process.poll() is not None:
+            return []
+        return [self._process.pid, *children(self._process.pid)]
 
     def cpu_seconds(self) -> float:
         return sum(process_cpu_seconds(pid) for pid in self.pids())
 
     def pss_bytes(self) -> int:
         return sum(process_pss_bytes(pid) for pid in self.pids())
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def process_cpu_seconds(pid: int) -> float:

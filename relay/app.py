@@ -1,21 +1,26 @@
 """The composition root of `relay serve`: builds every part, runs them, stops them in order.
 
 Start: config, store (migrations), group writer, delivery, SMTP listeners,
-admin HTTP. Stop (SIGTERM/SIGINT): listeners first (no new mail; DATA in
-progress is stored), then delivery (in-flight finish or are released), then
-the writer commits what is pending. SIGHUP re-reads the file and swaps the
-sites, credentials, upstreams, domains, routing and admin tokens (a removed
-token is refused from the next request); queued mail and open sessions stay.
+admin HTTP. A worker of relay/supervisor.py serves on the sockets it was
+handed (relay/worker_handoff.py) and skips the once-per-machine preparation,
+which the supervisor has had done. Stop (SIGTERM/SIGINT): listeners first
+(no new mail; DATA in progress is stored), then delivery (in-flight finish
+or are released), then the writer commits what is pending. SIGHUP re-reads
+the file and swaps the sites, credentials, upstreams, domains, routing and
+admin tokens (a removed token is refused from the next request); queued mail
+and open sessions stay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -67,6 +72,7 @@ from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
+from relay.worker_handoff import READY, Handoff
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 10.0
@@ -84,9 +90,16 @@ class StartupError(Exception):
 
 
 class RelayApp:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        handoff: Handoff | None = None,
+    ) -> None:
         self.config = config
         self.owner = lease_owner()  # made here, in the process that runs: after any fork
+        self._handoff = handoff
+        workers = handoff.workers if handoff else 1
         self._store = StoreObjects()  # created through the admin API
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
@@ -157,10 +170,12 @@ class RelayApp:
         self._clock = clock
         self._admin_tokens = _token_hashes(config)  # replaced by a reload
         self.listeners = SmtpListeners(
-            max_connections=session_ceiling(
-                config.limits.max_connections,
+            max_connections=session_ceiling(  # the machine's: each worker takes its share
+                worker_share(config.limits.max_connections, workers),
                 RESERVED_DESCRIPTORS + config.delivery.concurrency,
             ),
+            # Each worker's: a client's connections are not spread exactly evenly, and
+            # a share would refuse one that keeps within the limit.
             max_connections_per_ip=config.limits.max_connections_per_ip,
             refused=lambda reason: self.metrics.connections_refused.labels(reason).inc(),
         )
@@ -184,11 +199,19 @@ class RelayApp:
     def routing(self) -> RoutingPolicy:
         return self.config.routing.policy
 
-    async def start(self) -> None:
-        log.info("node %s", self.owner)  # the lease owner of this process's claims
-        _private_directory(self.config.server.data_dir)
+    async def prepare(self) -> None:
+        """What happens once before the relay serves: data directory, schema, file modes.
+
+        With workers the supervisor has it done once, before them (`relay serve --prepare-only`).
+        """
+        private_directory(self.config.server.data_dir)
         await migrate(self.engine)
         restrict_sqlite_files(self.config.store_url)
+
+    async def start(self) -> None:
+        log.info("node %s", self.owner)  # the lease owner of this process's claims
+        if self._handoff is None:
+            await self.prepare()
         await self.sync.start()  # before loading: a change in between is loaded again, not lost
         await self.load_store()
         self.writer.start()
@@ -205,6 +228,9 @@ class RelayApp:
                     self.config.server.hostname,
                     self.config.limits.max_message_bytes,
                     self._tls_context(listener),
+                    self._inherited(
+                        self._handoff.listeners[listener.name] if self._handoff else ()
+                    ),
                 )
             except OSError as error:
                 raise StartupError(
@@ -266,13 +292,20 @@ class RelayApp:
         runner = web.AppRunner(create_app(deps), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, admin.host, admin.port, ssl_context=context).start()
+            if self._handoff is None:
+                await web.TCPSite(runner, admin.host, admin.port, ssl_context=context).start()
+            for sock in self._inherited(self._handoff.admin if self._handoff else ()):
+                await web.SockSite(runner, sock, ssl_context=context).start()
         except OSError as error:
             await runner.cleanup()
             raise StartupError(
                 f"admin: cannot listen on {admin.host}:{admin.port}: {error.strerror}"
             ) from None
         self._admin = runner
+
+    @staticmethod
+    def _inherited(descriptors: tuple[int, ...]) -> list[socket.socket]:
+        return [socket.socket(fileno=fd) for fd in descriptors]
 
     def _admin_tls_context(self) -> ssl.SSLContext | None:
         """HTTPS when admin.cert_file and key_file are given (config requires it off loopback)."""
@@ -298,7 +331,7 @@ class RelayApp:
                 await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=5)
         except Exception as error:  # any failure means "not ready", with its name
             problems.append(f"database unreachable ({type(error).__name__})")
-        if len(self.listeners.servers) != len(self.config.listeners):
+        if len(self.listeners.started) != len(self.config.listeners):
             problems.append("SMTP listeners not started")
         return problems
 
@@ -464,7 +497,12 @@ def session_ceiling(max_connections: int, reserved: int) -> int:
     return ceiling
 
 
-def _private_directory(path: Path) -> None:
+def worker_share(limit: int, workers: int) -> int:
+    """One worker's part of a machine-wide limit (rounded up: never 0)."""
+    return -(-limit // workers)
+
+
+def private_directory(path: Path) -> None:
     """The data directory: the store, keys and outbox are the relay user's alone (0700)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -485,27 +523,77 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-async def serve(config_path: Path) -> int:
-    """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
+async def serve(config_path: Path, handoff: Handoff | None = None) -> int:
+    """Run until SIGTERM/SIGINT (a worker: or its supervisor is gone); 0 after a clean stop."""
     # Whatever the shell's umask: what the relay creates (store, WAL, keys) is its user's alone.
     os.umask(0o077)
     config = load_config(config_path)
-    app = RelayApp(config)
+    app = RelayApp(config, handoff=handoff)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: app.reload() and None)
+    control = _watch_supervisor(handoff.control, stop) if handoff else None
     try:
         await app.start()
         _tune_garbage_collector()
-        log.info(
-            "relay ready: SMTP %s, admin %s:%d",
-            app.listeners.ports,
-            config.admin.host,
-            app.admin_port,
-        )
+        if handoff is None:
+            log.info(
+                "relay ready: SMTP %s, admin %s:%d",
+                app.listeners.ports,
+                config.admin.host,
+                app.admin_port,
+            )
+        elif not stop.is_set():  # the supervisor says "relay ready" when every worker is
+            log.info("worker %d of %d ready (pid %d)", handoff.index, handoff.workers, os.getpid())
+            assert control is not None
+            with contextlib.suppress(OSError):  # the supervisor is gone: the watcher stops us
+                control.send(READY)
         await stop.wait()
     finally:
         await app.stop()
+    return 0
+
+
+def _watch_supervisor(descriptor: int, stop: asyncio.Event) -> socket.socket:
+    """The control socket to the supervisor: its end of file (the supervisor died) stops us."""
+    control = socket.socket(fileno=descriptor)
+    control.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = control.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(descriptor)
+            log.warning("the supervisor is gone: stopping")
+            stop.set()
+
+    loop.add_reader(descriptor, readable)
+    return control
+
+
+async def prepare(config_path: Path) -> int:
+    """`relay serve --prepare-only`: what the supervisor has done once before its workers start.
+
+    The data directory, schema, secret key and development certificate are made
+    here, so two workers never race to make them; a certificate that does not
+    load is one clear line here, before any worker.
+    """
+    os.umask(0o077)
+    app = RelayApp(load_config(config_path))  # reads, or makes, the secret key
+    try:
+        await app.prepare()
+        await app.load_store()  # secrets sealed with another key: said once, not by each worker
+        for listener in app.config.listeners:
+            app._tls_context(listener)
+        app._admin_tls_context()
+    finally:
+        app.auth.close()
+        await app.engine.dispose()
     return 0

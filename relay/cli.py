@@ -17,6 +17,7 @@ from relay import __version__, cli_domains, logs
 from relay.config import ConfigError, default_config_path, load_config
 from relay.core.passwords import hash_password
 from relay.core.tokens import hash_token, new_token
+from relay.worker_handoff import Handoff
 
 EXIT_CONFIG = 2
 
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         "-c", "--config", type=Path, help="config file (default ./config.yaml or $RELAY_CONFIG)"
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="processes serving the same listeners (default: server.workers, else 1)",
+    )
+    # The supervisor's first step, in a process of its own (relay/supervisor.py).
+    serve.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     check = commands.add_parser(
         "check-config", help="validate the config file; exit 2 listing every problem"
     )
@@ -73,7 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(path)
     if args.command == "dns":
         return _dns_verify(path, args.domain)
-    return _serve(path, args.log_level)
+    return _serve(path, args.log_level, args.workers, args.prepare_only)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
 
 
 def _dns_verify(path: Path, domain: str) -> int:
@@ -141,13 +159,26 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _serve(path: Path, log_level: str) -> int:
-    from relay.app import StartupError, serve  # the server's imports are not needed by the tools
+def _serve(path: Path, log_level: str, workers: int | None, prepare_only: bool) -> int:
+    handoff = Handoff.from_env()
+    if handoff is None and not prepare_only and workers != 1:
+        try:
+            config = load_config(path)
+        except ConfigError as error:
+            for problem in error.problems:
+                print(problem, file=sys.stderr)
+            return EXIT_CONFIG
+        if (workers or config.server.workers) > 1:
+            from relay.supervisor import supervise
 
-    logs.configure(log_level)
+            logs.configure(log_level, "supervisor")
+            return supervise(path, config, workers or config.server.workers, log_level)
+    from relay.app import StartupError, prepare, serve  # the tools need none of the server
+
+    logs.configure(log_level, f"worker-{handoff.index}" if handoff else "")
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-            return runner.run(serve(path))
+            return runner.run(prepare(path) if prepare_only else serve(path, handoff))
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)

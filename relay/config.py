@@ -68,6 +68,7 @@ class ServerConfig:
     hostname: str
     data_dir: Path
     secret_key_file: Path
+    workers: int = 1  # processes serving the same listeners (relay/supervisor.py when > 1)
 
 
 @dataclass(frozen=True)
@@ -488,8 +489,9 @@ def _parse_server(s: _Section) -> ServerConfig:
         s.problem(f"not a host name: {hostname!r}", "hostname")
     data_dir = Path(s.text("data_dir", "./data") or "./data")
     secret_key_file = Path(s.text("secret_key_file", None) or data_dir / "secret.key")
+    workers = s.integer("workers", 1, minimum=1)
     s.finish()
-    return ServerConfig(hostname or "localhost", data_dir, secret_key_file)
+    return ServerConfig(hostname or "localhost", data_dir, secret_key_file, workers or 1)
 
 
 def _unique(

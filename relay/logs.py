@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 
-def configure(level: str = "INFO") -> None:
+def configure(level: str = "INFO", process: str = "") -> None:
+    """``process`` names a worker ("worker-2") on each of its lines; they share one stderr."""
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {process + ' ' if process else ''}%(name)s: %(message)s",
     )
     # aiosmtpd logs every command line at INFO; keep it quiet, and drop its
     # deprecation notice that every successful AUTH would otherwise print.

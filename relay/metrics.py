@@ -2,9 +2,21 @@
 
 Labels are bounded: site, upstream, listener, outcome, reason. Never an
 address or a message id.
+
+With ``server.workers`` > 1 the supervisor names a fresh directory in
+PROMETHEUS_MULTIPROC_DIR before it starts the workers, so prometheus-client
+keeps every value in a memory-mapped file there (its multiprocess mode, chosen
+at import) and ``render`` answers for all workers together: counters and
+histograms are summed over every worker that ever ran (a dead one's counts
+stay), and each gauge says how its workers' values combine (``multiprocess_mode``):
+a reading of the shared store is the most recent one of a live worker, a state
+each worker learns alone is the highest of the live workers'. With one process
+the registry is the plain in-memory one.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,13 +26,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_DIR)
         self.accepted = Counter(
             "relay_messages_accepted_total",
             "Messages accepted and queued at ingress.",
@@ -69,22 +84,26 @@ class Metrics:
             "relay_queue_depth",
             "Messages waiting for delivery (queued or deferred; held ones not included).",
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.held = Gauge(
             "relay_queue_held",
             "Messages held by an operator.",
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.oldest_age = Gauge(
             "relay_queue_oldest_age_seconds",
             "Age of the oldest message waiting for delivery (0 when none waits).",
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.circuit_state = Gauge(
             "relay_upstream_circuit_state",
             "1 for the state each upstream's circuit breaker is in, 0 for the others.",
             ["upstream", "state"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.health_checks = Counter(
             "relay_upstream_health_checks_total",
@@ -97,6 +116,7 @@ class Metrics:
             "Share of a site's or upstream's limit used in the current window.",
             ["scope", "name", "window"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.quota_warnings = Counter(
             "relay_quota_warnings_total",
@@ -134,12 +154,14 @@ class Metrics:
             "1 for the current status (pass, warn, fail) of each DNS check of a domain.",
             ["domain", "check", "status"],
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.domain_verified = Gauge(
             "relay_domain_verified",
             "1 when every required DNS check of the domain passed at the last verification.",
             ["domain"],
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.domain_check_changes = Counter(
             "relay_domain_check_changes_total",
@@ -155,4 +177,8 @@ class Metrics:
         self.attempt_seconds.labels(upstream).observe(seconds)
 
     def render(self) -> bytes:
-        return bytes(generate_latest(self.registry))
+        if self._multiprocess_dir is None:
+            return bytes(generate_latest(self.registry))
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(every_worker))

@@ -17,10 +17,11 @@ import binascii
 import contextlib
 import logging
 import re
+import socket
 import ssl
 from base64 import b64decode, b64encode
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,6 +233,7 @@ class SmtpListeners:
     max_connections: int = 1000
     max_connections_per_ip: int = 50
     servers: list[asyncio.Server] = field(default_factory=list)
+    started: dict[str, int] = field(default_factory=dict)  # listener name -> its port
     sessions: set[RelaySMTP] = field(default_factory=set)
     data_ended: asyncio.Event = field(default_factory=asyncio.Event)
     per_client: Counter[str] = field(default_factory=Counter)
@@ -268,7 +270,9 @@ class SmtpListeners:
         hostname: str,
         max_message_bytes: int,
         tls_context: ssl.SSLContext | None,
+        sockets: Sequence[socket.socket] = (),
     ) -> None:
+        """Serve ``listener`` on its host and port, or on ``sockets`` when given."""
         implicit = listener.tls is TlsMode.IMPLICIT
         auth_methods_off = [] if listener.offers_auth else ["PLAIN", "LOGIN"]
 
@@ -288,22 +292,31 @@ class SmtpListeners:
             )
 
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            factory, host=listener.host, port=listener.port, ssl=tls_context if implicit else None
-        )
-        self.servers.append(server)
+        ssl_context = tls_context if implicit else None
+        if sockets:  # bound by the supervisor: one server per address
+            servers = [
+                await loop.create_server(factory, sock=sock, ssl=ssl_context) for sock in sockets
+            ]
+        else:
+            servers = [
+                await loop.create_server(
+                    factory, host=listener.host, port=listener.port, ssl=ssl_context
+                )
+            ]
+        self.servers.extend(servers)
+        self.started[listener.name] = servers[0].sockets[0].getsockname()[1]
         log.info(
             "listener %s on %s:%d (tls %s, auth %s)",
             listener.name,
             listener.host,
-            listener.port,
+            self.started[listener.name],
             listener.tls.value,
             listener.auth.value,
         )
 
     @property
     def ports(self) -> list[int]:
-        return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
+        return list(self.started.values())
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop accepting; wait for DATA in progress to be stored; close the rest with 421."""

@@ -87,6 +87,7 @@ def second_site(**overrides: Any) -> dict[str, Any]:
 def test_example_config_validates() -> None:
     config = load_config(REPO / "config.example.yaml")
     assert config.server.hostname == "relay.localhost"
+    assert config.server.workers == 1
     (listener,) = config.listeners
     assert (listener.name, listener.port, listener.tls, listener.auth) == (
         "submission",
@@ -349,6 +350,14 @@ ERROR_CASES: list[Any] = [
             "server.hostname: not a host name: 'relay_test!'",
         ),
         id="bad-hostname",
+    ),
+    pytest.param(
+        case(_set(["server", "workers"], 0), "server.workers: must be at least 1"),
+        id="no-workers",
+    ),
+    pytest.param(
+        case(_set(["server", "workers"], "2"), "server.workers: must be a whole number"),
+        id="workers-not-a-number",
     ),
     pytest.param(
         case(

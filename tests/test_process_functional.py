@@ -25,9 +25,9 @@ READY = re.compile(r"relay ready: SMTP \[(\d+)")
 class RelayProcess:
     """`relay serve` in a subprocess; stderr is drained by a thread and searched for readiness."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "-c", str(config_path)],
+            [sys.executable, "-m", "relay.cli", "serve", "-c", str(config_path), *args],
             cwd=config_path.parent,
             stderr=subprocess.PIPE,
             text=True,
@@ -88,8 +88,8 @@ def send(port: int, subject: str, username: str = "shop", password: str = SITE_P
 def relays() -> Any:
     started: list[RelayProcess] = []
 
-    def start(config_path: Path) -> RelayProcess:
-        relay = RelayProcess(config_path)
+    def start(config_path: Path, *args: str) -> RelayProcess:
+        relay = RelayProcess(config_path, *args)
         started.append(relay)
         return relay
 
