@@ -11,7 +11,6 @@ import asyncio
 import re
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,13 +19,12 @@ from typing import Any
 import aiosmtplib
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from relay.store import create_engine, migrate
 from relay.tables import messages
 from tests.conftest import SITE_PASSWORD, Sink, base_config, smtp_upstream, write_config
+from tests.postgres import throwaway_database
 from tests.test_process_functional import RelayProcess
-from tests.test_store_postgres_functional import ADMIN_URL
 
 REPO = Path(__file__).resolve().parent.parent
 NODE = re.compile(r"\bnode (\S+:\d+:[0-9a-f]{8})$")
@@ -36,24 +34,11 @@ LEASE_SECONDS = 30  # the shortest delivery.lease_seconds the config allows
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A throwaway database, migrated (nodes that start together do not race to create it)."""
-    admin = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"relay_nodes_{uuid.uuid4().hex[:12]}"
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as error:
-        await admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {type(error).__name__}")
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    engine = create_engine(url)
-    try:
+    async with throwaway_database("relay_nodes") as url:
+        engine = create_engine(url)
         await migrate(engine)
         await engine.dispose()
         yield url
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ upstream's quota shared by both delivers exactly that many recipients.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import smtplib
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from relay.tables import messages, recipients, usage_counters
 from tests.conftest import SITE_PASSWORD, Sink, base_config, smtp_upstream, write_config
+from tests.postgres import throwaway_database
 from tests.test_process_functional import RelayProcess
 
-ADMIN_URL = os.environ.get(
-    "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 SENDERS = 4  # two per relay
 PER_SENDER = 40
 SITE_LIMIT = 100
@@ -43,20 +39,8 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'shared' / 'relay.db'}"
         return
-    admin = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"relay_test_{uuid.uuid4().hex[:12]}"
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as error:
-        await admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {type(error).__name__}")
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture

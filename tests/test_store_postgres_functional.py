@@ -8,8 +8,6 @@ every other functional test.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from zoneinfo import ZoneInfo
@@ -17,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.core.health import Circuit, CircuitState
 from relay.core.model import MessageStatus, NewMessage, QueuedMessage, RecipientStatus
@@ -43,31 +41,18 @@ from relay.queue_database import (
 from relay.store import create_engine, migrate
 from relay.tables import messages
 from relay.usage_database import claim_usage, give_back, load_usage
-
-ADMIN_URL = os.environ.get(
-    "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+from tests.postgres import throwaway_database
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[AsyncEngine]:
-    admin = create_async_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"relay_test_{uuid.uuid4().hex[:12]}"
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as error:
-        await admin.dispose()
-        pytest.skip(f"no PostgreSQL at {ADMIN_URL}: {type(error).__name__}")
-    engine = create_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await migrate(engine)
-        yield engine
-    finally:
-        await engine.dispose()
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with throwaway_database() as url:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 def new_message(message_id: str, now: float) -> NewMessage:

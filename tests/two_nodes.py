@@ -9,23 +9,16 @@ same secret key, as every node of a cluster must.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import yaml
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from relay.app import RelayApp
 from relay.config import load_config
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+from tests.postgres import throwaway_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,20 +26,8 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"
         return
-    admin = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"relay_test_{uuid.uuid4().hex[:12]}"
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except (OSError, sa.exc.SQLAlchemyError) as error:
-        await admin.dispose()
-        pytest.skip(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {type(error).__name__}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
+    async with throwaway_database() as url:
+        yield url
 
 
 StartNode = Callable[[str, dict[str, Any]], Any]
