@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay import __version__, cli_domains, logs
-from relay.config import ConfigError, default_config_path, load_config
+from relay.config import Config, ConfigError, default_config_path, load_config
 from relay.core.passwords import hash_password
 from relay.core.tokens import hash_token, new_token
 from relay.worker_handoff import Handoff
@@ -94,22 +94,30 @@ def _positive(text: str) -> int:
     return value
 
 
-def _dns_verify(path: Path, domain: str) -> int:
+def _load_or_report(path: Path) -> Config | None:
+    """The config, or None with every problem printed on stderr (one line each)."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
+        _report(error)
+        return None
+
+
+def _report(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(problem, file=sys.stderr)
+
+
+def _dns_verify(path: Path, domain: str) -> int:
+    config = _load_or_report(path)
+    if config is None:
         return EXIT_CONFIG
     return cli_domains.dns_verify(config, domain)
 
 
 def _check_config(path: Path) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
+    config = _load_or_report(path)
+    if config is None:
         return EXIT_CONFIG
     print(
         f"{path}: OK ({len(config.sites)} sites, {len(config.upstreams)} upstreams, "
@@ -162,11 +170,8 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _serve(path: Path, log_level: str, workers: int | None, prepare_only: bool) -> int:
     handoff = Handoff.from_env()
     if handoff is None and not prepare_only and workers != 1:
-        try:
-            config = load_config(path)
-        except ConfigError as error:
-            for problem in error.problems:
-                print(problem, file=sys.stderr)
+        config = _load_or_report(path)
+        if config is None:
             return EXIT_CONFIG
         if (workers or config.server.workers) > 1:
             from relay.supervisor import supervise
@@ -180,8 +185,7 @@ def _serve(path: Path, log_level: str, workers: int | None, prepare_only: bool) 
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
             return runner.run(prepare(path) if prepare_only else serve(path, handoff))
     except ConfigError as error:
-        for problem in error.problems:
-            print(problem, file=sys.stderr)
+        _report(error)
         return EXIT_CONFIG
     except StartupError as error:
         print(f"relay: {error}", file=sys.stderr)
