@@ -95,7 +95,7 @@ def workloads(quick: bool) -> list[Workload]:
     ]
     found += [
         Workload(
-            f"new connection per message, 2 KB, 10 sessions{suffix}",
+            f"2 KB, new connection per message, 10 sessions{suffix}",
             2048,
             10,
             5_000 // scale,
