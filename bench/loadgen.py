@@ -1,16 +1,22 @@
-"""The load generator: N sessions over reused connections, STARTTLS and AUTH when asked.
+"""The load generator: N sessions, over reused or new connections, STARTTLS and AUTH when asked.
 
-Each session connects once, says EHLO (STARTTLS, EHLO again, AUTH PLAIN when
+Each session connects, says EHLO (STARTTLS, EHLO again, AUTH PLAIN when
 configured) and then sends messages until the shared count or the time limit
-is reached. Accept latency is the time from writing the final dot to reading
-the 250. Runs in its own process (``run_in_process``) so the orchestrator's
-own work does not disturb it. Bounded in count and time; loopback only.
+is reached. With ``reconnect`` a session sends one message per connection
+and QUITs (reading the 221), then connects again, as PHPMailer, WordPress
+and most web apps send. A connection refused at the greeting or during the
+handshake (a 421, say) counts as one refused message, so a limit shows up in
+the results instead of ending the run. Accept latency is the time from
+writing the final dot to reading the 250. Runs in its own process
+(``run_in_process``) so the orchestrator's own work does not disturb it.
+Bounded in count and time; loopback only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import multiprocessing
 import ssl
 import subprocess
@@ -31,6 +37,7 @@ class Load:
     auth: tuple[str, str] | None = None
     sender: str = "app@bench.example.com"
     time_limit: float = 300.0
+    reconnect: bool = False  # a new connection per message (connect, one message, QUIT)
 
 
 @dataclass
@@ -75,15 +82,22 @@ class _Session:
 async def _open(load: Load, context: ssl.SSLContext) -> _Session:
     reader, writer = await asyncio.open_connection("127.0.0.1", load.port)
     session = _Session(reader, writer)
-    await session.reply()
-    await session.command(b"EHLO loadgen.bench", b"250")
-    if load.starttls:
-        await session.command(b"STARTTLS", b"220")
-        await writer.start_tls(context, server_hostname="localhost")
+    try:
+        greeting = await session.reply()
+        if not greeting.startswith(b"220"):
+            raise RuntimeError(f"greeting: {greeting.decode(errors='replace').strip()}")
         await session.command(b"EHLO loadgen.bench", b"250")
-    if load.auth:
-        token = base64.b64encode(b"\0" + load.auth[0].encode() + b"\0" + load.auth[1].encode())
-        await session.command(b"AUTH PLAIN " + token, b"235")
+        if load.starttls:
+            await session.command(b"STARTTLS", b"220")
+            await writer.start_tls(context, server_hostname="localhost")
+            await session.command(b"EHLO loadgen.bench", b"250")
+        if load.auth:
+            user, password = (part.encode() for part in load.auth)
+            token = base64.b64encode(b"\0" + user + b"\0" + password)
+            await session.command(b"AUTH PLAIN " + token, b"235")
+    except BaseException:
+        writer.close()
+        raise
     return session
 
 
@@ -103,34 +117,53 @@ async def run(load: Load) -> LoadResult:
     remaining = [load.messages]
     deadline = time.monotonic() + load.time_limit
 
+    async def send(s: _Session) -> None:
+        for command, expect in commands:
+            s.writer.write(command)
+            answer = await s.reply()
+            if not answer.startswith(expect):
+                result.refused.append(answer.decode(errors="replace").strip())
+                await s.command(b"RSET", b"250")
+                return
+        s.writer.write(data)
+        dot = time.perf_counter()
+        answer = await s.reply()
+        result.latencies.append(time.perf_counter() - dot)
+        if answer.startswith(b"250"):
+            result.sent += 1
+            result.finished = time.time()
+        else:
+            result.refused.append(answer.decode(errors="replace").strip())
+
     async def session() -> None:
-        s = await _open(load, context)
+        s: _Session | None = None
         while remaining[0] > 0 and time.monotonic() < deadline:
             remaining[0] -= 1
-            for command, expect in commands:
-                s.writer.write(command)
-                answer = await s.reply()
-                if not answer.startswith(expect):
-                    result.refused.append(answer.decode(errors="replace").strip())
-                    await s.command(b"RSET", b"250")
-                    break
-            else:
-                s.writer.write(data)
-                dot = time.perf_counter()
-                answer = await s.reply()
-                result.latencies.append(time.perf_counter() - dot)
-                if answer.startswith(b"250"):
-                    result.sent += 1
-                    result.finished = time.time()
-                else:
-                    result.refused.append(answer.decode(errors="replace").strip())
-        s.writer.write(b"QUIT\r\n")
-        s.writer.close()
+            if s is None:
+                try:
+                    s = await _open(load, context)
+                except (OSError, RuntimeError) as error:  # ConnectionError is an OSError
+                    result.refused.append(f"connection: {error}")
+                    continue
+            await send(s)
+            if load.reconnect:
+                await _quit(s)
+                s = None
+        if s is not None:
+            await _quit(s)
 
     await asyncio.wait_for(
         asyncio.gather(*(session() for _ in range(load.sessions))), load.time_limit + 30
     )
     return result
+
+
+async def _quit(s: _Session) -> None:
+    """QUIT, read the 221 (as PHPMailer does), close."""
+    s.writer.write(b"QUIT\r\n")
+    with contextlib.suppress(OSError):  # the server closed first: nothing left to read
+        await s.reply()
+    s.writer.close()
 
 
 async def hold_idle(port: int, count: int, seconds: float, opened: Any) -> None:

@@ -1,12 +1,16 @@
 """Run every workload against Postfix and against the relay, alternating, and print the ratios.
 
-    python -m bench [--quick] [--repetitions 3] [--only NAME ...] [--results bench/RESULTS.md]
+    python -m bench [--quick] [--repetitions 3] [--only NAME ...] [--workers 1 2]
+                    [--results bench/RESULTS.md]
 
 Per run: a fresh server (own directory, own queue), the sink in its own
-process, the load generator in its own process. End-to-end rate = messages /
-(first connection -> the sink has them all). CPU is the server's user+system
-time over the run; PSS its peak proportional memory, sampled every 200 ms.
-Loopback only; every run is bounded in count and time. Needs root (Postfix).
+process, the load generator in its own process. The relay runs once per
+``--workers`` value, each a row of its own with its ratios to Postfix.
+End-to-end rate = messages / (first connection -> the sink has them all).
+CPU is the server's user+system time over the run (the relay's supervisor
+and workers together), also per message delivered; PSS its peak proportional
+memory, sampled every 200 ms. Loopback only; every run is bounded in count
+and time. Needs root (Postfix).
 """
 
 from __future__ import annotations
@@ -59,6 +63,22 @@ class Workload:
     idle: int = 0  # connections held open instead of sending
     backlog: bool = False  # queued while the sink is down, then drained once it is back
     smtp_source: bool = False  # Postfix's smtp-source drives it instead of our generator
+    reconnect: bool = False  # a new connection per message, as PHPMailer and WordPress send
+
+
+@dataclass(frozen=True)
+class System:
+    """One server setup measured on every workload: Postfix, or the relay with N workers."""
+
+    kind: str  # "postfix" or "relay"
+    workers: int = 1
+
+    @property
+    def label(self) -> str:
+        return "Postfix" if self.kind == "postfix" else f"relay w{self.workers}"
+
+
+POSTFIX = System("postfix")
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -72,6 +92,19 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("2 KB, 50 sessions, STARTTLS+AUTH", 2048, 50, 10_000 // scale, secure=True),
         Workload("2 KB, 50 sessions, DKIM (relay signs)", 2048, 50, 10_000 // scale, sign=True),
         Workload("2 KB, 50 sessions, smtp-source", 2048, 50, 10_000 // scale, smtp_source=True),
+    ]
+    found += [
+        Workload(
+            f"2 KB, new connection per message, 10 sessions{suffix}",
+            2048,
+            10,
+            5_000 // scale,
+            secure=secure,
+            reconnect=True,
+        )
+        for suffix, secure in (("", False), (", STARTTLS+AUTH", True))
+    ]
+    found += [
         Workload("2 KB backlog drain", 2048, 50, 100_000 // scale, backlog=True),
         Workload("1,000 idle connections", idle=1000),
     ]
@@ -85,6 +118,7 @@ class Measure:
     p99: float = 0.0
     cpu: float = 0.0  # server CPU seconds over the run
     pss: int = 0  # peak bytes
+    delivered: int = 0  # messages the sink got
     problems: list[str] = field(default_factory=list)
 
 
@@ -135,6 +169,7 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
         auth=next(iter(USERS.items())) if w.secure else None,
         sender=f"app@{SENDER_DOMAIN}",
         time_limit=RUN_TIME_LIMIT,
+        reconnect=w.reconnect,
     )
     sink.reset()
     cpu_before = server.cpu_seconds()
@@ -146,7 +181,7 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
             started = result.started
         delivered = wait_until(lambda: sink.count >= result.sent, RUN_TIME_LIMIT)
         finished = time.time()
-    m = Measure(cpu=server.cpu_seconds() - cpu_before, pss=pss.peak)
+    m = Measure(cpu=server.cpu_seconds() - cpu_before, pss=pss.peak, delivered=sink.count)
     m.problems += result.refused[:3]
     if result.sent < w.messages:
         m.problems.append(f"only {result.sent} of {w.messages} accepted")
@@ -193,17 +228,31 @@ def _percentiles(result: LoadResult) -> tuple[float, float]:
 
 
 def make_server(
-    kind: str, root: Path, sink_port: int, w: Workload, tls: tuple[Path, Path]
+    system: System, root: Path, sink_port: int, w: Workload, tls: tuple[Path, Path]
 ) -> Server:
     port = free_port()
     users = USERS if w.secure else None
-    if kind == "postfix":
+    if system.kind == "postfix":
         return postfix.PostfixInstance(
             root, port, sink_port, tls=tls if w.secure else None, users=users
         )
     return RelayInstance(
-        root, port, sink_port, tls=tls if w.secure else None, users=users, sign=w.sign
+        root,
+        port,
+        sink_port,
+        tls=tls if w.secure else None,
+        users=users,
+        sign=w.sign,
+        workers=system.workers,
     )
+
+
+def systems(kinds: list[str], workers: list[int]) -> list[System]:
+    """Postfix once, the relay once per worker count, in the order given."""
+    found: list[System] = []
+    for kind in kinds:
+        found += [POSTFIX] if kind == "postfix" else [System("relay", n) for n in workers]
+    return list(dict.fromkeys(found))
 
 
 def certificate(directory: Path) -> tuple[Path, Path]:
@@ -224,7 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems", nargs="+", default=["postfix", "relay"], choices=["postfix", "relay"]
     )
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        type=int,
+        default=[1],
+        metavar="N",
+        help="the relay's server.workers; one row per value (default 1)",
+    )
     args = parser.parse_args(argv)
+    if any(n < 1 for n in args.workers):
+        parser.error("--workers takes counts of 1 or more")
     if os.geteuid() != 0:
         print("the benchmark runs Postfix, which needs root", flush=True)
         return 2
@@ -232,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [
         w for w in workloads(args.quick) if not args.only or any(o in w.name for o in args.only)
     ]
-    results: dict[tuple[str, str], list[Measure]] = {}
+    measured = systems(args.systems, args.workers)
+    results: dict[tuple[str, System], list[Measure]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         base = Path(tmp)
         tls = certificate(base)
@@ -240,22 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()
         try:
             for repetition in range(args.repetitions):
-                order = args.systems if repetition % 2 == 0 else args.systems[::-1]
+                order = measured if repetition % 2 == 0 else measured[::-1]
                 for w in chosen:
-                    for kind in order:
-                        root = base / f"{kind}-{repetition}-{chosen.index(w)}"
-                        server = make_server(kind, root, sink.port, w, tls)
+                    for system in order:
+                        name = f"{system.kind}-w{system.workers}-{repetition}-{chosen.index(w)}"
+                        server = make_server(system, base / name, sink.port, w, tls)
                         server.start()
                         try:
                             m = measure(server, sink, w)
                         finally:
                             server.stop()
-                        results.setdefault((w.name, kind), []).append(m)
-                        step = f"[{repetition + 1}/{args.repetitions}] {kind:7} {w.name}"
+                        results.setdefault((w.name, system), []).append(m)
+                        step = f"[{repetition + 1}/{args.repetitions}] {system.label:9} {w.name}"
                         print(f"{step}: {_line(w, m)}", flush=True)
         finally:
             sink.stop()
-    table = render(chosen, results)
+    table = render(chosen, measured, results)
     print("\n" + table)
     write_results(args, table)
     return 0
@@ -267,7 +327,8 @@ def _line(w: Workload, m: Measure) -> str:
     else:
         text = (
             f"{m.rate:.0f} msg/s, p50 {m.p50 * 1000:.1f} ms, p99 {m.p99 * 1000:.1f} ms, "
-            f"CPU {m.cpu:.1f} s, PSS {m.pss / 2**20:.0f} MB"
+            f"CPU {m.cpu:.1f} s ({_per_message(m.cpu, m.delivered)} ms/msg), "
+            f"PSS {m.pss / 2**20:.0f} MB"
         )
     return text + (f"  PROBLEMS: {'; '.join(m.problems)}" if m.problems else "")
 
@@ -276,47 +337,60 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-def render(chosen: list[Workload], results: dict[tuple[str, str], list[Measure]]) -> str:
+def _per_message(cpu: float, delivered: int) -> str:
+    return f"{cpu * 1000 / delivered:.2f}" if delivered else "-"
+
+
+def render(
+    chosen: list[Workload],
+    measured: list[System],
+    results: dict[tuple[str, System], list[Measure]],
+) -> str:
+    """One row per workload and system; ratios are to Postfix's row of the same workload."""
     rows = [
-        "| workload | msg/s Postfix | msg/s relay | ratio | p50 ms P / R | p99 ms P / R "
-        "| p99 ratio | CPU s P / R | PSS MB P / R | PSS ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | system | msg/s | ratio | p50 ms | p99 ms | p99 ratio "
+        "| CPU s | CPU ms/msg | PSS MB | PSS ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in chosen:
-        p, r = results.get((w.name, "postfix"), []), results.get((w.name, "relay"), [])
-        med = {
-            key: (_median([getattr(x, key) for x in p]), _median([getattr(x, key) for x in r]))
-            for key in ("rate", "p50", "p99", "cpu", "pss")
-        }
-        pss_p, pss_r = med["pss"]
-        pss = f"{pss_p / 2**20:.0f} / {pss_r / 2**20:.0f} | {_ratio(pss_r, pss_p)}"
-        if w.idle:
-            rows.append(f"| {w.name} | | | | | | | | {pss} |")
-            continue
-        rate_p, rate_r = med["rate"]
-        p50_p, p50_r = med["p50"]
-        p99_p, p99_r = med["p99"]
-        cpu_p, cpu_r = med["cpu"]
-        rows.append(
-            f"| {w.name} | {rate_p:.0f} | {rate_r:.0f} | {_ratio(rate_r, rate_p)} "
-            f"| {p50_p * 1000:.1f} / {p50_r * 1000:.1f} | {p99_p * 1000:.1f} / {p99_r * 1000:.1f} "
-            f"| {_ratio(p99_r, p99_p)} | {cpu_p:.1f} / {cpu_r:.1f} | {pss} |"
-        )
-    return "\n".join(rows + _drain_shares(chosen, results))
+        base = _medians(results.get((w.name, POSTFIX), []))
+        for i, system in enumerate(s for s in measured if (w.name, s) in results):
+            med = _medians(results[(w.name, system)])
+            versus = system != POSTFIX and bool(base["pss"])
+            name = w.name if i == 0 else ""
+            pss = f"{med['pss'] / 2**20:.0f} | {_ratio(med['pss'], base['pss']) if versus else ''}"
+            if w.idle:
+                rows.append(f"| {name} | {system.label} | | | | | | | | {pss} |")
+                continue
+            rate, p99 = _ratio(med["rate"], base["rate"]), _ratio(med["p99"], base["p99"])
+            per_message = _per_message(med["cpu"], round(med["delivered"]))
+            rows.append(
+                f"| {name} | {system.label} | {med['rate']:.0f} | {rate if versus else ''} "
+                f"| {med['p50'] * 1000:.1f} | {med['p99'] * 1000:.1f} | {p99 if versus else ''} "
+                f"| {med['cpu']:.1f} | {per_message} | {pss} |"
+            )
+    return "\n".join(rows + _drain_shares(chosen, measured, results))
+
+
+def _medians(measures: list[Measure]) -> dict[str, float]:
+    keys = ("rate", "p50", "p99", "cpu", "pss", "delivered")
+    return {key: _median([getattr(m, key) for m in measures]) for key in keys}
 
 
 def _drain_shares(
-    chosen: list[Workload], results: dict[tuple[str, str], list[Measure]]
+    chosen: list[Workload],
+    measured: list[System],
+    results: dict[tuple[str, System], list[Measure]],
 ) -> list[str]:
     """The backlog's drain rate as a share of the same system's empty-queue rate."""
     lines = []
     for w in (w for w in chosen if w.backlog):
         shares = []
-        for kind in ("postfix", "relay"):
-            drain = _median([m.rate for m in results.get((w.name, kind), [])])
-            empty = _median([m.rate for m in results.get((EMPTY_QUEUE, kind), [])])
+        for system in measured:
+            drain = _median([m.rate for m in results.get((w.name, system), [])])
+            empty = _median([m.rate for m in results.get((EMPTY_QUEUE, system), [])])
             if drain and empty:
-                shares.append(f"{kind} {drain / empty:.0%}")
+                shares.append(f"{system.label} {drain / empty:.0%}")
         if shares:
             lines.append(
                 f"\n{w.name}: msg/s is the rate once the sink is back and the queue is flushed; "
@@ -350,11 +424,16 @@ def machine() -> str:
 
 def write_results(args: argparse.Namespace, table: str) -> None:
     command = "python -m bench" + (" --quick" if args.quick else "")
+    if args.workers != [1]:
+        command += " --workers " + " ".join(str(n) for n in args.workers)
     text = (
         f"# Benchmark results\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, `{command}`, "
         f"{args.repetitions} repetitions alternating Postfix and the relay; medians.\n\n"
         f"Machine: {machine()}. Load generator and sink run on the same cores.\n\n"
-        f"Ratios are relay / Postfix: above 1 is better for msg/s, below 1 is better "
-        f"for latency and memory.\n\n{table}\n"
+        f"One row per system: Postfix, and the relay with `server.workers` N (relay wN; "
+        f"its CPU and memory count the supervisor and every worker). CPU ms/msg is the "
+        f"server's CPU time per message delivered. Ratios are relay / Postfix on the same "
+        f"workload: above 1 is better for msg/s, below 1 is better for latency and memory."
+        f"\n\n{table}\n"
     )
     args.results.write_text(text)
