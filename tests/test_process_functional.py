@@ -213,6 +213,7 @@ def test_the_data_directory_and_store_are_private_whatever_the_umask(
         "relay.db-wal": "0o600",
         "relay.db-shm": "0o600",
         "relay.db.migrate.lock": "0o600",  # nodes starting together migrate in turn
+        "relay.db.write.lock": "0o600",  # workers' writers take turns
         "secret.key": "0o600",
         "dev-cert.pem": "0o600",
         "dev-key.pem": "0o600",
