@@ -1,9 +1,6 @@
-"""Failure throttling for AUTH: too many failures per key within a window blocks the key.
+"""Failure throttling: too many failures per key within a window blocks the key.
 
-Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``. A caller may
-count an attempt as a failure when it starts and ``refund`` it when it turns
-out well, so parallel attempts are counted as they start, not as they finish.
-Client addresses are keyed by ``client_network``: one IPv6 host owns a whole
+Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``. Client addresses are keyed by ``client_network``: one IPv6 host owns a whole
 /64, so counting its addresses one by one would count nothing.
 
 ``FailureThrottle`` counts in memory (the admin API's token failures);
@@ -52,17 +49,6 @@ class FailureThrottle:
             self._prune(now)
         failures = self._failures.setdefault(key, deque(maxlen=self._max_failures))
         failures.append(now)
-
-    def record_success(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-    def refund(self, key: str, at: float) -> None:
-        """Take back a failure recorded at ``at`` for an attempt that succeeded after all."""
-        failures = self._failures.get(key)
-        if failures is not None and at in failures:
-            failures.remove(at)
-            if not failures:
-                del self._failures[key]
 
     def _expire(self, failures: deque[float], now: float) -> None:
         while failures and failures[0] <= now - self._window:
