@@ -1,7 +1,8 @@
 """Failure throttling: too many failures per key within a window blocks the key.
 
-Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``. Client addresses are keyed by ``client_network``: one IPv6 host owns a whole
-/64, so counting its addresses one by one would count nothing.
+Keys are strings such as ``ip:192.0.2.1`` or ``user:shop``. Client addresses
+are keyed by ``client_network``: one IPv6 host owns a whole /64, so counting
+its addresses one by one would count nothing.
 
 ``FailureThrottle`` counts in memory (the admin API's token failures);
 ``blocked_until`` and ``KnownBlocked`` serve SMTP AUTH, whose failures every
