@@ -1,8 +1,8 @@
 """What the admin API reads about mail: the message log, one message in full, statistics.
 
-Read-only; each call uses its own connection. Quota use comes from this
-process's usage book: exact for its own messages, at most a couple of seconds
-behind other processes' (``relay.usage_controller``).
+Read-only; each call uses its own connection. Quota use is read from the
+store's counters in the same connection as the statistics, so it is exact
+for every process and node that shares the store, not this process's cache.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from relay.core.directory import Directory
 from relay.core.header_diff import HeaderChange, header_diff
-from relay.core.quota import Scope, Window, limits_of
+from relay.core.quota import Key, Scope, Window, limits_of, period
 from relay.message_log_database import (
     MessageHeaders,
     MessageQuery,
@@ -29,6 +29,7 @@ from relay.message_log_database import (
 from relay.queue_database import MessageDetail, QueueStats, load_message, queue_stats
 from relay.store import GroupWriter
 from relay.usage_controller import UsageController
+from relay.usage_database import load_usage
 
 _DIFF_ON_LOOP_BYTES = 65_536  # of header blocks: a diff of a few ms at most
 
@@ -89,10 +90,13 @@ class ReportsController:
     async def stats(self, since: float, until: float | None = None) -> Stats:
         """Every site and upstream of the directory, with zeros where nothing happened."""
         directory = self._directory()
+        now = self._clock()
+        zone = self._usage.book.zone
         async with self._engine.connect() as connection:
             by_site = {s.site_id: s for s in await site_stats(connection, since, until)}
             by_upstream = {u.upstream: u for u in await upstream_stats(connection, since, until)}
             queue = await queue_stats(connection)
+            used = dict(await load_usage(connection, {period(w, now, zone) for w in Window}))
         for site in directory.sites:
             by_site.setdefault(site.id, SiteStats(site.id, 0, 0, 0, 0, 0, 0, 0, None))
         for upstream in directory.upstreams:
@@ -101,19 +105,25 @@ class ReportsController:
             )
         return Stats(
             since,
-            until if until is not None else self._clock(),
-            [(s, self._quota(Scope.SITE, s.site_id)) for _, s in sorted(by_site.items())],
-            [(u, self._quota(Scope.UPSTREAM, u.upstream)) for _, u in sorted(by_upstream.items())],
+            until if until is not None else now,
+            [
+                (s, self._quota(used, Scope.SITE, s.site_id, now))
+                for _, s in sorted(by_site.items())
+            ],
+            [
+                (u, self._quota(used, Scope.UPSTREAM, u.upstream, now))
+                for _, u in sorted(by_upstream.items())
+            ],
             queue,
         )
 
-    def _quota(self, scope: Scope, name: str) -> list[QuotaUse]:
+    def _quota(self, used: dict[Key, int], scope: Scope, name: str, now: float) -> list[QuotaUse]:
         directory = self._directory()
         owner = directory.site(name) if scope is Scope.SITE else directory.upstream(name)
         if owner is None:  # gone from the configuration; its history stays
             return []
-        now = self._clock()
+        zone = self._usage.book.zone
         return [
-            QuotaUse(window, self._usage.book.used(scope, name, window, now), limit)
+            QuotaUse(window, used.get((scope, name, window, period(window, now, zone)), 0), limit)
             for window, limit in limits_of(owner).items()
         ]
