@@ -30,11 +30,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import DeliveryConfig
 from relay.core import dkim, dsn
@@ -68,7 +66,7 @@ from relay.core.routing import (
     describe_skips,
     earliest_opening,
 )
-from relay.engine_database import Suppression, suppressed
+from relay.engine_database import Suppression
 from relay.events import Events
 from relay.health_controller import HealthController
 from relay.metrics import Metrics
@@ -121,40 +119,6 @@ class Engine:
 Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
 
 
-class _SuppressionLookups:
-    """Lookups asked at the same moment share one query (a burst of fresh messages)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._waiting: list[tuple[list[tuple[str, str]], asyncio.Future[Suppressed]]] = []
-        self._running: set[asyncio.Future[None]] = set()  # strong references to the queries
-
-    async def find(self, pairs: list[tuple[str, str]]) -> Suppressed:
-        future: asyncio.Future[Suppressed] = asyncio.get_running_loop().create_future()
-        self._waiting.append((pairs, future))
-        if len(self._waiting) == 1:
-            query = asyncio.ensure_future(self._run())
-            self._running.add(query)
-            query.add_done_callback(self._running.discard)
-        return await future
-
-    async def _run(self) -> None:
-        await asyncio.sleep(0)  # let the other deliveries started in this loop turn ask too
-        batch, self._waiting = self._waiting, []
-        try:
-            async with self._engine.connect() as connection:
-                wanted = [p for pairs, _ in batch for p in pairs]
-                listed = await connection.run_sync(suppressed, wanted)
-        except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(listed)
-
-
 class DeliveryController:
     def __init__(
         self,
@@ -184,7 +148,6 @@ class DeliveryController:
         # Mail may be waiting in the queue (not handed over, deferred, a DSN): a slot that
         # frees up looks for it. Without it, finished deliveries do not query the queue.
         self._backlog = True
-        self._suppressions = _SuppressionLookups(writer.engine)
 
     def wake(self) -> None:
         """New mail was queued: look for due messages now rather than at the next poll."""
@@ -197,8 +160,14 @@ class DeliveryController:
         self._reserved += 1
         return self._owner, now + self._config.lease_seconds
 
-    def hand_over(self, message: NewMessage, stored: bool) -> None:
-        """A message is stored: deliver it now when it came leased to us, else claim it later."""
+    def hand_over(
+        self, message: NewMessage, stored: bool, suppressed: Mapping[str, str] = {}
+    ) -> None:
+        """A message is stored: deliver it now when it came leased to us, else claim it later.
+
+        ``suppressed`` (its recipients on the site's suppression list) was read in the
+        transaction that stored it.
+        """
         if message.lease is not None:
             self._reserved -= 1
         if not stored:
@@ -217,24 +186,14 @@ class DeliveryController:
             attempt_count=0,
             original_sender=message.original_sender,
             message_class=message.message_class,
+            suppressed=dict(suppressed),
         )
-        self._start(queued, self._deliver_fresh(queued))
+        self._start(queued, self._deliver(queued))
 
     def _start(self, message: QueuedMessage, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"deliver-{message.id}")
         self._in_flight[message.id] = task
         task.add_done_callback(functools.partial(self._finished, message.id))
-
-    async def _deliver_fresh(self, message: QueuedMessage) -> None:
-        """A message straight from the ingress: only its suppressed recipients are unknown."""
-        pairs = [(message.site_id, a) for a in message.pending_recipients]
-        try:
-            listed = await self._suppressions.find(pairs)
-        except Exception:  # the lease expires and the queue retries it: never lost
-            log.exception("message %s: suppression list not read", message.id)
-            return
-        found = {a: listed[(s, a.lower())] for s, a in pairs if (s, a.lower()) in listed}
-        await self._deliver(replace(message, suppressed=found) if found else message)
 
     async def run(self) -> None:
         released = await self._writer.write(lambda c: release_stale_leases(c, self._gone))

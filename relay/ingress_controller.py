@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ from relay.core.policy import (
 )
 from relay.core.quota import Claim, OverLimit
 from relay.metrics import Metrics
-from relay.queue_database import Admission, store_messages
+from relay.queue_database import Admission, Admitted, admit_messages
 from relay.store import GroupWriter
 from relay.usage_controller import UsageController
 
@@ -78,8 +78,13 @@ class Handover(Protocol):
     def reserve(self, now: float) -> tuple[str, float] | None:
         """A delivery slot for a message about to be stored: its lease, or None when busy."""
 
-    def hand_over(self, message: NewMessage, stored: bool) -> None:
-        """The message is stored (deliver it, or find it in the queue) or not (free its slot)."""
+    def hand_over(
+        self, message: NewMessage, stored: bool, suppressed: Mapping[str, str] = {}
+    ) -> None:
+        """The message is stored (deliver it, or find it in the queue) or not (free its slot).
+
+        ``suppressed``: its recipients on the site's suppression list, read when it was stored.
+        """
 
 
 class IngressController:
@@ -132,11 +137,13 @@ class IngressController:
         self, message: NewMessage, claim: Claim | None, done: asyncio.Future[Any]
     ) -> None:
         """The client left during the commit: deliver what was stored all the same."""
-        verdict = None if done.cancelled() or done.exception() else done.result()
+        admitted = None if done.cancelled() or done.exception() else done.result()
+        verdict = None if admitted is None else admitted.verdict
         if claim is not None and verdict is not None:
             verdict = self._usage.settle(claim, verdict)
-        stored = not done.cancelled() and done.exception() is None and verdict is None
-        self._delivery.hand_over(message, stored=stored)
+        stored = admitted is not None and verdict is None
+        suppressed = admitted.suppressed if admitted is not None else {}
+        self._delivery.hand_over(message, stored=stored, suppressed=suppressed)
 
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
@@ -166,13 +173,13 @@ class IngressController:
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
         stored = asyncio.ensure_future(
-            self._writer.write_item(store_messages, Admission(message, claim))
+            self._writer.write_item(admit_messages, Admission(message, claim))
         )
         try:
             # Shielded: a client that hangs up during the commit does not undo it, and the
             # message still goes to delivery once stored (it was never answered 250, so the
             # client may send it again: at least once).
-            counted = await asyncio.shield(stored)
+            admitted: Admitted = await asyncio.shield(stored)
         except asyncio.CancelledError:
             stored.add_done_callback(lambda f: self._stored_meanwhile(message, claim, f))
             raise
@@ -180,7 +187,9 @@ class IngressController:
             self._delivery.hand_over(message, stored=False)
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
-        refused = None if claim is None else self._usage.settle(claim, counted)
+        refused = None
+        if claim is not None and admitted.verdict is not None:
+            refused = self._usage.settle(claim, admitted.verdict)
         if refused is not None:  # nothing stored: another process took the last messages
             self._delivery.hand_over(message, stored=False)
             return self._refused(submission.site, refused)
@@ -193,7 +202,7 @@ class IngressController:
             len(message.recipients),
             len(message.content),
         )
-        self._delivery.hand_over(message, stored=True)
+        self._delivery.hand_over(message, stored=True, suppressed=admitted.suppressed)
         return Queued(message.id)
 
     def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:

@@ -47,6 +47,38 @@ class Admission:
     claim: Claim | None = None
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """What the store said of an admission (``store_messages``), and, for a stored message
+    leased to its writer, its recipients on the site's suppression list with the reasons."""
+
+    verdict: Granted | OverLimit | None
+    suppressed: dict[str, str]
+
+
+def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[Admitted]:
+    """``store_messages``, plus the suppression lookup of the leased ones in the same
+    transaction: their delivery starts without a store read of its own."""
+    verdicts = store_messages(connection, batch)
+    leased = [
+        a.message
+        for a, v in zip(batch, verdicts, strict=True)
+        if a.message.lease is not None and not isinstance(v, OverLimit)
+    ]
+    listed = suppressed(connection, ((m.site_id, r) for m in leased for r in m.recipients))
+    return [
+        Admitted(
+            verdict,
+            {
+                address: listed[(a.message.site_id, address.lower())]
+                for address in a.message.recipients
+                if (a.message.site_id, address.lower()) in listed
+            },
+        )
+        for a, verdict in zip(batch, verdicts, strict=True)
+    ]
+
+
 def store_messages(
     connection: Connection, batch: Sequence[Admission]
 ) -> list[Granted | OverLimit | None]:
