@@ -299,11 +299,7 @@ def record_deliveries(
         connection.execute(_UPDATE_RECIPIENT, rows)
     statuses: dict[str, list[RecipientStatus]] = {}
     ids = list({r.message_id for r in records})
-    for row in connection.execute(
-        sa.select(recipients.c.message_id, recipients.c.status).where(
-            recipients.c.message_id.in_(ids)
-        )
-    ):
+    for row in connection.execute(_RECIPIENT_STATUSES, {"ids": ids}):
         statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
     admissions = [
@@ -338,6 +334,10 @@ def record_deliveries(
         )
     return answers
 
+
+_RECIPIENT_STATUSES = sa.select(recipients.c.message_id, recipients.c.status).where(
+    recipients.c.message_id.in_(sa.bindparam("ids", expanding=True))
+)
 
 _UPDATE_MESSAGE = (
     messages.update()
