@@ -31,7 +31,7 @@ from relay import __version__
 from relay.config import ListenerConfig
 from relay.core.model import TlsMode
 from relay.core.throttle import client_network
-from relay.smtp_view import AuthLineTooLong, RelayEnvelope, SmtpHandler
+from relay.smtp_view import AuthLineTooLong, RelayEnvelope, SmtpHandler, hook_names
 
 log = logging.getLogger(__name__)
 SESSION_TIMEOUT_SECONDS = 300  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
@@ -80,6 +80,9 @@ class RelaySMTP(SMTP):
         self._listener = listener
         self._client: str | None = None  # the counted client; None: refused or not yet open
         self.in_data = False
+
+    def __dir__(self) -> list[str]:
+        return hook_names(type(self))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """``<local@domain> params`` without the email package's RFC 5322 parser: it cost
