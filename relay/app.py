@@ -41,7 +41,7 @@ from relay.catalog_controller import (
     load_store,
     merged_directory,
 )
-from relay.cluster_controller import CATALOG, RELOAD, ClusterSync
+from relay.cluster_controller import CATALOG, FLUSH, RELOAD, ClusterSync
 from relay.config import (
     AdminToken,
     Config,
@@ -132,7 +132,16 @@ class RelayApp:
             gone=gone_owners(self.owner, legacy=config.server.hostname),
             clock=clock,
         )
-        self.queue = QueueController(self.writer, self.delivery.wake, self.health, clock)
+        self.sync = ClusterSync(
+            self.writer,
+            {
+                CATALOG: self.load_store,
+                RELOAD: self._reload_from_elsewhere,
+                FLUSH: lambda: self.queue.apply_flush(),
+            },
+            clock,
+        )
+        self.queue = QueueController(self.writer, self.delivery.wake, self.health, self.sync, clock)
         self.auth = AuthController(
             self.directory, config.limits, self.metrics, self.writer, clock=clock
         )
@@ -153,9 +162,6 @@ class RelayApp:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
-        self.sync = ClusterSync(
-            self.writer, {CATALOG: self.load_store, RELOAD: self._reload_from_elsewhere}, clock
-        )
         self.catalog = CatalogController(
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
         )

@@ -1,16 +1,18 @@
 """Changes made on one node reach every node within ``cluster.sync_seconds``.
 
 The store keeps a version per shared thing (relay/cluster_database.py):
-``catalog`` is bumped in the very transaction of every change made through
-the admin API, ``reload`` by every reload that applied (SIGHUP or POST
-/api/v1/reload). Every node reads the versions every ``sync_seconds`` (one
-small SELECT) and, for each that moved, runs its applier: ``catalog``
-reloads the store's objects, ``reload`` re-reads the node's *own* config
-file (one reload reloads every node; each keeps its own file). A node marks
-its own changes seen as it applies them, so it never applies them twice;
-changes and polls take turns, so a poll never finds a version whose change
-this node is still applying. A version read before the objects are loaded
-can only make a node load again, never miss a change.
+``catalog`` is bumped in the very transaction of every change made through the
+admin API, ``reload`` by every reload that applied (SIGHUP or POST
+/api/v1/reload), ``flush`` in the transaction of every queue flush. Every node
+reads the versions every ``sync_seconds`` (one small SELECT) and, for each
+that moved, runs its applier: ``catalog`` reloads the store's objects,
+``reload`` re-reads the node's *own* config file (one reload reloads every
+node; each keeps its own file), ``flush`` closes the node's circuits (an
+operator said the upstreams are back). A node marks its own changes seen as it
+applies them, so it never applies them twice; changes and polls take turns, so
+a poll never finds a version whose change this node is still applying. A
+version read before the objects are loaded can only make a node load again,
+never miss a change.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CATALOG = "catalog"  # sites, credentials, upstreams, domains made through the admin API
 RELOAD = "reload"  # the config files: a reload on one node makes every node re-read its own
+FLUSH = "flush"  # an operator's queue flush: every node closes its circuits and looks for mail
 Applier = Callable[[], Awaitable[None]]
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.cluster_controller import FLUSH, ClusterSync
 from relay.core.model import MessageStatus
 from relay.health_controller import HealthController
 from relay.queue_database import (
@@ -41,9 +42,11 @@ class QueueController:
         writer: GroupWriter,
         wake_delivery: Callable[[], None],
         health: HealthController,
+        sync: ClusterSync,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
+        self._sync = sync
         self._wake_delivery = wake_delivery
         self._health = health
         self._clock = clock
@@ -57,14 +60,25 @@ class QueueController:
         return status
 
     async def flush(self) -> Flushed:
-        """Try everything now (an upstream is back): Postfix's ``postqueue -f``."""
+        """Try everything now (an upstream is back): Postfix's ``postqueue -f``.
+
+        Every node learns its circuits alone, so every node closes its own:
+        this one at once, the others within ``cluster.sync_seconds``
+        (``apply_flush``, run by the cluster sync).
+        """
         now = self._clock()
         upstreams = self._health.close_all()
-        count = await self._writer.write(lambda c: flush_waiting(c, now))
+        count = await self._sync.change(FLUSH, lambda c: flush_waiting(c, now))
         closed = ", ".join(upstreams) or "none"
         log.info("queue flushed: %d messages due now; circuits closed: %s", count, closed)
-        self._wake_delivery()
         return Flushed(count, upstreams)
+
+    async def apply_flush(self) -> None:
+        """A flush (here or on another node): close this node's circuits, look for due mail."""
+        closed = self._health.close_all()
+        if closed:
+            log.info("circuits closed by a queue flush on another node: %s", ", ".join(closed))
+        self._wake_delivery()
 
     async def hold(self, message_id: str) -> MessageStatus | None:
         now = self._clock()

@@ -152,6 +152,28 @@ async def test_a_reload_on_a_makes_b_reread_its_own_file(
     await sink.handler.wait_for(1)
 
 
+async def test_a_flush_on_a_closes_the_circuits_b_opened(
+    tmp_path: Path, make_sink, cert_files, client_tls, start_node, store_url: str, http
+) -> None:
+    down = await make_sink(replies={"mail": "421 4.3.2 down for maintenance"})
+    config = node_config(tmp_path, down.port, cert_files)
+    config["health"] = {"check_interval_seconds": 0, "failure_threshold": 1}
+    config["health"]["cooldown_seconds"] = 3600
+    config["delivery"] = {"retry_first_seconds": 3600, "retry_max_seconds": 7200}
+    a, b = await start_node("a", config), await start_node("b", config)
+    for node in (a, b):  # each node learns the upstream is down from its own delivery
+        await send_mail(RunningRelay(node), client_tls, "shop", SITE_PASSWORD, "x@shop.example.com")
+        await seconds_until(lambda n=node: n.health.circuits.get("sink") is not None
+                            and n.health.circuits["sink"].state.value == "open")  # fmt: skip
+
+    del down.handler.replies["mail"]  # the upstream is back: the operator flushes on A
+    flushed = await Admin(http, a.admin_port).ok("POST", f"{V1}/queue/flush")
+    assert flushed == {"messages": 2, "upstreams": ["sink"]}
+    waited = await seconds_until(lambda: b.health.circuits["sink"].state.value == "closed")
+    print(f"B closed its circuit after {waited:.2f} s (sync_seconds {SYNC_SECONDS})")
+    await down.handler.wait_for(2)  # both messages, each node delivering its own or either
+
+
 # -- Two `relay serve` processes on one SQLite file: each its own event loop and connections.
 
 ADMIN_PORT = re.compile(r"relay ready: .*, admin [\d.]+:(\d+)")
