@@ -107,6 +107,7 @@ def test_a_template_needs_no_subject_nor_body() -> None:
         ({"message_class": "urgent"}, "message_class: must be transactional or bulk"),
         ({"message_class": ["bulk"]}, "message_class: must be transactional or bulk"),
         ({"extra": 1}, "extra: unknown key"),
+        ({"template": ""}, "template: must be a template's name"),
         ({"\n": 1}, "'\\n': unknown key"),
     ],
 )

@@ -96,6 +96,8 @@ def parse_send_request(
     if reply_to is not None and (problem := address_problem(reply_to)):
         problems.append(f"reply_to: {problem}")
     template = _text(body, "template", problems, header=True)
+    if template == "":
+        problems.append("template: must be a template's name")
     subject = _text(body, "subject", problems, header=True)
     text = _text(body, "text", problems, header=False)
     html = _text(body, "html", problems, header=False)
@@ -200,7 +202,7 @@ def _sender(value: object, site: Site, problems: list[str]) -> tuple[str, str | 
         problems.append("from.name: must be a string")
     elif name is not None and (problem := text_problem(name, header=True)):
         problems.append(f"from.name: {problem}")
-    if name is None and address == site.from_email:
+    if name is None and isinstance(address, str) and address.lower() == site.from_email.lower():
         name = site.from_name
     return address, name or None
 
