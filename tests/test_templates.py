@@ -3,7 +3,8 @@ import time
 import pytest
 
 from relay.core import templates
-from relay.core.templates import Rendered, Template, check_template, render
+from relay.core.compose import Rendered
+from relay.core.templates import Template, check_template, render
 
 
 def _text(source: str, **variables: object) -> str | list[str]:

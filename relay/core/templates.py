@@ -54,6 +54,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from relay.core.compose import Rendered
+
 MAX_VALUE_CHARS = 1_000_000
 MAX_INT_BITS = 14_000  # about 4300 digits, CPython's limit for printing an int (int_max_str_digits)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -75,13 +77,6 @@ class Template:
     subject: str | None = None
     text: str | None = None
     html: str | None = None
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str | None
-    text: str | None
-    html: str | None
 
 
 def check_template(t: Template, *, max_chars: int = 100_000) -> list[str]:
