@@ -13,16 +13,21 @@ import datetime as dt
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from relay.core.addresses import control_character, is_address, is_sender_pattern
+from relay.config_section import (
+    Section,
+    check_unique,
+    read_address,
+    read_display_name,
+    read_name,
+)
+from relay.core.addresses import is_sender_pattern
 from relay.core.backoff import BackoffPolicy
 from relay.core.directory import Directory
 from relay.core.dkim import (
@@ -52,7 +57,6 @@ from relay.core.routing import ClassRule, RoutingPolicy
 from relay.core.tokens import is_token_hash
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-E = TypeVar("E", TlsMode, AuthMode, UpstreamKind, Strategy, MessageClass)
 
 
 class ConfigError(Exception):
@@ -212,160 +216,24 @@ def load_config(path: Path) -> Config:
             [f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})"]
         ) from None
     problems: list[str] = []
-    root = _Section(data if data is not None else {}, "", problems)
+    root = Section(data if data is not None else {}, "", problems)
     config = _parse(path, root)
     if problems or config is None:
         raise ConfigError(problems)
     return config
 
 
-_MISSING: Any = object()
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})+$"
 )  # _spf.google.com
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_TOKEN_LENGTH = 16
 
 
 def is_domain_name(text: str) -> bool:
     return _HOSTNAME.match(text) is not None and "." in text
-
-
-class _Section:
-    """One mapping of the YAML with its path; accessors record problems instead of raising."""
-
-    def __init__(self, data: object, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        self.ok = isinstance(data, dict)
-        if not self.ok and data is not None:  # None: missing, already reported as required
-            self.problem("must be a mapping of keys to values")
-        self._data: dict[str, Any] = data if isinstance(data, dict) else {}
-        self._used: set[str] = set()
-
-    def child(self, key: str | int) -> str:
-        if isinstance(key, int):
-            return f"{self.path}[{key}]"
-        return f"{self.path}.{key}" if self.path else key
-
-    def problem(self, message: str, key: str | None = None) -> None:
-        where = self.child(key) if key is not None else (self.path or "(top level)")
-        self.problems.append(f"{where}: {message}")
-
-    def has(self, key: str) -> bool:
-        return key in self._data
-
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
-        self._used.add(key)
-        if key not in self._data or self._data[key] is None:
-            if default is _MISSING:
-                self.problem("is required", key)
-            return None if default is _MISSING else default
-        return self._data[key]
-
-    def text(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is None or value is default:
-            return value
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.problem("must be a string", key)
-            return None
-        value = str(value)
-        if "\r" in value or "\n" in value:
-            self.problem("must be a single line", key)
-            return None
-        return value
-
-    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0) -> Any:
-        value = self.raw(key, default)
-        if value is None or value is default:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem("must be a whole number", key)
-            return None
-        if value < minimum:
-            self.problem(f"must be at least {minimum}", key)
-            return None
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            self.problem("must be a positive number", key)
-            return default
-        return float(value)
-
-    def cost(self, key: str) -> float | None:
-        value = self.raw(key, None)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.problem("must be a number, 0 or more", key)
-            return None
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            self.problem("must be true or false", key)
-            return default
-        return value
-
-    def choice(self, key: str, enum: type[E], default: E) -> E:
-        value = self.raw(key, default)
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = " | ".join(e.value for e in enum)
-            self.problem(f"must be one of {allowed} (got {value!r})", key)
-            return default
-
-    def items(self, key: str) -> Iterator[tuple[int, Any]]:
-        value = self.raw(key, [])
-        if not isinstance(value, list):
-            self.problem("must be a list", key)
-            return
-        yield from enumerate(value)
-
-    def section(self, key: str, required: bool = False) -> _Section:
-        return _Section(self.raw(key, _MISSING if required else {}), self.child(key), self.problems)
-
-    def secret(self, key: str, required: bool = False) -> Secret | None:
-        """``key`` inline, ``key_env: VAR`` or ``key_file: PATH``; exactly one of them."""
-        given = [k for k in (key, f"{key}_env", f"{key}_file") if self.has(k)]
-        self._used.update({key, f"{key}_env", f"{key}_file"})
-        if len(given) > 1:
-            self.problem(f"give only one of {', '.join(given)}", key)
-            return None
-        if not given:
-            if required:
-                self.problem(f"is required (as {key}, {key}_env or {key}_file)", key)
-            return None
-        source = given[0]
-        value = self._data[source]
-        if not isinstance(value, str) or not value:
-            self.problem("must be a non-empty string", source)
-            return None
-        if source.endswith("_env"):
-            if value not in os.environ:
-                self.problem(f"environment variable {value} is not set", source)
-                return None
-            return Secret(os.environ[value])
-        if source.endswith("_file"):
-            try:
-                return Secret(Path(value).read_text(encoding="utf-8").strip())
-            except OSError as error:
-                self.problem(f"cannot read {value} ({error.strerror})", source)
-                return None
-        return Secret(value)
-
-    def finish(self) -> None:
-        for key in self._data:
-            if key not in self._used:
-                self.problem("unknown key", str(key))
 
 
 # Keys the admin API refuses in an object's JSON: they would read the server's environment or
@@ -400,17 +268,17 @@ def parse_site_spec(data: object, upstream_names: set[str]) -> tuple[Site | None
     return (site if not problems else None), problems
 
 
-def _api_section(data: object, path: str, problems: list[str]) -> _Section:
+def _api_section(data: object, path: str, problems: list[str]) -> Section:
     """The section without the forbidden keys (never read, not even to report them)."""
     if isinstance(data, dict):
         for key in API_FORBIDDEN_KEYS:
             if key in data:
                 problems.append(f"{path}.{key}: not accepted through the API (use the config file)")
         data = {k: v for k, v in data.items() if k not in API_FORBIDDEN_KEYS}
-    return _Section(data, path, problems)
+    return Section(data, path, problems)
 
 
-def _parse(path: Path, root: _Section) -> Config | None:
+def _parse(path: Path, root: Section) -> Config | None:
     if not root.ok:
         return None
     server = _parse_server(root.section("server", required=True))
@@ -452,7 +320,7 @@ def _parse(path: Path, root: _Section) -> Config | None:
 MIN_SYNC_SECONDS = 0.2  # below it every node polls the store more than five times a second
 
 
-def _parse_cluster(s: _Section) -> ClusterConfig:
+def _parse_cluster(s: Section) -> ClusterConfig:
     d = ClusterConfig()
     sync_seconds = s.number("sync_seconds", d.sync_seconds)
     if sync_seconds < MIN_SYNC_SECONDS:
@@ -483,7 +351,7 @@ def _is_redis_url(text: str) -> bool:
     )
 
 
-def _parse_server(s: _Section) -> ServerConfig:
+def _parse_server(s: Section) -> ServerConfig:
     hostname = s.text("hostname")
     if hostname is not None and not _HOSTNAME.match(hostname):
         s.problem(f"not a host name: {hostname!r}", "hostname")
@@ -494,25 +362,7 @@ def _parse_server(s: _Section) -> ServerConfig:
     return ServerConfig(hostname or "localhost", data_dir, secret_key_file, workers or 1)
 
 
-def _unique(
-    s: _Section, key: str, index: int, value: str | None, seen: set[str], what: str
-) -> None:
-    if value is None:
-        return
-    if value in seen:
-        s.problem(f"duplicate {what} {value!r}", f"{key}[{index}]")
-    seen.add(value)
-
-
-def _name(s: _Section, key: str) -> str | None:
-    value: str | None = s.text(key)
-    if value is not None and not _NAME.match(value):
-        s.problem("use letters, digits, '.', '_' or '-' (at most 64)", key)
-        return None
-    return value
-
-
-def _existing_file(s: _Section, key: str) -> Path | None:
+def _existing_file(s: Section, key: str) -> Path | None:
     value = s.text(key, None)
     if value is None:
         return None
@@ -521,22 +371,22 @@ def _existing_file(s: _Section, key: str) -> Path | None:
     return Path(value)
 
 
-def _parse_listeners(root: _Section) -> tuple[ListenerConfig, ...]:
+def _parse_listeners(root: Section) -> tuple[ListenerConfig, ...]:
     listeners, names, count = [], set[str](), 0
     for i, data in root.items("listeners"):
         count += 1
-        s = _Section(data, root.child("listeners") + f"[{i}]", root.problems)
+        s = Section(data, root.child("listeners") + f"[{i}]", root.problems)
         listener = _parse_listener(s)
         if listener is not None:
-            _unique(root, "listeners", i, listener.name, names, "listener name")
+            check_unique(root, "listeners", i, listener.name, names, "listener name")
             listeners.append(listener)
     if count == 0:
         root.problem("at least one listener is required", "listeners")
     return tuple(listeners)
 
 
-def _parse_listener(s: _Section) -> ListenerConfig | None:
-    name = _name(s, "name")
+def _parse_listener(s: Section) -> ListenerConfig | None:
+    name = read_name(s, "name")
     host = s.text("host", "127.0.0.1")
     port = s.integer("port", minimum=0)  # 0: any free port (tests)
     if port is not None and port > 65535:
@@ -578,7 +428,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _parse_limits(s: _Section) -> LimitsConfig:
+def _parse_limits(s: Section) -> LimitsConfig:
     d = LimitsConfig()
     limits = LimitsConfig(
         max_message_bytes=s.integer("max_message_bytes", d.max_message_bytes, minimum=1024),
@@ -598,7 +448,7 @@ def _parse_limits(s: _Section) -> LimitsConfig:
     return limits if None not in vars(limits).values() else d
 
 
-def _timezone(s: _Section, key: str, default: ZoneInfo) -> ZoneInfo:
+def _timezone(s: Section, key: str, default: ZoneInfo) -> ZoneInfo:
     name = s.text(key, default.key)
     try:
         return ZoneInfo(name)
@@ -607,15 +457,15 @@ def _timezone(s: _Section, key: str, default: ZoneInfo) -> ZoneInfo:
         return default
 
 
-def _parse_admin(s: _Section) -> AdminConfig:
+def _parse_admin(s: Section) -> AdminConfig:
     d = AdminConfig()
     host = s.text("host", d.host)
     port = s.integer("port", d.port, minimum=0)
     tokens, names = [], set[str]()
     for i, data in s.items("tokens"):
-        t = _Section(data, s.child("tokens") + f"[{i}]", s.problems)
-        name = _name(t, "name")
-        _unique(s, "tokens", i, name, names, "token name")
+        t = Section(data, s.child("tokens") + f"[{i}]", s.problems)
+        name = read_name(t, "name")
+        check_unique(s, "tokens", i, name, names, "token name")
         secret = t.secret("token")
         if secret is not None and len(secret.reveal()) < MIN_TOKEN_LENGTH:
             t.problem(
@@ -652,7 +502,7 @@ def _parse_admin(s: _Section) -> AdminConfig:
     )
 
 
-def _parse_delivery(s: _Section) -> DeliveryConfig:
+def _parse_delivery(s: Section) -> DeliveryConfig:
     d = DeliveryConfig()
     b = d.backoff
     config = DeliveryConfig(
@@ -671,7 +521,7 @@ def _parse_delivery(s: _Section) -> DeliveryConfig:
     return config
 
 
-def _parse_health(s: _Section) -> HealthConfig:
+def _parse_health(s: Section) -> HealthConfig:
     d = HealthConfig()
     config = HealthConfig(
         HealthPolicy(
@@ -687,7 +537,7 @@ def _parse_health(s: _Section) -> HealthConfig:
     return config
 
 
-def _parse_routing(s: _Section, upstream_names: set[str]) -> RoutingConfig:
+def _parse_routing(s: Section, upstream_names: set[str]) -> RoutingConfig:
     d = RoutingConfig()
     strategy = s.choice("strategy", Strategy, d.policy.strategy)
     header = s.text("class_header", d.class_header)
@@ -710,7 +560,7 @@ def _parse_routing(s: _Section, upstream_names: set[str]) -> RoutingConfig:
     return RoutingConfig(RoutingPolicy(strategy, classes), header or d.class_header)
 
 
-def _upstream_list(s: _Section, upstream_names: set[str]) -> tuple[str, ...]:
+def _upstream_list(s: Section, upstream_names: set[str]) -> tuple[str, ...]:
     names = []
     for j, upstream in s.items("upstreams"):
         if not isinstance(upstream, str) or upstream not in upstream_names:
@@ -723,19 +573,19 @@ def _upstream_list(s: _Section, upstream_names: set[str]) -> tuple[str, ...]:
 _DEFAULT_PORTS = {TlsMode.NONE: 25, TlsMode.STARTTLS: 587, TlsMode.IMPLICIT: 465}
 
 
-def _parse_upstreams(root: _Section) -> tuple[Upstream, ...]:
+def _parse_upstreams(root: Section) -> tuple[Upstream, ...]:
     upstreams, names = [], set[str]()
     for i, data in root.items("upstreams"):
-        s = _Section(data, root.child("upstreams") + f"[{i}]", root.problems)
+        s = Section(data, root.child("upstreams") + f"[{i}]", root.problems)
         upstream = _parse_upstream(s)
         if upstream is not None:
-            _unique(root, "upstreams", i, upstream.name, names, "upstream name")
+            check_unique(root, "upstreams", i, upstream.name, names, "upstream name")
             upstreams.append(upstream)
     return tuple(upstreams)
 
 
-def _parse_upstream(s: _Section) -> Upstream | None:
-    name = _name(s, "name")
+def _parse_upstream(s: Section) -> Upstream | None:
+    name = read_name(s, "name")
     kind = s.choice("kind", UpstreamKind, UpstreamKind.SMTP)
     smtp = kind is UpstreamKind.SMTP
     host = s.text("host") if smtp else s.text("host", None)
@@ -780,7 +630,7 @@ def _parse_upstream(s: _Section) -> Upstream | None:
     return upstream if name is not None else None
 
 
-def _spf_includes(s: _Section) -> tuple[str, ...]:
+def _spf_includes(s: Section) -> tuple[str, ...]:
     """``spf_include``: the domain (or list) a sender's SPF must include for this upstream."""
     value = s.raw("spf_include", [])
     names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
@@ -790,7 +640,7 @@ def _spf_includes(s: _Section) -> tuple[str, ...]:
     return tuple(n.lower() for n in names)
 
 
-def _parse_dns(s: _Section) -> DnsConfig:
+def _parse_dns(s: Section) -> DnsConfig:
     d = DnsConfig()
     servers = []
     for j, server in s.items("nameservers"):
@@ -826,15 +676,15 @@ def nameserver_address(text: str) -> tuple[str, int] | None:
     return host, int(port) if port else 53
 
 
-def _parse_domains(root: _Section) -> tuple[Domain, ...]:
+def _parse_domains(root: Section) -> tuple[Domain, ...]:
     domains, names = [], set[str]()
     for i, data in root.items("domains"):
-        s = _Section(data, root.child("domains") + f"[{i}]", root.problems)
+        s = Section(data, root.child("domains") + f"[{i}]", root.problems)
         name = s.text("name")
         if name is not None and not _HOSTNAME.match(name):
             s.problem(f"not a domain name: {name!r}", "name")
             name = None
-        _unique(root, "domains", i, name and name.lower(), names, "domain")
+        check_unique(root, "domains", i, name and name.lower(), names, "domain")
         keys, signing_key = _parse_dkim(s.section("dkim"), name) if s.has("dkim") else ((), None)
         s.finish()
         if name is not None:
@@ -842,7 +692,7 @@ def _parse_domains(root: _Section) -> tuple[Domain, ...]:
     return tuple(domains)
 
 
-def _parse_dkim(d: _Section, domain: str | None) -> tuple[tuple[DomainKey, ...], SigningKey | None]:
+def _parse_dkim(d: Section, domain: str | None) -> tuple[tuple[DomainKey, ...], SigningKey | None]:
     """The active selector, an optional ``next`` one and ``retired`` ones (see README)."""
     keys: list[DomainKey] = []
     selector, key = _selector(d, required_key=True)
@@ -857,7 +707,7 @@ def _parse_dkim(d: _Section, domain: str | None) -> tuple[tuple[DomainKey, ...],
         if selector is not None and key is not None:
             keys.append(DomainKey.of(selector, KeyState.NEXT, key))
     for j, data in d.items("retired"):
-        r = _Section(data, d.child("retired") + f"[{j}]", d.problems)
+        r = Section(data, d.child("retired") + f"[{j}]", d.problems)
         selector, key = _selector(r, required_key=False)
         until = _date(r, "until")
         r.finish()
@@ -874,7 +724,7 @@ def _parse_dkim(d: _Section, domain: str | None) -> tuple[tuple[DomainKey, ...],
     return tuple(keys), signing_key
 
 
-def _selector(s: _Section, required_key: bool) -> tuple[str | None, PrivateKey | None]:
+def _selector(s: Section, required_key: bool) -> tuple[str | None, PrivateKey | None]:
     selector = s.text("selector")
     if selector is not None and not is_selector(selector):
         s.problem(f"not a DKIM selector: {selector!r}", "selector")
@@ -893,7 +743,7 @@ def _selector(s: _Section, required_key: bool) -> tuple[str | None, PrivateKey |
     return selector, None
 
 
-def _date(s: _Section, key: str) -> dt.date | None:
+def _date(s: Section, key: str) -> dt.date | None:
     value = s.raw(key)
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
@@ -908,17 +758,17 @@ def _date(s: _Section, key: str) -> dt.date | None:
 
 
 def _parse_sites(
-    root: _Section, upstream_names: set[str]
+    root: Section, upstream_names: set[str]
 ) -> tuple[tuple[Site, ...], tuple[Credential, ...]]:
     sites, credentials = [], []
     ids, usernames = set[str](), set[str]()
     for i, data in root.items("sites"):
-        s = _Section(data, root.child("sites") + f"[{i}]", root.problems)
+        s = Section(data, root.child("sites") + f"[{i}]", root.problems)
         site = _parse_site(s, upstream_names)
         for j, cdata in s.items("credentials"):
-            c = _Section(cdata, s.child("credentials") + f"[{j}]", s.problems)
+            c = Section(cdata, s.child("credentials") + f"[{j}]", s.problems)
             username = c.text("username")
-            _unique(s, "credentials", j, username, usernames, "username (across all sites)")
+            check_unique(s, "credentials", j, username, usernames, "username (across all sites)")
             password_hash = c.text("password_hash")
             if password_hash is not None and not is_password_hash(password_hash):
                 c.problem(
@@ -929,42 +779,24 @@ def _parse_sites(
                 credentials.append(Credential(username, password_hash, site.id))
         s.finish()
         if site is not None:
-            _unique(root, "sites", i, site.id, ids, "site id")
+            check_unique(root, "sites", i, site.id, ids, "site id")
             sites.append(site)
     return tuple(sites), tuple(credentials)
 
 
-def _address(s: _Section, key: str, default: Any = _MISSING) -> str | None:
-    value: str | None = s.text(key, default)
-    if value is not None and not is_address(value):
-        s.problem("not an email address", key)
-        return None
-    return value
-
-
-def _display_name(s: _Section, key: str) -> str | None:
-    """A display name for the From header: one line without control characters."""
-    value: str | None = s.text(key, None)
-    found = control_character(value) if value is not None else None
-    if found is not None:
-        s.problem(f"must not contain control characters (found U+{ord(found):04X})", key)
-        return None
-    return value
-
-
-def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
-    site_id = _name(s, "id")
+def _parse_site(s: Section, upstream_names: set[str]) -> Site | None:
+    site_id = read_name(s, "id")
     name = s.text("name", site_id)
     sender = s.section("from", required=True)
-    from_email = _address(sender, "email")
-    from_name = _display_name(sender, "name")
+    from_email = read_address(sender, "email")
+    from_name = read_display_name(sender, "name")
     sender.finish()
     reply_to, reply_to_address = ReplyTo.ORIGINAL, None
     reply_to_text = s.text("reply_to", "original")
     if reply_to_text in ("original", "none"):
         reply_to = ReplyTo(reply_to_text)
     elif reply_to_text is not None:
-        reply_to, reply_to_address = ReplyTo.ADDRESS, _address(s, "reply_to")
+        reply_to, reply_to_address = ReplyTo.ADDRESS, read_address(s, "reply_to")
     senders = []
     for j, pattern in s.items("senders"):
         if not isinstance(pattern, str) or not is_sender_pattern(pattern):
@@ -981,7 +813,7 @@ def _parse_site(s: _Section, upstream_names: set[str]) -> Site | None:
         reply_to_address=reply_to_address,
         senders=tuple(senders),
         upstreams=upstreams,
-        bounce_address=_address(s, "bounce_address", None),
+        bounce_address=read_address(s, "bounce_address", None),
         rate_per_minute=s.integer("rate_per_minute", None, minimum=1),
         daily_limit=s.integer("daily_limit", None, minimum=1),
         monthly_limit=s.integer("monthly_limit", None, minimum=1),

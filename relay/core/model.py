@@ -78,6 +78,32 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """A site's key for the send API, kept as its hash (``relay.core.tokens``)."""
+
+    name: str
+    key_hash: str  # sha256:<64 hex digits>
+    site_id: str
+    expires_at: float | None = None  # Unix seconds; past it the key is refused
+
+
+@dataclass(frozen=True)
+class FormSettings:
+    """A site's landing-page form (``POST /api/send-inquiry``): where its mail goes, and how
+    strangers' posts are told from bots and floods."""
+
+    to: tuple[str, ...]  # fixed recipients: a post never chooses them
+    allowed_origins: tuple[str, ...] = ()  # scheme://host[:port], lower case
+    template: str | None = None  # None: a plain listing of the fields
+    required: tuple[str, ...] = ()
+    reply_to_field: str | None = None  # the visitor's address becomes Reply-To
+    honeypot_field: str | None = None  # must arrive, and empty
+    min_fill_seconds: int = 3  # a form token younger than this is a bot's
+    rate_per_minute_per_ip: int = 5
+    redirect: str | None = None  # 303 target for plain HTML posts
+
+
+@dataclass(frozen=True)
 class Site:
     id: str
     name: str
@@ -93,6 +119,7 @@ class Site:
     monthly_limit: int | None = None
     strategy: Strategy | None = None  # None: the class's, else routing.strategy
     message_class: MessageClass = MessageClass.TRANSACTIONAL  # unless a message says otherwise
+    form: FormSettings | None = None  # a landing-page form posts to the HTTP ingress
     managed_by_file: bool = True
 
     @property
