@@ -134,7 +134,7 @@ def merged_directory(config: Config, store: StoreObjects) -> Directory:
     )
     domains = config.domains + tuple(d for d in store.domains if d.name not in file_domains)
     sites = config.sites + store_sites
-    return Directory.of(sites, credentials, upstreams, domains)
+    return Directory.of(sites, credentials, upstreams, domains, config.api_keys, config.templates)
 
 
 def dangling_upstreams(directory: Directory) -> list[str]:

@@ -20,11 +20,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from relay.config_http import (
+    HttpConfig,
+    parse_api_keys,
+    parse_form,
+    parse_http,
+    parse_templates,
+)
 from relay.config_section import (
     Section,
     check_unique,
     read_address,
     read_display_name,
+    read_existing_file,
     read_name,
 )
 from relay.core.addresses import is_sender_pattern
@@ -41,6 +49,7 @@ from relay.core.dkim import (
 from relay.core.domains import Domain, DomainKey, KeyState
 from relay.core.health import HealthPolicy
 from relay.core.model import (
+    ApiKey,
     AuthMode,
     Credential,
     MessageClass,
@@ -54,6 +63,7 @@ from relay.core.model import (
 )
 from relay.core.passwords import is_password_hash
 from relay.core.routing import ClassRule, RoutingPolicy
+from relay.core.templates import Template
 from relay.core.tokens import is_token_hash
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -179,9 +189,19 @@ class Config:
     sites: tuple[Site, ...]
     credentials: tuple[Credential, ...]
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    http: HttpConfig | None = None  # the public HTTP ingress; off when absent
+    templates: tuple[Template, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
 
     def directory(self) -> Directory:
-        return Directory.of(self.sites, self.credentials, self.upstreams, self.domains)
+        return Directory.of(
+            self.sites,
+            self.credentials,
+            self.upstreams,
+            self.domains,
+            self.api_keys,
+            self.templates,
+        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +265,7 @@ API_FORBIDDEN_KEYS = (
     "path",
     "ca_file",
     "credentials",
+    "api_keys",
     "allow_plaintext_auth",
 )
 
@@ -295,8 +316,14 @@ def _parse(path: Path, root: Section) -> Config | None:
     routing = _parse_routing(root.section("routing"), upstream_names)
     dns = _parse_dns(root.section("dns"))
     domains = _parse_domains(root)
-    sites, credentials = _parse_sites(root, upstream_names)
+    sites, credentials, api_keys = _parse_sites(root, upstream_names)
     cluster = _parse_cluster(root.section("cluster"))
+    http = None
+    if root.has("http"):
+        http_section = root.section("http")
+        http = parse_http(http_section, _is_loopback(http_section.text("host", "127.0.0.1") or ""))
+    templates = parse_templates(root)
+    _check_form_templates(root, sites, {t.name for t in templates})
     root.finish()
     return Config(
         path,
@@ -314,7 +341,16 @@ def _parse(path: Path, root: Section) -> Config | None:
         sites,
         credentials,
         cluster,
+        http,
+        templates,
+        api_keys,
     )
+
+
+def _check_form_templates(root: Section, sites: tuple[Site, ...], names: set[str]) -> None:
+    for i, site in enumerate(sites):
+        if site.form is not None and site.form.template not in (None, *names):
+            root.problem(f"no template named {site.form.template!r}", f"sites[{i}].form.template")
 
 
 MIN_SYNC_SECONDS = 0.2  # below it every node polls the store more than five times a second
@@ -362,15 +398,6 @@ def _parse_server(s: Section) -> ServerConfig:
     return ServerConfig(hostname or "localhost", data_dir, secret_key_file, workers or 1)
 
 
-def _existing_file(s: Section, key: str) -> Path | None:
-    value = s.text(key, None)
-    if value is None:
-        return None
-    if not Path(value).is_file():
-        s.problem(f"file not found: {value}", key)
-    return Path(value)
-
-
 def _parse_listeners(root: Section) -> tuple[ListenerConfig, ...]:
     listeners, names, count = [], set[str](), 0
     for i, data in root.items("listeners"):
@@ -392,7 +419,7 @@ def _parse_listener(s: Section) -> ListenerConfig | None:
     if port is not None and port > 65535:
         s.problem("must be at most 65535", "port")
     tls = s.choice("tls", TlsMode, TlsMode.STARTTLS)
-    cert_file, key_file = _existing_file(s, "cert_file"), _existing_file(s, "key_file")
+    cert_file, key_file = read_existing_file(s, "cert_file"), read_existing_file(s, "key_file")
     if (cert_file is None) != (key_file is None):
         s.problem("give both cert_file and key_file, or neither (a development certificate)")
     auth = s.choice("auth", AuthMode, AuthMode.REQUIRED)
@@ -479,7 +506,7 @@ def _parse_admin(s: Section) -> AdminConfig:
             t.problem("give token (or token_env / token_file) or token_hash")
         t.finish()
         tokens.append(AdminToken(name or "", secret, token_hash))
-    cert_file, key_file = _existing_file(s, "cert_file"), _existing_file(s, "key_file")
+    cert_file, key_file = read_existing_file(s, "cert_file"), read_existing_file(s, "key_file")
     if (cert_file is None) != (key_file is None):
         s.problem("give both cert_file and key_file, or neither")
     plaintext = s.boolean("allow_plaintext", False)
@@ -610,7 +637,7 @@ def _parse_upstream(s: Section) -> Upstream | None:
         port=port,
         tls=tls,
         verify_tls=s.boolean("verify_tls", True),
-        ca_file=str(ca_file) if (ca_file := _existing_file(s, "ca_file")) else None,
+        ca_file=str(ca_file) if (ca_file := read_existing_file(s, "ca_file")) else None,
         username=username,
         password=password,
         allow_plaintext_auth=plaintext_auth,
@@ -729,7 +756,7 @@ def _selector(s: Section, required_key: bool) -> tuple[str | None, PrivateKey | 
     if selector is not None and not is_selector(selector):
         s.problem(f"not a DKIM selector: {selector!r}", "selector")
         selector = None
-    key_file = _existing_file(s, "private_key_file")
+    key_file = read_existing_file(s, "private_key_file")
     if key_file is None or not key_file.is_file():  # a missing file is reported already
         if required_key and not s.has("private_key_file"):
             s.problem("is required (make one with `relay dkim keygen`)", "private_key_file")
@@ -759,8 +786,8 @@ def _date(s: Section, key: str) -> dt.date | None:
 
 def _parse_sites(
     root: Section, upstream_names: set[str]
-) -> tuple[tuple[Site, ...], tuple[Credential, ...]]:
-    sites, credentials = [], []
+) -> tuple[tuple[Site, ...], tuple[Credential, ...], tuple[ApiKey, ...]]:
+    sites, credentials, api_keys = [], [], []
     ids, usernames = set[str](), set[str]()
     for i, data in root.items("sites"):
         s = Section(data, root.child("sites") + f"[{i}]", root.problems)
@@ -777,11 +804,12 @@ def _parse_sites(
             c.finish()
             if site is not None and username is not None and password_hash is not None:
                 credentials.append(Credential(username, password_hash, site.id))
+        api_keys += parse_api_keys(s, site.id if site else None, set())
         s.finish()
         if site is not None:
             check_unique(root, "sites", i, site.id, ids, "site id")
             sites.append(site)
-    return tuple(sites), tuple(credentials)
+    return tuple(sites), tuple(credentials), tuple(api_keys)
 
 
 def _parse_site(s: Section, upstream_names: set[str]) -> Site | None:
@@ -819,6 +847,7 @@ def _parse_site(s: Section, upstream_names: set[str]) -> Site | None:
         monthly_limit=s.integer("monthly_limit", None, minimum=1),
         strategy=s.choice("strategy", Strategy, Strategy.PRIORITY) if s.has("strategy") else None,
         message_class=s.choice("message_class", MessageClass, MessageClass.TRANSACTIONAL),
+        form=parse_form(s.section("form")) if s.has("form") else None,
     )
     if site_id is None or from_email is None:
         return None

@@ -189,3 +189,12 @@ def read_display_name(s: Section, key: str) -> str | None:
         s.problem(f"must not contain control characters (found U+{ord(found):04X})", key)
         return None
     return value
+
+
+def read_existing_file(s: Section, key: str) -> Path | None:
+    value = s.text(key, None)
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        s.problem(f"file not found: {value}", key)
+    return Path(value)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from relay.core.addresses import sender_matches
 from relay.core.dkim import SigningKey
 from relay.core.domains import Domain
-from relay.core.model import Credential, Site, Upstream
+from relay.core.model import ApiKey, Credential, Site, Upstream
+from relay.core.templates import Template
 
 
 @dataclass(frozen=True)
@@ -21,16 +22,22 @@ class Directory:
     credentials: tuple[Credential, ...]
     upstreams: tuple[Upstream, ...]
     domains: tuple[Domain, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
+    templates: tuple[Template, ...] = ()
     _sites: dict[str, Site] = field(init=False, repr=False, compare=False)
     _credentials: dict[str, Credential] = field(init=False, repr=False, compare=False)
     _upstreams: dict[str, Upstream] = field(init=False, repr=False, compare=False)
     _domains: dict[str, Domain] = field(init=False, repr=False, compare=False)
+    _api_keys: dict[str, ApiKey] = field(init=False, repr=False, compare=False)
+    _templates: dict[str, Template] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_sites", {s.id: s for s in self.sites})
         object.__setattr__(self, "_credentials", {c.username: c for c in self.credentials})
         object.__setattr__(self, "_upstreams", {u.name: u for u in self.upstreams})
         object.__setattr__(self, "_domains", {d.name: d for d in self.domains})
+        object.__setattr__(self, "_api_keys", {k.key_hash: k for k in self.api_keys})
+        object.__setattr__(self, "_templates", {t.name: t for t in self.templates})
 
     @classmethod
     def of(
@@ -39,8 +46,17 @@ class Directory:
         credentials: Iterable[Credential],
         upstreams: Iterable[Upstream],
         domains: Iterable[Domain] = (),
+        api_keys: Iterable[ApiKey] = (),
+        templates: Iterable[Template] = (),
     ) -> Directory:
-        return cls(tuple(sites), tuple(credentials), tuple(upstreams), tuple(domains))
+        return cls(
+            tuple(sites),
+            tuple(credentials),
+            tuple(upstreams),
+            tuple(domains),
+            tuple(api_keys),
+            tuple(templates),
+        )
 
     def site(self, site_id: str) -> Site | None:
         return self._sites.get(site_id)
@@ -50,6 +66,13 @@ class Directory:
 
     def upstream(self, name: str) -> Upstream | None:
         return self._upstreams.get(name)
+
+    def api_key(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash (a dict lookup by a SHA-256 digest tells a timer nothing)."""
+        return self._api_keys.get(key_hash)
+
+    def template(self, name: str) -> Template | None:
+        return self._templates.get(name)
 
     def domain(self, name: str) -> Domain | None:
         return self._domains.get(name.lower())
