@@ -32,6 +32,8 @@ from sqlalchemy import text
 
 from admin_http.app import create_app
 from admin_http.deps import AdminDeps, Api
+from public_http.app import create_app as create_public_app
+from public_http.deps import PublicDeps
 from relay import tls
 from relay.auth_controller import AuthController
 from relay.catalog_controller import (
@@ -186,6 +188,7 @@ class RelayApp:
             refused=lambda reason: self.metrics.connections_refused.labels(reason).inc(),
         )
         self._admin: web.AppRunner | None = None
+        self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._announcing: set[asyncio.Task[None]] = set()  # reloads told to the other nodes
         self._stopped = False
@@ -244,6 +247,7 @@ class RelayApp:
                     f"{error.strerror or error}"
                 ) from None
         await self._start_admin()
+        await self._start_http()
         self._tasks = [
             asyncio.create_task(self.delivery.run(), name="delivery"),
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
@@ -308,6 +312,38 @@ class RelayApp:
                 f"admin: cannot listen on {admin.host}:{admin.port}: {error.strerror}"
             ) from None
         self._admin = runner
+
+    async def _start_http(self) -> None:
+        """The public HTTP ingress (forms, the send API), when `http:` is configured."""
+        http = self.config.http
+        if http is None:
+            return
+        deps = PublicDeps(lambda: self.config.http or http, self.metrics)
+        context = None
+        if http.cert_file is not None and http.key_file is not None:
+            try:
+                context = tls.server_context(http.cert_file, http.key_file)
+            except (OSError, ssl.SSLError) as error:
+                raise StartupError(
+                    f"http: cannot load {http.cert_file} / {http.key_file}: {error}"
+                ) from None
+        runner = web.AppRunner(create_public_app(deps), access_log=None)
+        await runner.setup()
+        try:
+            if self._handoff is None:
+                await web.TCPSite(runner, http.host, http.port, ssl_context=context).start()
+            for sock in self._inherited(self._handoff.http if self._handoff else ()):
+                await web.SockSite(runner, sock, ssl_context=context).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise StartupError(
+                f"http: cannot listen on {http.host}:{http.port}: {error.strerror}"
+            ) from None
+        self._http = runner
+
+    @property
+    def http_port(self) -> int | None:
+        return int(self._http.addresses[0][1]) if self._http is not None else None
 
     @staticmethod
     def _inherited(descriptors: tuple[int, ...]) -> list[socket.socket]:
@@ -447,6 +483,8 @@ class RelayApp:
         self.auth.close()
         await self.writer.close()
         await self.clients.close()
+        if self._http is not None:
+            await self._http.cleanup()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.engine.dispose()
@@ -545,11 +583,13 @@ async def serve(config_path: Path, handoff: Handoff | None = None) -> int:
         await app.start()
         _tune_garbage_collector()
         if handoff is None:
+            http = f", http {config.http.host}:{app.http_port}" if config.http else ""
             log.info(
-                "relay ready: SMTP %s, admin %s:%d",
+                "relay ready: SMTP %s, admin %s:%d%s",
                 app.listeners.ports,
                 config.admin.host,
                 app.admin_port,
+                http,
             )
         elif not stop.is_set():  # the supervisor says "relay ready" when every worker is
             log.info("worker %d of %d ready (pid %d)", handoff.index, handoff.workers, os.getpid())

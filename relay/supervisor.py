@@ -7,7 +7,7 @@ and no database work of its own:
    directory, migrations, secret key and development certificate are made
    there, so two workers never race to make them, and a user mistake is one
    line before anything listens.
-2. Every SMTP listener and the admin port are bound here, before any worker
+2. Every SMTP listener, the admin port and the HTTP port are bound here, before any worker
    starts (so ``port: 0`` works: the port is learned here). Each address gets
    one SO_REUSEPORT socket per worker, and the kernel spreads new connections
    over them by a hash of the client's address and port: 200 connections over
@@ -71,6 +71,7 @@ class Sockets:
 
     listeners: dict[str, list[Group]] = field(default_factory=dict)
     admin: list[Group] = field(default_factory=list)
+    http: list[Group] = field(default_factory=list)  # the public HTTP listener, when configured
 
     def handoff(self, index: int, workers: int, control: int) -> Handoff:
         """What worker ``index`` (1..workers) inherits: its socket of every group."""
@@ -80,6 +81,7 @@ class Sockets:
             {name: _theirs(groups, index) for name, groups in self.listeners.items()},
             _theirs(self.admin, index),
             control,
+            _theirs(self.http, index),
         )
 
     @property
@@ -91,7 +93,7 @@ class Sockets:
         return int(self.admin[0][0].getsockname()[1])
 
     def close(self) -> None:
-        for groups in [*self.listeners.values(), self.admin]:
+        for groups in [*self.listeners.values(), self.admin, self.http]:
             for group in groups:
                 for sock in group:
                     sock.close()
@@ -102,13 +104,16 @@ def _theirs(groups: list[Group], index: int) -> tuple[int, ...]:
 
 
 def bind_all(config: Config, workers: int) -> Sockets:
-    """Every SMTP listener and the admin port, ``workers`` sockets per address; or BindError."""
+    """Every SMTP listener, the admin port and the public HTTP port, ``workers`` sockets per
+    address; or BindError."""
     sockets = Sockets()
     try:
         for listener in config.listeners:
             where = f"listener {listener.name}"
             sockets.listeners[listener.name] = bind(listener.host, listener.port, workers, where)
         sockets.admin = bind(config.admin.host, config.admin.port, workers, "admin")
+        if config.http is not None:
+            sockets.http = bind(config.http.host, config.http.port, workers, "http")
     except BindError:
         sockets.close()
         raise
@@ -350,11 +355,15 @@ class Supervisor:
         if self._announced or not all(worker.ready for worker in self._workers):
             return
         self._announced = True
+        http = ""
+        if self._sockets.http:
+            http = f", http port {self._sockets.http[0][0].getsockname()[1]}"
         log.info(
-            "relay ready: SMTP %s, admin %s:%d, %d workers (pids %s)",
+            "relay ready: SMTP %s, admin %s:%d%s, %d workers (pids %s)",
             self._sockets.ports,
             self._admin_host,
             self._sockets.admin_port,
+            http,
             len(self._workers),
             " ".join(str(w.process.pid) for w in self._workers if w.process is not None),
         )

@@ -207,3 +207,50 @@ cluster_versions = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("changed_at", sa.Float, nullable=False),
 )
+
+# The public HTTP ingress (migration 0006).
+# A form token's nonce once a post used it: the token is good for one submission.
+form_nonces = sa.Table(
+    "form_nonces",
+    metadata,
+    sa.Column("nonce", sa.String(32), primary_key=True),
+    sa.Column("site_id", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+# Send API keys made through the admin API (the file's are in the YAML), stored hashed.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("site_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("key_hash", sa.String(80), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+)
+
+# Idempotency-Key of POST /api/v1/send: the first answer, given again for 24 h.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("site_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(40), nullable=True),
+    sa.Column("answer", sa.JSON, nullable=True),  # None while the first request is in flight
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+# Templates made through the admin API (the file's are in the YAML).
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.Text, nullable=True),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("html", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

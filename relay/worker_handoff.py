@@ -25,10 +25,11 @@ class Handoff:
     listeners: Mapping[str, tuple[int, ...]]  # listener name -> its listening sockets
     admin: tuple[int, ...]
     control: int
+    http: tuple[int, ...] = ()  # the public HTTP listener's, when `http:` is configured
 
     def descriptors(self) -> tuple[int, ...]:
         every = [fd for fds in self.listeners.values() for fd in fds]
-        return (*every, *self.admin, self.control)
+        return (*every, *self.admin, *self.http, self.control)
 
     def to_env(self) -> str:
         return json.dumps(
@@ -38,6 +39,7 @@ class Handoff:
                 "listeners": {name: list(fds) for name, fds in self.listeners.items()},
                 "admin": list(self.admin),
                 "control": self.control,
+                "http": list(self.http),
             }
         )
 
@@ -54,4 +56,5 @@ class Handoff:
             {str(name): tuple(int(fd) for fd in fds) for name, fds in data["listeners"].items()},
             tuple(int(fd) for fd in data["admin"]),
             int(data["control"]),
+            tuple(int(fd) for fd in data.get("http", ())),
         )

@@ -33,6 +33,7 @@ class Window(enum.StrEnum):
 class Scope(enum.StrEnum):
     SITE = "site"
     UPSTREAM = "upstream"
+    FORM_IP = "form_ip"  # a form's posts per client address (name: a digest of site and network)
 
 
 def limits_of(owner: Site | Upstream) -> dict[Window, int]:
@@ -118,9 +119,15 @@ class Claim:
 
     @functools.cached_property
     def counter_keys(self) -> tuple[Key, ...]:
-        """Its counters: one per window (asked several times per claim, made once)."""
+        """Its counters: one per window (asked several times per claim, made once).
+
+        A form's per-address counts only in its limited windows: strangers' addresses
+        are many, and only minute counters are swept as they pass.
+        """
+        windows = tuple(self.limits) if self.scope is Scope.FORM_IP else tuple(Window)
         return tuple(
-            (self.scope, self.name, window, period(window, self.at, self.zone)) for window in Window
+            (self.scope, self.name, window, period(window, self.at, self.zone))
+            for window in windows
         )
 
 

@@ -1,0 +1,24 @@
+"""What the public HTTP application is built from: made by the caller (relay/app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from relay.config_http import HttpConfig
+from relay.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class PublicDeps:
+    config: Callable[[], HttpConfig]  # the `http:` section in force
+    metrics: Metrics
+
+
+DEPS = web.AppKey("deps", PublicDeps)
+
+
+def deps_of(request: web.Request) -> PublicDeps:
+    return request.app[DEPS]
