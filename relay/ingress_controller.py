@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from relay.config import LimitsConfig
 from relay.core import dkim, headers
 from relay.core.addresses import domain_of
+from relay.core.compose import Composed
 from relay.core.directory import Directory
 from relay.core.dkim import SigningKey
 from relay.core.ids import new_message_id
@@ -204,6 +205,23 @@ class IngressController:
         )
         self._delivery.hand_over(message, stored=True, suppressed=admitted.suppressed)
         return Queued(message.id)
+
+    async def accept_composed(
+        self, site: Site, composed: Composed, client_ip: str, via: str, username: str | None
+    ) -> Queued | Reject | TempFail:
+        """A message built from HTTP input (``via``: "form" or "api"): the path of SMTP's DATA,
+        with the site already known (a form's id, an API key's site)."""
+        submission = Submission(
+            site=site,
+            username=username,
+            client_ip=client_ip,
+            helo=via,
+            protocol="HTTP",
+            sender=composed.sender,
+            recipients=composed.recipients,
+            content=composed.content,
+        )
+        return await self.accept(submission)
 
     def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:
         """The message as it is stored and sent: rewritten, then signed with ``key``."""

@@ -33,6 +33,7 @@ class Reject:
 @dataclass(frozen=True)
 class TempFail:
     reply: SmtpReply
+    retry_after: int | None = None  # seconds, when the relay knows (HTTP's Retry-After)
 
 
 Verdict = Accept | Reject | TempFail
@@ -154,7 +155,8 @@ def site_over_limit(site: Site, over: OverLimit, now: float) -> TempFail:
     return TempFail(
         SmtpReply(
             451, f"4.7.1 Site {site.id} is {over.describe('messages')}; try again in {wait} s"
-        )
+        ),
+        retry_after=wait,
     )
 
 
