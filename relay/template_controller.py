@@ -110,15 +110,14 @@ class TemplateController:
     async def listing(self) -> list[TemplateInfo]:
         """The live templates: the file's, then the store's (the file wins a name)."""
         async with self._writer.engine.connect() as connection:
-            stored = {
-                s.template.name: s for s in await template_database.load_templates(connection)
-            }
-        return [self._info(t, stored.get(t.name)) for t in self._directory().templates]
+            updated = await template_database.updated_times(connection)
+        return [self._info(t, updated.get(t.name)) for t in self._directory().templates]
 
     async def get(self, name: str) -> TemplateInfo:
         template = self._live(name)
         async with self._writer.engine.connect() as connection:
-            return self._info(template, await template_database.find_template(connection, name))
+            stored = await template_database.find_template(connection, name)
+        return self._info(template, stored.updated_at if stored else None)
 
     async def create(self, actor: str, body: Mapping[str, Any]) -> TemplateInfo:
         name = body.get("name")
@@ -194,10 +193,10 @@ class TemplateController:
             raise NotFound(f"no template {name!r}")
         return template
 
-    def _info(self, template: Template, stored: StoredTemplate | None) -> TemplateInfo:
+    def _info(self, template: Template, updated_at: float | None) -> TemplateInfo:
         if any(t.name == template.name for t in self._config().templates):
             return TemplateInfo(template, "file", None)
-        return TemplateInfo(template, "api", stored.updated_at if stored else None)
+        return TemplateInfo(template, "api", updated_at)
 
     def _refuse_file_template(self, name: str) -> None:
         if any(t.name == name for t in self._config().templates):

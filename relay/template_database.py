@@ -31,6 +31,12 @@ async def load_templates(connection: AsyncConnection) -> list[StoredTemplate]:
     ]
 
 
+async def updated_times(connection: AsyncConnection) -> dict[str, float]:
+    """When each stored template last changed, by name (without reading the parts)."""
+    rows = await connection.execute(sa.select(templates.c.name, templates.c.updated_at))
+    return {r.name: r.updated_at for r in rows}
+
+
 async def find_template(connection: AsyncConnection, name: str) -> StoredTemplate | None:
     rows = await connection.execute(sa.select(templates).where(templates.c.name == name))
     r = rows.first()
