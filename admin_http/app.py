@@ -14,6 +14,7 @@ from admin_http import (
     sites_view,
     stats_view,
     system_view,
+    templates_view,
     upstreams_view,
 )
 from admin_http.deps import DEPS, AdminDeps
@@ -64,6 +65,14 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_delete(f"{V1}/domains/{{name}}", domains_view.delete_domain)
     r.add_get(f"{V1}/domains/{{name}}/dns-records", domains_view.dns_records)
     r.add_post(f"{V1}/domains/{{name}}/verify", domains_view.verify_domain)
+
+    r.add_get(f"{V1}/templates", templates_view.list_templates)
+    r.add_post(f"{V1}/templates", templates_view.create_template)
+    r.add_get(f"{V1}/templates/{{name}}", templates_view.get_template)
+    r.add_put(f"{V1}/templates/{{name}}", templates_view.put_template)
+    r.add_patch(f"{V1}/templates/{{name}}", templates_view.patch_template)
+    r.add_delete(f"{V1}/templates/{{name}}", templates_view.delete_template)
+    r.add_post(f"{V1}/templates/{{name}}/preview", templates_view.preview_template)
 
     r.add_get(f"{V1}/messages", messages_view.search)
     r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)

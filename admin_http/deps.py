@@ -17,6 +17,7 @@ from relay.metrics import Metrics
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
+from relay.template_controller import TemplateController
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Api:
     config: Callable[[], Config]
     reload: Callable[[], ReloadResult]
     clock: Callable[[], float] = time.time
+    templates: TemplateController | None = None  # the relay always gives it
 
 
 @dataclass(frozen=True)

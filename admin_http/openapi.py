@@ -163,6 +163,20 @@ def _schemas() -> dict[str, Schema]:
             "message_class": {"type": "string", "enum": ["transactional", "bulk"]},
         },
     }
+    template_parts = {
+        "type": "object",
+        "description": "Jinja2 sources, each at most 100000 characters; text or html is "
+        "required. They render in a sandbox (no include/import/extends, no names starting "
+        "with __, html alone autoescaped) and are checked when saved: a syntax error is a "
+        "422 naming the part and line. PATCH is a JSON merge patch (null removes a part); "
+        "PUT replaces every part.",
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "subject": _nullable("string"),
+            "text": _nullable("string"),
+            "html": _nullable("string"),
+        },
+    }
     return {
         "Error": _object(
             {
@@ -223,6 +237,32 @@ def _schemas() -> dict[str, Schema]:
         "SitePatch": site_input,
         "SiteInput": {**site_input, "required": ["id", "from"]},
         "NewCredential": _object({"site": text, "username": text, "password": text}),
+        "TemplateSummary": _object(
+            {
+                "name": text,
+                "source": managed,
+                "updated_at": _nullable("string", description="null for the file's"),
+            }
+        ),
+        "Template": _object(
+            {
+                "name": text,
+                "source": managed,
+                "updated_at": _nullable("string", description="null for the file's"),
+                "subject": _nullable("string"),
+                "text": _nullable("string"),
+                "html": _nullable("string"),
+            }
+        ),
+        "TemplateParts": template_parts,
+        "TemplateInput": {**template_parts, "required": ["name"]},
+        "Rendered": _object(
+            {
+                "subject": _nullable("string"),
+                "text": _nullable("string"),
+                "html": _nullable("string"),
+            }
+        ),
         "Check": check,
         "Domain": _object(
             {
@@ -587,6 +627,47 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/domains/{name}/verify": {
             "post": _op("Check the domain's DNS now", _json(_ref("Verification")), params=[domain])
         },
+        "/api/v1/templates": {
+            "get": _op(
+                "Templates, from the file and the API",
+                _json(_list_of("TemplateSummary")),
+                params=_PAGING,
+            ),
+            "post": _op(
+                "Create a template (checked: 422 lists every problem)",
+                _json(_ref("Template"), "Created"),
+                "201",
+                body=_ref("TemplateInput"),
+            ),
+        },
+        "/api/v1/templates/{name}": {
+            "get": _op("One template with its parts", _json(_ref("Template")), params=[name]),
+            "put": _op(
+                "Replace an API template's parts",
+                _json(_ref("Template")),
+                params=[name],
+                body=_ref("TemplateParts"),
+            ),
+            "patch": _op(
+                "Change an API template's parts (JSON merge patch)",
+                _json(_ref("Template")),
+                params=[name],
+                body=_ref("TemplateParts"),
+            ),
+            "delete": _op(
+                "Delete an API template no site's form names", None, "204", params=[name]
+            ),
+        },
+        "/api/v1/templates/{name}/preview": {
+            "post": _op(
+                "Render without sending (422: the render's problems, among them "
+                "'template took too long')",
+                _json(_ref("Rendered")),
+                params=[name],
+                body=_object({"variables": {"type": "object"}}, []),
+                body_required=False,
+            )
+        },
         "/api/v1/messages": {
             "get": _op(
                 "Search the message log, newest first",
@@ -639,9 +720,9 @@ def document() -> Schema:
         "info": {
             "title": "relay admin API",
             "version": "1",
-            "description": "Upstreams, sites, domains, messages and statistics of a relay. "
-            "Objects from the config file are listed with managed_by=file and cannot be "
-            "changed here (409). Secrets are never returned.",
+            "description": "Upstreams, sites, domains, templates, messages and statistics of a "
+            "relay. Objects from the config file are listed with managed_by=file (a template: "
+            "source=file) and cannot be changed here (409). Secrets are never returned.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

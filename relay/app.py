@@ -72,6 +72,7 @@ from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
+from relay.template_controller import TemplateController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
 from relay.worker_handoff import READY, Handoff
@@ -166,6 +167,9 @@ class RelayApp:
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
         self.catalog = CatalogController(
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
+        )
+        self.templates = TemplateController(
+            self.writer, lambda: self.config, self.directory, self.sync, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
         self.probes = ProbeController(
@@ -296,6 +300,7 @@ class RelayApp:
             lambda: self.config,
             self.reload,
             self._clock,
+            templates=self.templates,
         )
         deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
         context = self._admin_tls_context()
@@ -499,6 +504,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         sites=loaded.sites,
         credentials=loaded.credentials,
         domains=loaded.domains,
+        templates=loaded.templates,
         routing=loaded.routing,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )

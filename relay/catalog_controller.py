@@ -9,7 +9,9 @@ Secrets never leave: upstream passwords are sealed, credential passwords are
 hashed and returned once, and a stored upstream password never follows a
 change of where it is sent: a PATCH of host, port, tls, verify_tls or
 username must give the password again. An API upstream's host must be public
-(unless ``admin.allow_private_upstreams``).
+(unless ``admin.allow_private_upstreams``). Templates are changed by
+relay/template_controller.py; `load_store` and `merged_directory` load and
+merge them with the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import catalog_database as db
-from relay import domain_database
+from relay import domain_database, template_database
 from relay.cluster_controller import CATALOG, ClusterSync
 from relay.config import Config, parse_site_spec, parse_upstream_spec
 from relay.core import dkim
@@ -33,6 +35,7 @@ from relay.core.directory import Directory
 from relay.core.domains import Domain, KeyState
 from relay.core.model import Credential, Site, Upstream
 from relay.core.passwords import hash_password
+from relay.core.templates import Template
 from relay.secret_box import SecretBox
 from relay.store import GroupWriter
 from relay.upstream_client import UnsafeDestination, public_addresses
@@ -72,6 +75,7 @@ class StoreObjects:
     sites: tuple[Site, ...] = ()
     credentials: tuple[Credential, ...] = ()
     domains: tuple[Domain, ...] = ()
+    templates: tuple[Template, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,13 @@ async def load_store(connection: AsyncConnection, box: SecretBox) -> StoreObject
         for c in await db.load_credentials(connection)
     ]
     domains = await domain_database.load_domains(connection, box)
-    return StoreObjects(tuple(upstreams), tuple(sites), tuple(credentials), tuple(domains))
+    # Not compiled here: they were checked when saved, and compiling a large one takes up to a
+    # second, which every node would spend on its event loop at every change. A render
+    # compiles off the loop and reports any problem as a 422.
+    templates = [s.template for s in await template_database.load_templates(connection)]
+    return StoreObjects(
+        tuple(upstreams), tuple(sites), tuple(credentials), tuple(domains), tuple(templates)
+    )
 
 
 def merged_directory(config: Config, store: StoreObjects) -> Directory:
@@ -134,7 +144,9 @@ def merged_directory(config: Config, store: StoreObjects) -> Directory:
     )
     domains = config.domains + tuple(d for d in store.domains if d.name not in file_domains)
     sites = config.sites + store_sites
-    return Directory.of(sites, credentials, upstreams, domains, config.api_keys, config.templates)
+    file_templates = {t.name for t in config.templates}
+    templates = config.templates + tuple(t for t in store.templates if t.name not in file_templates)
+    return Directory.of(sites, credentials, upstreams, domains, config.api_keys, templates)
 
 
 def dangling_upstreams(directory: Directory) -> list[str]:
@@ -298,6 +310,7 @@ class CatalogController:
         site, problems = parse_site_spec(dict(body), self._upstream_names())
         if site is None:
             raise Invalid(problems)
+        self._refuse_unknown_template(site)
         now = self._clock()
 
         async def write(c: AsyncConnection) -> None:
@@ -321,6 +334,7 @@ class CatalogController:
             site, problems = parse_site_spec(spec, self._upstream_names())
             if site is None:
                 raise Invalid(problems)
+            self._refuse_unknown_template(site)
             await db.put_site(c, replace(old, spec=spec, updated_at=now))
             await self._audit(c, actor, "update", "site", site_id, patch)
 
@@ -370,6 +384,12 @@ class CatalogController:
             await self._audit(c, actor, "delete", "credential", f"{site_id}/{username}", {})
 
         await self._write(write)
+
+    def _refuse_unknown_template(self, site: Site) -> None:
+        """A form names a template that exists (deleting one a form names is refused)."""
+        name = site.form.template if site.form else None
+        if name is not None and self._directory().template(name) is None:
+            raise Invalid([f"site.form.template: no template named {name!r}"])
 
     @staticmethod
     def _stored_site(found: list[db.StoredSite], site_id: str) -> db.StoredSite:

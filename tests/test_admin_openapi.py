@@ -59,6 +59,7 @@ class LiveRelay:
             "upstreams": {"name": "main"},
             "sites": {"id": "shop", "username": "shop"},
             "domains": {"name": "shop.example.com"},
+            "templates": {"name": "welcome"},
             "messages": {"id": self.message_id},
         }.get(collection, {})
 
@@ -92,6 +93,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRelay]:
             "verify_interval_seconds": 0,
         }
         config["domains"] = [{"name": "shop.example.com"}]
+        config["templates"] = [{"name": "welcome", "text": "Hello {{ name }}"}]
         path = write_config(tmp_path, config)
 
         loop = asyncio.new_event_loop()
@@ -409,6 +411,20 @@ def test_lifecycles_keep_to_the_document(
     assert verification["verified"] is False  # the loopback zone publishes nothing
     call("DELETE", domain, 204, name="api.example.com")
     call("DELETE", domain, 409, name="shop.example.com")  # from the file
+
+    template = "/api/v1/templates/{name}"
+    made = call("POST", "/api/v1/templates", 201, {"name": "api-t", "text": "Hi {{ n }}"})
+    assert made["source"] == "api"
+    call("GET", template, 200, name="api-t")
+    assert call("PUT", template, 200, {"html": "<p>{{ n }}</p>"}, name="api-t")["text"] is None
+    assert call("PATCH", template, 200, {"subject": "S"}, name="api-t")["subject"] == "S"
+    preview = call("POST", template + "/preview", 200, {"variables": {"n": "<&>"}}, name="api-t")
+    assert preview == {"subject": "S", "text": None, "html": "<p>&lt;&amp;&gt;</p>"}
+    call("POST", template + "/preview", 422, {}, name="api-t")  # n is undefined
+    call("POST", "/api/v1/templates", 422, {"name": "bad", "text": "{{"})
+    call("PATCH", template, 409, {"text": "x"}, name="welcome")  # from the file
+    call("DELETE", template, 204, name="api-t")
+    call("GET", template, 404, name="api-t")
 
     call("POST", "/api/v1/messages/{id}/retry", 200, id=live.message_id)
     message = call("GET", "/api/v1/messages/{id}", 200, id=live.message_id)

@@ -231,3 +231,80 @@ def test_big_numbers_as_data_are_fine() -> None:
     assert _text(source, ts=1_700_000_000) == (
         "1700000000 1700000000 1700000000 1.7 GB 1700000000 1,700,000,000"
     )
+
+
+class StepClock:
+    """A clock that moves one second each time it is read: a deadline passes after n looks."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(10**5) if i < 0 %}{% endfor %}",
+        "{% macro m(n) %}{% if n %}{{ m(n-1) }}{{ m(n-1) }}{% endif %}{% endmacro %}{{ m(40) }}",
+        "{% set s = 'x' * 10 %}" + "{{ s|upper|length }}" * 1000,
+        "{% for i in range(3) recursive %}{{ loop(range(3)) }}{% endfor %}",
+    ],
+)
+def test_a_deadline_stops_a_render_that_loops_calls_or_filters_past_it(source: str) -> None:
+    deadline = templates.Deadline.after(100, StepClock())
+    started = time.monotonic()
+    assert render(Template("t", text=source), {}, deadline=deadline) == [
+        "text: line 1: template took too long (over 100 s)"
+    ]
+    assert time.monotonic() - started < 2
+
+
+def test_the_deadline_is_real_time() -> None:
+    source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    deadline = templates.Deadline.after(0.2, time.monotonic)
+    assert render(Template("t", text=source), {}, deadline=deadline) == [
+        "text: line 1: template took too long (over 0.2 s)"
+    ]
+    assert 0.2 <= time.monotonic() - started < 1.5
+
+
+def test_loops_keep_their_meaning_under_the_guard() -> None:
+    source = (
+        "{% for x in items %}{{ loop.index }}/{{ loop.length }}{{ '' if loop.last else ',' }}"
+        "{% else %}none{% endfor %} {% for x in [] %}x{% else %}empty{% endfor %}"
+        " {% for k, v in d|dictsort %}{{ k }}={{ v }}{% endfor %}"
+    )
+    deadline = templates.Deadline.after(10, time.monotonic)
+    variables = {"items": ["a", "b", "c"], "d": {"b": 2, "a": 1}}
+    expected = "1/3,2/3,3/3 empty a=1b=2"
+    assert _text(source, **variables) == expected
+    result = render(Template("t", text=source), variables, deadline=deadline)
+    assert isinstance(result, Rendered) and result.text == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("{{ ''.__class__ }}", "__class__"),
+        ("{{ x['__globals__'] }}", "__globals__"),
+        ("{{ x|attr('__init__') }}", "__init__"),
+        ("\n{{ cycler.__init__.__globals__ }}", "__globals__"),
+    ],
+)
+def test_names_starting_with_two_underscores_are_refused_at_save_time(
+    source: str, name: str
+) -> None:
+    line = source.count("\n") + 1
+    assert check_template(Template("t", text=source)) == [
+        f"text: line {line}: '{name}': names starting with __ are refused"
+    ]
+
+
+def test_one_underscore_names_of_form_data_stay_reachable() -> None:
+    form = {"_gotcha": "", "_next": "/thanks"}
+    assert _text("{{ f._next }}{{ f['_gotcha'] }}.", f=form) == "/thanks."

@@ -29,12 +29,22 @@ What rendering cost is bounded:
   so ``'x'.center(10**9)`` is refused before it allocates. Numbers that are
   data (``'{}'.format(1700000000)``, a macro's argument) are not limited.
 
-What is not: CPU time of loops that print nothing (two nested
-``range(100000)`` are 10**10 silent steps), and memory of one call that
-multiplies a bounded value by a bounded count (`join` of 100000 copies of a
-long string, `replace` with an empty pattern) before its result is checked.
-A thread with a timeout only stops waiting; to really stop a render, run it in
-a process with CPU and memory limits.
+- time, when `render` is given a `Deadline`: every loop step, every call (a
+  macro, a method, ``loop()``), every filter and every output chunk first
+  checks the clock, and past the deadline the render stops with the problem
+  "template took too long". So two nested ``range(100000)`` stop at the
+  deadline, not after 10**10 silent steps; what may run past it is one
+  single operation on bounded values (a `sort` of a million items: under a
+  second) and, with no loop or call at all, a template's worth of them;
+- names starting with ``__`` are refused when saving (``.__class__``,
+  ``['__globals__']``, ``|attr('__init__')``): the sandbox would refuse them
+  at render time anyway, and an escape attempt is better a save-time 422.
+
+What is not: memory of one call that multiplies a bounded value by a bounded
+count (`join` of 100000 copies of a long string, `replace` with an empty
+pattern) before its result is checked. Without a `Deadline`, CPU time is not
+bounded either; callers off the event loop pass one
+(relay/template_controller.py).
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ from __future__ import annotations
 import functools
 import re
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import BuiltinMethodType
 from typing import Any
@@ -69,6 +80,28 @@ _NESTED_FORMAT_SPEC = re.compile(r"\{[^{}:]*:[^{}]*\{")  # `{:>{width}}`
 # The filters whose number arguments size their output (`center(10**9)`, `batch(10**9, 'x')`).
 _SIZING_FILTERS = frozenset({"center", "indent", "batch", "slice", "tojson"})
 _LOADING = (nodes.Include, nodes.Extends, nodes.Import, nodes.FromImport)
+_HIDDEN = "__"  # the prefix of Python's internals: refused as a name at save time
+# The filter each for loop's iterable goes through (Jinja2 allows no custom node); a template
+# cannot name it, as a filter's name in a template is an identifier.
+_GUARD = "for-loop guard"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a render must stop: ``clock()`` past ``at``; ``seconds`` is the budget it was given."""
+
+    at: float
+    seconds: float
+    clock: Callable[[], float]
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float]) -> Deadline:
+        return cls(clock() + seconds, seconds, clock)
+
+
+# The deadline of the render running in this thread (a context variable: a render is one
+# synchronous call, and another thread's render has its own).
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("template_deadline", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,9 +130,27 @@ def check_template(t: Template, *, max_chars: int = 100_000) -> list[str]:
 
 
 def render(
-    t: Template, variables: Mapping[str, object], *, max_output_chars: int = 1_000_000
+    t: Template,
+    variables: Mapping[str, object],
+    *,
+    max_output_chars: int = 1_000_000,
+    deadline: Deadline | None = None,
 ) -> Rendered | list[str]:
-    """The rendered parts, or every problem met on the way; never raises."""
+    """The rendered parts, or every problem met on the way; never raises.
+
+    With a ``deadline``, a render that passes it stops with the problem
+    "template took too long" (see the module docstring for what may run past it).
+    """
+    token = _DEADLINE.set(deadline)
+    try:
+        return _render(t, variables, max_output_chars)
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _render(
+    t: Template, variables: Mapping[str, object], max_output_chars: int
+) -> Rendered | list[str]:
     rendered: dict[str, str | None] = {"subject": None, "text": None, "html": None}
     problems = []
     for part, source in _parts(t):
@@ -140,6 +191,7 @@ def _run(compiled: CompiledTemplate, variables: Mapping[str, object], limit: int
     length = 0
     try:
         for chunk in compiled.generate(dict(variables)):
+            _check_time()
             length += len(chunk)
             if length > limit:
                 return _Failed(f"output longer than {limit} characters")
@@ -168,9 +220,30 @@ def _compile(source: str, *, autoescape: bool) -> CompiledTemplate | str:
         tree = environment.parse(source)
         for node in tree.find_all(_LOADING):
             return f"line {node.lineno}: include, extends and import are not available"
+        hidden = _hidden_name(tree)
+        if hidden is not None:
+            return hidden
+        for loop in tree.find_all(nodes.For):  # each step checks the deadline
+            loop.iter = nodes.Filter(loop.iter, _GUARD, [], [], None, None, lineno=loop.lineno)
         return environment.from_string(tree)
     except Exception as error:  # TemplateSyntaxError, and RecursionError on deep nesting
         return _describe_syntax(error)
+
+
+def _hidden_name(tree: nodes.Template) -> str | None:
+    """The first constant name starting with ``__`` (attribute, item or `attr` filter), if any."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            name: object = node.attr
+        elif isinstance(node, nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            name = node.args[0].value if isinstance(node.args[0], nodes.Const) else None
+        else:
+            continue
+        if isinstance(name, str) and name.startswith(_HIDDEN):
+            return f"line {node.lineno}: {name!r}: names starting with __ are refused"
+    return None
 
 
 def _describe_syntax(error: Exception) -> str:
@@ -178,6 +251,29 @@ def _describe_syntax(error: Exception) -> str:
     if lineno and message:
         return f"line {lineno}: {message}"
     return f"cannot be compiled: {str(error)[:200] or type(error).__name__}"
+
+
+class TookTooLong(SecurityError):
+    """The render passed its deadline."""
+
+
+def _check_time() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and deadline.clock() > deadline.at:
+        raise TookTooLong(f"template took too long (over {deadline.seconds:g} s)")
+
+
+def _guard_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+    """A for loop's items, each after a look at the deadline (this thread's, fixed at the start)."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        yield from iterable
+        return
+    clock, at = deadline.clock, deadline.at
+    for item in iterable:
+        if clock() > at:
+            raise TookTooLong(f"template took too long (over {deadline.seconds:g} s)")
+        yield item
 
 
 def _refuse_long(value: Any) -> Any:
@@ -243,6 +339,7 @@ def _bounded_filter(function: Callable[..., Any], *, sizing: bool) -> Callable[.
     # functools.wraps copies `jinja_pass_arg`, which tells the compiler what to pass first.
     @functools.wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_time()
         if sizing:  # the arguments after the context (if passed) and the filtered value
             _refuse_big_numbers(args[2 if hasattr(function, "jinja_pass_arg") else 1 :], kwargs)
         return _refuse_long(function(*args, **kwargs))
@@ -283,6 +380,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             for name, f in self.filters.items()
         }
         self.filters["format"] = _bounded_filter(_format_filter, sizing=False)
+        self.filters[_GUARD] = _guard_iter
         self.binop_table.update({"*": _times, "**": _power, "%": _percent})
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
@@ -294,6 +392,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} refused")
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _check_time()  # a macro calling itself twice is 2**n steps without a loop
         if isinstance(obj, BuiltinMethodType) and isinstance(obj.__self__, str):
             _refuse_big_numbers(args, kwargs)  # 'x'.center(10**9), ljust, rjust, zfill, expandtabs
         # str.format and format_map, which the sandbox hands out wrapped (the only wrapped ones).
