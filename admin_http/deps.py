@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from relay.api_key_controller import ApiKeyController
 from relay.catalog_controller import CatalogController
 from relay.config import Config, ReloadResult
 from relay.core.directory import Directory
@@ -33,6 +34,7 @@ class Api:
     config: Callable[[], Config]
     reload: Callable[[], ReloadResult]
     clock: Callable[[], float] = time.time
+    api_keys: ApiKeyController | None = None  # /api/v1/sites/{id}/api-keys
 
 
 @dataclass(frozen=True)

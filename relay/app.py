@@ -35,6 +35,7 @@ from admin_http.deps import AdminDeps, Api
 from public_http.app import create_app as create_public_app
 from public_http.deps import PublicDeps
 from relay import tls
+from relay.api_key_controller import ApiKeyController
 from relay.auth_controller import AuthController
 from relay.catalog_controller import (
     CatalogController,
@@ -168,6 +169,9 @@ class RelayApp:
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
+        self.api_keys = ApiKeyController(
+            self.writer, lambda: self.config, self.directory, self.sync, clock
+        )
         self.probes = ProbeController(
             self.health,
             self.directory,
@@ -296,6 +300,7 @@ class RelayApp:
             lambda: self.config,
             self.reload,
             self._clock,
+            api_keys=self.api_keys,
         )
         deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
         context = self._admin_tls_context()
@@ -499,6 +504,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         sites=loaded.sites,
         credentials=loaded.credentials,
         domains=loaded.domains,
+        api_keys=loaded.api_keys,
         routing=loaded.routing,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )

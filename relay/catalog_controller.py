@@ -24,14 +24,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay import api_key_database, domain_database
 from relay import catalog_database as db
-from relay import domain_database
 from relay.cluster_controller import CATALOG, ClusterSync
 from relay.config import Config, parse_site_spec, parse_upstream_spec
 from relay.core import dkim
 from relay.core.directory import Directory
 from relay.core.domains import Domain, KeyState
-from relay.core.model import Credential, Site, Upstream
+from relay.core.model import ApiKey, Credential, Site, Upstream
 from relay.core.passwords import hash_password
 from relay.secret_box import SecretBox
 from relay.store import GroupWriter
@@ -72,6 +72,7 @@ class StoreObjects:
     sites: tuple[Site, ...] = ()
     credentials: tuple[Credential, ...] = ()
     domains: tuple[Domain, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()  # the send API's, for any site (relay/api_key_controller.py)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,10 @@ async def load_store(connection: AsyncConnection, box: SecretBox) -> StoreObject
         for c in await db.load_credentials(connection)
     ]
     domains = await domain_database.load_domains(connection, box)
-    return StoreObjects(tuple(upstreams), tuple(sites), tuple(credentials), tuple(domains))
+    keys = [k.api_key() for k in await api_key_database.load_api_keys(connection)]
+    return StoreObjects(
+        tuple(upstreams), tuple(sites), tuple(credentials), tuple(domains), tuple(keys)
+    )
 
 
 def merged_directory(config: Config, store: StoreObjects) -> Directory:
@@ -134,7 +138,13 @@ def merged_directory(config: Config, store: StoreObjects) -> Directory:
     )
     domains = config.domains + tuple(d for d in store.domains if d.name not in file_domains)
     sites = config.sites + store_sites
-    return Directory.of(sites, credentials, upstreams, domains, config.api_keys, config.templates)
+    # A store key serves any site that exists (the file's too); the file's names win a clash.
+    site_ids = {s.id for s in sites}
+    file_keys = {(k.site_id, k.name) for k in config.api_keys}
+    api_keys = config.api_keys + tuple(
+        k for k in store.api_keys if k.site_id in site_ids and (k.site_id, k.name) not in file_keys
+    )
+    return Directory.of(sites, credentials, upstreams, domains, api_keys, config.templates)
 
 
 def dangling_upstreams(directory: Directory) -> list[str]:
@@ -333,6 +343,7 @@ class CatalogController:
         async def write(c: AsyncConnection) -> None:
             if not await db.delete_site(c, site_id):
                 raise NotFound(f"no site {site_id!r}")
+            await api_key_database.delete_site_keys(c, site_id)  # a new site of that id has none
             await self._audit(c, actor, "delete", "site", site_id, {})
 
         await self._write(write)
