@@ -70,6 +70,7 @@ from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
+from relay.send_controller import SendController
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
@@ -171,6 +172,15 @@ class RelayApp:
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
         self.api_keys = ApiKeyController(
             self.writer, lambda: self.config, self.directory, self.sync, clock
+        )
+        self.send = SendController(
+            self.writer,
+            self.ingress,
+            self.directory,
+            config.limits,
+            config.server.hostname,
+            config.routing.class_header,
+            clock,
         )
         self.probes = ProbeController(
             self.health,
@@ -323,7 +333,7 @@ class RelayApp:
         http = self.config.http
         if http is None:
             return
-        deps = PublicDeps(lambda: self.config.http or http, self.metrics)
+        deps = PublicDeps(lambda: self.config.http or http, self.metrics, send=self.send)
         context = None
         if http.cert_file is not None and http.key_file is not None:
             try:
