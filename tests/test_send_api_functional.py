@@ -105,9 +105,12 @@ Start = Callable[..., Awaitable[tuple[Api, Sink]]]
 async def start(tmp_path: Path, make_sink: Any, start_relay: Any) -> Any:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def started(**site: Any) -> tuple[Api, Sink]:
+    async def started(templates: Any = (), **site: Any) -> tuple[Api, Sink]:
         sink = await make_sink()
-        relay = await start_relay(send_config(tmp_path, sink, **site))
+        config = send_config(tmp_path, sink, **site)
+        if templates:
+            config["templates"] = list(templates)
+        relay = await start_relay(config)
         http = aiohttp.ClientSession()
         sessions.append(http)
         return Api(relay, http), sink
@@ -254,6 +257,31 @@ async def test_bodies_that_are_not_json_are_refused(start: Start) -> None:
     form = aiohttp.FormData()
     form.add_field("file", PDF, filename="a.pdf")
     assert (await api.send(form))[0] == 400  # no message part
+
+
+async def test_a_named_template_renders_with_the_variables_html_escaped(start: Start) -> None:
+    welcome = {
+        "name": "welcome",
+        "subject": "Welcome, {{ first_name }}",
+        "text": "Hello {{ first_name }}, your order {{ order.id }} is on its way.",
+        "html": "<p>Hello {{ first_name }}</p>",
+    }
+    api, sink = await start(templates=[welcome])
+    request = {
+        "to": ["customer@example.org"],
+        "template": "welcome",
+        "variables": {"first_name": "<Ann>", "order": {"id": 42}},
+    }
+    assert (await api.send(request))[0] == 202
+    (received,) = await sink.handler.wait_for(1)
+    message = parsed(received.content)
+    assert message["Subject"] == "Welcome, <Ann>"
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content().strip() == "Hello <Ann>, your order 42 is on its way."
+    assert "<p>Hello &lt;Ann&gt;</p>" in html.get_content()
+    status, answer, _ = await api.send({**request, "template": "nope"})
+    assert (status, answer["error"]["problems"]) == (422, ["template: no template named 'nope'"])
 
 
 async def test_message_class_reaches_the_ingress_and_its_header_does_not_go_out(
