@@ -229,6 +229,26 @@ async def test_multipart_send_arrives_with_exact_attachments(start: Start) -> No
     }
     assert message["Bcc"] is None and len(received.rcpt_tos) == 3
 
+    # As curl and browsers send it: the filename's UTF-8 as it is, quotes escaped as %22.
+    boundary = "b0undary"
+    raw = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\n'
+            f"{json.dumps(BODY)}\r\n--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="file"; filename="{NAME}"\r\nContent-Type: application/pdf\r\n\r\n'
+        ).encode()
+        + PDF
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
+    async with api.http.post(f"{api.url}/send", data=raw, headers=headers) as reply:
+        assert reply.status == 202, await reply.text()
+    second = (await sink.handler.wait_for(2))[1]
+    assert attachments_of(parsed(second.content)) == {NAME: ("application/pdf", PDF)}
+
 
 @pytest.mark.parametrize(
     "headers",
