@@ -6,11 +6,10 @@ holding that JSON and one part per attached file (a part's own filename,
 its percent-escapes decoded, and type; ``application/octet-stream`` or none
 is guessed from the filename). A multipart body is read part by part within
 the listener's cap (aiohttp's ``client_max_size`` covers only bodies read
-whole). Answers use
-the admin API's error envelope: 400 malformed, 401 (with ``WWW-Authenticate:
-Bearer``) no, unknown or expired key, 404 another site's or an unknown
-message, 409 the same Idempotency-Key in flight, 413, 415, 422 with
-``problems``, 429 with ``Retry-After``.
+whole). Answers use the admin API's error envelope: 400 malformed, 401 (with
+``WWW-Authenticate: Bearer``) no, unknown or expired key, 404 another site's
+or an unknown message, 409 the same Idempotency-Key in flight, 413, 415, 422
+with ``problems``, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations

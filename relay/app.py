@@ -180,6 +180,7 @@ class RelayApp:
             config.limits,
             config.server.hostname,
             config.routing.class_header,
+            self.metrics,
             clock,
         )
         self.probes = ProbeController(

@@ -42,6 +42,7 @@ from relay.core.templates import render
 from relay.core.throttle import FailureThrottle, client_network
 from relay.core.tokens import hash_token
 from relay.ingress_controller import IngressController, Queued
+from relay.metrics import Metrics
 from relay.queue_database import MessageDetail, load_message
 from relay.store import GroupWriter
 
@@ -55,6 +56,7 @@ _ON_LOOP_BYTES = 65_536  # attachments beyond this are base64-encoded in a threa
 @dataclass(frozen=True)
 class Unauthorized:
     message: str
+    reason: str = "invalid"  # or "expired": the metric's label
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class SendController:
         limits: LimitsConfig,
         hostname: str,
         class_header: str,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -102,6 +105,7 @@ class SendController:
         self._limits = limits
         self._hostname = hostname
         self._class_header = class_header
+        self._metrics = metrics
         self._clock = clock
         self._monotonic = monotonic
         self._throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
@@ -116,11 +120,13 @@ class SendController:
         """The key and its site from an ``Authorization: Bearer <key>`` header, or why not."""
         client = f"ip:{client_network(client_ip)}"
         if self._throttle.is_blocked(client, self._monotonic()):
+            self._metrics.send_api_auth_failures.labels("blocked").inc()  # not logged: a flood
             return Throttled(int(FAILURE_WINDOW_SECONDS))
         scheme, _, presented = (authorization or "").partition(" ")
         found = self._key(presented.strip() if scheme.lower() == "bearer" else "")
         if isinstance(found, Unauthorized):
             self._throttle.record_failure(client, self._monotonic())
+            self._metrics.send_api_auth_failures.labels(found.reason).inc()
             log.warning("send API: %s, from %s", found.message, client_ip)
             return found
         await self._touch(found[0])
@@ -135,7 +141,7 @@ class SendController:
         if key is None or site is None:
             return Unauthorized("the API key is not valid")
         if key.expires_at is not None and key.expires_at <= self._clock():
-            return Unauthorized(f"the API key {key.name!r} has expired")
+            return Unauthorized(f"the API key {key.name!r} has expired", "expired")
         return key, site
 
     async def _touch(self, key: ApiKey) -> None:
