@@ -105,11 +105,13 @@ Start = Callable[..., Awaitable[tuple[Api, Sink]]]
 async def start(tmp_path: Path, make_sink: Any, start_relay: Any) -> Any:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def started(templates: Any = (), **site: Any) -> tuple[Api, Sink]:
+    async def started(templates: Any = (), limits: Any = None, **site: Any) -> tuple[Api, Sink]:
         sink = await make_sink()
         config = send_config(tmp_path, sink, **site)
         if templates:
             config["templates"] = list(templates)
+        if limits:
+            config["limits"] = limits
         relay = await start_relay(config)
         http = aiohttp.ClientSession()
         sessions.append(http)
@@ -251,6 +253,26 @@ async def test_multipart_send_arrives_with_exact_attachments(start: Start) -> No
         assert reply.status == 202, await reply.text()
     second = (await sink.handler.wait_for(2))[1]
     assert attachments_of(parsed(second.content)) == {NAME: ("application/pdf", PDF)}
+
+
+async def test_a_message_over_the_size_limit_is_413_and_over_the_body_cap_too(
+    start: Start,
+) -> None:
+    api, sink = await start(limits={"max_message_bytes": 64 * 1024})
+    big = {**BODY, "attachments": [{"filename": "a.bin", "content": "A" * 100_000}]}
+    status, answer, _ = await api.send(big)
+    assert (status, answer["error"]["code"]) == (413, "too_large")
+
+    async def chunks() -> Any:  # no Content-Length: the view counts what it reads
+        yield b'--b\r\nContent-Disposition: form-data; name="f"; filename="x"\r\n\r\n'
+        for _ in range(41):
+            yield b"\0" * (1024 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"}
+    async with api.http.post(f"{api.url}/send", data=chunks(), headers=headers) as reply:
+        assert reply.status == 413
+    assert sink.messages == []
 
 
 @pytest.mark.parametrize(
