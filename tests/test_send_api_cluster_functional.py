@@ -33,7 +33,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def cluster_config(tmp_path: Path, sink: Any) -> dict[str, Any]:
-    config = send_config(tmp_path, sink)
+    config = send_config(tmp_path, sink.port)
     config["cluster"] = {"sync_seconds": SYNC_SECONDS}
     config["health"] = {"check_interval_seconds": 0}
     config.pop("store")

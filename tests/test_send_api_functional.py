@@ -24,6 +24,9 @@ import aiosmtplib
 import pytest
 import sqlalchemy as sa
 
+from relay.catalog_controller import StoreObjects, merged_directory
+from relay.config import load_config
+from relay.core.model import ApiKey
 from relay.core.tokens import hash_token
 from relay.tables import idempotency_keys, messages
 from tests.conftest import (
@@ -32,6 +35,7 @@ from tests.conftest import (
     Sink,
     base_config,
     smtp_upstream,
+    write_config,
 )
 
 KEY = "shop-key-0123456789abcdef"
@@ -43,8 +47,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
 NAME = "Résumé \u2013 2026.pdf"  # an en dash
 
 
-def send_config(tmp_path: Path, sink: Sink, **site: Any) -> dict[str, Any]:
-    config = base_config(tmp_path, [smtp_upstream("main", sink.port)])
+def send_config(tmp_path: Path, sink_port: int, **site: Any) -> dict[str, Any]:
+    config = base_config(tmp_path, [smtp_upstream("main", sink_port)])
     config["http"] = {"host": "127.0.0.1", "port": 0}
     config["listeners"][0].update(tls="none", allow_plaintext_auth=True)
     config["admin"]["tokens"] = [{"name": "ops", "token": ADMIN_TOKEN}]
@@ -107,7 +111,7 @@ async def start(tmp_path: Path, make_sink: Any, start_relay: Any) -> Any:
 
     async def started(templates: Any = (), limits: Any = None, **site: Any) -> tuple[Api, Sink]:
         sink = await make_sink()
-        config = send_config(tmp_path, sink, **site)
+        config = send_config(tmp_path, sink.port, **site)
         if templates:
             config["templates"] = list(templates)
         if limits:
@@ -488,3 +492,34 @@ async def test_a_key_made_through_the_admin_api_works_until_deleted(start: Start
     }
     assert key not in json.dumps(audit)
     await sink.handler.wait_for(1)
+
+
+def test_store_keys_serve_existing_sites_and_the_file_wins_a_name(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, send_config(tmp_path, 2525)))
+    store = StoreObjects(
+        api_keys=(
+            ApiKey("backend", hash_token("store-backend"), "shop"),  # the file's name
+            ApiKey("crm", hash_token("store-crm"), "shop"),
+            ApiKey("crm", hash_token("blog-crm"), "blog"),  # a file site's, another name space
+            ApiKey("x", hash_token("gone"), "deleted-site"),
+        )
+    )
+    directory = merged_directory(config, store)
+    assert directory.api_key(hash_token(KEY)) is not None
+    assert directory.api_key(hash_token("store-backend")) is None
+    assert directory.api_key(hash_token("store-crm")) == store.api_keys[1]
+    assert directory.api_key(hash_token("blog-crm")) == store.api_keys[2]
+    assert directory.api_key(hash_token("gone")) is None
+
+
+async def test_deleting_an_api_site_deletes_its_keys(start: Start) -> None:
+    api, _ = await start()
+    site = {"id": "landing", "from": {"email": "hello@example.com"}, "upstreams": ["main"]}
+    assert (await api.admin_call("POST", "/sites", site))[0] == 201
+    status, made = await api.admin_call("POST", "/sites/landing/api-keys", {"name": "web"})
+    assert status == 201
+    assert (await api.send({**BODY, "cc": [], "bcc": []}, key=made["key"]))[0] == 202
+    assert (await api.admin_call("DELETE", "/sites/landing"))[0] == 204
+    assert (await api.admin_call("POST", "/sites", site))[0] == 201  # the same id again
+    assert (await api.admin_call("GET", "/sites/landing/api-keys"))[1]["items"] == []
+    assert (await api.send(BODY, key=made["key"]))[0] == 401
