@@ -523,3 +523,23 @@ async def test_deleting_an_api_site_deletes_its_keys(start: Start) -> None:
     assert (await api.admin_call("POST", "/sites", site))[0] == 201  # the same id again
     assert (await api.admin_call("GET", "/sites/landing/api-keys"))[1]["items"] == []
     assert (await api.send(BODY, key=made["key"]))[0] == 401
+
+
+async def test_a_key_added_to_the_file_works_after_a_reload_and_a_later_api_change(
+    tmp_path: Path, make_sink: Any, start_relay: Any
+) -> None:
+    sink = await make_sink()
+    config = send_config(tmp_path, sink.port)
+    relay = await start_relay(config)
+    async with aiohttp.ClientSession() as http:
+        api = Api(relay, http)
+        config["sites"][0]["api_keys"].append(
+            {"name": "new", "key_hash": hash_token("new-key-0123456789")}
+        )
+        write_config(tmp_path, config)
+        assert (await api.admin_call("POST", "/reload"))[0] == 200
+        assert (await api.send(BODY, key="new-key-0123456789"))[0] == 202
+        # A catalog change rebuilds the directory from the running config: the key stays.
+        assert (await api.admin_call("POST", "/sites/shop/api-keys", {"name": "crm"}))[0] == 201
+        assert (await api.send(BODY, key="new-key-0123456789"))[0] == 202
+    await sink.handler.wait_for(2)
