@@ -14,6 +14,7 @@ with ``problems``, 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import unquote
@@ -42,6 +43,7 @@ from relay.send_controller import (
 MAX_BODY_BYTES = 40 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # a message nests 3 deep, template variables a few more
 MAX_PARTS = 101  # the message and 100 files
+_ON_LOOP_BYTES = 65_536
 _UNSPECIFIED_TYPES = {None, "", "application/octet-stream"}
 
 
@@ -133,7 +135,9 @@ async def _read(request: web.Request) -> tuple[object, list[Upload], str]:
     kind = request.content_type
     if kind == "application/json":
         raw = await request.read()
-        return _json(raw), [], idempotency.json_digest(raw)
+        if len(raw) > _ON_LOOP_BYTES:  # megabytes of base64 attachments: parsed in a thread
+            return await asyncio.to_thread(_json_request, raw)
+        return _json_request(raw)
     if kind == "multipart/form-data":
         return await _multipart(request)
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
@@ -193,6 +197,10 @@ async def _part_bytes(part: BodyPartReader, budget: int) -> bytes:
             raise ApiError(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _json_request(raw: bytes) -> tuple[object, list[Upload], str]:
+    return _json(raw), [], idempotency.json_digest(raw)
 
 
 def _json(raw: bytes) -> object:

@@ -169,9 +169,16 @@ class SendController:
         client_ip: str,
         idempotency_key: IdempotencyKey | None = None,
     ) -> SendResult:
-        request = parse_send_request(
-            body, site=site, max_recipients=self._limits.max_recipients, files=files
+        parse = partial(
+            parse_send_request,
+            body,
+            site=site,
+            max_recipients=self._limits.max_recipients,
+            files=files,
         )
+        # Attachments (base64 decoding, up to the body cap) are checked off the event loop.
+        attached = bool(files) or (isinstance(body, dict) and bool(body.get("attachments")))
+        request = await asyncio.to_thread(parse) if attached else parse()
         if isinstance(request, list):
             return Invalid(request)
         rendered = self._render(request)
