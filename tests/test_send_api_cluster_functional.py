@@ -101,6 +101,11 @@ async def test_duplicates_split_over_two_nodes_queue_one_message(
     assert {status for status, _ in replies} <= {202, 409}, replies
     ids = {answer["id"] for status, answer in replies if status == 202}
     assert len(ids) == 1
+    for node in (a, b):  # settled: the one answer again, from either node
+        assert await post(http, node.http_port, KEY, Idempotency_Key="split-1") == (
+            202,
+            {"id": next(iter(ids)), "status": "queued"},
+        )
     await sink.handler.wait_for(1)
     await asyncio.sleep(0.3)
     assert len(sink.messages) == 1
