@@ -162,6 +162,8 @@ async def _multipart(request: web.Request) -> tuple[object, list[Upload], str]:
             budget -= len(data)
             kind = part.headers.get("Content-Type")
             parts.append((part.name or "", part.filename, kind, data))
+            if part.filename == "" and not data:
+                continue  # a browser's file input left empty
             if part.filename is not None:
                 content_type = None if kind in _UNSPECIFIED_TYPES else kind
                 files.append(Upload(_filename(part.filename), content_type, data))
