@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_http import (
+    api_keys_view,
     domains_view,
     messages_view,
     sites_view,
@@ -58,6 +59,9 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_delete(f"{V1}/sites/{{id}}", sites_view.delete_site)
     r.add_post(f"{V1}/sites/{{id}}/credentials", sites_view.create_credential)
     r.add_delete(f"{V1}/sites/{{id}}/credentials/{{username}}", sites_view.delete_credential)
+    r.add_get(f"{V1}/sites/{{id}}/api-keys", api_keys_view.list_keys)
+    r.add_post(f"{V1}/sites/{{id}}/api-keys", api_keys_view.create_key)
+    r.add_delete(f"{V1}/sites/{{id}}/api-keys/{{name}}", api_keys_view.delete_key)
 
     r.add_get(f"{V1}/domains", domains_view.list_domains)
     r.add_post(f"{V1}/domains", domains_view.create_domain)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from relay.api_key_controller import ApiKeyController
 from relay.catalog_controller import CatalogController
 from relay.config import Config, ReloadResult
 from relay.core.directory import Directory
@@ -35,6 +36,7 @@ class Api:
     reload: Callable[[], ReloadResult]
     clock: Callable[[], float] = time.time
     templates: TemplateController | None = None  # the relay always gives it
+    api_keys: ApiKeyController | None = None  # /api/v1/sites/{id}/api-keys
 
 
 @dataclass(frozen=True)

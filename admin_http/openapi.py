@@ -263,6 +263,24 @@ def _schemas() -> dict[str, Schema]:
                 "html": _nullable("string"),
             }
         ),
+        "ApiKey": _object(
+            {
+                "name": text,
+                "managed_by": managed,
+                "created_at": _nullable("string"),
+                "expires_at": _nullable("string"),
+                "last_used_at": _nullable("string"),
+            }
+        ),
+        "NewApiKey": _object(
+            {
+                "site": text,
+                "name": text,
+                "key": text,
+                "created_at": text,
+                "expires_at": _nullable("string"),
+            }
+        ),
         "Check": check,
         "Domain": _object(
             {
@@ -605,6 +623,37 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/sites/{id}/credentials/{username}": {
             "delete": _op("Remove a credential", None, "204", params=[site_id, _path("username")])
+        },
+        "/api/v1/sites/{id}/api-keys": {
+            "get": _op(
+                "The site's send API keys (names and times, never a key)",
+                _json(_list_of("ApiKey")),
+                params=[site_id, *_PAGING],
+            ),
+            "post": _op(
+                "A new send API key; the key is in this answer only",
+                _json(_ref("NewApiKey"), "Created"),
+                "201",
+                params=[site_id],
+                body=_object(
+                    {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+                        "expires_at": {
+                            "type": ["string", "number", "null"],
+                            "description": "ISO 8601 (UTC when no offset) or UNIX seconds",
+                        },
+                    },
+                    ["name"],
+                ),
+            ),
+        },
+        "/api/v1/sites/{id}/api-keys/{name}": {
+            "delete": _op(
+                "Revoke an API key made through the API",
+                None,
+                "204",
+                params=[site_id, _path("name")],
+            )
         },
         "/api/v1/domains": {
             "get": _op("Sending domains", _json(_list_of("Domain")), params=_PAGING),

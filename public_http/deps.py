@@ -9,12 +9,14 @@ from aiohttp import web
 
 from relay.config_http import HttpConfig
 from relay.metrics import Metrics
+from relay.send_controller import SendController
 
 
 @dataclass(frozen=True)
 class PublicDeps:
     config: Callable[[], HttpConfig]  # the `http:` section in force
     metrics: Metrics
+    send: SendController | None = None  # POST /api/v1/send, GET /api/v1/send/{id}
 
 
 DEPS = web.AppKey("deps", PublicDeps)

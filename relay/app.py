@@ -35,6 +35,7 @@ from admin_http.deps import AdminDeps, Api
 from public_http.app import create_app as create_public_app
 from public_http.deps import PublicDeps
 from relay import tls
+from relay.api_key_controller import ApiKeyController
 from relay.auth_controller import AuthController
 from relay.catalog_controller import (
     CatalogController,
@@ -69,6 +70,7 @@ from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
+from relay.send_controller import SendController
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
@@ -172,6 +174,19 @@ class RelayApp:
             self.writer, lambda: self.config, self.directory, self.sync, clock
         )
         self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
+        self.api_keys = ApiKeyController(
+            self.writer, lambda: self.config, self.directory, self.sync, clock
+        )
+        self.send = SendController(
+            self.writer,
+            self.ingress,
+            self.directory,
+            config.limits,
+            config.server.hostname,
+            config.routing.class_header,
+            self.metrics,
+            clock,
+        )
         self.probes = ProbeController(
             self.health,
             self.directory,
@@ -301,6 +316,7 @@ class RelayApp:
             self.reload,
             self._clock,
             templates=self.templates,
+            api_keys=self.api_keys,
         )
         deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
         context = self._admin_tls_context()
@@ -323,7 +339,7 @@ class RelayApp:
         http = self.config.http
         if http is None:
             return
-        deps = PublicDeps(lambda: self.config.http or http, self.metrics)
+        deps = PublicDeps(lambda: self.config.http or http, self.metrics, send=self.send)
         context = None
         if http.cert_file is not None and http.key_file is not None:
             try:
@@ -505,6 +521,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         credentials=loaded.credentials,
         domains=loaded.domains,
         templates=loaded.templates,
+        api_keys=loaded.api_keys,
         routing=loaded.routing,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )

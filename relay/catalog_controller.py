@@ -26,14 +26,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay import api_key_database, domain_database, template_database
 from relay import catalog_database as db
-from relay import domain_database, template_database
 from relay.cluster_controller import CATALOG, ClusterSync
 from relay.config import Config, parse_site_spec, parse_upstream_spec
 from relay.core import dkim
 from relay.core.directory import Directory
 from relay.core.domains import Domain, KeyState
-from relay.core.model import Credential, Site, Upstream
+from relay.core.model import ApiKey, Credential, Site, Upstream
 from relay.core.passwords import hash_password
 from relay.core.templates import Template
 from relay.secret_box import SecretBox
@@ -76,6 +76,7 @@ class StoreObjects:
     credentials: tuple[Credential, ...] = ()
     domains: tuple[Domain, ...] = ()
     templates: tuple[Template, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()  # the send API's, for any site (relay/api_key_controller.py)
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,18 @@ async def load_store(connection: AsyncConnection, box: SecretBox) -> StoreObject
         for c in await db.load_credentials(connection)
     ]
     domains = await domain_database.load_domains(connection, box)
-    # Not compiled here: they were checked when saved, and compiling a large one takes up to a
-    # second, which every node would spend on its event loop at every change. A render
-    # compiles off the loop and reports any problem as a 422.
     templates = [s.template for s in await template_database.load_templates(connection)]
+    # Templates are not compiled here: they were checked when saved, and compiling a large one
+    # takes up to a second, which every node would spend on its event loop at every change. A
+    # render compiles off the loop and reports any problem as a 422.
+    keys = [k.api_key() for k in await api_key_database.load_api_keys(connection)]
     return StoreObjects(
-        tuple(upstreams), tuple(sites), tuple(credentials), tuple(domains), tuple(templates)
+        tuple(upstreams),
+        tuple(sites),
+        tuple(credentials),
+        tuple(domains),
+        templates=tuple(templates),
+        api_keys=tuple(keys),
     )
 
 
@@ -146,7 +153,13 @@ def merged_directory(config: Config, store: StoreObjects) -> Directory:
     sites = config.sites + store_sites
     file_templates = {t.name for t in config.templates}
     templates = config.templates + tuple(t for t in store.templates if t.name not in file_templates)
-    return Directory.of(sites, credentials, upstreams, domains, config.api_keys, templates)
+    # A store key serves any site that exists (the file's too); the file's names win a clash.
+    site_ids = {s.id for s in sites}
+    file_keys = {(k.site_id, k.name) for k in config.api_keys}
+    api_keys = config.api_keys + tuple(
+        k for k in store.api_keys if k.site_id in site_ids and (k.site_id, k.name) not in file_keys
+    )
+    return Directory.of(sites, credentials, upstreams, domains, api_keys, templates)
 
 
 def dangling_upstreams(directory: Directory) -> list[str]:
@@ -347,6 +360,7 @@ class CatalogController:
         async def write(c: AsyncConnection) -> None:
             if not await db.delete_site(c, site_id):
                 raise NotFound(f"no site {site_id!r}")
+            await api_key_database.delete_site_keys(c, site_id)  # a new site of that id has none
             await self._audit(c, actor, "delete", "site", site_id, {})
 
         await self._write(write)

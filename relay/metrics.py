@@ -67,6 +67,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.send_api_auth_failures = Counter(
+            "relay_send_api_auth_failures_total",
+            "Send API requests refused for their key: invalid or expired (401), or from a "
+            "blocked address (429).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.deliveries = Counter(
             "relay_deliveries_total",
             "Recipient outcomes of delivery attempts.",

@@ -1,0 +1,82 @@
+"""SQL for the send API's Idempotency-Key claims (table ``idempotency_keys``).
+
+A claim is one row per (site, key), taken by an INSERT that does nothing on
+a conflict: of requests racing for a key, on any node, exactly one inserts
+it. A row without ``message_id`` is a claim whose request has no answer yet.
+SQLite and PostgreSQL alike (their shared ON CONFLICT DO NOTHING).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from relay.core.idempotency import ABANDONED_SECONDS, KEEP_SECONDS
+from relay.tables import idempotency_keys as keys
+
+
+def claim(
+    connection: Connection, site_id: str, key: str, body_hash: str, now: float
+) -> tuple[str, Any] | None:
+    """None when this call took the key; else the holder's (body hash, answer or None)."""
+    mine = (keys.c.site_id == site_id, keys.c.key == key)
+    # An expired claim, or one its request abandoned (a crash), no longer holds the key.
+    connection.execute(
+        keys.delete().where(
+            *mine,
+            sa.or_(
+                keys.c.expires_at <= now,
+                sa.and_(keys.c.message_id.is_(None), keys.c.created_at <= now - ABANDONED_SECONDS),
+            ),
+        )
+    )
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    inserted = connection.execute(
+        dialect.insert(keys)
+        .values(
+            site_id=site_id,
+            key=key,
+            body_hash=body_hash,
+            created_at=now,
+            expires_at=now + KEEP_SECONDS,
+        )
+        .on_conflict_do_nothing(index_elements=["site_id", "key"])
+    )
+    if inserted.rowcount == 1:
+        return None
+    row = connection.execute(
+        sa.select(keys.c.body_hash, keys.c.message_id, keys.c.answer).where(*mine)
+    ).first()
+    if row is None:  # given back between the two statements (PostgreSQL): still somebody's
+        return body_hash, None
+    return row.body_hash, row.answer if row.message_id is not None else None
+
+
+def record_answer(
+    connection: Connection, site_id: str, key: str, message_id: str, answer: dict[str, Any]
+) -> None:
+    connection.execute(
+        keys.update()
+        .where(keys.c.site_id == site_id, keys.c.key == key, keys.c.message_id.is_(None))
+        .values(message_id=message_id, answer=answer)
+    )
+
+
+def release(connection: Connection, site_id: str, key: str, body_hash: str) -> None:
+    """Give back a claim that got no answer (the message was refused): a retry may succeed."""
+    connection.execute(
+        keys.delete().where(
+            keys.c.site_id == site_id,
+            keys.c.key == key,
+            keys.c.body_hash == body_hash,
+            keys.c.message_id.is_(None),
+        )
+    )
+
+
+def sweep(connection: Connection, now: float) -> int:
+    """Delete the expired claims; how many."""
+    return int(connection.execute(keys.delete().where(keys.c.expires_at <= now)).rowcount or 0)

@@ -1,0 +1,309 @@
+"""The send API's use cases: who is calling (a site's API key), send a message, its status.
+
+- A key is known by its SHA-256 hash (the directory's index of the file's and
+  the store's keys); a missing, unknown or expired one is refused, and a
+  client address (IPv6: its /64) with too many refusals in the window is
+  refused before any look-up. The count is this process's (the admin API's
+  throttle): a key is 256 random bits, so the throttle bounds log noise and
+  work, not guessing, and the store's cluster-wide AUTH counts (made to stop
+  password guessing before scrypt) would cost a write per refusal here.
+- A use is recorded in the key's ``last_used_at`` at most once a minute per
+  key and process.
+- A message takes SMTP's DATA path (``IngressController.accept_composed``):
+  site limits, rewrite, DKIM, durable store before the answer. Its class
+  reaches the ingress as the ``routing.class_header`` header, which the
+  ingress reads and removes.
+- ``Idempotency-Key`` (relay/core/idempotency.py): claimed in the store
+  before the message is composed, so of concurrent requests on any node one
+  sends; the answer is stored after the message is; a refused or failed
+  request gives the key back so a retry can succeed. Expired claims are swept
+  at most once a minute per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+
+from relay import api_key_database, idempotency_database
+from relay.config import LimitsConfig
+from relay.core import idempotency
+from relay.core.compose import Composed, Rendered, compose
+from relay.core.directory import Directory
+from relay.core.model import ApiKey, Site
+from relay.core.policy import Reject, TempFail
+from relay.core.send_request import SendRequest, Upload, parse_send_request
+from relay.core.templates import render
+from relay.core.throttle import FailureThrottle, client_network
+from relay.core.tokens import hash_token
+from relay.ingress_controller import IngressController, Queued
+from relay.metrics import Metrics
+from relay.queue_database import MessageDetail, load_message
+from relay.store import GroupWriter
+
+log = logging.getLogger(__name__)
+MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0  # as the admin API's tokens
+TOUCH_SECONDS = 60.0  # a key's last_used_at is written at most this often (per process)
+SWEEP_SECONDS = 60.0
+_ON_LOOP_BYTES = 65_536  # attachments beyond this are base64-encoded in a thread
+
+
+@dataclass(frozen=True)
+class Unauthorized:
+    message: str
+    reason: str = "invalid"  # or "expired": the metric's label
+
+
+@dataclass(frozen=True)
+class Throttled:
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Invalid:
+    problems: list[str]
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    key: str
+    body_hash: str  # relay/core/idempotency.py json_digest or multipart_digest
+
+
+SendResult = (
+    Queued
+    | Reject
+    | TempFail
+    | Invalid
+    | idempotency.Replay
+    | idempotency.InProgress
+    | idempotency.OtherRequest
+)
+
+
+class SendController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        ingress: IngressController,
+        directory: Callable[[], Directory],
+        limits: LimitsConfig,
+        hostname: str,
+        class_header: str,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._writer = writer
+        self._ingress = ingress
+        self._directory = directory
+        self._limits = limits
+        self._hostname = hostname
+        self._class_header = class_header
+        self._metrics = metrics
+        self._clock = clock
+        self._monotonic = monotonic
+        self._throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
+        self._touched: dict[str, float] = {}  # key hash -> when this process last wrote its use
+        self._swept = float("-inf")
+
+    # -- who is calling
+
+    async def authenticate(
+        self, authorization: str | None, client_ip: str
+    ) -> tuple[ApiKey, Site] | Unauthorized | Throttled:
+        """The key and its site from an ``Authorization: Bearer <key>`` header, or why not."""
+        client = f"ip:{client_network(client_ip)}"
+        if self._throttle.is_blocked(client, self._monotonic()):
+            self._metrics.send_api_auth_failures.labels("blocked").inc()  # not logged: a flood
+            return Throttled(int(FAILURE_WINDOW_SECONDS))
+        scheme, _, presented = (authorization or "").partition(" ")
+        found = self._key(presented.strip() if scheme.lower() == "bearer" else "")
+        if isinstance(found, Unauthorized):
+            self._throttle.record_failure(client, self._monotonic())
+            self._metrics.send_api_auth_failures.labels(found.reason).inc()
+            log.warning("send API: %s, from %s", found.message, client_ip)
+            return found
+        await self._touch(found[0])
+        return found
+
+    def _key(self, presented: str) -> tuple[ApiKey, Site] | Unauthorized:
+        if not presented:
+            return Unauthorized("an API key is required (Authorization: Bearer <key>)")
+        directory = self._directory()
+        key = directory.api_key(hash_token(presented))
+        site = directory.site(key.site_id) if key is not None else None
+        if key is None or site is None:
+            return Unauthorized("the API key is not valid")
+        if key.expires_at is not None and key.expires_at <= self._clock():
+            return Unauthorized(f"the API key {key.name!r} has expired", "expired")
+        return key, site
+
+    async def _touch(self, key: ApiKey) -> None:
+        now = self._monotonic()
+        if now - self._touched.get(key.key_hash, float("-inf")) < TOUCH_SECONDS:
+            return
+        self._touched[key.key_hash] = now
+        if len(self._touched) > 10_000:  # keys come and go with the catalog: keep it bounded
+            self._touched = {key.key_hash: now}
+        try:
+            await self._writer.write_sync(
+                partial(api_key_database.touch, key_hash=key.key_hash, now=self._clock())
+            )
+        except Exception as error:  # a missed use must not refuse a send
+            log.warning("send API: last use of key %s not recorded: %s", key.name, error)
+
+    # -- sending
+
+    async def send(
+        self,
+        key: ApiKey,
+        site: Site,
+        body: object,
+        files: Sequence[Upload],
+        client_ip: str,
+        idempotency_key: IdempotencyKey | None = None,
+    ) -> SendResult:
+        parse = partial(
+            parse_send_request,
+            body,
+            site=site,
+            max_recipients=self._limits.max_recipients,
+            files=files,
+        )
+        # Attachments (base64 decoding, up to the body cap) are checked off the event loop.
+        attached = bool(files) or (isinstance(body, dict) and bool(body.get("attachments")))
+        request = await asyncio.to_thread(parse) if attached else parse()
+        if isinstance(request, list):
+            return Invalid(request)
+        rendered = self._render(request)
+        if isinstance(rendered, Invalid):
+            return rendered
+        if idempotency_key is not None:
+            claim = await self._claim(site, idempotency_key)
+            if not isinstance(claim, idempotency.Claimed):
+                return claim
+        try:
+            result = await self._accept(key, site, request, rendered, client_ip)
+        except Exception:
+            if idempotency_key is not None:
+                await self._release(site, idempotency_key)
+            raise
+        if idempotency_key is not None:
+            if isinstance(result, Queued):
+                await self._answer(site, idempotency_key, result)
+            else:
+                await self._release(site, idempotency_key)
+        return result
+
+    def _render(self, request: SendRequest) -> Rendered | Invalid | None:
+        if request.template is None:
+            return None
+        template = self._directory().template(request.template)
+        if template is None:
+            return Invalid([f"template: no template named {request.template!r}"])
+        rendered = render(template, request.variables)
+        if isinstance(rendered, list):
+            return Invalid([f"template {request.template}: {p}" for p in rendered])
+        return rendered
+
+    async def _accept(
+        self,
+        key: ApiKey,
+        site: Site,
+        request: SendRequest,
+        rendered: Rendered | None,
+        client_ip: str,
+    ) -> Queued | Reject | TempFail:
+        if request.message_class is not None:
+            # The ingress reads the class from this header (and removes it), as for SMTP.
+            name = self._class_header.lower()
+            headers = tuple(h for h in request.headers if h[0].lower() != name)
+            request = replace(
+                request, headers=(*headers, (self._class_header, request.message_class.value))
+            )
+        build = partial(
+            compose,
+            request,
+            message_id=f"{uuid.uuid4().hex}@{self._hostname}",
+            now=self._clock(),
+            rendered=rendered,
+        )
+        size = sum(len(a.content) for a in request.attachments)
+        composed: Composed = build() if size <= _ON_LOOP_BYTES else await asyncio.to_thread(build)
+        return await self._ingress.accept_composed(
+            site, composed, client_ip, via="api", username=f"api-key:{key.name}"
+        )
+
+    # -- Idempotency-Key
+
+    async def _claim(self, site: Site, key: IdempotencyKey) -> idempotency.Claim:
+        now = self._clock()
+        if self._monotonic() - self._swept >= SWEEP_SECONDS:
+            self._swept = self._monotonic()
+            try:
+                swept = await self._writer.write_sync(partial(idempotency_database.sweep, now=now))
+                if swept:
+                    log.info("send API: %d expired idempotency keys removed", swept)
+            except Exception as error:  # the next sweep tries again; claims skip expired rows
+                log.warning("send API: expired idempotency keys not removed: %s", error)
+        held = await self._writer.write_sync(
+            partial(
+                idempotency_database.claim,
+                site_id=site.id,
+                key=key.key,
+                body_hash=key.body_hash,
+                now=now,
+            )
+        )
+        if held is None:
+            return idempotency.Claimed()
+        return idempotency.repeat(key.body_hash, *held)
+
+    async def _answer(self, site: Site, key: IdempotencyKey, queued: Queued) -> None:
+        answer = idempotency.stored_answer(202, {"id": queued.message_id, "status": "queued"})
+        try:
+            await self._writer.write_sync(
+                partial(
+                    idempotency_database.record_answer,
+                    site_id=site.id,
+                    key=key.key,
+                    message_id=queued.message_id,
+                    answer=answer,
+                )
+            )
+        except Exception as error:  # sent all the same; a repeat gets 409 until the claim lapses
+            log.warning(
+                "message %s site %s: idempotency answer not stored: %s",
+                queued.message_id,
+                site.id,
+                error,
+            )
+
+    async def _release(self, site: Site, key: IdempotencyKey) -> None:
+        try:
+            await self._writer.write_sync(
+                partial(
+                    idempotency_database.release,
+                    site_id=site.id,
+                    key=key.key,
+                    body_hash=key.body_hash,
+                )
+            )
+        except Exception as error:  # the claim lapses after idempotency.ABANDONED_SECONDS
+            log.warning("site %s: idempotency key not given back: %s", site.id, error)
+
+    # -- status
+
+    async def status(self, site: Site, message_id: str) -> MessageDetail | None:
+        """The message if it is this site's; None for another site's or an unknown id."""
+        if len(message_id) > 64:
+            return None
+        async with self._writer.engine.connect() as connection:
+            detail = await load_message(connection, message_id)
+        return detail if detail is not None and detail.site_id == site.id else None
