@@ -38,13 +38,13 @@ from relay.core.directory import Directory
 from relay.core.model import ApiKey, Site
 from relay.core.policy import Reject, TempFail
 from relay.core.send_request import SendRequest, Upload, parse_send_request
-from relay.core.templates import render
 from relay.core.throttle import FailureThrottle, client_network
 from relay.core.tokens import hash_token
 from relay.ingress_controller import IngressController, Queued
 from relay.metrics import Metrics
 from relay.queue_database import MessageDetail, load_message
 from relay.store import GroupWriter
+from relay.template_controller import render_off_loop
 
 log = logging.getLogger(__name__)
 MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0  # as the admin API's tokens
@@ -181,7 +181,7 @@ class SendController:
         request = await asyncio.to_thread(parse) if attached else parse()
         if isinstance(request, list):
             return Invalid(request)
-        rendered = self._render(request)
+        rendered = await self._render(request)
         if isinstance(rendered, Invalid):
             return rendered
         if idempotency_key is not None:
@@ -201,13 +201,14 @@ class SendController:
                 await self._release(site, idempotency_key)
         return result
 
-    def _render(self, request: SendRequest) -> Rendered | Invalid | None:
+    async def _render(self, request: SendRequest) -> Rendered | Invalid | None:
         if request.template is None:
             return None
         template = self._directory().template(request.template)
         if template is None:
             return Invalid([f"template: no template named {request.template!r}"])
-        rendered = render(template, request.variables)
+        # Off the loop with a deadline: the caller's variables may make any template slow.
+        rendered = await render_off_loop(template, request.variables)
         if isinstance(rendered, list):
             return Invalid([f"template {request.template}: {p}" for p in rendered])
         return rendered
