@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.config_http import HttpConfig
+from relay.form_controller import FormController
 from relay.metrics import Metrics
 
 
@@ -15,6 +16,7 @@ from relay.metrics import Metrics
 class PublicDeps:
     config: Callable[[], HttpConfig]  # the `http:` section in force
     metrics: Metrics
+    forms: FormController | None = None  # landing-page forms (public_http/forms_view.py)
 
 
 DEPS = web.AppKey("deps", PublicDeps)
