@@ -16,22 +16,27 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+import yaml
 
+from relay.core.model import MessageStatus
 from relay.tables import form_nonces, messages
 from tests.conftest import FakeClock, RunningRelay, Sink, base_config, smtp_upstream
 from tests.dns_zone import Zone
-from tests.test_delivery_functional import plaintext_listener, submit
+from tests.test_delivery_functional import delivery_pass, plaintext_listener, submit
 from tests.test_dkim_functional import dkimpy_verdict, signature_tags, signing_domain
 
+REPO = Path(__file__).parent.parent
 ORIGIN = "https://shop.example.com"
 INBOX = "inbox@example.org"
 VISITOR = "visitor@example.net"
+INBOX_OF_EXAMPLE = "sales@example.com"  # config.example.yaml's form.to
 FORM: dict[str, Any] = {
     "to": [INBOX],
     "allowed_origins": [ORIGIN],
@@ -548,3 +553,88 @@ async def test_ten_megabytes_of_form_data_are_413(
     assert (await visitor.post(FIELDS, token))[0] == 202  # the listener is fine
     await sink.handler.wait_for(1)
     assert await stored_count(relay) == 1
+
+
+# -- The shipped example: examples/contact-form.html against config.example.yaml
+
+
+class ExamplePage(HTMLParser):
+    """The page's forms (their attributes and fields, by form id) and its script."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.forms: dict[str, dict[str, str | None]] = {}
+        self.fields: dict[str, dict[str, str]] = {}
+        self.script = ""
+        self._form: str | None = None
+        self._in_script = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "form":
+            self._form = str(found["id"])
+            self.forms[self._form] = found
+            self.fields[self._form] = {}
+        elif tag in ("input", "textarea") and self._form is not None:
+            self.fields[self._form][str(found["name"])] = found.get("value") or ""
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.script += data
+
+
+async def test_the_example_page_sends_an_inquiry_into_the_example_outbox(
+    tmp_path: Path, start_relay: StartRelay, session: aiohttp.ClientSession
+) -> None:
+    config = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    data = tmp_path / "data"  # the example's paths are relative: here, under tmp_path
+    config["server"].update(data_dir=str(data), secret_key_file=str(data / "secret.key"))
+    config["store"]["url"] = f"sqlite+aiosqlite:///{data / 'relay.db'}"
+    config["upstreams"][0]["path"] = str(data / "outbox")
+    relay_url = f"http://{config['http']['host']}:{config['http']['port']}"
+    for section in (config["listeners"][0], config["admin"], config["http"]):
+        section["port"] = 0  # the test may not own the example's ports
+    relay, visitor, clock = await start(start_relay, config, session)
+    site = config["sites"][0]
+    page = ExamplePage((REPO / "examples" / "contact-form.html").read_text())
+    assert page.forms["plain"]["action"] == f"{relay_url}/api/send-inquiry"
+    assert f'const RELAY = "{relay_url}";' in page.script
+    assert f'const PAGE = "{site["id"]}";' in page.script
+    origin = "http://localhost:8000"  # `python3 -m http.server 8000` in examples/
+
+    plain = {**page.fields["plain"], "formToken": await visitor.token(origin, site["id"])}
+    plain.update({"formData[name]": "Ada", "formData[email]": VISITOR, "formData[message]": "Hi"})
+    clock.advance(3)
+    headers = {"Origin": origin, "Accept": "text/html"}
+    async with session.post(
+        f"{visitor.base}/api/send-inquiry", data=plain, headers=headers, allow_redirects=False
+    ) as r:
+        assert r.status == 303
+        assert r.headers["Location"] == site["form"]["redirect"] == f"{origin}/thanks.html"
+    assert (REPO / "examples" / "thanks.html").exists()
+
+    scripted = {**page.fields["scripted"], "email": VISITOR, "message": "Hi again"}
+    token = await visitor.token(origin, site["id"])
+    clock.advance(3)
+    status, _, _ = await visitor.post(scripted, token, origin=origin, page=site["id"])
+    assert status == 202
+
+    async with relay.app.engine.connect() as c:
+        ids = (await c.execute(sa.select(messages.c.id))).scalars().all()
+    for message_id in ids:
+        await delivery_pass(relay, message_id, {MessageStatus.SENT})
+    written = [parsed(p.read_bytes()) for p in sorted((data / "outbox").iterdir())]
+    assert len(written) == 2
+    for message in written:
+        assert (message["From"], message["To"]) == (
+            "Sales Team <sales@example.com>",
+            INBOX_OF_EXAMPLE,
+        )
+        assert message["Reply-To"] == VISITOR
