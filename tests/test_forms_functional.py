@@ -9,6 +9,7 @@ where it matters (the token's minimum fill time, the rate's minute).
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import io
 import json
@@ -25,13 +26,17 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from relay.app import RelayApp
+from relay.config import load_config
 from relay.core.model import MessageStatus
 from relay.tables import form_nonces, messages
 from tests.conftest import FakeClock, RunningRelay, Sink, base_config, smtp_upstream
 from tests.dns_zone import Zone
 from tests.test_delivery_functional import delivery_pass, plaintext_listener, submit
 from tests.test_dkim_functional import dkimpy_verdict, signature_tags, signing_domain
+from tests.two_nodes import store_url
 
+__all__ = ["store_url"]  # fixture: SQLite, and PostgreSQL when there is one
 REPO = Path(__file__).parent.parent
 ORIGIN = "https://shop.example.com"
 INBOX = "inbox@example.org"
@@ -638,3 +643,52 @@ async def test_the_example_page_sends_an_inquiry_into_the_example_outbox(
             INBOX_OF_EXAMPLE,
         )
         assert message["Reply-To"] == VISITOR
+
+
+# -- Two nodes on one store (SQLite, or PostgreSQL when there is one)
+
+
+@pytest.fixture
+async def two_nodes(
+    tmp_path: Path, store_url: str, make_sink: MakeSink
+) -> AsyncIterator[tuple[list[RelayApp], Sink, FakeClock]]:
+    """Two in-process relays on one store, one data directory (one secret), one FakeClock."""
+    sink = await make_sink()
+    clock = FakeClock()
+    apps = []
+    for name in ("a", "b"):
+        config = form_config(tmp_path, sink)
+        config["store"] = {"url": store_url}
+        path = tmp_path / name / "config.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(config))
+        app = RelayApp(load_config(path), clock=clock)
+        await app.start()  # one after the other: the first one migrates the store
+        apps.append(app)
+    yield apps, sink, clock
+    for app in reversed(apps):
+        await app.stop()
+
+
+async def test_tokens_and_rates_hold_across_nodes(
+    two_nodes: tuple[list[RelayApp], Sink, FakeClock], session: aiohttp.ClientSession
+) -> None:
+    apps, sink, clock = two_nodes
+    a, b = (Visitor(session, RunningRelay(app), clock) for app in apps)
+    tokens = [await a.token() for _ in range(2)] + [await b.token() for _ in range(2)]
+    clock.advance(3)
+
+    # One token posted to both nodes at once: one message.
+    answers = await asyncio.gather(a.post(FIELDS, tokens[0]), b.post(FIELDS, tokens[0]))
+    assert sorted(status for status, _, _ in answers) == [202, 202]
+    assert (await b.post(FIELDS, tokens[0]))[0] == 202  # and again later: a bot's answer
+    # Each of those three counted for the address (five a minute), whichever node took it.
+    assert (await b.post(FIELDS, tokens[1]))[0] == 202
+    assert (await a.post(FIELDS, tokens[2]))[0] == 202
+    status, _, headers = await b.post(FIELDS, tokens[3])
+    assert (status, headers["Retry-After"]) == (429, "57")
+
+    await sink.handler.wait_for(3)
+    async with apps[0].engine.connect() as c:
+        stored = (await c.execute(sa.select(sa.func.count()).select_from(messages))).scalar_one()
+    assert stored == 3
