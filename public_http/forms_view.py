@@ -95,7 +95,7 @@ async def send_inquiry(request: web.Request) -> web.Response:
     except ApiError as e:
         response = error_response(e.status, e.code, e.message, e.problems)
         if e.status == 413:
-            response.force_close()  # the rest of the body is never read
+            response.force_close()  # no next request on it: what still comes is dropped
         return _cors(response, forms, origin)
     outcome = await forms.submit(post)
     if isinstance(outcome, OriginRefused):
