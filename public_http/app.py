@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from admin_http.errors import ApiError, error_response
-from public_http import send_view
+from public_http import forms_view, send_view
 from public_http.deps import DEPS, PublicDeps
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ def create_app(deps: PublicDeps) -> web.Application:
     app = web.Application(middlewares=[error_middleware()], client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/form-token", forms_view.form_token)
+    app.router.add_route("OPTIONS", "/api/form-token", forms_view.preflight_token)
+    app.router.add_post("/api/send-inquiry", forms_view.send_inquiry)
+    app.router.add_route("OPTIONS", "/api/send-inquiry", forms_view.preflight_inquiry)
     app.router.add_post("/api/v1/send", send_view.send)
     app.router.add_get("/api/v1/send/{id}", send_view.status)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.config_http import HttpConfig
+from relay.form_controller import FormController
 from relay.metrics import Metrics
 from relay.send_controller import SendController
 
@@ -16,6 +17,7 @@ from relay.send_controller import SendController
 class PublicDeps:
     config: Callable[[], HttpConfig]  # the `http:` section in force
     metrics: Metrics
+    forms: FormController | None = None  # landing-page forms (public_http/forms_view.py)
     send: SendController | None = None  # POST /api/v1/send, GET /api/v1/send/{id}
 
 

@@ -54,6 +54,7 @@ from relay.config import (
     load_config,
 )
 from relay.core.directory import Directory
+from relay.core.form_token import derive_key
 from relay.core.model import TlsMode
 from relay.core.quota import UsageBook
 from relay.core.routing import RoutingPolicy
@@ -62,6 +63,7 @@ from relay.delivery_controller import DeliveryController, Engine
 from relay.domain_monitor import DomainMonitor
 from relay.domain_verifier import DnsLookup
 from relay.events import Events
+from relay.form_controller import FormController
 from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
@@ -166,6 +168,7 @@ class RelayApp:
         except SecretKeyError as error:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
+        self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
         self.catalog = CatalogController(
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
@@ -339,7 +342,20 @@ class RelayApp:
         http = self.config.http
         if http is None:
             return
-        deps = PublicDeps(lambda: self.config.http or http, self.metrics, send=self.send)
+        forms = FormController(
+            self.ingress,
+            self.usage,
+            self.writer,
+            self.directory,
+            lambda: self.config.http or http,
+            self._form_key,
+            self.metrics,
+            self.config.server.hostname,
+            self._clock,
+        )
+        deps = PublicDeps(
+            lambda: self.config.http or http, self.metrics, forms=forms, send=self.send
+        )
         context = None
         if http.cert_file is not None and http.key_file is not None:
             try:

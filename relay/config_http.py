@@ -163,7 +163,13 @@ def parse_templates(root: Section) -> tuple[Template, ...]:
 
 
 def _origin(value: object) -> str | None:
-    """``scheme://host[:port]`` in lower case, as browsers send Origin; None when it is not."""
+    """``scheme://host[:port]`` in lower case, as browsers send Origin; None when it is not.
+
+    ``null`` is kept when it is listed: what a page opened from a file sends (and a
+    sandboxed iframe on any site), so for development only.
+    """
+    if value == "null":
+        return value
     if not isinstance(value, str) or not _is_web_url(value):
         return None
     parts = urlsplit(value)

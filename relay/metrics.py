@@ -176,6 +176,14 @@ class Metrics:
             ["domain"],
             registry=self.registry,
         )
+        self.form_submissions = Counter(
+            "relay_form_submissions_total",
+            "Landing-page form posts to a known form, by outcome: queued, bot (answered as "
+            "queued, nothing stored), invalid (422), rate_limited (429), refused (403, or "
+            "the ingress refused or failed).",
+            ["site", "outcome"],
+            registry=self.registry,
+        )
 
     def count_delivery(self, upstream: str, outcome: str) -> None:
         self.deliveries.labels(upstream, outcome).inc()

@@ -64,7 +64,8 @@ def give_back(connection: Connection, returns: Sequence[tuple[Claim, int]]) -> N
 async def load_usage(connection: AsyncConnection, periods: Iterable[str]) -> list[tuple[Key, int]]:
     rows = await connection.execute(
         sa.select(c.scope, c.name, c.window, c.period, c.count.label("n")).where(
-            c.period.in_(list(periods))
+            c.period.in_(list(periods)),
+            c.scope != Scope.FORM_IP.value,  # decided in the store only: never cached
         )
     )
     return [((Scope(r.scope), r.name, Window(r.window), r.period), int(r.n)) for r in rows]

@@ -171,3 +171,11 @@ def test_a_bad_form_fails_the_whole_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, data))
     assert "sites[0].form.to: needs at least one address" in raised.value.problems
+
+
+def test_null_origin_is_kept_only_when_listed(tmp_path: Path) -> None:
+    """What a page opened from a file sends: allowed only when written out (development)."""
+    form = {"to": ["sales@example.com"], "allowed_origins": ["null", "http://localhost:8000"]}
+    config = load_config(write(tmp_path, with_http(form=form)))
+    assert config.sites[0].form is not None
+    assert config.sites[0].form.allowed_origins == ("null", "http://localhost:8000")

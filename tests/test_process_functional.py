@@ -173,6 +173,7 @@ def test_config_example_runs_as_is(tmp_path: Path) -> None:
     config = yaml.safe_load(example.read_text())
     config["listeners"][0]["port"] = 0  # the one change: the test may not own port 2525
     config["admin"]["port"] = 0
+    config["http"]["port"] = 0
     relay = RelayProcess(write_config(tmp_path, config))
     try:
         port = relay.wait_ready()
