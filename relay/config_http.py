@@ -148,7 +148,7 @@ def parse_templates(root: Section) -> tuple[Template, ...]:
     for i, data in root.items("templates"):
         s = Section(data, root.child("templates") + f"[{i}]", root.problems)
         name = s.text("name")
-        parts = {part: s.text(part, None) for part in ("subject", "text", "html")}
+        parts = {part: _template_part(s, part) for part in ("subject", "text", "html")}
         s.finish()
         if name is None:
             continue
@@ -160,6 +160,15 @@ def parse_templates(root: Section) -> tuple[Template, ...]:
         if not problems:
             templates.append(template)
     return tuple(templates)
+
+
+def _template_part(s: Section, part: str) -> str | None:
+    """A part as written: bodies span lines (YAML's ``|`` blocks), unlike other values."""
+    value = s.raw(part, None)
+    if value is not None and not isinstance(value, str):
+        s.problem("must be a string", part)
+        return None
+    return value
 
 
 def _origin(value: object) -> str | None:

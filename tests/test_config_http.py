@@ -179,3 +179,14 @@ def test_null_origin_is_kept_only_when_listed(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, with_http(form=form)))
     assert config.sites[0].form is not None
     assert config.sites[0].form.allowed_origins == ("null", "http://localhost:8000")
+
+
+def test_template_parts_may_span_lines(tmp_path: Path) -> None:
+    data = base()
+    data["templates"] = [
+        {"name": "t", "subject": "Hi {{ name }}", "text": "Hello {{ name }},\n\nThanks.\n"}
+    ]
+    config = load_config(write(tmp_path, data))
+    assert config.templates[0].text == "Hello {{ name }},\n\nThanks.\n"
+    data["templates"] = [{"name": "t", "text": ["not", "text"]}]
+    assert "templates[0].text: must be a string" in problems_of(write(tmp_path, data))
