@@ -41,7 +41,9 @@ _REASONS = {
 }
 
 
-def error_middleware() -> Middleware:
+def error_middleware(name: str = "admin API") -> Middleware:
+    """The error envelope for every failure; ``name`` says which listener in the log."""
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -61,7 +63,7 @@ def error_middleware() -> Middleware:
             headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
             return error_response(e.status, code, e.reason, headers=headers)
         except Exception:
-            log.exception("admin API: %s %s failed", request.method, request.path)
+            log.exception("%s: %s %s failed", name, request.method, request.path)
             return error_response(500, "internal", "internal error; the relay's log has details")
 
     return errors

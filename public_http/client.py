@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from relay.config_http import IpNetwork
+from relay.config_section import IpNetwork
 
 MAX_FORWARDED_ENTRIES = 32  # beyond it the header is not read at all
 

@@ -28,12 +28,14 @@ from relay.config_http import (
     parse_templates,
 )
 from relay.config_section import (
+    IpNetwork,
     Section,
     check_unique,
     read_address,
     read_display_name,
     read_existing_file,
     read_name,
+    read_networks,
 )
 from relay.core.addresses import is_sender_pattern
 from relay.core.backoff import BackoffPolicy
@@ -65,8 +67,6 @@ from relay.core.passwords import is_password_hash
 from relay.core.routing import ClassRule, RoutingPolicy
 from relay.core.templates import Template
 from relay.core.tokens import is_token_hash
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -423,12 +423,7 @@ def _parse_listener(s: Section) -> ListenerConfig | None:
     if (cert_file is None) != (key_file is None):
         s.problem("give both cert_file and key_file, or neither (a development certificate)")
     auth = s.choice("auth", AuthMode, AuthMode.REQUIRED)
-    networks = []
-    for j, cidr in s.items("trusted_networks"):
-        try:
-            networks.append(ipaddress.ip_network(str(cidr), strict=False))
-        except ValueError:
-            s.problem(f"not a network (CIDR): {cidr!r}", f"trusted_networks[{j}]")
+    networks = read_networks(s, "trusted_networks")
     plaintext = s.boolean("allow_plaintext_auth", False)
     s.finish()
     if auth is AuthMode.REQUIRED and networks:
@@ -441,9 +436,7 @@ def _parse_listener(s: Section) -> ListenerConfig | None:
         s.problem("a listener beyond loopback needs cert_file and key_file")
     if name is None or port is None or host is None:
         return None
-    return ListenerConfig(
-        name, host, port, tls, cert_file, key_file, auth, tuple(networks), plaintext
-    )
+    return ListenerConfig(name, host, port, tls, cert_file, key_file, auth, networks, plaintext)
 
 
 def _is_loopback(host: str) -> bool:

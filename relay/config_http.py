@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from relay.config_section import Section, check_unique, read_existing_file, read_name
+from relay.config_section import (
+    IpNetwork,
+    Section,
+    check_unique,
+    read_existing_file,
+    read_name,
+    read_networks,
+)
 from relay.core.addresses import is_address
 from relay.core.model import ApiKey, FormSettings
 from relay.core.templates import Template, check_template
 from relay.core.tokens import is_token_hash
 
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FIELD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -47,12 +52,7 @@ def parse_http(s: Section, is_loopback: bool) -> HttpConfig:
     port = s.integer("port", d.port, minimum=0)
     if port is not None and port > 65535:
         s.problem("must be at most 65535", "port")
-    proxies = []
-    for j, cidr in s.items("trusted_proxies"):
-        try:
-            proxies.append(ipaddress.ip_network(str(cidr), strict=False))
-        except ValueError:
-            s.problem(f"not a network (CIDR): {cidr!r}", f"trusted_proxies[{j}]")
+    proxies = read_networks(s, "trusted_proxies")
     cert_file, key_file = read_existing_file(s, "cert_file"), read_existing_file(s, "key_file")
     if (cert_file is None) != (key_file is None):
         s.problem("give both cert_file and key_file, or neither")
@@ -69,7 +69,7 @@ def parse_http(s: Section, is_loopback: bool) -> HttpConfig:
     return HttpConfig(
         host,
         port if port is not None else d.port,
-        tuple(proxies),
+        proxies,
         cert_file,
         key_file,
         plaintext,

@@ -7,6 +7,7 @@ problem at once. ``finish`` reports the keys nobody read.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from relay.core.addresses import control_character, is_address
 from relay.core.model import AuthMode, MessageClass, Secret, Strategy, TlsMode, UpstreamKind
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 E = TypeVar("E", TlsMode, AuthMode, UpstreamKind, Strategy, MessageClass)
 MISSING: Any = object()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -198,3 +200,14 @@ def read_existing_file(s: Section, key: str) -> Path | None:
     if not Path(value).is_file():
         s.problem(f"file not found: {value}", key)
     return Path(value)
+
+
+def read_networks(s: Section, key: str) -> tuple[IpNetwork, ...]:
+    """A list of CIDRs (a bare address is its own /32 or /128)."""
+    networks = []
+    for j, cidr in s.items(key):
+        try:
+            networks.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            s.problem(f"not a network (CIDR): {cidr!r}", f"{key}[{j}]")
+    return tuple(networks)

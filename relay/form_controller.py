@@ -51,12 +51,12 @@ from relay.core.ids import new_message_id
 from relay.core.model import FormSettings, ReplyTo, Site
 from relay.core.policy import LOCAL_ERROR, Reject, TempFail
 from relay.core.quota import Claim, Scope, Window
-from relay.core.templates import render
 from relay.core.throttle import client_network
 from relay.form_database import UsedNonce, forget_expired_nonces, forget_nonce, record_nonces
 from relay.ingress_controller import IngressController, Queued
 from relay.metrics import Metrics
 from relay.store import GroupWriter
+from relay.template_controller import render_off_loop
 from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class FormController:
         used: UsedNonce,
         now: float,
     ) -> Queued | Reject | TempFail:
-        composed = self._compose(site, form, checked, post.landing_page_id, now)
+        composed = await self._compose(site, form, checked, post.landing_page_id, now)
         # The visitor's checked address is the Reply-To, whatever the site does to SMTP mail's.
         sender = replace(site, reply_to=ReplyTo.ORIGINAL) if form.reply_to_field else site
         result = await self._ingress.accept_composed(
@@ -277,9 +277,10 @@ class FormController:
         self._count(site, "rate_limited" if limited else "refused")
         return result
 
-    def _compose(
+    async def _compose(
         self, site: Site, form: FormSettings, checked: FormInput, page_id: str, now: float
     ) -> Composed:
+        rendered = await self._render(site, form, checked.fields, page_id)
         return compose_inquiry(
             checked.fields,
             site=site,
@@ -288,10 +289,10 @@ class FormController:
             message_id=f"{new_message_id(now, self._random(10))}@{self._hostname}",
             now=now,
             page=site.name,
-            rendered=self._render(site, form, checked.fields, page_id),
+            rendered=rendered,
         )
 
-    def _render(
+    async def _render(
         self, site: Site, form: FormSettings, fields: Mapping[str, str], page_id: str
     ) -> Rendered | None:
         """The form's template's parts, or None (the default listing) when it cannot render."""
@@ -305,7 +306,8 @@ class FormController:
             return None
         # The form's own names last: a field called formData cannot stand in for them.
         variables = {**fields, "formData": dict(fields), "landingPageId": page_id}
-        rendered = render(template, variables)
+        # Off the loop with the render deadline: strangers' fields may make a template slow.
+        rendered = await render_off_loop(template, variables)
         if isinstance(rendered, list):
             log.warning(
                 "site %s: form template %s failed (%s): default listing sent",
