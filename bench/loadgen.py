@@ -10,6 +10,13 @@ the results instead of ending the run. Accept latency is the time from
 writing the final dot to reading the 250. Runs in its own process
 (``run_in_process``) so the orchestrator's own work does not disturb it.
 Bounded in count and time; loopback only.
+
+The HTTP variant (``HttpLoad``, ``run_http``) drives the public listener
+instead: N clients over one keep-alive connection pool, each POSTing a 2 KB
+JSON message to ``/api/v1/send`` with the site's API key, or, as a landing
+page does, fetching a form token (``GET /api/form-token``) and posting one
+inquiry with it (``POST /api/send-inquiry``). Accept latency is the time from
+sending the request (for a form, the token's GET) to reading the 202.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import multiprocessing
 import ssl
 import subprocess
@@ -38,6 +46,20 @@ class Load:
     sender: str = "app@bench.example.com"
     time_limit: float = 300.0
     reconnect: bool = False  # a new connection per message (connect, one message, QUIT)
+
+
+@dataclass(frozen=True)
+class HttpLoad:
+    """HTTP clients against the public listener: ``kind`` "send" (the send API) or "form"."""
+
+    port: int
+    clients: int
+    messages: int
+    size: int
+    kind: str
+    api_key: str = ""  # the site's key, for "send"
+    site: str = "bench"  # the form's landingPageId
+    time_limit: float = 300.0
 
 
 @dataclass
@@ -181,6 +203,79 @@ async def hold_idle(port: int, count: int, seconds: float, opened: Any) -> None:
         s.writer.close()
 
 
+def text_body(size: int) -> str:
+    """About ``size`` bytes of text in lines of 76, as a message body or a form's message."""
+    return ("x" * 76 + "\n") * max(1, size // 77)
+
+
+async def run_http(load: HttpLoad) -> LoadResult:
+    import aiohttp  # here: only the HTTP workloads' child needs it
+
+    result = LoadResult(started=time.time())
+    base = f"http://127.0.0.1:{load.port}"
+    text = text_body(load.size - 120)  # the JSON's other fields and quoting make up the rest
+    send_body = json.dumps({"to": ["rcpt@example.org"], "subject": "bench", "text": text}).encode()
+    send_headers = {
+        "Authorization": f"Bearer {load.api_key}",
+        "Content-Type": "application/json",
+    }
+    remaining = [load.messages]
+    deadline = time.monotonic() + load.time_limit
+
+    async def refused(answer: aiohttp.ClientResponse) -> None:
+        body = await answer.text()
+        try:
+            message = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = body[:200]
+        result.refused.append(f"{answer.method} {answer.url.path}: {answer.status} {message}")
+
+    async def send(session: aiohttp.ClientSession) -> None:
+        start = time.perf_counter()
+        if load.kind == "form":
+            async with session.get(
+                f"{base}/api/form-token", params={"landingPageId": load.site}
+            ) as answer:
+                if answer.status != 200:
+                    await refused(answer)
+                    return
+                token = (await answer.json())["token"]
+            body = json.dumps(
+                {
+                    "landingPageId": load.site,
+                    "formToken": token,
+                    "formData": {"name": "Ada", "email": "ada@example.org", "message": text},
+                }
+            ).encode()
+            url, headers = f"{base}/api/send-inquiry", {"Content-Type": "application/json"}
+        else:
+            body, url, headers = send_body, f"{base}/api/v1/send", send_headers
+        async with session.post(url, data=body, headers=headers) as answer:
+            await answer.read()
+            if answer.status != 202:
+                await refused(answer)
+                return
+        result.latencies.append(time.perf_counter() - start)
+        result.sent += 1
+        result.finished = time.time()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while remaining[0] > 0 and time.monotonic() < deadline:
+            remaining[0] -= 1
+            try:
+                await send(session)
+            except (aiohttp.ClientError, OSError) as error:
+                result.refused.append(f"connection: {error!r}")
+
+    connector = aiohttp.TCPConnector(limit=load.clients)  # keep-alive: connections are reused
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.wait_for(
+            asyncio.gather(*(client(session) for _ in range(load.clients))), load.time_limit + 30
+        )
+    return result
+
+
 def _child(target: Any, args: tuple[Any, ...], queue: Any) -> None:
     try:
         import uvloop
@@ -221,9 +316,10 @@ def run_smtp_source(load: Load) -> LoadResult:
     return result
 
 
-def run_in_process(load: Load) -> LoadResult:
+def run_in_process(load: Load | HttpLoad) -> LoadResult:
+    target = run_http if isinstance(load, HttpLoad) else run
     queue: Any = multiprocessing.Queue()
-    process = multiprocessing.Process(target=_child, args=(run, (load,), queue), daemon=True)
+    process = multiprocessing.Process(target=_child, args=(target, (load,), queue), daemon=True)
     process.start()
     result = queue.get(timeout=load.time_limit + 60)
     process.join(10)

@@ -15,6 +15,12 @@ limits (``smtpd_client_event_limit_exceptions``), so the relay's
 ``max_connections_per_ip`` is raised to the same 1,200, as an operator whose
 one busy web server sends everything would. The AUTH throttle counts only
 failures, and the bench sends none.
+
+With ``http`` set (an HTTP workload) it also has the public listener (``http:``)
+on a free loopback port, the site an API key (``API_KEY``) and a ``form:`` to
+the sink's recipient, with no minimum fill time and a per-address rate far
+above what the bench sends, so the HTTP workloads measure throughput, not the
+form's limit (every post still spends a fresh token).
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ import yaml
 from bench.sink import free_port
 from relay.core import dkim
 from relay.core.passwords import hash_password
+from relay.core.tokens import hash_token
 
 SENDER_DOMAIN = "bench.example.com"
 ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 - a throwaway instance's
+API_KEY = "bench-api-key-0123456789abcdef"  # the site's key for the send API (throwaway)
+RECIPIENT = "rcpt@example.org"  # the load generators' recipient, and the form's
 
 
 @dataclass
@@ -49,10 +58,12 @@ class RelayInstance:
     sign: bool = False  # DKIM-sign every message (RSA-2048)
     workers: int = 1  # server.workers: CPU and memory then count the supervisor and its workers
     max_sessions: int = 1200  # as PostfixInstance.max_sessions (the 1,000 idle connections fit)
+    http: bool = False  # the public HTTP listener, an API key and a form (HTTP workloads)
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self.admin_port = free_port()
+        self.http_port = free_port() if self.http else 0
 
     def config(self) -> dict[str, Any]:
         listener: dict[str, Any] = {"name": "bench", "host": "127.0.0.1", "port": self.port}
@@ -67,7 +78,16 @@ class RelayInstance:
             key_file.write_bytes(dkim.private_pem(dkim.generate(dkim.Algorithm.RSA)))
             selector = {"selector": "bench", "private_key_file": str(key_file)}
             domains = [{"name": SENDER_DOMAIN, "dkim": selector}]
-        return {
+        site: dict[str, Any] = {
+            "id": "bench",
+            "senders": [f"*@{SENDER_DOMAIN}"],
+            "from": {"email": f"app@{SENDER_DOMAIN}"},
+            "credentials": [
+                {"username": name, "password_hash": hash_password(password)}
+                for name, password in (self.users or {}).items()
+            ],
+        }
+        config: dict[str, Any] = {
             "server": {
                 "hostname": "relay.bench",
                 "data_dir": str(self.root / "data"),
@@ -97,41 +117,52 @@ class RelayInstance:
                 }
             ],
             "domains": domains,
-            "sites": [
-                {
-                    "id": "bench",
-                    "senders": [f"*@{SENDER_DOMAIN}"],
-                    "from": {"email": f"app@{SENDER_DOMAIN}"},
-                    "credentials": [
-                        {"username": name, "password_hash": hash_password(password)}
-                        for name, password in (self.users or {}).items()
-                    ],
-                }
-            ],
+            "sites": [site],
         }
+        if self.http:
+            config["http"] = {"host": "127.0.0.1", "port": self.http_port}
+            site["api_keys"] = [{"name": "bench", "key_hash": hash_token(API_KEY)}]
+            site["form"] = {
+                "to": [RECIPIENT],
+                "reply_to_field": "email",
+                "min_fill_seconds": 0,  # the bench posts at once; a person takes seconds
+                "rate_per_minute_per_ip": 1_000_000,  # every post comes from 127.0.0.1
+            }
+        return config
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "config.yaml"
         path.write_text(yaml.safe_dump(self.config()))
-        log = open(self.root / "relay.log", "wb")  # noqa: SIM115 (the process keeps it)
-        self._process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "relay.cli", "serve", "-c", str(path), "--log-level", "WARNING"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        with open(self.root / "relay.log", "wb") as log:  # the process has its own copy
+            self._process = subprocess.Popen(  # noqa: S603
+                [
+                    *(sys.executable, "-m", "relay.cli", "serve", "-c", str(path)),
+                    *("--log-level", "WARNING"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"relay exited: {(self.root / 'relay.log').read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    if s.recv(3) == b"220":
+                    if s.recv(3) == b"220" and self._http_ready():
                         return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("relay did not start within 60 s")
+
+    def _http_ready(self) -> bool:
+        """The public listener answers (or there is none)."""
+        if not self.http:
+            return True
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return bool(answer.status == 200)
 
     def flush(self) -> None:
         """POST /api/v1/queue/flush: try every waiting message now (the sink is back)."""

@@ -11,6 +11,10 @@ CPU is the server's user+system time over the run (the relay's supervisor
 and workers together), also per message delivered; PSS its peak proportional
 memory, sampled every 200 ms. Loopback only; every run is bounded in count
 and time. Needs root (Postfix).
+
+The HTTP workloads (the send API, form posts) run on the relay only: Postfix
+has no HTTP ingress. Their ratios compare with the same system's
+``SMTP_BASELINE`` row (STARTTLS + AUTH), the SMTP way an app would send instead.
 """
 
 from __future__ import annotations
@@ -32,14 +36,22 @@ from typing import Protocol
 import trustme
 
 from bench import postfix
-from bench.loadgen import Load, LoadResult, idle_in_process, run_in_process, run_smtp_source
-from bench.relay_instance import SENDER_DOMAIN, RelayInstance
+from bench.loadgen import (
+    HttpLoad,
+    Load,
+    LoadResult,
+    idle_in_process,
+    run_in_process,
+    run_smtp_source,
+)
+from bench.relay_instance import API_KEY, SENDER_DOMAIN, RelayInstance
 from bench.sink import Sink, free_port
 
 USERS = {"bench": "bench-password-0123"}
 RUN_TIME_LIMIT = 600.0
 BACKLOG_SETTLE = 3.0  # seconds between the last 250 and the sink coming back
 EMPTY_QUEUE = "2 KB, 50 sessions"  # the rate a backlog drain is compared with
+SMTP_BASELINE = "2 KB, 50 sessions, STARTTLS+AUTH"  # what the HTTP workloads are compared with
 
 
 class Server(Protocol):
@@ -64,6 +76,7 @@ class Workload:
     backlog: bool = False  # queued while the sink is down, then drained once it is back
     smtp_source: bool = False  # Postfix's smtp-source drives it instead of our generator
     reconnect: bool = False  # a new connection per message, as PHPMailer and WordPress send
+    http: str = ""  # "send" (the send API) or "form" (token, then post): HTTP clients, relay only
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,11 @@ def workloads(quick: bool) -> list[Workload]:
             reconnect=True,
         )
         for suffix, secure in (("", False), (", STARTTLS+AUTH", True))
+    ]
+    found += [
+        Workload(f"2 KB, {label}, {clients} clients", 2048, clients, 5_000 // scale, http=kind)
+        for label, kind in (("HTTP send API", "send"), ("form posts", "form"))
+        for clients in (10, 50)
     ]
     found += [
         Workload("2 KB backlog drain", 2048, 50, 100_000 // scale, backlog=True),
@@ -160,24 +178,42 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
 def measure(server: Server, sink: Sink, w: Workload) -> Measure:
     if w.idle:
         return measure_idle(server, w)
-    load = Load(
-        server.port,
-        w.sessions,
-        w.messages,
-        w.size,
-        starttls=w.secure,
-        auth=next(iter(USERS.items())) if w.secure else None,
-        sender=f"app@{SENDER_DOMAIN}",
-        time_limit=RUN_TIME_LIMIT,
-        reconnect=w.reconnect,
-    )
+    load: Load | HttpLoad
+    if w.http:
+        assert isinstance(server, RelayInstance) and server.http, "HTTP is the relay's"
+        load = HttpLoad(
+            server.http_port,
+            w.sessions,
+            w.messages,
+            w.size,
+            w.http,
+            api_key=API_KEY,
+            time_limit=RUN_TIME_LIMIT,
+        )
+    else:
+        load = Load(
+            server.port,
+            w.sessions,
+            w.messages,
+            w.size,
+            starttls=w.secure,
+            auth=next(iter(USERS.items())) if w.secure else None,
+            sender=f"app@{SENDER_DOMAIN}",
+            time_limit=RUN_TIME_LIMIT,
+            reconnect=w.reconnect,
+        )
     sink.reset()
     cpu_before = server.cpu_seconds()
     with PeakPss(server) as pss:
         if w.backlog:
+            assert isinstance(load, Load)
             result, started = queue_backlog(server, sink, load)
         else:
-            result = run_smtp_source(load) if w.smtp_source else run_in_process(load)
+            if w.smtp_source:
+                assert isinstance(load, Load)
+                result = run_smtp_source(load)
+            else:
+                result = run_in_process(load)
             started = result.started
         delivered = wait_until(lambda: sink.count >= result.sent, RUN_TIME_LIMIT)
         finished = time.time()
@@ -244,6 +280,7 @@ def make_server(
         users=users,
         sign=w.sign,
         workers=system.workers,
+        http=bool(w.http),
     )
 
 
@@ -303,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 order = measured if repetition % 2 == 0 else measured[::-1]
                 for w in chosen:
                     for system in order:
+                        if w.http and system == POSTFIX:
+                            continue  # Postfix has no HTTP ingress
                         name = f"{system.kind}-w{system.workers}-{repetition}-{chosen.index(w)}"
                         server = make_server(system, base / name, sink.port, w, tls)
                         server.start()
@@ -346,15 +385,20 @@ def render(
     measured: list[System],
     results: dict[tuple[str, System], list[Measure]],
 ) -> str:
-    """One row per workload and system; ratios are to Postfix's row of the same workload."""
+    """One row per workload and system; ratios are to Postfix's row of the same workload.
+
+    An HTTP workload has no Postfix row: its ratios are to the same system's
+    SMTP_BASELINE row, as the line under the table says.
+    """
     rows = [
         "| workload | system | msg/s | ratio | p50 ms | p99 ms | p99 ratio "
         "| CPU s | CPU ms/msg | PSS MB | PSS ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in chosen:
-        base = _medians(results.get((w.name, POSTFIX), []))
         for i, system in enumerate(s for s in measured if (w.name, s) in results):
+            versus_name = SMTP_BASELINE if w.http else w.name
+            base = _medians(results.get((versus_name, system if w.http else POSTFIX), []))
             med = _medians(results[(w.name, system)])
             versus = system != POSTFIX and bool(base["pss"])
             name = w.name if i == 0 else ""
@@ -369,7 +413,7 @@ def render(
                 f"| {med['p50'] * 1000:.1f} | {med['p99'] * 1000:.1f} | {p99 if versus else ''} "
                 f"| {med['cpu']:.1f} | {per_message} | {pss} |"
             )
-    return "\n".join(rows + _drain_shares(chosen, measured, results))
+    return "\n".join(rows + _drain_shares(chosen, measured, results) + _http_note(chosen))
 
 
 def _medians(measures: list[Measure]) -> dict[str, float]:
@@ -397,6 +441,17 @@ def _drain_shares(
                 f"as a share of the empty-queue rate ({EMPTY_QUEUE}): {', '.join(shares)}."
             )
     return lines
+
+
+def _http_note(chosen: list[Workload]) -> list[str]:
+    if not any(w.http for w in chosen):
+        return []
+    return [
+        "\nHTTP send API, form posts: the relay only (Postfix has no HTTP ingress); their "
+        f"ratios are to the same system's {SMTP_BASELINE} row. Latency is request sent to "
+        "202 read; a form post's includes fetching its token (GET /api/form-token), as a "
+        "page does before each post."
+    ]
 
 
 def _ratio(ours: float, theirs: float) -> str:
