@@ -448,9 +448,9 @@ def _http_note(chosen: list[Workload]) -> list[str]:
         return []
     return [
         "\nHTTP send API, form posts: the relay only (Postfix has no HTTP ingress); their "
-        f"ratios are to the same system's {SMTP_BASELINE} row. Latency is request sent to "
-        "202 read; a form post's includes fetching its token (GET /api/form-token), as a "
-        "page does before each post."
+        f"ratios are to the same system's {SMTP_BASELINE} row. Plain HTTP on loopback, "
+        "keep-alive. Latency is request sent to 202 read; a form post's includes fetching "
+        "its token (GET /api/form-token), as a page does before each post."
     ]
 
 
