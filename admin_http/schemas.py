@@ -102,16 +102,22 @@ async def json_body(request: web.Request, required: bool = True) -> dict[str, An
         if required:
             raise bad_request("a JSON object is required as the body")
         return {}
+    value = parse_json(raw, "the body")
+    if not isinstance(value, dict):
+        raise bad_request("the body must be a JSON object")
+    return value
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """JSON from a stranger: 400 saying why when it is not JSON or nests too deep."""
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
-        raise bad_request(f"the body is not valid JSON ({error})") from None
+        raise bad_request(f"{what} is not valid JSON ({error})") from None
     except RecursionError:
-        raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    if not isinstance(value, dict):
-        raise bad_request("the body must be a JSON object")
+        raise bad_request(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     if _depth(value) > MAX_JSON_DEPTH:
-        raise bad_request(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+        raise bad_request(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

@@ -15,13 +15,13 @@ with ``problems``, 429 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
 from admin_http.errors import ApiError, bad_request, error_response, not_found
+from admin_http.schemas import parse_json
 from public_http import answers
 from public_http.client import client_ip
 from public_http.deps import deps_of
@@ -41,7 +41,6 @@ from relay.send_controller import (
 # The listener's client_max_size (public_http/app.py), which a multipart body read part by
 # part does not meet: counted here.
 MAX_BODY_BYTES = 40 * 1024 * 1024
-MAX_JSON_DEPTH = 32  # a message nests 3 deep, template variables a few more
 MAX_PARTS = 101  # the message and 100 files
 _ON_LOOP_BYTES = 65_536
 _UNSPECIFIED_TYPES = {None, "", "application/octet-stream"}
@@ -206,29 +205,7 @@ def _json_request(raw: bytes) -> tuple[object, list[Upload], str]:
 
 
 def _json(raw: bytes) -> object:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise bad_request(f"the message is not valid JSON ({error})") from None
-    except RecursionError:
-        raise bad_request(f"the message nests deeper than {MAX_JSON_DEPTH} levels") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise bad_request(f"the message nests deeper than {MAX_JSON_DEPTH} levels")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """How deep lists and objects nest, walked without recursion (and not below the cap)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if level <= MAX_JSON_DEPTH:
-                stack.extend(
-                    (c, level + 1) for c in (item.values() if isinstance(item, dict) else item)
-                )
-    return deepest
+    return parse_json(raw, "the message")
 
 
 def _status_view(detail: MessageDetail) -> dict[str, Any]:
