@@ -29,13 +29,13 @@ from __future__ import annotations
 import email
 import email.errors
 import email.policy
-import json
 import re
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from admin_http.errors import ApiError, bad_request, error_response
+from admin_http.schemas import parse_json
 from public_http.answers import accepted, answer
 from public_http.client import client_ip
 from public_http.deps import deps_of
@@ -200,10 +200,7 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 
 
 def _from_json(body: bytes) -> tuple[str, dict[str, object], str | None]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise bad_request("the body is not JSON") from None
+    data = parse_json(body, "the body")
     if not isinstance(data, dict):
         raise bad_request("the body must be a JSON object")
     page = data.get("landingPageId")

@@ -177,7 +177,7 @@ async def _multipart(request: web.Request) -> tuple[object, list[Upload], str]:
         raise bad_request(f"not a valid multipart body ({error})") from None
     if message is None:
         raise bad_request("a 'message' part holding the JSON message is required")
-    return _json(message), files, idempotency.multipart_digest(parts)
+    return parse_json(message, "the message"), files, idempotency.multipart_digest(parts)
 
 
 def _filename(sent: str) -> str:
@@ -201,11 +201,7 @@ async def _part_bytes(part: BodyPartReader, budget: int) -> bytes:
 
 
 def _json_request(raw: bytes) -> tuple[object, list[Upload], str]:
-    return _json(raw), [], idempotency.json_digest(raw)
-
-
-def _json(raw: bytes) -> object:
-    return parse_json(raw, "the message")
+    return parse_json(raw, "the message"), [], idempotency.json_digest(raw)
 
 
 def _status_view(detail: MessageDetail) -> dict[str, Any]:
