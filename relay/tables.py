@@ -33,8 +33,11 @@ messages = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("message_class", sa.String(16), nullable=False, server_default="transactional"),
     sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Set when retention replaced ``content`` by its header block (migration 0007).
+    sa.Column("content_deleted_at", sa.Float, nullable=True),
     sa.Index("ix_messages_due", "status", "next_attempt_at"),
     sa.Index("ix_messages_created_at", "created_at"),
+    sa.Index("ix_messages_finished", "status", "updated_at"),
 )
 
 recipients = sa.Table(
@@ -253,4 +256,29 @@ templates = sa.Table(
     sa.Column("html", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+# Retention and reports (migration 0007).
+# Counters per site or upstream and UTC minute (the minute's first second), written in the
+# transactions that record messages and attempts: statistics never read message rows.
+stats_rollups = sa.Table(
+    "stats_rollups",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),  # site | upstream
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("minute", sa.BigInteger, primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Index("ix_stats_rollups_minute", "minute"),
+)
+
+# Work that one process of the cluster does at a time (``housekeeping``: retention):
+# the holder renews ``leased_until``; another takes it over once it has passed.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("leased_until", sa.Float, nullable=False),
 )
