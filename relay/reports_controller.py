@@ -16,11 +16,13 @@ from relay.core.directory import Directory
 from relay.core.header_diff import HeaderChange, header_diff
 from relay.core.quota import Key, Scope, Window, limits_of, period
 from relay.message_log_database import (
+    HourCount,
     MessageHeaders,
     MessageQuery,
     MessageSummary,
     SiteStats,
     UpstreamStats,
+    hourly_counts,
     message_headers,
     search_messages,
     site_stats,
@@ -116,6 +118,11 @@ class ReportsController:
             ],
             queue,
         )
+
+    async def hourly(self, since: float, hours: int) -> list[HourCount]:
+        """Messages created per hour from ``since``, by their status now."""
+        async with self._engine.connect() as connection:
+            return await hourly_counts(connection, since, hours)
 
     def _quota(self, used: dict[Key, int], scope: Scope, name: str, now: float) -> list[QuotaUse]:
         directory = self._directory()
