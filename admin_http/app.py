@@ -18,25 +18,33 @@ from admin_http import (
     templates_view,
     upstreams_view,
 )
+from admin_http.dashboard.routes import add_dashboard, dashboard_middlewares
 from admin_http.deps import DEPS, AdminDeps
-from admin_http.middlewares import auth_middleware, error_middleware
+from admin_http.middlewares import THROTTLE, auth_middleware, error_middleware, login_throttle
 from admin_http.schemas import MAX_BODY_BYTES
 
 V1 = "/api/v1"
 
 
 def create_app(deps: AdminDeps) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware(), auth_middleware(deps.tokens, deps.metrics)],
-        client_max_size=MAX_BODY_BYTES,
-    )
+    throttle = login_throttle()
+    middlewares = [
+        error_middleware(),
+        auth_middleware(deps.tokens, deps.metrics, throttle=throttle),
+    ]
+    if deps.api is not None and deps.dashboard is not None:
+        middlewares += dashboard_middlewares(deps.dashboard)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
+    app[THROTTLE] = throttle
     r = app.router
     r.add_get("/healthz", system_view.healthz)
     r.add_get("/readyz", system_view.readyz)
     r.add_get("/metrics", system_view.metrics)
     if deps.api is None:
         return app
+    if deps.dashboard is not None:
+        add_dashboard(app)
     r.add_get(f"{V1}/openapi.json", system_view.openapi)
     r.add_post(f"{V1}/reload", system_view.reload)
     r.add_get(f"{V1}/audit", system_view.audit)

@@ -14,6 +14,7 @@ from relay.config import Config, ReloadResult
 from relay.core.directory import Directory
 from relay.domain_monitor import DomainMonitor
 from relay.health_controller import HealthController
+from relay.login_link_controller import LoginLinkController
 from relay.metrics import Metrics
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
@@ -40,12 +41,24 @@ class Api:
 
 
 @dataclass(frozen=True)
+class DashboardDeps:
+    """What the web UI at ``/`` needs beyond the API's controllers."""
+
+    session_key: bytes  # 32 bytes for the encrypted session cookie (derived from the secret)
+    secure_cookies: bool  # the admin listener speaks HTTPS: cookies only go back over it
+    # One-time login links (relay serve prints one): given only on a loopback admin
+    # listener, and taken only while no admin tokens are configured.
+    login_links: LoginLinkController | None = None
+
+
+@dataclass(frozen=True)
 class AdminDeps:
     metrics: Metrics
     readiness: Callable[[], Awaitable[list[str]]]  # names of what is not ready; empty = ready
     # (name, token hash) of the tokens in force now: a reload may change them.
     tokens: Callable[[], Sequence[tuple[str, str]]] = tuple
     api: Api | None = None  # None: only /healthz, /readyz, /metrics
+    dashboard: DashboardDeps | None = None  # None (or no api): no web UI at /
 
 
 DEPS = web.AppKey("deps", AdminDeps)

@@ -29,6 +29,7 @@ from relay.queue_database import QueueConflict
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTOR = web.RequestKey("actor", str)  # the name of the token that authenticated the request
+THROTTLE = web.AppKey("login_throttle", FailureThrottle)  # wrong tokens: the API's and dashboard's
 MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0
 
 _REASONS = {
@@ -69,13 +70,21 @@ def error_middleware(name: str = "admin API") -> Middleware:
     return errors
 
 
+def login_throttle() -> FailureThrottle:
+    """Wrong admin tokens per client address: the API's and the dashboard's login share one."""
+    return FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
+
+
 def auth_middleware(
     tokens: Callable[[], Sequence[tuple[str, str]]],
     metrics: Metrics,
     clock: Callable[[], float] = time.monotonic,
+    throttle: FailureThrottle | None = None,
 ) -> Middleware:
-    """``tokens()``: (name, token hash) in force now. Everything under /api/ needs one of them."""
-    throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
+    """``tokens()``: (name, token hash) in force now. Everything under /api/ needs one of them.
+
+    ``throttle`` counts wrong tokens per client address (a new one when not given)."""
+    throttle = throttle or login_throttle()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:

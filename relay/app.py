@@ -31,7 +31,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from admin_http.app import create_app
-from admin_http.deps import AdminDeps, Api
+from admin_http.deps import AdminDeps, Api, DashboardDeps
 from public_http.app import create_app as create_public_app
 from public_http.deps import PublicDeps
 from relay import tls
@@ -51,6 +51,7 @@ from relay.config import (
     ConfigError,
     ListenerConfig,
     ReloadResult,
+    is_loopback,
     load_config,
 )
 from relay.core.directory import Directory
@@ -66,6 +67,7 @@ from relay.events import Events
 from relay.form_controller import FormController
 from relay.health_controller import HealthController
 from relay.ingress_controller import IngressController
+from relay.login_link_controller import LoginLinkController, login_link_line
 from relay.metrics import Metrics
 from relay.node import gone_owners, lease_owner
 from relay.probe_controller import ProbeController
@@ -169,6 +171,13 @@ class RelayApp:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
         self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
+        self._session_key = derive_key(secret, b"dashboard-session")
+        self._secret = secret
+        self.login_links = (
+            LoginLinkController(self.writer, secret, clock)
+            if is_loopback(config.admin.host)
+            else None
+        )
         self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
         self.catalog = CatalogController(
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
@@ -321,8 +330,9 @@ class RelayApp:
             templates=self.templates,
             api_keys=self.api_keys,
         )
-        deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api)
         context = self._admin_tls_context()
+        dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
+        deps = AdminDeps(self.metrics, self.readiness, lambda: self._admin_tokens, api, dashboard)
         runner = web.AppRunner(create_app(deps), access_log=None)
         await runner.setup()
         try:
@@ -397,6 +407,15 @@ class RelayApp:
             raise StartupError(
                 f"admin: cannot load {admin.cert_file} / {admin.key_file}: {error}"
             ) from None
+
+    def login_link(self) -> str | None:
+        """The line offering a one-time login link, when the dashboard has no other way in."""
+        if self.config.admin.tokens or self.login_links is None:
+            return None
+        scheme = "https" if self.config.admin.cert_file else "http"
+        return login_link_line(
+            self._secret, scheme, self.config.admin.host, self.admin_port, self._clock()
+        )
 
     @property
     def admin_port(self) -> int:
@@ -630,6 +649,9 @@ async def serve(config_path: Path, handoff: Handoff | None = None) -> int:
                 app.admin_port,
                 http,
             )
+            link = app.login_link()
+            if link:
+                log.info("%s", link)
         elif not stop.is_set():  # the supervisor says "relay ready" when every worker is
             log.info("worker %d of %d ready (pid %d)", handoff.index, handoff.workers, os.getpid())
             assert control is not None

@@ -321,7 +321,7 @@ def _parse(path: Path, root: Section) -> Config | None:
     http = None
     if root.has("http"):
         http_section = root.section("http")
-        http = parse_http(http_section, _is_loopback(http_section.text("host", "127.0.0.1") or ""))
+        http = parse_http(http_section, is_loopback(http_section.text("host", "127.0.0.1") or ""))
     templates = parse_templates(root)
     _check_form_templates(root, sites, {t.name for t in templates})
     root.finish()
@@ -432,14 +432,14 @@ def _parse_listener(s: Section) -> ListenerConfig | None:
         s.problem("auth: none needs trusted_networks, or nobody could send")
     if auth is not AuthMode.NONE and tls is TlsMode.NONE and not plaintext:
         s.problem("AUTH needs TLS: set tls: starttls|implicit, or allow_plaintext_auth: true")
-    if tls is not TlsMode.NONE and cert_file is None and not _is_loopback(host or ""):
+    if tls is not TlsMode.NONE and cert_file is None and not is_loopback(host or ""):
         s.problem("a listener beyond loopback needs cert_file and key_file")
     if name is None or port is None or host is None:
         return None
     return ListenerConfig(name, host, port, tls, cert_file, key_file, auth, networks, plaintext)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -503,7 +503,7 @@ def _parse_admin(s: Section) -> AdminConfig:
     if (cert_file is None) != (key_file is None):
         s.problem("give both cert_file and key_file, or neither")
     plaintext = s.boolean("allow_plaintext", False)
-    if cert_file is None and not plaintext and not _is_loopback(host or d.host):
+    if cert_file is None and not plaintext and not is_loopback(host or d.host):
         s.problem(
             f"an admin listener beyond loopback ({host}) sends tokens over the network: "
             "give cert_file and key_file (HTTPS), or allow_plaintext: true behind your own TLS",

@@ -1,0 +1,136 @@
+"""Messages: the log with the API's filters and pages, one message in full, retry."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.session import flash
+from admin_http.deps import api_of
+from admin_http.middlewares import ACTOR
+from admin_http.schemas import parse_time
+from relay.catalog_controller import NotFound
+from relay.core.model import MessageStatus
+from relay.message_log_database import MessageQuery
+from relay.queue_database import QueueConflict
+
+PAGE_SIZES = (25, 50, 100, 200)
+FILTERS = ("status", "site", "upstream", "recipient", "q", "since", "until")
+
+
+def _int(text: str | None, default: int, allowed: range | tuple[int, ...]) -> int:
+    if text is None or not text.isascii() or not text.isdigit():
+        return default
+    value = int(text)
+    return value if value in allowed else default
+
+
+def _query(request: web.Request) -> tuple[MessageQuery, dict[str, str], list[str]]:
+    """The query, the filters as given (for the form and the page links), and what was wrong."""
+    given = {k: request.query.get(k, "").strip() for k in FILTERS}
+    problems = []
+    status = None
+    if given["status"]:
+        try:
+            status = MessageStatus(given["status"])
+        except ValueError:
+            problems.append(f"unknown status {given['status']!r}")
+            given["status"] = ""
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        times[name] = None
+        if given[name]:
+            try:
+                times[name] = parse_time(name, given[name])
+            except Exception as error:  # ApiError: shown above the table instead of a 400
+                problems.append(str(error))
+                given[name] = ""
+    query = MessageQuery(
+        status=status,
+        site=given["site"] or None,
+        upstream=given["upstream"] or None,
+        recipient=given["recipient"] or None,
+        q=given["q"] or None,
+        since=times["since"],
+        until=times["until"],
+        page=_int(request.query.get("page"), 1, range(1, 1_000_000)),
+        page_size=_int(request.query.get("page_size"), 50, PAGE_SIZES),
+    )
+    return query, given, problems
+
+
+async def message_list(request: web.Request) -> web.Response:
+    api = api_of(request)
+    query, given, problems = _query(request)
+    found, total = await api.reports.search(query)
+    pages = max(-(-total // query.page_size), 1)
+    kept = {k: v for k, v in given.items() if v}
+    if query.page_size != 50:
+        kept["page_size"] = str(query.page_size)
+
+    def link(page_number: int) -> str:
+        return "/messages?" + urlencode({**kept, "page": page_number})
+
+    directory = api.directory()
+    return await page(
+        request,
+        "messages.html",
+        {
+            "messages": found,
+            "total": total,
+            "query": query,
+            "given": given,
+            "problems": problems,
+            "pages": pages,
+            "previous": link(query.page - 1) if query.page > 1 else None,
+            "next": link(query.page + 1) if query.page < pages else None,
+            "first_shown": (query.page - 1) * query.page_size + 1 if found else 0,
+            "last_shown": (query.page - 1) * query.page_size + len(found),
+            "statuses": [s.value for s in MessageStatus],
+            "sites": [s.id for s in directory.sites],
+            "upstream_names": [u.name for u in directory.upstreams],
+            "page_sizes": PAGE_SIZES,
+            "filtered": bool(kept.keys() - {"page_size"}),
+        },
+        section="messages",
+        title="Messages",
+    )
+
+
+async def message_page(request: web.Request) -> web.Response:
+    api = api_of(request)
+    message_id = request.match_info["id"]
+    full = await api.reports.message(message_id)
+    if full is None:
+        raise NotFound(f"No message {message_id!r}: it may have been removed by retention.")
+    detail, headers = full.detail, full.headers
+    waiting = detail.status in (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD)
+    context: dict[str, Any] = {
+        "m": detail,
+        "h": headers,
+        "changes": full.changes,
+        "can_retry": waiting,
+        "original": headers.original.decode("utf-8", errors="replace"),
+        "sent": headers.sent.decode("utf-8", errors="replace"),
+    }
+    return await page(
+        request, "message.html", context, section="messages", title=detail.subject or "(no subject)"
+    )
+
+
+async def retry(request: web.Request) -> web.Response:
+    api = api_of(request)
+    message_id = request.match_info["id"]
+    try:
+        status = await api.queue.retry(message_id)
+    except QueueConflict as error:
+        await flash(request, str(error), "error")
+        return see_other(f"/messages/{message_id}")
+    if status is None:
+        raise NotFound(f"No message {message_id!r}.")
+    await api.catalog.record(request[ACTOR], "retry", "message", message_id)
+    await flash(request, "Retry scheduled: the message is due now.")
+    return see_other(f"/messages/{message_id}")

@@ -1,0 +1,72 @@
+"""Rendering a page: the template, the layout's context, the headers every page carries."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from admin_http.dashboard.session import ADMIN, CSRF_FIELD, csrf_token, take_flash
+
+# No inline script or style anywhere: the pages load /static/ only.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+    "object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",  # for browsers older than frame-ancestors
+}
+NAV = (
+    ("overview", "Overview", "/"),
+    ("upstreams", "Upstreams", "/upstreams"),
+    ("sites", "Sites", "/sites"),
+    ("domains", "Domains", "/domains"),
+    ("messages", "Messages", "/messages"),
+    ("queue", "Queue", "/queue"),
+    ("templates", "Templates", "/templates"),
+    ("audit", "Audit", "/audit"),
+)
+BUILT = frozenset({"overview", "upstreams", "messages"})  # the others say "not built yet"
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+-]*")
+
+
+async def page(
+    request: web.Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    section: str = "",
+    title: str = "",
+    status: int = 200,
+) -> web.Response:
+    layout = {
+        "admin": request.get(ADMIN),
+        "csrf": await csrf_token(request),
+        "csrf_field": CSRF_FIELD,
+        "nav": NAV,
+        "built": BUILT,
+        "section": section,
+        "title": title,
+        "flash": await take_flash(request),
+    }
+    response = aiohttp_jinja2.render_template(
+        template, request, {**layout, **context}, status=status
+    )
+    response.headers["Cache-Control"] = "no-store"  # pages hold what only admins may see
+    return response
+
+
+def see_other(location: str) -> web.Response:
+    """303 after a POST: the browser GETs ``location``, and reloading posts nothing again."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def local_path(wanted: str | None, default: str = "/") -> str:
+    """``wanted`` when it is a path on this site (never ``//host`` or a scheme), else default."""
+    return wanted if wanted and _LOCAL_PATH.fullmatch(wanted) else default

@@ -1,0 +1,81 @@
+"""The dashboard's route table, its template engine and its middlewares, on the admin app.
+
+Templates live in ``templates/`` beside this module and static files in
+``static/`` (shipped as package data, so ``pip install .`` is the whole
+install). Jinja2 autoescapes every template: a value a message or a user
+supplied can never become markup.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp_session import session_middleware
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+from admin_http.dashboard import (
+    login_view,
+    messages_view,
+    overview_view,
+    upstreams_view,
+)
+from admin_http.dashboard.filters import FILTERS
+from admin_http.dashboard.guard import Handler, guard_middleware, is_dashboard
+from admin_http.dashboard.session import SESSION_SECONDS
+from admin_http.deps import DashboardDeps
+
+HERE = Path(__file__).parent
+COOKIE = "relay_session"
+# aiohttp-session 2.12 keys the request's storage with strings, which aiohttp 3.10+ warns
+# about (it prefers web.RequestKey): harmless, and said once per process otherwise.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
+
+
+def dashboard_middlewares(dashboard: DashboardDeps) -> list[Middleware]:
+    storage = EncryptedCookieStorage(
+        dashboard.session_key,
+        cookie_name=COOKIE,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="Strict",
+        secure=dashboard.secure_cookies,
+        path="/",
+    )
+    sessions = session_middleware(storage)
+
+    @web.middleware
+    async def dashboard_sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Sessions for the dashboard's pages only: the API and the probes never read one."""
+        if not is_dashboard(request.path):
+            return await handler(request)
+        return await sessions(request, handler)
+
+    return [dashboard_sessions, guard_middleware()]
+
+
+def add_dashboard(app: web.Application) -> None:
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every template, whatever its name
+        undefined=jinja2.StrictUndefined,
+        default_helpers=False,
+    )
+    env.filters.update(FILTERS)
+    r = app.router
+    r.add_static("/static/", HERE / "static", name="static")
+    r.add_get("/login", login_view.login_form)
+    r.add_post("/login", login_view.login)
+    r.add_get("/login/link", login_view.login_link)
+    r.add_post("/logout", login_view.logout)
+    r.add_get("/", overview_view.overview)
+    r.add_get("/messages", messages_view.message_list)
+    r.add_get("/messages/{id}", messages_view.message_page)
+    r.add_post("/messages/{id}/retry", messages_view.retry)
+    r.add_get("/upstreams", upstreams_view.upstream_list)
+    r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)

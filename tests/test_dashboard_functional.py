@@ -1,0 +1,299 @@
+"""The dashboard over a real relay: login and logout, the session cookie, CSRF, headers,
+the shared lockout, the one-time login link, and hostile message text rendered inert.
+
+An aiohttp client with a cookie jar plays the browser; mail goes the real way
+(STARTTLS + AUTH into the relay, out to an aiosmtpd sink).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+import yaml
+
+from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
+
+TOKEN = "dashboard-token-0123456789"
+CertFiles = tuple[Path, Path, Path]
+StartRelay = Callable[..., Awaitable[RunningRelay]]
+CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
+
+
+class Browser:
+    """A cookie-keeping client of one relay's admin listener that does not follow redirects."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def get(self, path: str) -> tuple[int, str, Any]:
+        async with self.session.get(self.base + path, allow_redirects=False) as response:
+            return response.status, await response.text(), response.headers
+
+    async def post(self, path: str, data: dict[str, str]) -> tuple[int, str, Any]:
+        async with self.session.post(
+            self.base + path, data=data, allow_redirects=False
+        ) as response:
+            return response.status, await response.text(), response.headers
+
+    async def csrf(self, path: str = "/login") -> str:
+        _, html, _ = await self.get(path)
+        found = CSRF.search(html)
+        assert found, html
+        return found.group(1)
+
+    async def log_in(self, token: str = TOKEN) -> tuple[int, str, Any]:
+        return await self.post("/login", {"_csrf": await self.csrf(), "token": token})
+
+
+@pytest.fixture
+async def relay(
+    tmp_path: Path, start_relay: StartRelay, make_sink: Callable[..., Awaitable[Sink]]
+) -> RunningRelay:
+    sink = await make_sink()
+    config = base_config(tmp_path, [smtp_upstream("primary", sink.port)])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    return await start_relay(config)
+
+
+@pytest.fixture
+async def browser(relay: RunningRelay) -> AsyncIterator[Browser]:
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        yield Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+
+
+async def test_pages_need_a_login_and_keep_where_they_were_going(browser: Browser) -> None:
+    status, _, headers = await browser.get("/messages?status=failed")
+    assert status == 303
+    assert headers["Location"] == "/login?next=/messages?status=failed"
+    status, html, headers = await browser.get("/login")
+    assert status == 200 and "Admin token" in html
+    assert "relay_session" in headers.get("Set-Cookie", "")  # the login form's CSRF token
+
+
+async def test_every_page_carries_the_security_headers(browser: Browser) -> None:
+    await browser.log_in()
+    for path in ("/login", "/", "/messages", "/upstreams", "/no-such-page"):
+        _, html, headers = await browser.get(path)
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+        assert "<script>" not in html and " style=" not in html  # nothing inline to allow
+    status, _, headers = await browser.get("/static/dashboard.v1.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css")
+    # The API keeps its own answers: JSON errors, no session cookie.
+    status, body, headers = await browser.get("/api/v1/upstreams")
+    assert status == 401 and '"unauthorized"' in body and "Set-Cookie" not in headers
+
+
+async def test_login_sets_a_strict_http_only_cookie_and_logout_ends_it(browser: Browser) -> None:
+    status, _, headers = await browser.log_in()
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # this admin listener is plain HTTP on loopback
+    status, html, headers = await browser.get("/")
+    assert status == 200 and "ops" in html and headers["Cache-Control"] == "no-store"
+    # Logout is a POST with the CSRF token; without it, nothing happens.
+    status, _, _ = await browser.post("/logout", {})
+    assert status == 403
+    assert (await browser.get("/"))[0] == 200
+    status, _, headers = await browser.post("/logout", {"_csrf": await browser.csrf("/")})
+    assert status == 303 and headers["Location"] == "/login"
+    assert (await browser.get("/"))[0] == 303
+
+
+async def test_a_post_without_the_sessions_csrf_token_is_refused(browser: Browser) -> None:
+    status, html, _ = await browser.post("/login", {"token": TOKEN})
+    assert status == 403 and "expired" in html
+    status, _, _ = await browser.post("/login", {"token": TOKEN, "_csrf": "forged"})
+    assert status == 403
+    assert (await browser.get("/"))[0] == 303  # not logged in
+    await browser.log_in()
+    status, _, _ = await browser.post("/upstreams/primary/test", {"_csrf": "forged"})
+    assert status == 403
+
+
+async def test_a_token_removed_by_a_reload_logs_its_sessions_out(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    await browser.log_in()
+    assert (await browser.get("/"))[0] == 200
+    path = relay.app.config.path
+    config = yaml.safe_load(path.read_text())
+    config["admin"]["tokens"] = [{"name": "ops", "token": "another-token-9876543210"}]
+    path.write_text(yaml.safe_dump(config))
+    assert not relay.app.reload().problems
+    status, _, headers = await browser.get("/")  # same name, another token: out
+    assert status == 303 and headers["Location"].startswith("/login")
+
+
+async def test_wrong_tokens_lock_out_and_missing_ones_never_do(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    for _ in range(20):  # empty logins and bare API calls are not guesses
+        status, html, _ = await browser.log_in("")
+        assert status == 400 and "Enter an admin token" in html
+        assert (await browser.get("/api/v1/upstreams"))[0] == 401
+    for attempt in range(10):
+        status, html, _ = await browser.log_in(f"wrong-{attempt}")
+        assert status == 401 and "not valid" in html
+    status, html, _ = await browser.log_in()  # even the right token, from this address
+    assert status == 429 and "Too many wrong tokens" in html
+    async with browser.session.get(
+        browser.base + "/api/v1/upstreams", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as response:
+        assert response.status == 429  # one lockout for the API and the dashboard
+
+
+async def test_api_guesses_count_toward_the_dashboards_lockout(browser: Browser) -> None:
+    for attempt in range(10):
+        async with browser.session.get(
+            browser.base + "/api/v1/upstreams", headers={"Authorization": f"Bearer x{attempt}"}
+        ) as response:
+            assert response.status == 401
+    assert (await browser.log_in())[0] == 429
+
+
+async def test_next_never_leaves_the_dashboard(browser: Browser) -> None:
+    csrf = await browser.csrf()
+    for wanted, landing in (
+        ("/messages?page=2", "/messages?page=2"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+    ):
+        data = {"_csrf": csrf, "token": TOKEN, "next": wanted}
+        status, _, headers = await browser.post("/login", data)
+        assert status == 303 and headers["Location"] == landing, wanted
+        csrf = await browser.csrf("/")
+
+
+async def send(relay: RunningRelay, tls: ssl.SSLContext, content: bytes) -> str:
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=relay.port, start_tls=True, tls_context=tls, timeout=10
+    ) as client:
+        await client.login("shop", SITE_PASSWORD)
+        _, reply = await client.sendmail("a@shop.example.com", ["to@example.org"], content)
+    return reply.split()[-1]
+
+
+async def test_hostile_subject_and_from_name_render_inert(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    make_sink: Callable[..., Awaitable[Sink]],
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+) -> None:
+    sink = await make_sink()
+    config = base_config(tmp_path, [smtp_upstream("primary", sink.port)])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    hostile = (
+        b'From: "<img src=x onerror=alert(1)>" <a@shop.example.com>\r\n'
+        b"To: to@example.org\r\n"
+        b"Subject: <script>alert('subject')</script>\r\n\r\n"
+        b"<script>alert('body')</script>\r\n"
+    )
+    message_id = await send(relay, client_tls, hostile)
+    await sink.handler.wait_for(1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        for path in ("/", "/messages", f"/messages/{message_id}", "/messages?q=%3Cscript"):
+            status, html, _ = await browser.get(path)
+            assert status == 200, path
+            assert "<script" not in html and "<img" not in html, path
+            assert "onerror=alert" not in html or "&lt;img src=x onerror=alert(1)&gt;" in html
+        _, html, _ = await browser.get(f"/messages/{message_id}")
+        assert "&lt;script&gt;alert(&#39;subject&#39;)&lt;/script&gt;" in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html  # the From header, as sent
+        _, html, _ = await browser.get("/messages")
+        assert "&lt;script&gt;alert(&#39;subject&#39;)&lt;/script&gt;" in html
+
+
+async def test_retry_needs_csrf_and_says_what_happened(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+    closed_port: int,
+) -> None:
+    config = base_config(tmp_path, [smtp_upstream("down", closed_port)])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    message_id = await send(relay, client_tls, b"Subject: later\r\n\r\nhello\r\n")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        page = f"/messages/{message_id}"
+        assert (await browser.post(page + "/retry", {}))[0] == 403
+        csrf = await browser.csrf(page)
+        status, _, headers = await browser.post(page + "/retry", {"_csrf": csrf})
+        assert status == 303 and headers["Location"] == page
+        _, html, _ = await browser.get(page)
+        assert "Retry scheduled" in html
+        status, html, _ = await browser.get("/upstreams")
+        assert status == 200 and "down" in html and "file" in html
+
+
+async def test_the_one_time_link_logs_in_once_while_no_token_is_configured(
+    tmp_path: Path, start_relay: StartRelay
+) -> None:
+    relay = await start_relay(base_config(tmp_path, []))
+    line = relay.app.login_link()
+    assert line is not None
+    port = relay.app.admin_port
+    [url] = re.findall(rf"http://127\.0\.0\.1:{port}/login/link\?t=\S+", line)
+    path = url.removeprefix(f"http://127.0.0.1:{port}")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{port}")
+        status, _, headers = await browser.get(path)
+        assert status == 303 and headers["Location"] == "/"
+        status, html, _ = await browser.get("/")
+        assert status == 200 and "local" in html
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{port}")
+        status, html, _ = await browser.get(path)  # the same link again
+        assert status == 403 and "used already or has expired" in html
+        assert (await browser.get("/"))[0] == 303
+        status, _, _ = await browser.get("/login/link?t=AAAA")
+        assert status == 403
+
+
+async def test_no_link_when_tokens_are_configured(relay: RunningRelay, browser: Browser) -> None:
+    assert relay.app.login_link() is None
+    status, html, _ = await browser.get("/login/link?t=anything")
+    assert status == 403 and "only while no admin tokens" in html
+
+
+async def test_the_cookie_is_secure_when_the_admin_listener_speaks_https(
+    tmp_path: Path, start_relay: StartRelay, cert_files: CertFiles, client_tls: ssl.SSLContext
+) -> None:
+    config = base_config(tmp_path, [])
+    config["admin"].update(
+        tokens=[{"name": "ops", "token": TOKEN}],
+        cert_file=str(cert_files[0]),
+        key_file=str(cert_files[1]),
+    )
+    relay = await start_relay(config)
+    connector = aiohttp.TCPConnector(ssl=client_tls)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
+        browser = Browser(session, f"https://127.0.0.1:{relay.app.admin_port}")
+        status, _, headers = await browser.log_in()
+        assert status == 303
+        assert "Secure" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+        assert (await browser.get("/"))[0] == 200
