@@ -18,6 +18,13 @@ def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def short(timestamp: float | None) -> str:
+    """``Jan 15, 08:00`` (UTC): for tables; the full time goes in the title."""
+    if timestamp is None:
+        return "—"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%b %d, %H:%M")
+
+
 def iso(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
@@ -71,6 +78,7 @@ def number(count: int | float) -> str:
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "when": when,
+    "short": short,
     "iso": iso,
     "age": age,
     "duration": duration,

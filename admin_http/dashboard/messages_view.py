@@ -116,9 +116,7 @@ async def message_page(request: web.Request) -> web.Response:
         "original": headers.original.decode("utf-8", errors="replace"),
         "sent": headers.sent.decode("utf-8", errors="replace"),
     }
-    return await page(
-        request, "message.html", context, section="messages", title=detail.subject or "(no subject)"
-    )
+    return await page(request, "message.html", context, section="messages", title="Message")
 
 
 async def retry(request: web.Request) -> web.Response:
