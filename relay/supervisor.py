@@ -47,8 +47,10 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from relay.config import Config
+from relay.config import Config, is_loopback
 from relay.core.restarts import GiveUp, RestartPolicy, after_death
+from relay.login_link_controller import login_link_line
+from relay.secret_box import load_or_create_key
 from relay.worker_handoff import ENV, READY, Handoff
 
 log = logging.getLogger(__name__)
@@ -189,11 +191,24 @@ def supervise(path: Path, config: Config, workers: int, log_level: str) -> int:
         return 1
     metrics = _fresh_directory(config.server.data_dir / METRICS_DIRECTORY)
     try:
-        supervisor = Supervisor(command, workers, sockets, metrics, config.admin.host)
+        supervisor = Supervisor(
+            command, workers, sockets, metrics, config.admin.host, login_link=_login_link(config)
+        )
         return asyncio.run(supervisor.run())
     finally:
         sockets.close()
         shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _login_link(config: Config) -> Callable[[int], str] | None:
+    """The dashboard's one-time login link for the admin port, when it has no other way in
+    (no admin tokens, a loopback admin listener); the workers take it (one of them, once)."""
+    admin = config.admin
+    if admin.tokens or not is_loopback(admin.host):
+        return None
+    secret = load_or_create_key(config.server.secret_key_file)  # made by --prepare-only
+    scheme = "https" if admin.cert_file else "http"
+    return lambda port: login_link_line(secret, scheme, admin.host, port, time.time())
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -227,7 +242,9 @@ class Supervisor:
         admin_host: str,
         policy: RestartPolicy = DEFAULT_POLICY,
         clock: Callable[[], float] = time.monotonic,
+        login_link: Callable[[int], str] | None = None,
     ) -> None:
+        self._login_link = login_link
         self._command = command
         self._workers = [_Worker(index) for index in range(1, workers + 1)]
         self._sockets = sockets
@@ -367,6 +384,8 @@ class Supervisor:
             len(self._workers),
             " ".join(str(w.process.pid) for w in self._workers if w.process is not None),
         )
+        if self._login_link is not None:
+            log.info("%s", self._login_link(self._sockets.admin_port))
 
     def _fail(self, status: int) -> None:
         if self._failed is None:
