@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +183,34 @@ def test_config_example_runs_as_is(tmp_path: Path) -> None:
             client.starttls()
             client.login("product-page-1", "dev-password")
         assert (tmp_path / "data" / "dev-cert.pem").exists()
+        open_dashboard_with_the_printed_link(relay)
     finally:
         assert relay.stop() == 0
     assert os.path.exists(tmp_path / "data" / "relay.db")
+
+
+def open_dashboard_with_the_printed_link(relay: RelayProcess) -> None:
+    """No admin tokens in the example: the printed one-time link logs a browser in, once."""
+    link = re.compile(r"open http://127\.0\.0\.1:(\d+)(/login/link\?t=\S+) within")
+    deadline = time.monotonic() + 10
+    while not (found := [m for line in relay.lines if (m := link.search(line))]):
+        assert time.monotonic() < deadline, "".join(relay.lines)
+        time.sleep(0.05)
+    admin_port, path = int(found[0].group(1)), found[0].group(2)
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=30)
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    answer.read()
+    assert answer.status == 303 and answer.getheader("Location") == "/"
+    cookie = answer.getheader("Set-Cookie", "").split(";")[0]
+    connection.request("GET", "/", headers={"Cookie": cookie})
+    page = connection.getresponse()
+    assert page.status == 200 and "local" in page.read().decode()
+    connection.request("GET", path)  # the same link again
+    again = connection.getresponse()
+    again.read()
+    assert again.status == 403
+    connection.close()
 
 
 def test_the_data_directory_and_store_are_private_whatever_the_umask(
