@@ -62,8 +62,8 @@ class Metrics:
         )
         self.admin_auth_failures = Counter(
             "relay_admin_auth_failures_total",
-            "Admin API requests refused for their token: missing or invalid (401), or from a "
-            "blocked address (429).",
+            "Admin API requests and dashboard logins refused for their token: missing or "
+            "invalid (401), or from a blocked address (429).",
             ["reason"],
             registry=self.registry,
         )
