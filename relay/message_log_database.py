@@ -355,3 +355,20 @@ async def hourly_counts(connection: AsyncConnection, since: float, hours: int) -
         )
         for hour in range(hours)
     ]
+
+
+@dataclass(frozen=True)
+class MessageContent:
+    content: bytes  # as it went out (only its header block once retention deleted the body)
+    deleted_at: float | None  # when retention deleted the body
+
+
+async def message_content(connection: AsyncConnection, message_id: str) -> MessageContent | None:
+    row = (
+        await connection.execute(
+            sa.select(messages.c.content, messages.c.content_deleted_at).where(
+                messages.c.id == message_id
+            )
+        )
+    ).first()
+    return None if row is None else MessageContent(bytes(row.content), row.content_deleted_at)

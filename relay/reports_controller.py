@@ -17,12 +17,14 @@ from relay.core.header_diff import HeaderChange, header_diff
 from relay.core.quota import Key, Scope, Window, limits_of, period
 from relay.message_log_database import (
     HourCount,
+    MessageContent,
     MessageHeaders,
     MessageQuery,
     MessageSummary,
     SiteStats,
     UpstreamStats,
     hourly_counts,
+    message_content,
     message_headers,
     search_messages,
     site_stats,
@@ -118,6 +120,11 @@ class ReportsController:
             ],
             queue,
         )
+
+    async def content(self, message_id: str) -> MessageContent | None:
+        """The message as it went out (the dashboard's preview and .eml download)."""
+        async with self._engine.connect() as connection:
+            return await message_content(connection, message_id)
 
     async def hourly(self, since: float, hours: int) -> list[HourCount]:
         """Messages created per hour from ``since``, by their status now."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
+from aiohttp import web
 
 from tests.browser import Tab, browser, tab
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
@@ -31,9 +32,17 @@ pytestmark = pytest.mark.slow
 HOSTILE = (
     b'From: "<img src=x onerror=alert(1)>" <news@shop.example.com>\r\n'
     b"To: anna@example.org\r\n"
-    b"Subject: <script>alert('subject')</script> Spring offer\r\n\r\n"
-    b"<script>alert('body')</script>\r\n"
-)
+    b"Subject: <script>alert('subject')</script> Spring offer\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n'
+    b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Spring offer: <script>alert('text')</script>\r\n"
+    b"--b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<h1 style='color:#3b5bdb'>Spring offer</h1><p>20%% off everything.</p>"
+    b"<script>alert('html')</script><img src=x onerror=alert('img')>"
+    b"<img src='http://127.0.0.1:%d/track.png' alt='remote'>\r\n"
+    b"--b1--\r\n"
+)  # % the port of a loopback server that counts the requests for its image
 
 
 def plain(subject: str, to: str) -> bytes:
@@ -52,6 +61,53 @@ async def send(relay: RunningRelay, tls: ssl.SSLContext, to: str, content: bytes
     return reply.split()[-1]
 
 
+def refused_by_preview(line: str) -> bool:
+    return "Content Security Policy" in line or "sandboxed" in line
+
+
+def refused_request(problem: str) -> bool:
+    """A preview's request its policy refused; or, with remote images allowed, its
+    ``<img src=x>``, which resolves to a dashboard URL: the sandbox's requests carry no
+    session cookie (an opaque origin, SameSite=Strict), so it got the login page, which
+    the browser then refused as an image."""
+    return problem.startswith("failed (csp)") or (
+        problem.startswith("failed (net::ERR_BLOCKED_BY_ORB)") and "/login?next=" in problem
+    )
+
+
+class Tracker:
+    """A loopback server with one image that counts who fetched it (the 'remote' image)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.port = 0
+        self.fetched = asyncio.Event()
+
+    async def image(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        self.fetched.set()
+        return web.Response(body=PIXEL, content_type="image/png")
+
+
+PIXEL = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cf00000301010018dd8db00000000049454e44ae426082"
+)
+
+
+@pytest.fixture
+async def tracker() -> AsyncIterator[Tracker]:
+    counting = Tracker()
+    app = web.Application()
+    app.router.add_get("/track.png", counting.image)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    counting.port = runner.addresses[0][1]
+    yield counting
+    await runner.cleanup()
+
+
 class Watch:
     """What went wrong on the page: failed requests, HTTP errors, console errors, dialogs."""
 
@@ -59,21 +115,28 @@ class Watch:
         self.tab = tab
         self.problems: list[str] = []
         page = tab.page
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed ({r.failure}): {r.url}"))
         page.on(
             "response",
             lambda r: self.problems.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
         )
         page.on("dialog", lambda d: self.problems.append(f"dialog: {d.message}"))
 
-    def check(self, where: str) -> None:
+    def check(self, where: str, blocked: bool = False) -> None:
+        """Nothing went wrong; with ``blocked``, only what a message preview's sandbox and
+        policy refused (its scripts, its remote images) was said in the console."""
         console = [line for line in self.tab.console if line.startswith(("error", "warning"))]
+        if blocked:
+            console = [line for line in console if not refused_by_preview(line)]
+        problems = [p for p in self.problems if not (blocked and refused_request(p))]
+        self.tab.console.clear()
+        self.problems.clear()
         assert not console, (where, console)
         assert not self.tab.take_errors(), where
-        assert not self.problems, (where, self.problems)
+        assert not problems, (where, problems)
 
-    async def shot(self, name: str) -> None:
-        self.check(name)
+    async def shot(self, name: str, blocked: bool = False) -> None:
+        self.check(name, blocked)
         path = SCREENSHOTS / f"dashboard-{name}.png"
         await self.tab.page.screenshot(path=str(path), full_page=True)
 
@@ -85,6 +148,7 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     cert_files: CertFiles,
     client_tls: ssl.SSLContext,
     closed_port: int,
+    tracker: Tracker,
     tab: Tab,
 ) -> None:
     sink = await make_sink(replies={"rcpt": {"nobody@example.org": "550 5.1.1 no such user"}})
@@ -100,7 +164,7 @@ async def test_an_admin_logs_in_and_every_built_page_works(
         await send(relay, client_tls, to, plain(f"Order #{1040 + number}", to))
     nobody = "nobody@example.org"
     failed_id = await send(relay, client_tls, nobody, plain("Order #1046", nobody))
-    hostile_id = await send(relay, client_tls, "anna@example.org", HOSTILE)
+    hostile_id = await send(relay, client_tls, "anna@example.org", HOSTILE % tracker.port)
     await sink.handler.wait_for(6)
     await wait_until_final(relay, failed_id)
 
@@ -122,7 +186,20 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     await page.goto(f"{base}/messages/{hostile_id}")
     subject = await page.locator("h2.subject").inner_text()
     assert subject == "<script>alert('subject')</script> Spring offer"  # text, not markup
-    await watch.shot("message")
+    preview = page.frame_locator("iframe.preview")
+    assert await preview.locator("h1").inner_text() == "Spring offer"
+    refusals = [line for line in tab.console if refused_by_preview(line)]
+    assert refusals, tab.console  # the preview's script and images were refused, and said so
+    assert tracker.hits == 0  # remote images stay blocked until asked
+    await watch.shot("message", blocked=True)
+    await page.click("text=Load remote images")
+    await preview.locator("img[alt=remote]").wait_for()
+    await asyncio.wait_for(tracker.fetched.wait(), 10)
+    watch.check("message-images", blocked=True)
+    async with page.expect_download() as download:
+        await page.click("text=Download .eml")
+    saved = await (await download.value).path()
+    assert b"Spring offer" in await asyncio.to_thread(Path(saved).read_bytes)
 
     await page.goto(f"{base}/messages/{failed_id}")
     assert "550" in await page.locator(".timeline").inner_text()

@@ -54,7 +54,8 @@ def guard_middleware() -> Middleware:
             response = await _error_page(
                 request, 500, "Something went wrong on our side; the relay's log has details."
             )
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)  # a message preview sets its own policy
         return response
 
     return guard

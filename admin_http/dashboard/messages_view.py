@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from admin_http.dashboard.bodies import bodies
 from admin_http.dashboard.pages import page, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import api_of
@@ -104,9 +107,11 @@ async def message_page(request: web.Request) -> web.Response:
     api = api_of(request)
     message_id = request.match_info["id"]
     full = await api.reports.message(message_id)
-    if full is None:
+    stored = await api.reports.content(message_id)
+    if full is None or stored is None:
         raise NotFound(f"No message {message_id!r}: it may have been removed by retention.")
     detail, headers = full.detail, full.headers
+    shown = None if stored.deleted_at else await asyncio.to_thread(bodies, stored.content)
     waiting = detail.status in (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD)
     context: dict[str, Any] = {
         "m": detail,
@@ -115,8 +120,59 @@ async def message_page(request: web.Request) -> web.Response:
         "can_retry": waiting,
         "original": headers.original.decode("utf-8", errors="replace"),
         "sent": headers.sent.decode("utf-8", errors="replace"),
+        "bodies": shown,
+        "deleted_at": stored.deleted_at,
     }
     return await page(request, "message.html", context, section="messages", title="Message")
+
+
+async def preview(request: web.Request) -> web.Response:
+    """The HTML part alone, for the sandboxed iframe of the message page: no script runs
+    (CSP sandbox, and the iframe's sandbox attribute), nothing remote loads unless
+    ``images=1`` (then remote images only), no referrer leaves."""
+    content = await _content(request)
+    shown = await asyncio.to_thread(bodies, content)
+    images = "https: http:" if request.query.get("images") == "1" else ""
+    policy = (
+        "sandbox; default-src 'none'; style-src 'unsafe-inline'; "
+        f"img-src data: cid: {images}; form-action 'none'; base-uri 'none'; "
+        "frame-ancestors 'self'"
+    )
+    return web.Response(
+        text=shown.html or "",
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": policy,
+            "X-Frame-Options": "SAMEORIGIN",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def eml(request: web.Request) -> web.Response:
+    """The message as it went out, to save and open in a mail program."""
+    content = await _content(request)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.match_info["id"])
+    return web.Response(
+        body=content,
+        content_type="message/rfc822",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}.eml"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def _content(request: web.Request) -> bytes:
+    message_id = request.match_info["id"]
+    stored = await api_of(request).reports.content(message_id)
+    if stored is None:
+        raise NotFound(f"No message {message_id!r}.")
+    if stored.deleted_at is not None:
+        raise NotFound("Retention deleted this message's body; its header block is kept.")
+    return stored.content
 
 
 async def retry(request: web.Request) -> web.Response:
@@ -126,9 +182,9 @@ async def retry(request: web.Request) -> web.Response:
         status = await api.queue.retry(message_id)
     except QueueConflict as error:
         await flash(request, str(error), "error")
-        return see_other(f"/messages/{message_id}")
+        return see_other(f"/messages/{quote(message_id, safe='')}")
     if status is None:
         raise NotFound(f"No message {message_id!r}.")
     await api.catalog.record(request[ACTOR], "retry", "message", message_id)
     await flash(request, "Retry scheduled: the message is due now.")
-    return see_other(f"/messages/{message_id}")
+    return see_other(f"/messages/{quote(message_id, safe='')}")

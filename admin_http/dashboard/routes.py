@@ -76,6 +76,8 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/", overview_view.overview)
     r.add_get("/messages", messages_view.message_list)
     r.add_get("/messages/{id}", messages_view.message_page)
+    r.add_get("/messages/{id}/preview", messages_view.preview)
+    r.add_get("/messages/{id}/eml", messages_view.eml)
     r.add_post("/messages/{id}/retry", messages_view.retry)
     r.add_get("/upstreams", upstreams_view.upstream_list)
     r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)
