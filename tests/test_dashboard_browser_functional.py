@@ -25,6 +25,7 @@ from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_
 
 __all__ = ["browser", "tab"]  # fixtures
 TOKEN = "dashboard-browser-token-0123456789"
+LATER = "later@example.org"  # primary answers 451, backup is down: the message waits
 SCREENSHOTS = Path(tempfile.gettempdir())
 CertFiles = tuple[Path, Path, Path]
 pytestmark = pytest.mark.slow
@@ -151,7 +152,8 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     tracker: Tracker,
     tab: Tab,
 ) -> None:
-    sink = await make_sink(replies={"rcpt": {"nobody@example.org": "550 5.1.1 no such user"}})
+    refusals = {"nobody@example.org": "550 5.1.1 no such user", LATER: "451 4.3.0 try later"}
+    sink = await make_sink(replies={"rcpt": refusals})
     limits = {"rate_per_minute": 600, "daily_limit": 5000, "monthly_limit": 100000}
     primary = smtp_upstream("primary", sink.port, priority=1, **limits)
     backup = smtp_upstream("backup", closed_port, priority=2, daily_limit=2000)
@@ -164,6 +166,7 @@ async def test_an_admin_logs_in_and_every_built_page_works(
         await send(relay, client_tls, to, plain(f"Order #{1040 + number}", to))
     nobody = "nobody@example.org"
     failed_id = await send(relay, client_tls, nobody, plain("Order #1046", nobody))
+    deferred_id = await send(relay, client_tls, LATER, plain("Order #1047", LATER))
     hostile_id = await send(relay, client_tls, "anna@example.org", HOSTILE % tracker.port)
     await sink.handler.wait_for(6)
     await wait_until_final(relay, failed_id)
@@ -207,8 +210,16 @@ async def test_an_admin_logs_in_and_every_built_page_works(
 
     await page.goto(base + "/messages?status=failed")
     assert await page.locator("tbody tr").count() == 1
-    await page.goto(base + "/messages?page_size=25&q=Order%20%23")
-    assert await page.locator("tbody tr").count() == 6
+    await page.goto(base + "/messages?page_size=3&q=Order%20%23")  # 7 orders, 3 a page
+    seen = []
+    for rows in (3, 3, 1):
+        assert await page.locator("tbody tr").count() == rows
+        seen += await page.locator("tbody td:nth-child(5) > a").all_inner_texts()
+        if rows == 3:
+            await page.click("a[rel=next]")
+    assert sorted(seen) == [f"Order #{n}" for n in range(1041, 1048)]
+    assert "7 of 7" in await page.locator(".pager").inner_text()
+    watch.check("messages-pages")
 
     await page.goto(base + "/upstreams")
     await watch.shot("upstreams")
@@ -221,11 +232,45 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     watch.check("upstream-test-failed")
     await page.screenshot(path=str(SCREENSHOTS / "dashboard-upstream-test-failed.png"))
 
+    await wait_for_status(relay, deferred_id, "deferred")
+    await page.goto(base + "/queue")
+    assert await page.locator("tbody tr").count() == 1
+    await watch.shot("queue")
+    await page.click("button:text-is('Hold')")
+    await page.wait_for_selector(".flash-ok")
+    await page.goto(base + "/queue?status=held")
+    assert "Order #1047" in await page.locator("tbody").inner_text()
+    await watch.shot("queue-held")
+    await page.click("button:text-is('Release')")
+    await page.wait_for_selector(".flash-ok")
+    await page.goto(base + "/queue?status=deferred")
+    await page.click("a:text-is('Delete')")
+    await page.wait_for_selector(".confirm")
+    await watch.shot("queue-delete")
+    await page.click("button:text-is('Delete the message')")
+    await page.wait_for_selector(".flash-ok")
+    assert await relay.app.reports.message(deferred_id) is None
+    watch.check("queue-deleted")
+
+    await page.goto(base + "/audit")
+    actions = await page.locator("tbody td:nth-child(3)").all_inner_texts()
+    assert actions[:3] == ["delete", "release", "hold"], actions
+    await watch.shot("audit")
+
     await page.click("text=Log out")
     await page.wait_for_url(base + "/login")
     await page.goto(base + "/")
     assert page.url.startswith(base + "/login")
     watch.check("logout")
+
+
+async def wait_for_status(relay: RunningRelay, message_id: str, status: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            full = await relay.app.reports.message(message_id)
+            if full is not None and full.detail.status.value == status:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def wait_until_final(relay: RunningRelay, message_id: str) -> Any:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from aiohttp import web
 
 from admin_http.dashboard.bodies import bodies
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_number, pager, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import api_of
 from admin_http.middlewares import ACTOR
@@ -20,15 +20,9 @@ from relay.core.model import MessageStatus
 from relay.message_log_database import MessageQuery
 from relay.queue_database import QueueConflict
 
-PAGE_SIZES = (25, 50, 100, 200)
+PAGE_SIZES = (25, 50, 100, 200)  # offered; any size up to MAX_PAGE_SIZE is taken from a link
+MAX_PAGE_SIZE = 200
 FILTERS = ("status", "site", "upstream", "recipient", "q", "since", "until")
-
-
-def _int(text: str | None, default: int, allowed: range | tuple[int, ...]) -> int:
-    if text is None or not text.isascii() or not text.isdigit():
-        return default
-    value = int(text)
-    return value if value in allowed else default
 
 
 def _query(request: web.Request) -> tuple[MessageQuery, dict[str, str], list[str]]:
@@ -59,8 +53,8 @@ def _query(request: web.Request) -> tuple[MessageQuery, dict[str, str], list[str
         q=given["q"] or None,
         since=times["since"],
         until=times["until"],
-        page=_int(request.query.get("page"), 1, range(1, 1_000_000)),
-        page_size=_int(request.query.get("page_size"), 50, PAGE_SIZES),
+        page=page_number(request.query.get("page"), 1, range(1, 1_000_000)),
+        page_size=page_number(request.query.get("page_size"), 50, range(1, MAX_PAGE_SIZE + 1)),
     )
     return query, given, problems
 
@@ -69,14 +63,9 @@ async def message_list(request: web.Request) -> web.Response:
     api = api_of(request)
     query, given, problems = _query(request)
     found, total = await api.reports.search(query)
-    pages = max(-(-total // query.page_size), 1)
     kept = {k: v for k, v in given.items() if v}
     if query.page_size != 50:
         kept["page_size"] = str(query.page_size)
-
-    def link(page_number: int) -> str:
-        return "/messages?" + urlencode({**kept, "page": page_number})
-
     directory = api.directory()
     return await page(
         request,
@@ -87,15 +76,11 @@ async def message_list(request: web.Request) -> web.Response:
             "query": query,
             "given": given,
             "problems": problems,
-            "pages": pages,
-            "previous": link(query.page - 1) if query.page > 1 else None,
-            "next": link(query.page + 1) if query.page < pages else None,
-            "first_shown": (query.page - 1) * query.page_size + 1 if found else 0,
-            "last_shown": (query.page - 1) * query.page_size + len(found),
+            "pager": pager("/messages", kept, query.page, query.page_size, len(found), total),
             "statuses": [s.value for s in MessageStatus],
             "sites": [s.id for s in directory.sites],
             "upstream_names": [u.name for u in directory.upstreams],
-            "page_sizes": PAGE_SIZES,
+            "page_sizes": sorted({*PAGE_SIZES, query.page_size}),
             "filtered": bool(kept.keys() - {"page_size"}),
         },
         section="messages",

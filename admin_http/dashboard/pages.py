@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -32,7 +33,8 @@ NAV = (
     ("templates", "Templates", "/templates"),
     ("audit", "Audit", "/audit"),
 )
-BUILT = frozenset({"overview", "upstreams", "messages"})  # the others say "not built yet"
+# Sections with pages; the others are greyed out in the sidebar ("soon").
+BUILT = frozenset({"overview", "upstreams", "messages", "queue", "audit"})
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+-]*")
 
 
@@ -70,3 +72,32 @@ def see_other(location: str) -> web.Response:
 def local_path(wanted: str | None, default: str = "/") -> str:
     """``wanted`` when it is a path on this site (never ``//host`` or a scheme), else default."""
     return wanted if wanted and _LOCAL_PATH.fullmatch(wanted) else default
+
+
+def page_number(text: str | None, default: int, allowed: range | tuple[int, ...]) -> int:
+    """A page or page size from the query: ASCII digits in ``allowed``, else ``default``."""
+    if text is None or not text.isascii() or not text.isdigit():
+        return default
+    value = int(text)
+    return value if value in allowed else default
+
+
+def pager(
+    path: str, kept: dict[str, str], page_no: int, page_size: int, shown: int, total: int
+) -> dict[str, Any]:
+    """What the pager under a table needs: the links either way and the range shown."""
+    pages = max(-(-total // page_size), 1)
+
+    def link(number: int) -> str:
+        return f"{path}?" + urlencode({**kept, "page": number})
+
+    first = (page_no - 1) * page_size + 1 if shown else 0
+    return {
+        "page": page_no,
+        "pages": pages,
+        "total": total,
+        "first_shown": first,
+        "last_shown": first + shown - 1 if shown else 0,
+        "previous": link(page_no - 1) if page_no > 1 else None,
+        "next": link(page_no + 1) if page_no < pages else None,
+    }

@@ -19,9 +19,11 @@ from aiohttp_session import session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from admin_http.dashboard import (
+    audit_view,
     login_view,
     messages_view,
     overview_view,
+    queue_view,
     upstreams_view,
 )
 from admin_http.dashboard.filters import FILTERS
@@ -81,3 +83,9 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post("/messages/{id}/retry", messages_view.retry)
     r.add_get("/upstreams", upstreams_view.upstream_list)
     r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)
+    r.add_get("/queue", queue_view.queue)
+    r.add_post("/queue/flush", queue_view.flush)
+    r.add_get("/queue/{id}/delete", queue_view.confirm_delete)
+    r.add_post("/queue/{id}/delete", queue_view.delete)
+    r.add_post("/queue/{id}/{action:retry|hold|release}", queue_view.act)
+    r.add_get("/audit", audit_view.audit)
