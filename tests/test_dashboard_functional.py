@@ -221,6 +221,10 @@ async def test_hostile_subject_and_from_name_render_inert(
         assert "&lt;img src=x onerror=alert(1)&gt;" in html  # the From header, as sent
         _, html, _ = await browser.get("/messages")
         assert "&lt;script&gt;alert(&#39;subject&#39;)&lt;/script&gt;" in html
+        # The body is shown only as the text part (escaped) and in the sandboxed iframe.
+        _, html, _ = await browser.get(f"/messages/{message_id}")
+        assert '<iframe class="preview"' not in html  # no HTML part in this message
+        assert "&lt;script&gt;alert(&#39;body&#39;)&lt;/script&gt;" in html
 
 
 async def test_retry_needs_csrf_and_says_what_happened(
@@ -297,3 +301,74 @@ async def test_the_cookie_is_secure_when_the_admin_listener_speaks_https(
         assert status == 303
         assert "Secure" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
         assert (await browser.get("/"))[0] == 200
+
+
+async def test_the_html_preview_runs_no_script_and_loads_nothing_remote(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    make_sink: Callable[..., Awaitable[Sink]],
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+) -> None:
+    sink = await make_sink()
+    config = base_config(tmp_path, [smtp_upstream("primary", sink.port)])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    html_mail = (
+        b"Subject: html\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<p>Hello</p><script>alert(1)</script>\r\n"
+    )
+    message_id = await send(relay, client_tls, html_mail)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        assert (await browser.get(f"/messages/{message_id}/preview"))[0] == 303  # not logged in
+        await browser.log_in()
+        _, html, _ = await browser.get(f"/messages/{message_id}")
+        assert f'src="/messages/{message_id}/preview" sandbox ' in html
+        status, body, headers = await browser.get(f"/messages/{message_id}/preview")
+        assert status == 200 and "<p>Hello</p>" in body
+        policy = headers["Content-Security-Policy"]
+        assert policy.startswith("sandbox; default-src 'none';") and "script-src" not in policy
+        assert "img-src data: cid: ;" in policy and "frame-ancestors 'self'" in policy
+        assert headers["Referrer-Policy"] == "no-referrer"
+        _, _, headers = await browser.get(f"/messages/{message_id}/preview?images=1")
+        assert "img-src data: cid: https: http:;" in headers["Content-Security-Policy"]
+        status, body, headers = await browser.get(f"/messages/{message_id}/eml")
+        assert status == 200 and headers["Content-Type"] == "message/rfc822"
+        assert headers["Content-Disposition"] == f'attachment; filename="{message_id}.eml"'
+        assert "Subject: html" in body
+
+
+async def test_queue_actions_are_audited_with_the_tokens_name(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+    closed_port: int,
+) -> None:
+    config = base_config(tmp_path, [smtp_upstream("down", closed_port)])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    message_id = await send(relay, client_tls, b"Subject: waits\r\n\r\nhello\r\n")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        csrf = await browser.csrf("/queue")
+        for action in ("hold", "release"):
+            status, _, headers = await browser.post(
+                f"/queue/{message_id}/{action}", {"_csrf": csrf, "back": "//evil.example/"}
+            )
+            assert status == 303 and headers["Location"] == "/queue"  # never off-site
+        status, html, _ = await browser.get(f"/queue/{message_id}/delete")
+        assert status == 200 and "cannot be undone" in html
+        status, _, _ = await browser.post(f"/queue/{message_id}/delete", {"_csrf": csrf})
+        assert status == 303
+        assert await relay.app.reports.message(message_id) is None
+        status, _, _ = await browser.post("/queue/flush", {"_csrf": csrf})
+        assert status == 303
+        _, html, _ = await browser.get("/audit")
+        rows = re.findall(r'<span class="badge">(\w+)</span>', html)
+        assert rows[:4] == ["flush", "delete", "release", "hold"], rows
+        assert (await browser.post(f"/queue/{message_id}/hold", {"_csrf": csrf}))[0] == 404
