@@ -372,3 +372,37 @@ async def test_queue_actions_are_audited_with_the_tokens_name(
         rows = re.findall(r'<span class="badge">(\w+)</span>', html)
         assert rows[:4] == ["flush", "delete", "release", "hold"], rows
         assert (await browser.post(f"/queue/{message_id}/hold", {"_csrf": csrf}))[0] == 404
+
+
+async def test_api_upstreams_can_be_paused_and_file_ones_are_read_only(
+    relay: RunningRelay, browser: Browser, make_sink: Callable[..., Awaitable[Sink]]
+) -> None:
+    spare = await make_sink()
+    async with browser.session.post(
+        browser.base + "/api/v1/upstreams",
+        json={
+            "name": "spare",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": spare.port,
+            "tls": "none",
+        },
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+    await browser.log_in()
+    _, html, _ = await browser.get("/upstreams")
+    assert 'action="/upstreams/spare/deactivate"' in html
+    assert 'action="/upstreams/primary/deactivate"' not in html  # the file's: read-only
+    assert "Read-only here: declared in" in html
+    csrf = await browser.csrf("/upstreams")
+    status, _, _ = await browser.post("/upstreams/spare/deactivate", {"_csrf": csrf})
+    assert status == 303
+    assert not relay.app.directory().upstream("spare").active  # type: ignore[union-attr]
+    _, html, _ = await browser.get("/upstreams")
+    assert "Upstream spare is inactive" in html and 'action="/upstreams/spare/activate"' in html
+    status, html, _ = await browser.post("/upstreams/primary/deactivate", {"_csrf": csrf})
+    assert status == 409 and "managed by" in html  # posted anyway: the controller refuses
+    status, _, _ = await browser.post("/upstreams/spare/test", {"_csrf": csrf, "to": "nope"})
+    _, html, _ = await browser.get("/upstreams")
+    assert "is not an email address" in html

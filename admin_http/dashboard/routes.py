@@ -83,6 +83,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post("/messages/{id}/retry", messages_view.retry)
     r.add_get("/upstreams", upstreams_view.upstream_list)
     r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)
+    r.add_post("/upstreams/{name}/{action:activate|deactivate}", upstreams_view.set_active)
     r.add_get("/queue", queue_view.queue)
     r.add_post("/queue/flush", queue_view.flush)
     r.add_get("/queue/{id}/delete", queue_view.confirm_delete)

@@ -12,11 +12,15 @@ from typing import Any
 from aiohttp import web
 
 from admin_http.dashboard.charts import usage_bars
-from admin_http.dashboard.pages import page
+from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.session import flash
 from admin_http.deps import Api, api_of
 from admin_http.middlewares import ACTOR
+from admin_http.upstreams_view import probe_view
 from relay.catalog_controller import NotFound
+from relay.core.addresses import is_address
 from relay.core.health import Circuit
+from relay.core.model import Upstream
 from relay.probe_controller import ProbeReport
 
 DAY_SECONDS = 86_400.0
@@ -45,15 +49,39 @@ async def upstream_list(request: web.Request) -> web.Response:
 
 
 async def test_connection(request: web.Request) -> web.Response:
-    """Connect, EHLO, STARTTLS, AUTH with the time of each step and the exact error."""
+    """Connect, EHLO, STARTTLS, AUTH with the time of each step and the exact error; with
+    ``to``, then a test message on a fresh connection, with the upstream's own reply."""
     api = api_of(request)
+    upstream = _upstream(request)
+    form = await request.post()
+    to = str(form.get("to", "")).strip() or None
+    if to is not None and not is_address(to):
+        await flash(request, f"{to!r} is not an email address: no test was made.", "error")
+        return see_other("/upstreams")
+    report = await api.probes.probe(upstream, to)
+    target = upstream.name + (f" -> {to}" if to else "")
+    detail = {"to": to, "from": api.probes.default_sender} if to else {}
+    await api.catalog.record(request[ACTOR], "test", "upstream", target, detail)
+    return await _render(request, upstream.name, report)
+
+
+async def set_active(request: web.Request) -> web.Response:
+    """POST /upstreams/{name}/activate|deactivate (the API's; refused for the file's)."""
+    api = api_of(request)
+    upstream = _upstream(request)
+    active = request.match_info["action"] == "activate"
+    await api.catalog.set_upstream_active(request[ACTOR], upstream.name, active)
+    state = "active: routing may choose it" if active else "inactive: routing skips it"
+    await flash(request, f"Upstream {upstream.name} is {state}.")
+    return see_other("/upstreams")
+
+
+def _upstream(request: web.Request) -> Upstream:
     name = request.match_info["name"]
-    upstream = api.directory().upstream(name)
+    upstream = api_of(request).directory().upstream(name)
     if upstream is None:
         raise NotFound(f"No upstream {name!r}.")
-    report = await api.probes.probe(upstream)
-    await api.catalog.record(request[ACTOR], "test", "upstream", upstream.name)
-    return await _render(request, upstream.name, report)
+    return upstream
 
 
 async def _render(
@@ -66,7 +94,7 @@ async def _render(
         {
             "rows": await _rows(api),
             "tested": tested,
-            "report": report,
+            "probe": probe_view(report) if report else None,
             "config_path": str(api.config().path),
         },
         section="upstreams",
