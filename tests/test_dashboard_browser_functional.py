@@ -22,6 +22,7 @@ from aiohttp import web
 
 from tests.browser import Tab, browser, tab
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
+from tests.dns_zone import Zone
 
 __all__ = ["browser", "tab"]  # fixtures
 TOKEN = "dashboard-browser-token-0123456789"
@@ -116,12 +117,18 @@ class Watch:
         self.tab = tab
         self.problems: list[str] = []
         page = tab.page
-        page.on("requestfailed", lambda r: self.problems.append(f"failed ({r.failure}): {r.url}"))
+        page.on("requestfailed", self._failed)
         page.on(
             "response",
             lambda r: self.problems.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
         )
         page.on("dialog", lambda d: self.problems.append(f"dialog: {d.message}"))
+
+    def _failed(self, request: Any) -> None:
+        # ERR_ABORTED: the browser dropped it for the next navigation (a favicon still
+        # loading when the test moves on), not an answer the relay failed to give.
+        if request.failure != "net::ERR_ABORTED":
+            self.problems.append(f"failed ({request.failure}): {request.url}")
 
     def check(self, where: str, blocked: bool = False) -> None:
         """Nothing went wrong; with ``blocked``, only what a message preview's sandbox and
@@ -288,3 +295,42 @@ async def wait_until_final(relay: RunningRelay, message_id: str) -> Any:
             if full is not None and full.detail.status.value in {"sent", "failed", "partial"}:
                 return full
             await asyncio.sleep(0.05)
+
+
+async def test_a_new_domain_shows_its_records_and_its_dns_checks(
+    tmp_path: Path,
+    start_relay: Callable[..., Awaitable[RunningRelay]],
+    dns_zone: Zone,
+    tab: Tab,
+) -> None:
+    dns = {"nameservers": [dns_zone.nameserver], "timeout_seconds": 2, "verify_interval_seconds": 0}
+    config = base_config(tmp_path, [], dns=dns)
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    relay = await start_relay(config)
+    watch, page = Watch(tab), tab.page
+    base = f"http://127.0.0.1:{relay.app.admin_port}"
+    await page.goto(base + "/login")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/")
+    await page.goto(base + "/domains")
+    await watch.shot("domains-empty")
+    await page.fill("#domain-name", "shop.example")
+    await page.click("button:text-is('Add domain')")
+    await page.wait_for_url(base + "/domains/shop.example")
+    records = page.locator(".records li")
+    assert await records.count() >= 2  # at least DKIM and SPF
+    assert "v=DKIM1" in await page.locator(".records").inner_text()
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    copy = records.first.locator("button.copy")
+    await copy.click()
+    await page.wait_for_selector(".records li:first-child button.copy:text-is('Copied')")
+    copied = await page.evaluate("navigator.clipboard.readText()")
+    assert copied == await records.first.locator("code.record").inner_text()
+    await page.click("button:text-is('Verify now')")
+    await page.wait_for_selector("text=Checked just now.")
+    assert await page.locator(".badge.check-fail").count() >= 1  # nothing is published
+    await watch.shot("domain")
+    await page.goto(base + "/domains")
+    assert "not verified" in await page.locator("tbody").inner_text()
+    await watch.shot("domains")

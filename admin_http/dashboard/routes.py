@@ -20,6 +20,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from admin_http.dashboard import (
     audit_view,
+    domains_view,
     login_view,
     messages_view,
     overview_view,
@@ -84,6 +85,10 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/upstreams", upstreams_view.upstream_list)
     r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)
     r.add_post("/upstreams/{name}/{action:activate|deactivate}", upstreams_view.set_active)
+    r.add_get("/domains", domains_view.domain_list)
+    r.add_post("/domains", domains_view.create_domain)
+    r.add_get("/domains/{name}", domains_view.domain_page)
+    r.add_post("/domains/{name}/verify", domains_view.verify)
     r.add_get("/queue", queue_view.queue)
     r.add_post("/queue/flush", queue_view.flush)
     r.add_get("/queue/{id}/delete", queue_view.confirm_delete)

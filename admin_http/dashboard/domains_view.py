@@ -1,0 +1,119 @@
+"""Domains: DKIM keys, the exact records to publish, DNS checks with their verdicts, and the
+preflight of every (site, upstream) pair; verify now; add a domain (a new active key).
+
+The checks shown are the last verification (periodic, or "Verify now"); the
+records to publish are computed from the configuration without asking DNS.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from aiohttp import web
+
+from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.session import flash
+from admin_http.deps import Api, api_of
+from admin_http.middlewares import ACTOR
+from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.config import is_domain_name
+from relay.core.dkim import Algorithm, is_selector
+from relay.core.domain_checks import Status, passed
+from relay.core.domains import Domain
+from relay.domain_verifier import Verification
+
+
+def _domain(api: Api, name: str) -> Domain:
+    domain = api.directory().domain(name)
+    if domain is None:
+        raise NotFound(f"No domain {name!r}.")
+    return domain
+
+
+async def domain_list(request: web.Request) -> web.Response:
+    api = api_of(request)
+    rows = []
+    for domain in sorted(api.directory().domains, key=lambda d: d.name):
+        latest = api.domains.latest.get(domain.name)
+        counts = {s.value: 0 for s in Status}
+        for check in latest.checks if latest else []:
+            counts[check.status.value] += 1
+        rows.append(
+            {
+                "domain": domain,
+                "checked": latest is not None,
+                "verified": passed(latest.checks) if latest else False,
+                "counts": counts,
+            }
+        )
+    return await page(
+        request,
+        "domains.html",
+        {
+            "rows": rows,
+            "config_path": str(api.config().path),
+            "algorithms": [a.value for a in Algorithm],
+        },
+        section="domains",
+        title="Domains",
+    )
+
+
+async def create_domain(request: web.Request) -> web.Response:
+    api = api_of(request)
+    form = await request.post()
+    name = str(form.get("name", "")).strip().lower()
+    selector = str(form.get("selector", "")).strip() or "relay1"
+    algorithm = str(form.get("algorithm", Algorithm.RSA.value))
+    problems = []
+    if not is_domain_name(name):
+        problems.append("domain.name: a domain name such as example.com is required")
+    if not is_selector(selector):
+        problems.append("domain.selector: not a DKIM selector (letters, digits, '-', '.')")
+    if algorithm not in {a.value for a in Algorithm}:
+        problems.append(f"domain.algorithm: one of {', '.join(a.value for a in Algorithm)}")
+    try:
+        if problems:
+            raise Invalid(problems)
+        domain = await api.catalog.create_domain(
+            request[ACTOR], name, selector, Algorithm(algorithm)
+        )
+    except (Invalid, Conflict) as error:
+        text = "; ".join(error.problems) if isinstance(error, Invalid) else str(error)
+        await flash(request, f"No domain added: {text}", "error")
+        return see_other("/domains")
+    await flash(request, f"Domain {domain.name} added with the DKIM key {selector}.")
+    return see_other(f"/domains/{quote(domain.name, safe='')}")
+
+
+async def domain_page(request: web.Request) -> web.Response:
+    api = api_of(request)
+    domain = _domain(api, request.match_info["name"])
+    return await _render(request, api, domain, api.domains.latest.get(domain.name), fresh=False)
+
+
+async def verify(request: web.Request) -> web.Response:
+    """Ask DNS now; the answer is recorded as the domain's latest, as a periodic check is."""
+    api = api_of(request)
+    domain = _domain(api, request.match_info["name"])
+    result = await api.domains.verify(domain.name)
+    return await _render(request, api, domain, result, fresh=True)
+
+
+async def _render(
+    request: web.Request, api: Api, domain: Domain, latest: Verification | None, fresh: bool
+) -> web.Response:
+    return await page(
+        request,
+        "domain.html",
+        {
+            "d": domain,
+            "records": [c for c in api.domains.records(domain.name) if c.publish],
+            "latest": latest,
+            "verified": passed(latest.checks) if latest else False,
+            "fresh": fresh,
+            "config_path": str(api.config().path),
+        },
+        section="domains",
+        title=domain.name,
+    )
