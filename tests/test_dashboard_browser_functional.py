@@ -247,6 +247,18 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     watch.check("upstream-test-failed")
     await page.screenshot(path=str(SCREENSHOTS / "dashboard-upstream-test-failed.png"))
 
+    await page.goto(base + "/sites")
+    await watch.shot("sites")
+    await page.click('a[href="/sites/shop"]')
+    await page.fill("#key-name", "backend")
+    await page.click("button:text-is('New API key')")
+    key = await page.locator("#new-key").inner_text()
+    assert len(key) >= 32 and key not in await page.locator("table").inner_text()
+    await watch.shot("site")
+    await page.goto(base + "/sites/shop")  # the key is not shown again
+    assert key not in await page.content()
+    assert "backend" in await page.locator("table").inner_text()
+
     await wait_for_status(relay, deferred_id, "deferred")
     await page.goto(base + "/queue")
     assert await page.locator("tbody tr").count() == 1

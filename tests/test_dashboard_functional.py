@@ -409,3 +409,32 @@ async def test_api_upstreams_can_be_paused_and_file_ones_are_read_only(
     status, _, _ = await browser.post("/upstreams/spare/test", {"_csrf": csrf, "to": "nope"})
     _, html, _ = await browser.get("/upstreams")
     assert "is not an email address" in html
+
+
+async def test_a_credentials_password_is_shown_once_and_the_files_sites_are_read_only(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    async with browser.session.post(
+        browser.base + "/api/v1/sites",
+        json={"id": "blog", "name": "Blog", "from": {"email": "news@example.com"}},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+    await browser.log_in()
+    _, html, _ = await browser.get("/sites/shop")
+    assert "Read-only here" in html and 'action="/sites/shop/credentials"' not in html
+    csrf = await browser.csrf("/sites/blog")
+    status, html, headers = await browser.post(
+        "/sites/blog/credentials", {"_csrf": csrf, "username": "blog-app"}
+    )
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    [password] = re.findall(r'<code id="new-password">([^<]+)</code>', html)
+    assert relay.app.directory().credential("blog-app") is not None
+    _, html, _ = await browser.get("/sites/blog")
+    assert password not in html and "blog-app" in html
+    status, _, _ = await browser.post("/sites/blog/credentials/blog-app/delete", {"_csrf": csrf})
+    assert status == 303 and relay.app.directory().credential("blog-app") is None
+    status, html, _ = await browser.post("/sites/shop/credentials", {"_csrf": csrf})
+    assert status == 303  # refused, said on the page it returns to
+    _, html, _ = await browser.get("/sites/shop")
+    assert "Nothing made" in html and "managed by" in html

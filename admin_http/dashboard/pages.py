@@ -34,7 +34,7 @@ NAV = (
     ("audit", "Audit", "/audit"),
 )
 # Sections with pages; the others are greyed out in the sidebar ("soon").
-BUILT = frozenset({"overview", "upstreams", "domains", "messages", "queue", "audit"})
+BUILT = frozenset({"overview", "upstreams", "sites", "domains", "messages", "queue", "audit"})
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+-]*")
 
 

@@ -25,6 +25,7 @@ from admin_http.dashboard import (
     messages_view,
     overview_view,
     queue_view,
+    sites_view,
     upstreams_view,
 )
 from admin_http.dashboard.filters import FILTERS
@@ -85,6 +86,12 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/upstreams", upstreams_view.upstream_list)
     r.add_post("/upstreams/{name}/test", upstreams_view.test_connection)
     r.add_post("/upstreams/{name}/{action:activate|deactivate}", upstreams_view.set_active)
+    r.add_get("/sites", sites_view.site_list)
+    r.add_get("/sites/{id}", sites_view.site_page)
+    r.add_post("/sites/{id}/credentials", sites_view.create_credential)
+    r.add_post("/sites/{id}/credentials/{username}/delete", sites_view.delete_credential)
+    r.add_post("/sites/{id}/api-keys", sites_view.create_key)
+    r.add_post("/sites/{id}/api-keys/{name}/delete", sites_view.delete_key)
     r.add_get("/domains", domains_view.domain_list)
     r.add_post("/domains", domains_view.create_domain)
     r.add_get("/domains/{name}", domains_view.domain_page)

@@ -1,0 +1,140 @@
+"""Sites (landing pages, apps): their From and Reply-To policy, senders, upstream order,
+limits and today's use; SMTP credentials and send-API keys, each secret shown once.
+
+A new password or key is in the answer to the POST that made it and nowhere
+else (not in a redirect, not in the session; the page is ``no-store``).
+Sites declared in the file are read-only here; their SMTP credentials live
+in the file too, while API keys may be added to any site (as the API does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from admin_http.dashboard.charts import usage_bars
+from admin_http.dashboard.overview_view import start_of_day
+from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.session import flash
+from admin_http.deps import Api, api_of
+from admin_http.middlewares import ACTOR
+from relay.api_key_controller import ApiKeyController
+from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.core.model import Site
+
+
+def _site(api: Api, site_id: str) -> Site:
+    site = api.directory().site(site_id)
+    if site is None:
+        raise NotFound(f"No site {site_id!r}.")
+    return site
+
+
+def _keys(api: Api) -> ApiKeyController:
+    assert api.api_keys is not None
+    return api.api_keys
+
+
+async def site_list(request: web.Request) -> web.Response:
+    api = api_of(request)
+    stats = await api.reports.stats(start_of_day(api.clock(), api.config().limits.timezone))
+    by_id = {s.site_id: (s, quota) for s, quota in stats.sites}
+    rows = []
+    for site in sorted(api.directory().sites, key=lambda s: s.id):
+        found = by_id.get(site.id)
+        rows.append(
+            {
+                "site": site,
+                "today": found[0] if found else None,
+                "usage": usage_bars(found[1]) if found else [],
+            }
+        )
+    return await page(
+        request,
+        "sites.html",
+        {"rows": rows, "config_path": str(api.config().path)},
+        section="sites",
+        title="Sites",
+    )
+
+
+async def site_page(request: web.Request) -> web.Response:
+    return await _render(request, {})
+
+
+async def create_credential(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    form = await request.post()
+    username = str(form.get("username", "")).strip() or None
+    try:
+        made = await api.catalog.add_credential(request[ACTOR], site.id, username)
+    except (Conflict, Invalid) as error:
+        return await _refused(request, site, error)
+    return await _render(request, {"new_credential": made})
+
+
+async def delete_credential(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    username = request.match_info["username"]
+    await api.catalog.delete_credential(request[ACTOR], site.id, username)
+    await flash(request, f"Credential {username} deleted: it cannot log in any more.")
+    return see_other(f"/sites/{quote(site.id, safe='')}")
+
+
+async def create_key(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    form = await request.post()
+    body: dict[str, Any] = {"name": str(form.get("name", "")).strip()}
+    if expires := str(form.get("expires_at", "")).strip():
+        body["expires_at"] = expires
+    try:
+        made = await _keys(api).create(request[ACTOR], site.id, body)
+    except (Conflict, Invalid) as error:
+        return await _refused(request, site, error)
+    return await _render(request, {"new_key": made})
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    name = request.match_info["name"]
+    await _keys(api).delete(request[ACTOR], site.id, name)
+    await flash(request, f"API key {name} deleted: requests with it are refused from now on.")
+    return see_other(f"/sites/{quote(site.id, safe='')}")
+
+
+async def _refused(request: web.Request, site: Site, error: Conflict | Invalid) -> web.Response:
+    text = "; ".join(error.problems) if isinstance(error, Invalid) else str(error)
+    await flash(request, f"Nothing made: {text}", "error")
+    return see_other(f"/sites/{quote(site.id, safe='')}")
+
+
+async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    directory = api.directory()
+    stats = await api.reports.stats(start_of_day(api.clock(), api.config().limits.timezone))
+    today = next(((s, q) for s, q in stats.sites if s.site_id == site.id), None)
+    return await page(
+        request,
+        "site.html",
+        {
+            "s": site,
+            "credentials": [c for c in directory.credentials if c.site_id == site.id],
+            "keys": await _keys(api).list(site.id),
+            "upstreams": [(name, directory.upstream(name)) for name in site.upstreams],
+            "today": today[0] if today else None,
+            "usage": usage_bars(today[1]) if today else [],
+            "config_path": str(api.config().path),
+            "new_credential": None,
+            "new_key": None,
+            **made,
+        },
+        section="sites",
+        title=site.name,
+    )
