@@ -259,6 +259,28 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     assert key not in await page.content()
     assert "backend" in await page.locator("table").inner_text()
 
+    await page.goto(base + "/templates")
+    await page.click("text=New template")
+    await page.fill("#t-name", "inquiry")
+    await page.fill("#t-subject", "Thanks, {{ first_name }}")
+    await page.fill("#t-text", "Hello {{ first_name }},\nwe got your message.")
+    await page.fill("#t-html", "<p style='color:#2f9e44'>Hello {{ first_name }}</p>")
+    await page.click("button:text-is('Save template')")
+    await page.wait_for_url(base + "/templates/inquiry")
+    await page.fill("#t-variables", '{"first_name": "<b>Ada</b>"}')
+    await page.click("button:text-is('Preview')")
+    await page.wait_for_selector(".rendered")
+    subject = await page.locator(".rendered dd").inner_text()
+    assert subject == "Thanks, <b>Ada</b>"  # shown as text
+    frame = page.frame_locator("iframe.preview")
+    assert await frame.locator("p").inner_text() == "Hello <b>Ada</b>"  # autoescaped
+    assert await frame.locator("b").count() == 0
+    framed = SCREENSHOTS / "dashboard-template-frame.png"  # a full-page shot leaves it blank
+    await page.locator("iframe.preview").screenshot(path=str(framed))
+    await watch.shot("template")
+    await page.goto(base + "/templates")
+    await watch.shot("templates")
+
     await wait_for_status(relay, deferred_id, "deferred")
     await page.goto(base + "/queue")
     assert await page.locator("tbody tr").count() == 1

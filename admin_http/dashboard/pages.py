@@ -33,8 +33,8 @@ NAV = (
     ("templates", "Templates", "/templates"),
     ("audit", "Audit", "/audit"),
 )
-# Sections with pages; the others are greyed out in the sidebar ("soon").
-BUILT = frozenset({"overview", "upstreams", "sites", "domains", "messages", "queue", "audit"})
+# Sections with pages; any other is greyed out in the sidebar ("soon").
+BUILT = frozenset(key for key, _, _ in NAV)
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+-]*")
 
 

@@ -26,6 +26,7 @@ from admin_http.dashboard import (
     overview_view,
     queue_view,
     sites_view,
+    templates_view,
     upstreams_view,
 )
 from admin_http.dashboard.filters import FILTERS
@@ -96,6 +97,14 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post("/domains", domains_view.create_domain)
     r.add_get("/domains/{name}", domains_view.domain_page)
     r.add_post("/domains/{name}/verify", domains_view.verify)
+    r.add_get("/templates", templates_view.template_list)
+    r.add_get("/templates/new", templates_view.new_template)
+    r.add_post("/templates", templates_view.create_template)
+    r.add_get("/templates/{name}", templates_view.template_page)
+    r.add_post("/templates/{name}", templates_view.save_template)
+    r.add_post("/templates/{name}/delete", templates_view.delete_template)
+    r.add_post("/templates/{name}/preview", templates_view.preview)
+    r.add_get("/templates/{name}/preview.html", templates_view.preview_html)
     r.add_get("/queue", queue_view.queue)
     r.add_post("/queue/flush", queue_view.flush)
     r.add_get("/queue/{id}/delete", queue_view.confirm_delete)

@@ -1,0 +1,189 @@
+"""Templates: list, create, edit and delete the API's (the file's are read-only), and preview
+any of them with variables, the rendered HTML in a sandboxed iframe.
+
+Saving goes through TemplateController, so a template that does not compile
+is refused with its problems (the API's 422), never stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.session import flash
+from admin_http.deps import api_of
+from admin_http.middlewares import ACTOR
+from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.template_controller import TemplateController
+
+PARTS = ("subject", "text", "html")
+MAX_VARIABLES_CHARS = 20_000
+
+
+def _controller(request: web.Request) -> TemplateController:
+    controller = api_of(request).templates
+    assert controller is not None
+    return controller
+
+
+def _parts(form: Any) -> dict[str, str]:
+    """The parts given in the form; an empty one is left out (the template has none)."""
+    return {p: str(form.get(p, "")) for p in PARTS if str(form.get(p, "")).strip()}
+
+
+async def template_list(request: web.Request) -> web.Response:
+    infos = await _controller(request).listing()
+    return await page(
+        request,
+        "templates.html",
+        {"infos": infos, "config_path": str(api_of(request).config().path)},
+        section="templates",
+        title="Templates",
+    )
+
+
+async def new_template(request: web.Request) -> web.Response:
+    return await page(
+        request,
+        "template_new.html",
+        {"given": {"name": "", "subject": "", "text": "", "html": ""}, "problems": []},
+        section="templates",
+        title="New template",
+    )
+
+
+async def create_template(request: web.Request) -> web.Response:
+    form = await request.post()
+    name = str(form.get("name", "")).strip()
+    try:
+        await _controller(request).create(request[ACTOR], {"name": name, **_parts(form)})
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        given = {"name": name, **{p: str(form.get(p, "")) for p in PARTS}}
+        return await page(
+            request,
+            "template_new.html",
+            {"given": given, "problems": problems},
+            section="templates",
+            title="New template",
+            status=422,
+        )
+    await flash(request, f"Template {name} saved.")
+    return see_other(f"/templates/{quote(name, safe='')}")
+
+
+async def template_page(request: web.Request) -> web.Response:
+    return await _render(request, None, [], "{}")
+
+
+async def save_template(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    form = await request.post()
+    try:
+        await _controller(request).update(request[ACTOR], name, _parts(form), merge=False)
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        edited = {p: str(form.get(p, "")) for p in PARTS}
+        return await _render(request, None, problems, "{}", edited=edited, status=422)
+    await flash(request, f"Template {name} saved.")
+    return see_other(f"/templates/{quote(name, safe='')}")
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        await _controller(request).delete(request[ACTOR], name)
+    except Conflict as error:
+        await flash(request, str(error), "error")
+        return see_other(f"/templates/{quote(name, safe='')}")
+    await flash(request, f"Template {name} deleted.")
+    return see_other("/templates")
+
+
+async def preview(request: web.Request) -> web.Response:
+    """POST: render with the variables given, and show subject, text and the HTML's frame."""
+    form = await request.post()
+    text = str(form.get("variables", "")).strip() or "{}"
+    variables, problem = _variables(text)
+    if problem:
+        return await _render(request, None, [problem], text, status=422)
+    try:
+        rendered = await _controller(request).preview(request.match_info["name"], variables)
+    except Invalid as error:
+        return await _render(request, None, error.problems, text, status=422)
+    return await _render(request, rendered, [], text)
+
+
+async def preview_html(request: web.Request) -> web.Response:
+    """The rendered HTML alone, for the sandboxed iframe: the message preview's policy."""
+    variables, problem = _variables(request.query.get("variables", "{}"))
+    if problem:
+        raise web.HTTPBadRequest(reason=problem)
+    rendered = await _controller(request).preview(request.match_info["name"], variables)
+    return web.Response(
+        text=rendered.html or "",
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; "
+            "img-src data:; form-action 'none'; base-uri 'none'; frame-ancestors 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _variables(text: str) -> tuple[dict[str, Any], str | None]:
+    if len(text) > MAX_VARIABLES_CHARS:
+        return {}, f"variables: at most {MAX_VARIABLES_CHARS} characters"
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return {}, f"variables: not JSON ({error})"
+    if not isinstance(value, dict):
+        return {}, 'variables: a JSON object, such as {"first_name": "Ada"}'
+    return value, None
+
+
+async def _render(
+    request: web.Request,
+    rendered: Any,
+    problems: list[str],
+    variables: str,
+    *,
+    edited: dict[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        info = await _controller(request).get(name)
+    except NotFound:
+        raise NotFound(f"No template {name!r}.") from None
+    t = info.template
+    parts = edited or {p: getattr(t, p) or "" for p in PARTS}
+    frame = None
+    if rendered is not None and rendered.html:
+        frame = f"/templates/{quote(name, safe='')}/preview.html?" + urlencode(
+            {"variables": variables}
+        )
+    return await page(
+        request,
+        "template.html",
+        {
+            "info": info,
+            "parts": parts,
+            "problems": problems,
+            "variables": variables,
+            "rendered": rendered,
+            "frame": frame,
+            "config_path": str(api_of(request).config().path),
+        },
+        section="templates",
+        title=t.name,
+        status=status,
+    )
