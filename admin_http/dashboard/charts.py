@@ -62,9 +62,12 @@ def hourly_chart(hours: list[HourCount]) -> HourlyChart:
             ("waiting", hour.waiting),
         ):
             if count:
-                height = plot_height * count / top
-                y -= height
-                segments.append(Segment(kind, round(x, 1), round(y, 1), round(bar, 1), height))
+                # Edges rounded once each: stacked segments meet with no gap or overlap.
+                bottom = round(y, 1)
+                y -= plot_height * count / top
+                top_edge = round(y, 1)
+                height = round(bottom - top_edge, 1)
+                segments.append(Segment(kind, round(x, 1), top_edge, round(bar, 1), height))
         start = dt.datetime.fromtimestamp(hour.start, dt.UTC)
         label = start.strftime("%H:%M")
         end = (start + dt.timedelta(hours=1)).strftime("%H:%M")
