@@ -1305,7 +1305,9 @@ async def test_unknown_paths_wrong_methods_and_missing_objects(
 
     (await api.call("GET", f"{V1}/nope")).error(404, "not_found")
     (await api.call("GET", f"{V1}/upstreams/file-up/nope")).error(404, "not_found")
-    (await api.call("GET", "/nope", token=None)).error(404, "not_found")
+    (await api.call("GET", "/api/nope")).error(404, "not_found")
+    # Outside /api/ is the dashboard's: HTML, and its login page without a session
+    # (tests/test_dashboard_functional.py).
     wrong = await api.call("PUT", f"{V1}/upstreams")
     wrong.error(405, "method_not_allowed")
     assert {"GET", "POST"} <= {m.strip() for m in wrong.headers["Allow"].split(",")}
