@@ -41,20 +41,23 @@ async def overview(request: web.Request) -> web.Response:
         "deferred": sum(s.deferred for s, _ in stats.sites),
     }
     directory = api.directory()
-    upstreams = []
-    for upstream_stats, quota in stats.upstreams:
-        upstream = directory.upstream(upstream_stats.upstream)
-        if upstream is None:  # gone from the configuration; its history stays in the log
-            continue
-        circuit = api.health.circuits.get(upstream.name) or Circuit()
-        upstreams.append(
-            {
-                "upstream": upstream,
-                "circuit": circuit,
-                "stats": upstream_stats,
-                "usage": usage_bars(quota),
-            }
+    found = [
+        (upstream, upstream_stats, quota)
+        for upstream_stats, quota in stats.upstreams
+        # One gone from the configuration keeps its history in the log, not a row here.
+        if (upstream := directory.upstream(upstream_stats.upstream)) is not None
+    ]
+    upstreams = [
+        {
+            "upstream": upstream,
+            "circuit": api.health.circuits.get(upstream.name) or Circuit(),
+            "stats": upstream_stats,
+            "usage": usage_bars(quota),
+        }
+        for upstream, upstream_stats, quota in sorted(
+            found, key=lambda item: (item[0].priority, item[0].name)
         )
+    ]
     return await page(
         request,
         "overview.html",
