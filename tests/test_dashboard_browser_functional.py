@@ -368,3 +368,78 @@ async def test_a_new_domain_shows_its_records_and_its_dns_checks(
     await page.goto(base + "/domains")
     assert "not verified" in await page.locator("tbody").inner_text()
     await watch.shot("domains")
+
+
+async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
+    tmp_path: Path,
+    start_relay: Callable[..., Awaitable[RunningRelay]],
+    make_sink: Callable[..., Awaitable[Sink]],
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+    tab: Tab,
+) -> None:
+    """The issue's first flow, all of it in the browser but the mail itself."""
+    sink = await make_sink()
+    config = base_config(tmp_path, [], sites=[])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    watch, page = Watch(tab), tab.page
+    base = f"http://127.0.0.1:{relay.app.admin_port}"
+    await page.goto(base + "/")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/")
+    watch.check("empty overview")
+
+    await page.goto(base + "/upstreams/new")
+    await page.fill("#u-name", "sink")
+    await page.fill("#u-host", "127.0.0.1")
+    await page.fill("#u-port", str(sink.port))
+    await page.select_option("#u-tls", "none")
+    await page.fill("#u-priority", "1")
+    await watch.shot("upstream-new")
+    await page.click("button:text-is('Add upstream')")
+    await page.wait_for_url(base + "/upstreams")
+    await page.click('.upstream-card:has(h2:text-is("sink")) button:text-is("Test connection")')
+    await page.wait_for_selector(".probe-ok")
+    steps = await page.locator(".probe .step-name").all_inner_texts()
+    assert [s.lower() for s in steps][:2] == ["connect", "ehlo"], steps
+
+    await page.goto(base + "/sites/new")
+    await page.fill("#s-id", "landing")
+    await page.fill("#s-name", "Landing page")
+    await page.fill("#s-from-email", "sales@example.com")
+    await page.fill("#s-from-name", "Sales Team")
+    await page.select_option("#s-reply-to", "original")
+    await page.fill("#s-upstreams", "sink")
+    await page.fill("#s-senders", "*@landing.example.com")
+    await watch.shot("site-new")
+    await page.click("button:text-is('Add site')")
+    await page.wait_for_url(base + "/sites/landing")
+    await page.click("button:text-is('New credential')")
+    username = await page.locator("#new-username").inner_text()
+    password = await page.locator("#new-password").inner_text()
+    await watch.shot("site-credential")
+
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=relay.port, start_tls=True, tls_context=client_tls, timeout=10
+    ) as client:
+        await client.login(username, password)
+        await client.sendmail(
+            "form@landing.example.com",
+            ["lead@example.org"],
+            b"From: Visitor <form@landing.example.com>\r\nTo: lead@example.org\r\n"
+            b"Subject: A new lead\r\n\r\nPlease call me back.\r\n",
+        )
+    await sink.handler.wait_for(1)
+
+    await page.goto(base + "/messages?site=landing")
+    await page.click("a:text-is('A new lead')")
+    await page.wait_for_selector(".timeline")
+    assert "sink" in await page.locator(".timeline").inner_text()
+    diff = await page.locator("table.diff").inner_text()
+    assert "Sales Team <sales@example.com>" in diff and "Visitor <form@landing.example.com>" in diff
+    # No HTML part: the text part is open on the page.
+    assert "Please call me back." in await page.locator(".body-text").inner_text()
+    await watch.shot("flow-message")

@@ -138,3 +138,111 @@ async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
         section="sites",
         title=site.name,
     )
+
+
+LIMITS = ("rate_per_minute", "daily_limit", "monthly_limit")
+
+
+def _site_spec(form: Any, *, editing: bool) -> dict[str, Any]:
+    """The API's site body from the form; lists are comma- or line-separated, in order.
+    Editing, an empty field is null (JSON merge patch: back to the default)."""
+    body: dict[str, Any] = {"name": str(form.get("name", "")).strip()}
+    sender: dict[str, Any] = {"email": str(form.get("from_email", "")).strip()}
+    if from_name := str(form.get("from_name", "")).strip():
+        sender["name"] = from_name
+    body["from"] = sender
+    policy = str(form.get("reply_to", "original"))
+    address = str(form.get("reply_to_address", "")).strip()
+    body["reply_to"] = address if policy == "address" else policy
+    for key in ("senders", "upstreams"):
+        items = [i.strip() for i in str(form.get(key, "")).replace("\n", ",").split(",")]
+        body[key] = [i for i in items if i]
+    for key in LIMITS:
+        text = str(form.get(key, "")).strip()
+        if text:
+            body[key] = int(text) if text.isascii() and text.isdigit() else text
+        elif editing:
+            body[key] = None
+    return body
+
+
+def _site_values(form: Any) -> dict[str, Any]:
+    keys = ("id", "name", "from_email", "from_name", "reply_to", "reply_to_address")
+    return {k: str(form.get(k, "")) for k in (*keys, "senders", "upstreams", *LIMITS)}
+
+
+def _values_of(site: Site) -> dict[str, Any]:
+    return {
+        "id": site.id,
+        "name": site.name,
+        "from_email": site.from_email,
+        "from_name": site.from_name or "",
+        "reply_to": "address" if site.reply_to_address else site.reply_to.value,
+        "reply_to_address": site.reply_to_address or "",
+        "senders": ", ".join(site.senders),
+        "upstreams": ", ".join(site.upstreams),
+        **{k: "" if getattr(site, k) is None else str(getattr(site, k)) for k in LIMITS},
+    }
+
+
+async def new_site(request: web.Request) -> web.Response:
+    empty = {k: "" for k in ("id", "name", "from_email", "from_name", "reply_to_address")}
+    return await _site_form(request, None, {**empty, "reply_to": "original"}, [])
+
+
+async def create_site(request: web.Request) -> web.Response:
+    api = api_of(request)
+    form = await request.post()
+    site_id = str(form.get("id", "")).strip()
+    try:
+        await api.catalog.create_site(
+            request[ACTOR], {"id": site_id, **_site_spec(form, editing=False)}
+        )
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        return await _site_form(request, None, _site_values(form), problems, status=422)
+    await flash(request, f"Site {site_id} added: give it a credential or an API key below.")
+    return see_other(f"/sites/{quote(site_id, safe='')}")
+
+
+async def edit_site(request: web.Request) -> web.Response:
+    site = _site(api_of(request), request.match_info["id"])
+    return await _site_form(request, site, _values_of(site), [])
+
+
+async def save_site(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    form = await request.post()
+    try:
+        await api.catalog.update_site(request[ACTOR], site.id, _site_spec(form, editing=True))
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        values = {**_site_values(form), "id": site.id}
+        return await _site_form(request, site, values, problems, status=422)
+    await flash(request, f"Site {site.id} saved.")
+    return see_other(f"/sites/{quote(site.id, safe='')}")
+
+
+async def _site_form(
+    request: web.Request,
+    site: Site | None,
+    values: dict[str, Any],
+    problems: list[str],
+    status: int = 200,
+) -> web.Response:
+    api = api_of(request)
+    return await page(
+        request,
+        "site_form.html",
+        {
+            "site": site,
+            "v": {"senders": "", "upstreams": "", **{k: "" for k in LIMITS}, **values},
+            "problems": problems,
+            "upstream_names": [u.name for u in api.directory().upstreams],
+            "config_path": str(api.config().path),
+        },
+        section="sites",
+        title=f"Edit {site.name}" if site else "New site",
+        status=status,
+    )

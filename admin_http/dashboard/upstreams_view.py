@@ -17,13 +17,16 @@ from admin_http.dashboard.session import flash
 from admin_http.deps import Api, api_of
 from admin_http.middlewares import ACTOR
 from admin_http.upstreams_view import probe_view
-from relay.catalog_controller import NotFound
+from relay.catalog_controller import Conflict, Invalid, NotFound
 from relay.core.addresses import is_address
 from relay.core.health import Circuit
 from relay.core.model import Upstream
 from relay.probe_controller import ProbeReport
 
 DAY_SECONDS = 86_400.0
+NUMBERS = ("port", "priority", "rate_per_minute", "daily_limit", "monthly_limit", "max_connections")
+TEXTS = ("host", "username")
+TLS_MODES = ("starttls", "implicit", "none")
 
 
 async def _rows(api: Api) -> list[dict[str, Any]]:
@@ -99,4 +102,108 @@ async def _render(
         },
         section="upstreams",
         title="Upstreams",
+    )
+
+
+def _spec(form: Any, *, editing: bool) -> dict[str, Any]:
+    """The API's upstream body from the form. Creating, an empty field is left out (its
+    default); editing, it is null (JSON merge patch: back to the default). A number that is
+    not one goes through as text, for the controller to name the problem."""
+    body: dict[str, Any] = {"tls": str(form.get("tls", "starttls"))}
+    body["verify_tls"] = form.get("verify_tls") == "on"
+    for key in (*TEXTS, *NUMBERS):
+        text = str(form.get(key, "")).strip()
+        if text:
+            body[key] = int(text) if key in NUMBERS and text.isascii() and text.isdigit() else text
+        elif editing:
+            body[key] = None
+    password = str(form.get("password", ""))
+    if password:  # editing: empty keeps the stored one
+        body["password"] = password
+    return body
+
+
+def _form_values(form: Any) -> dict[str, Any]:
+    """What the admin typed, to show again beside the problems (never the password)."""
+    values = {key: str(form.get(key, "")) for key in ("name", *TEXTS, *NUMBERS)}
+    values["tls"] = str(form.get("tls", "starttls"))
+    values["verify_tls"] = form.get("verify_tls") == "on"
+    return values
+
+
+def _upstream_values(u: Upstream) -> dict[str, Any]:
+    values: dict[str, Any] = {"name": u.name, "tls": u.tls.value, "verify_tls": u.verify_tls}
+    for key in (*TEXTS, *NUMBERS):
+        value = getattr(u, key)
+        values[key] = "" if value is None else str(value)
+    return values
+
+
+async def new_upstream(request: web.Request) -> web.Response:
+    defaults: dict[str, Any] = {key: "" for key in ("name", *TEXTS, *NUMBERS)}
+    defaults.update(port="587", priority="10", tls="starttls", verify_tls=True)
+    return await _form(request, None, defaults, [])
+
+
+async def create_upstream(request: web.Request) -> web.Response:
+    api = api_of(request)
+    form = await request.post()
+    name = str(form.get("name", "")).strip()
+    body = {"name": name, "kind": "smtp", **_spec(form, editing=False)}
+    try:
+        await api.catalog.create_upstream(request[ACTOR], body)
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        return await _form(request, None, _form_values(form), problems, status=422)
+    await flash(request, f"Upstream {name} added: test its connection below.")
+    return see_other("/upstreams")
+
+
+async def edit_upstream(request: web.Request) -> web.Response:
+    upstream = _upstream(request)
+    return await _form(request, upstream, _upstream_values(upstream), [])
+
+
+async def save_upstream(request: web.Request) -> web.Response:
+    api = api_of(request)
+    upstream = _upstream(request)
+    form = await request.post()
+    try:
+        await api.catalog.update_upstream(request[ACTOR], upstream.name, _spec(form, editing=True))
+    except (Invalid, Conflict) as error:
+        problems = error.problems if isinstance(error, Invalid) else [str(error)]
+        values = {**_form_values(form), "name": upstream.name}
+        return await _form(request, upstream, values, problems, status=422)
+    await flash(request, f"Upstream {upstream.name} saved.")
+    return see_other("/upstreams")
+
+
+async def delete_upstream(request: web.Request) -> web.Response:
+    api = api_of(request)
+    upstream = _upstream(request)
+    await api.catalog.delete_upstream(request[ACTOR], upstream.name)
+    await flash(request, f"Upstream {upstream.name} deleted: routing no longer uses it.")
+    return see_other("/upstreams")
+
+
+async def _form(
+    request: web.Request,
+    upstream: Upstream | None,
+    values: dict[str, Any],
+    problems: list[str],
+    status: int = 200,
+) -> web.Response:
+    return await page(
+        request,
+        "upstream_form.html",
+        {
+            "upstream": upstream,
+            "v": values,
+            "problems": problems,
+            "tls_modes": TLS_MODES,
+            "config_path": str(api_of(request).config().path),
+        },
+        section="upstreams",
+        title=f"Edit {upstream.name}" if upstream else "New upstream",
+        status=status,
     )
