@@ -438,3 +438,42 @@ async def test_a_credentials_password_is_shown_once_and_the_files_sites_are_read
     assert status == 303  # refused, said on the page it returns to
     _, html, _ = await browser.get("/sites/shop")
     assert "Nothing made" in html and "managed by" in html
+
+
+async def test_forms_show_the_controllers_problems_and_never_echo_a_password(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    await browser.log_in()
+    csrf = await browser.csrf("/upstreams/new")
+    status, html, _ = await browser.post(
+        "/upstreams",
+        {"_csrf": csrf, "name": "bad", "host": "127.0.0.1", "port": "lots", "tls": "none",
+         "password": "hunter2-secret"},
+    )  # fmt: skip
+    assert status == 422 and "upstream.port" in html
+    assert "hunter2-secret" not in html  # typed again, never sent back
+    assert relay.app.directory().upstream("bad") is None
+    status, html, _ = await browser.post(
+        "/sites", {"_csrf": csrf, "id": "blog", "from_email": "not an address"}
+    )
+    assert status == 422 and "site.from.email" in html
+    assert 'value="blog"' in html  # what was typed stays in the form
+    status, _, headers = await browser.post(
+        "/sites",
+        {"_csrf": csrf, "id": "blog", "name": "Blog", "from_email": "news@example.com",
+         "reply_to": "address", "reply_to_address": "editor@example.com",
+         "upstreams": "primary", "rate_per_minute": "30"},
+    )  # fmt: skip
+    assert status == 303 and headers["Location"] == "/sites/blog"
+    site = relay.app.directory().site("blog")
+    assert site is not None and site.reply_to_address == "editor@example.com"
+    assert site.upstreams == ("primary",) and site.rate_per_minute == 30
+    status, _, _ = await browser.post(
+        "/sites/blog/edit",
+        {"_csrf": csrf, "name": "Blog", "from_email": "news@example.com", "reply_to": "none"},
+    )
+    site = relay.app.directory().site("blog")
+    assert status == 303 and site is not None
+    assert site.reply_to.value == "none" and site.rate_per_minute is None  # emptied: default
+    _, html, _ = await browser.get("/sites/shop/edit")
+    assert "declared in" in html and "<form" not in html.split("</header>")[1]
