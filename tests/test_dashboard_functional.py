@@ -477,3 +477,25 @@ async def test_forms_show_the_controllers_problems_and_never_echo_a_password(
     assert site.reply_to.value == "none" and site.rate_per_minute is None  # emptied: default
     _, html, _ = await browser.get("/sites/shop/edit")
     assert "declared in" in html and "<form" not in html.split("</header>")[1]
+
+
+async def test_a_sites_page_gives_its_form_snippet(tmp_path: Path, start_relay: StartRelay) -> None:
+    config = base_config(tmp_path, [])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["http"] = {"host": "127.0.0.1", "port": 0}  # no fixed address: the page says so
+    config["sites"][0]["form"] = {
+        "to": ["sales@example.com"],
+        "allowed_origins": ["https://shop.example.com"],
+        "required": ["email", "message"],
+        "honeypot_field": "website",
+    }
+    relay = await start_relay(config)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        _, html, _ = await browser.get("/sites/shop")
+    assert "https://shop.example.com" in html
+    action = "https://relay.example.com/api/send-inquiry"
+    assert f"&lt;form method=&#34;post&#34; action=&#34;{action}" in html
+    assert "Replace <code>https://relay.example.com</code>" in html
+    assert 'data-copy="form-snippet"' in html

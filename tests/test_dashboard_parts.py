@@ -9,6 +9,8 @@ from admin_http.dashboard.bodies import bodies
 from admin_http.dashboard.charts import HEIGHT, Usage, hourly_chart, nice_ceiling
 from admin_http.dashboard.filters import age, duration, number, percent, size
 from admin_http.dashboard.pages import local_path
+from admin_http.dashboard.snippet import form_snippet
+from relay.core.model import FormSettings
 from relay.message_log_database import HourCount
 
 
@@ -98,3 +100,21 @@ def test_bodies_says_what_it_cannot_show_and_never_raises() -> None:
     assert bodies(b"").text is not None or bodies(b"").problems == ()
     headers_only = bodies(b"Subject: body deleted\r\n\r\n")
     assert headers_only.html is None
+
+
+def test_the_form_snippet_has_the_sites_id_fields_and_honeypot() -> None:
+    form = FormSettings(
+        to=("sales@example.com",),
+        required=("email", "message", "phone"),
+        reply_to_field="email",
+        honeypot_field="website",
+    )
+    text = form_snippet("https://relay.example.com", "product-page-1", form)
+    assert '<form method="post" action="https://relay.example.com/api/send-inquiry">' in text
+    assert '<input type="hidden" name="landingPageId" value="product-page-1">' in text
+    assert '<input type="email" name="formData[email]" required>' in text
+    assert '<textarea name="formData[message]" required></textarea>' in text
+    assert '<input name="formData[phone]" required>' in text
+    assert '<input name="formData[name]">' in text
+    assert 'name="formData[website]" tabindex="-1"' in text
+    assert "/api/form-token?landingPageId=product-page-1" in text

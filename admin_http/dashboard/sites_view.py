@@ -18,10 +18,12 @@ from admin_http.dashboard.charts import usage_bars
 from admin_http.dashboard.overview_view import start_of_day
 from admin_http.dashboard.pages import page, see_other
 from admin_http.dashboard.session import flash
+from admin_http.dashboard.snippet import form_snippet
 from admin_http.deps import Api, api_of
 from admin_http.middlewares import ACTOR
 from relay.api_key_controller import ApiKeyController
 from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.config import is_loopback
 from relay.core.model import Site
 
 
@@ -114,9 +116,20 @@ async def _refused(request: web.Request, site: Site, error: Conflict | Invalid) 
     return see_other(f"/sites/{quote(site.id, safe='')}")
 
 
+def _public_address(api: Api) -> tuple[str, bool]:
+    """The relay's public HTTP address as a page would use it, and whether it is a guess."""
+    http = api.config().http
+    if http is None or not is_loopback(http.host) or http.port == 0:
+        return "https://relay.example.com", True
+    scheme = "https" if http.cert_file else "http"
+    return f"{scheme}://{http.host}:{http.port}", False
+
+
 async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
     api = api_of(request)
     site = _site(api, request.match_info["id"])
+    address, guessed = _public_address(api)
+    snippet = form_snippet(address, site.id, site.form) if site.form else None
     directory = api.directory()
     stats = await api.reports.stats(start_of_day(api.clock(), api.config().limits.timezone))
     today = next(((s, q) for s, q in stats.sites if s.site_id == site.id), None)
@@ -131,6 +144,9 @@ async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
             "today": today[0] if today else None,
             "usage": usage_bars(today[1]) if today else [],
             "config_path": str(api.config().path),
+            "snippet": snippet,
+            "address_guessed": guessed,
+            "has_http": api.config().http is not None,
             "new_credential": None,
             "new_key": None,
             **made,
