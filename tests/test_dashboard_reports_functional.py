@@ -1,0 +1,96 @@
+"""The dashboard's two queries on the real stores (SQLite and PostgreSQL): messages per hour
+by status, and one message's content with retention's mark."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay.core.model import MessageStatus
+from relay.message_log_database import hourly_counts, message_content
+from relay.store import create_engine, migrate
+from relay.tables import messages
+from tests.postgres import throwaway_database
+
+HOUR = 3600.0
+START = 1_800_000_000.0 - 1_800_000_000.0 % HOUR  # an hour's start
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    if request.param == "sqlite":
+        made = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+        await migrate(made)
+        yield made
+        await made.dispose()
+        return
+    async with throwaway_database() as url:
+        made = create_engine(url)
+        await migrate(made)
+        yield made
+        await made.dispose()
+
+
+def row(
+    number: int, status: MessageStatus, created_at: float, **extra: object
+) -> dict[str, object]:
+    return {
+        "id": f"m{number:031d}",
+        "site_id": "shop",
+        "client_ip": "127.0.0.1",
+        "original_sender": "a@shop.example.com",
+        "envelope_sender": "sales@example.com",
+        "size": 10,
+        "content": b"Subject: x\r\n\r\nbody\r\n",
+        "original_headers": b"Subject: x\r\n",
+        "status": status.value,
+        "created_at": created_at,
+        "updated_at": created_at,
+        "next_attempt_at": created_at,
+        **extra,
+    }
+
+
+async def test_hourly_counts_by_status_with_exact_hour_boundaries(engine: AsyncEngine) -> None:
+    rows = [
+        row(1, MessageStatus.SENT, START),  # the first instant of hour 0
+        row(2, MessageStatus.FAILED, START + HOUR - 0.001),  # the last of hour 0
+        row(3, MessageStatus.PARTIAL, START + HOUR),  # hour 1
+        row(4, MessageStatus.DEFERRED, START + HOUR + 5),
+        row(5, MessageStatus.HELD, START + 2 * HOUR + 1),
+        row(6, MessageStatus.SENT, START - 1),  # before the window
+        row(7, MessageStatus.SENT, START + 3 * HOUR),  # after it
+    ]
+    async with engine.begin() as connection:
+        await connection.execute(messages.insert(), rows)
+    async with engine.connect() as connection:
+        hours = await hourly_counts(connection, START, 3)
+    assert [(h.start, h.sent, h.failed, h.waiting) for h in hours] == [
+        (START, 1, 1, 0),
+        (START + HOUR, 0, 1, 1),
+        (START + 2 * HOUR, 0, 0, 1),
+    ]
+    assert [h.accepted for h in hours] == [2, 2, 1]
+
+
+async def test_message_content_and_retentions_mark(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(messages.insert(), row(1, MessageStatus.SENT, START))
+        deleted_body = row(
+            2,
+            MessageStatus.SENT,
+            START,
+            content=b"Subject: x\r\n\r\n",
+            content_deleted_at=START + 10,
+        )
+        await connection.execute(messages.insert(), deleted_body)
+    async with engine.connect() as connection:
+        kept = await message_content(connection, f"m{1:031d}")
+        deleted = await message_content(connection, f"m{2:031d}")
+        missing = await message_content(connection, "nope")
+    assert kept is not None and kept.content.endswith(b"body\r\n") and kept.deleted_at is None
+    assert deleted is not None and deleted.deleted_at == START + 10
+    assert missing is None
