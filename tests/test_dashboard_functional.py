@@ -499,3 +499,43 @@ async def test_a_sites_page_gives_its_form_snippet(tmp_path: Path, start_relay: 
     assert f"&lt;form method=&#34;post&#34; action=&#34;{action}" in html
     assert "Replace <code>https://relay.example.com</code>" in html
     assert 'data-copy="form-snippet"' in html
+
+
+async def test_a_sites_failover_order_moves_one_step_at_a_time(
+    relay: RunningRelay, browser: Browser, make_sink: Callable[..., Awaitable[Sink]]
+) -> None:
+    spare = await make_sink()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with browser.session.post(
+        browser.base + "/api/v1/upstreams",
+        json={
+            "name": "spare",
+            "kind": "smtp",
+            "host": "127.0.0.1",
+            "port": spare.port,
+            "tls": "none",
+        },
+        headers=auth,
+    ) as response:
+        assert response.status == 201
+    async with browser.session.post(
+        browser.base + "/api/v1/sites",
+        json={
+            "id": "blog",
+            "name": "Blog",
+            "from": {"email": "news@example.com"},
+            "upstreams": ["primary", "spare"],
+        },
+        headers=auth,
+    ) as response:
+        assert response.status == 201
+    await browser.log_in()
+    csrf = await browser.csrf("/sites/blog")
+    status, _, _ = await browser.post("/sites/blog/upstreams/spare/up", {"_csrf": csrf})
+    assert status == 303
+    assert relay.app.directory().site("blog").upstreams == ("spare", "primary")  # type: ignore[union-attr]
+    await browser.post("/sites/blog/upstreams/spare/up", {"_csrf": csrf})  # first already
+    assert relay.app.directory().site("blog").upstreams == ("spare", "primary")  # type: ignore[union-attr]
+    _, html, _ = await browser.get("/sites/blog")
+    assert "Failover order: spare, primary." in html
+    assert 'action="/sites/blog/upstreams/primary/up"' in html

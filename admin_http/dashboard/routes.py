@@ -98,6 +98,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/sites/{id}", sites_view.site_page)
     r.add_get("/sites/{id}/edit", sites_view.edit_site)
     r.add_post("/sites/{id}/edit", sites_view.save_site)
+    r.add_post("/sites/{id}/upstreams/{name}/{direction:up|down}", sites_view.move_upstream)
     r.add_post("/sites/{id}/credentials", sites_view.create_credential)
     r.add_post("/sites/{id}/credentials/{username}/delete", sites_view.delete_credential)
     r.add_post("/sites/{id}/api-keys", sites_view.create_key)

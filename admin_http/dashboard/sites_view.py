@@ -262,3 +262,20 @@ async def _site_form(
         title=f"Edit {site.name}" if site else "New site",
         status=status,
     )
+
+
+async def move_upstream(request: web.Request) -> web.Response:
+    """POST /sites/{id}/upstreams/{name}/up|down: one step in the failover order."""
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    name, direction = request.match_info["name"], request.match_info["direction"]
+    order = list(site.upstreams)
+    if name not in order:
+        raise NotFound(f"Site {site.id} does not list the upstream {name!r}.")
+    at = order.index(name)
+    to = at - 1 if direction == "up" else at + 1
+    if 0 <= to < len(order):
+        order[at], order[to] = order[to], order[at]
+        await api.catalog.update_site(request[ACTOR], site.id, {"upstreams": order})
+        await flash(request, f"Failover order: {', '.join(order)}.")
+    return see_other(f"/sites/{quote(site.id, safe='')}")
