@@ -328,8 +328,11 @@ class HourCount:
         return self.sent + self.failed + self.waiting
 
 
-async def hourly_counts(connection: AsyncConnection, since: float, hours: int) -> list[HourCount]:
-    """``hours`` consecutive hours from ``since``: one query, one conditional sum per cell."""
+async def hourly_counts(
+    connection: AsyncConnection, since: float, hours: int, site: str | None = None
+) -> list[HourCount]:
+    """``hours`` consecutive hours from ``since`` (of one site, when given): one query, one
+    conditional sum per cell."""
     sent = messages.c.status == MessageStatus.SENT.value
     failed = messages.c.status.in_([MessageStatus.FAILED.value, MessageStatus.PARTIAL.value])
     columns = []
@@ -341,7 +344,9 @@ async def hourly_counts(connection: AsyncConnection, since: float, hours: int) -
     row = (
         await connection.execute(
             sa.select(*columns).where(
-                messages.c.created_at >= since, messages.c.created_at < since + hours * 3600
+                messages.c.created_at >= since,
+                messages.c.created_at < since + hours * 3600,
+                *([messages.c.site_id == site] if site is not None else []),
             )
         )
     ).one()

@@ -126,10 +126,10 @@ class ReportsController:
         async with self._engine.connect() as connection:
             return await message_content(connection, message_id)
 
-    async def hourly(self, since: float, hours: int) -> list[HourCount]:
-        """Messages created per hour from ``since``, by their status now."""
+    async def hourly(self, since: float, hours: int, site: str | None = None) -> list[HourCount]:
+        """Messages created per hour from ``since`` (of one site), by their status now."""
         async with self._engine.connect() as connection:
-            return await hourly_counts(connection, since, hours)
+            return await hourly_counts(connection, since, hours, site)
 
     def _quota(self, used: dict[Key, int], scope: Scope, name: str, now: float) -> list[QuotaUse]:
         directory = self._directory()

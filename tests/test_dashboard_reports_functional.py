@@ -74,6 +74,14 @@ async def test_hourly_counts_by_status_with_exact_hour_boundaries(engine: AsyncE
         (START + 2 * HOUR, 0, 0, 1),
     ]
     assert [h.accepted for h in hours] == [2, 2, 1]
+    async with engine.begin() as connection:
+        other = row(8, MessageStatus.SENT, START + 10, site_id="blog")
+        await connection.execute(messages.insert(), other)
+    async with engine.connect() as connection:
+        blog = await hourly_counts(connection, START, 3, site="blog")
+        shop = await hourly_counts(connection, START, 3, site="shop")
+    assert [h.accepted for h in blog] == [1, 0, 0]
+    assert [h.accepted for h in shop] == [2, 2, 1]
 
 
 async def test_message_content_and_retentions_mark(engine: AsyncEngine) -> None:

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from admin_http.dashboard.charts import usage_bars
-from admin_http.dashboard.overview_view import start_of_day
+from admin_http.dashboard.charts import hourly_chart, usage_bars
+from admin_http.dashboard.overview_view import CHART_HOURS, start_of_day
 from admin_http.dashboard.pages import page, see_other
 from admin_http.dashboard.session import flash
 from admin_http.dashboard.snippet import form_snippet
@@ -133,6 +133,8 @@ async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
     directory = api.directory()
     stats = await api.reports.stats(start_of_day(api.clock(), api.config().limits.timezone))
     today = next(((s, q) for s, q in stats.sites if s.site_id == site.id), None)
+    first_hour = (api.clock() // 3600 - CHART_HOURS + 1) * 3600
+    hours = await api.reports.hourly(first_hour, CHART_HOURS, site.id)
     return await page(
         request,
         "site.html",
@@ -145,6 +147,7 @@ async def _render(request: web.Request, made: dict[str, Any]) -> web.Response:
             "usage": usage_bars(today[1]) if today else [],
             "config_path": str(api.config().path),
             "snippet": snippet,
+            "chart": hourly_chart(hours),
             "address_guessed": guessed,
             "has_http": api.config().http is not None,
             "new_credential": None,
