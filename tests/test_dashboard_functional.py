@@ -539,3 +539,30 @@ async def test_a_sites_failover_order_moves_one_step_at_a_time(
     _, html, _ = await browser.get("/sites/blog")
     assert "Failover order: spare, primary." in html
     assert 'action="/sites/blog/upstreams/primary/up"' in html
+
+
+async def test_the_apis_sites_and_domains_can_be_deleted_and_the_files_cannot(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with browser.session.post(
+        browser.base + "/api/v1/sites",
+        json={"id": "blog", "name": "Blog", "from": {"email": "news@example.com"}},
+        headers=auth,
+    ) as response:
+        assert response.status == 201
+    await browser.log_in()
+    csrf = await browser.csrf("/domains")
+    status, _, headers = await browser.post("/domains", {"_csrf": csrf, "name": "blog.example"})
+    assert status == 303 and headers["Location"] == "/domains/blog.example"
+    _, html, _ = await browser.get("/domains/blog.example")
+    assert 'action="/domains/blog.example/delete"' in html
+    _, html, _ = await browser.get("/sites/blog/edit")
+    assert 'action="/sites/blog/delete"' in html
+    assert (await browser.post("/sites/blog/delete", {"_csrf": csrf}))[0] == 303
+    assert (await browser.post("/domains/blog.example/delete", {"_csrf": csrf}))[0] == 303
+    assert relay.app.directory().site("blog") is None
+    assert relay.app.directory().domain("blog.example") is None
+    status, html, _ = await browser.post("/sites/shop/delete", {"_csrf": csrf})
+    assert status == 409 and "managed by" in html
+    assert relay.app.directory().site("shop") is not None

@@ -117,3 +117,11 @@ async def _render(
         section="domains",
         title=domain.name,
     )
+
+
+async def delete_domain(request: web.Request) -> web.Response:
+    api = api_of(request)
+    domain = _domain(api, request.match_info["name"])
+    await api.catalog.delete_domain(request[ACTOR], domain.name)
+    await flash(request, f"Domain {domain.name} deleted: mail from it is no longer signed.")
+    return see_other("/domains")

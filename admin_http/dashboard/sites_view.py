@@ -282,3 +282,11 @@ async def move_upstream(request: web.Request) -> web.Response:
         await api.catalog.update_site(request[ACTOR], site.id, {"upstreams": order})
         await flash(request, f"Failover order: {', '.join(order)}.")
     return see_other(f"/sites/{quote(site.id, safe='')}")
+
+
+async def delete_site(request: web.Request) -> web.Response:
+    api = api_of(request)
+    site = _site(api, request.match_info["id"])
+    await api.catalog.delete_site(request[ACTOR], site.id)
+    await flash(request, f"Site {site.id} deleted: its credentials and keys no longer work.")
+    return see_other("/sites")
