@@ -240,14 +240,14 @@ def _schemas() -> dict[str, Schema]:
         "TemplateSummary": _object(
             {
                 "name": text,
-                "source": managed,
+                "managed_by": managed,
                 "updated_at": _nullable("string", description="null for the file's"),
             }
         ),
         "Template": _object(
             {
                 "name": text,
-                "source": managed,
+                "managed_by": managed,
                 "updated_at": _nullable("string", description="null for the file's"),
                 "subject": _nullable("string"),
                 "text": _nullable("string"),
@@ -770,8 +770,8 @@ def document() -> Schema:
             "title": "relay admin API",
             "version": "1",
             "description": "Upstreams, sites, domains, templates, messages and statistics of a "
-            "relay. Objects from the config file are listed with managed_by=file (a template: "
-            "source=file) and cannot be changed here (409). Secrets are never returned.",
+            "relay. Objects from the config file are listed with managed_by=file and cannot be "
+            "changed here (409). Secrets are never returned.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
