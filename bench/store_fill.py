@@ -247,6 +247,9 @@ def filled_store(
         if facts is not None:
             say(f"store: reusing {path} ({count:,} messages, filled before)")
             return _with_rollups(facts, say)
+        for stale in cache.glob(f"store-{count}-r*-f*"):  # an older schema's or filler's
+            if not stale.name.startswith(path.stem):
+                stale.unlink()
     assert path is not None
     partial = path.with_name(path.name + ".filling")
     for leftover in _files(partial):

@@ -3,7 +3,7 @@
 Runs what ``python -m bench --store-scale`` runs (the filler, a real `relay
 serve` on the filled store, the reads over HTTP with the /healthz poller, the
 accept load on the full and an empty store), with 2 reads each and 1 s of
-load. Also: a cached store is used again instead of filled again.
+load. Also: a cached store is used again instead of filled again, a stale one removed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def _facts(cache: Path) -> Filled:
 
 def test_a_cached_store_is_used_again(tmp_path: Path) -> None:
     said: list[str] = []
+    stale = tmp_path / f"store-{MESSAGES}-r0001-f1.db"  # an older schema's
+    stale.write_bytes(b"")
     first = filled_store(MESSAGES, None, tmp_path, say=said.append)
+    assert not stale.exists()
     again = filled_store(MESSAGES, None, tmp_path, say=said.append)
     assert not first.reused and again.reused
     assert again.path == first.path and again.sample_id == first.sample_id
