@@ -60,57 +60,21 @@ UPSTREAM_WEIGHTS = (55, 25, 15, 5)
 MATCH_WORD = "invoice"  # in a few per cent of subjects
 NO_MATCH = "zqxj-no-such-text"  # in none
 
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
 _DOMAINS = ("example.org", "example.net", "mail.example.com", "example.edu", "example.co.uk")
-_FIRST = [
-    "ada",
-    "alan",
-    "grace",
-    "linus",
-    "ken",
-    "barbara",
-    "edsger",
-    "donald",
-    "margaret",
-    "john",
-    "radia",
-    "frances",
-    "tim",
-    "vint",
-    "sophie",
-    "hedy",
-    "katherine",
-    "dennis",
-    "bjarne",
-    "guido",
-    "anita",
-    "shafi",
-    "leslie",
-    "niklaus",
-]
-_LAST = [
-    "lovelace",
-    "turing",
-    "hopper",
-    "torvalds",
-    "thompson",
-    "liskov",
-    "dijkstra",
-    "knuth",
-    "hamilton",
-    "backus",
-    "perlman",
-    "allen",
-    "berners-lee",
-    "cerf",
-    "wilson",
-    "lamarr",
-    "johnson",
-    "ritchie",
-    "stroustrup",
-    "rossum",
-    "borg",
-    "goldwasser",
-]
+_FIRST = _words(
+    "ada alan grace linus ken barbara edsger donald margaret john radia frances tim "
+    "vint sophie hedy katherine dennis bjarne guido anita shafi leslie niklaus"
+)
+_LAST = _words(
+    "lovelace turing hopper torvalds thompson liskov dijkstra knuth hamilton backus "
+    "perlman allen berners-lee cerf wilson lamarr johnson ritchie stroustrup rossum "
+    "borg goldwasser"
+)
 _SUBJECTS = (
     "Your order {n} has shipped",
     "Invoice INV-{n} for your {noun}",
@@ -125,77 +89,17 @@ _SUBJECTS = (
     "{adjective} deals on {noun}s this week",
     "Your {noun} was {adjective}ly updated",
 )
-_NOUNS = [
-    "subscription",
-    "ticket",
-    "parcel",
-    "report",
-    "booking",
-    "profile",
-    "plan",
-    "badge",
-    "lesson",
-    "album",
-]
-_ADJECTIVES = ["quick", "final", "special", "secure", "monthly", "annual", "private", "urgent"]
+_NOUNS = _words("subscription ticket parcel report booking profile plan badge lesson album")
+_ADJECTIVES = _words("quick final special secure monthly annual private urgent")
 _DATE = "%a, %d %b %Y %H:%M:%S +0000"
-_DAYS_OF_WEEK = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-_WORDS = [
-    "the",
-    "relay",
-    "keeps",
-    "every",
-    "message",
-    "until",
-    "an",
-    "upstream",
-    "takes",
-    "it",
-    "and",
-    "records",
-    "what",
-    "each",
-    "one",
-    "said",
-    "about",
-    "it",
-    "so",
-    "that",
-    "an",
-    "operator",
-    "can",
-    "answer",
-    "why",
-    "a",
-    "customer",
-    "did",
-    "not",
-    "get",
-    "an",
-    "email",
-    "order",
-    "shipped",
-    "invoice",
-    "account",
-    "team",
-    "thanks",
-    "please",
-    "click",
-    "link",
-    "below",
-    "support",
-    "hours",
-    "weekend",
-    "delivery",
-    "tracking",
-    "number",
-    "parcel",
-    "warehouse",
-    "return",
-    "policy",
-    "days",
-    "receipt",
-]
+_DAYS_OF_WEEK = _words("Monday Tuesday Wednesday Thursday Friday Saturday Sunday")
+_WORDS = _words(
+    "the relay keeps every message until an upstream takes it and records what each "
+    "one said about it so that an operator can answer why a customer did not get an "
+    "email order shipped invoice account team thanks please click link below support "
+    "hours weekend delivery tracking number parcel warehouse return policy days "
+    "receipt"
+)
 
 # status: share of messages older than a day, of those of the last day, of the last hour
 _STATUSES = ("sent", "failed", "partial", "deferred", "queued", "held")
@@ -276,7 +180,6 @@ def fill(path: Path, count: int, seed: int = 1, say: Any = print) -> Filled:
     engine = sa.create_engine(f"sqlite+pysqlite:///{path}")
     reference = time.time()
     generator = _Generator(random.Random(seed), reference, count)  # noqa: S311 - test data, repeatable
-    totals = [0, 0]
     try:
         with engine.connect() as connection:
             for pragma in (
@@ -287,20 +190,7 @@ def fill(path: Path, count: int, seed: int = 1, say: Any = print) -> Filled:
             ):
                 connection.exec_driver_sql(f"PRAGMA {pragma}")
             connection.commit()
-            done = 0
-            for batch in generator.batches(BATCH):
-                rows, rcpts, tries = batch
-                with connection.begin():
-                    connection.execute(messages.insert(), rows)
-                    connection.execute(recipients.insert(), rcpts)
-                    if tries:
-                        connection.execute(attempts.insert(), tries)
-                done += len(rows)
-                totals[0] += len(rcpts)
-                totals[1] += len(tries)
-                if done % (BATCH * 20) == 0 or done == count:
-                    rate = done / max(time.monotonic() - started, 1e-9)
-                    say(f"store: {done:,} of {count:,} messages ({rate:,.0f}/s)")
+            totals = _insert(connection, generator, say)
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")  # as the relay keeps it
             connection.commit()
     finally:
@@ -322,6 +212,25 @@ def fill(path: Path, count: int, seed: int = 1, say: Any = print) -> Filled:
     seconds = time.monotonic() - started
     say(f"store: {count:,} messages in {seconds:.0f} s, {path.stat().st_size / 2**20:,.0f} MiB")
     return Filled(**{**asdict(facts), "fill_seconds": seconds})
+
+
+def _insert(connection: sa.Connection, generator: _Generator, say: Any) -> tuple[int, int]:
+    """Every batch in a transaction of its own; how many recipients and attempts."""
+    started = time.monotonic()
+    done = recipient_rows = attempt_rows = 0
+    for rows, rcpts, tries in generator.batches(BATCH):
+        with connection.begin():
+            connection.execute(messages.insert(), rows)
+            connection.execute(recipients.insert(), rcpts)
+            if tries:
+                connection.execute(attempts.insert(), tries)
+        done += len(rows)
+        recipient_rows += len(rcpts)
+        attempt_rows += len(tries)
+        if done % (BATCH * 20) == 0 or done == generator.count:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            say(f"store: {done:,} of {generator.count:,} messages ({rate:,.0f}/s)")
+    return recipient_rows, attempt_rows
 
 
 async def _migrate(url: str) -> None:
@@ -448,17 +357,7 @@ class _Generator:
         to = [rng.choice(self.people) for _ in range(count)]
         subject = self._subject(site)
         sender = f"noreply@{site}.example.com"
-        headers = (
-            f"From: {site.title()} <{sender}>\r\nTo: {', '.join(to)}\r\n"
-            f"Subject: {subject}\r\nDate: {time.strftime(_DATE, time.gmtime(created))}\r\n"
-            f"Message-ID: <{message_id}@{site}.example.com>\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
-        ).encode()
-        received = (
-            f"Received: from app{index % 7}.{site}.example.com ([10.0.{index % 7}.5]) "
-            f"by relay.bench with ESMTP id {message_id}; {created:.0f}\r\n"
-        ).encode()
-        content = received + headers + b"\r\n" + self.bodies[index % len(self.bodies)]
+        headers, content = self._content(index, message_id, site, to, subject, created)
         tries, rcpt_rows, last_error, finished = self._delivery(
             message_id, status, upstream, to, created
         )
@@ -492,6 +391,22 @@ class _Generator:
             self.sample_recipient = to[0]
         if not self.sample_id and index == self.count - 1:
             self.sample_id = message_id  # a tiny store may have no such message
+
+    def _content(
+        self, index: int, message_id: str, site: str, to: list[str], subject: str, created: float
+    ) -> tuple[bytes, bytes]:
+        """The header block as the site sent it, and the message as it goes out."""
+        headers = (
+            f"From: {site.title()} <noreply@{site}.example.com>\r\nTo: {', '.join(to)}\r\n"
+            f"Subject: {subject}\r\nDate: {time.strftime(_DATE, time.gmtime(created))}\r\n"
+            f"Message-ID: <{message_id}@{site}.example.com>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+        ).encode()
+        received = (
+            f"Received: from app{index % 7}.{site}.example.com ([10.0.{index % 7}.5]) "
+            f"by relay.bench with ESMTP id {message_id}; {created:.0f}\r\n"
+        ).encode()
+        return headers, received + headers + b"\r\n" + self.bodies[index % len(self.bodies)]
 
     def _subject(self, site: str) -> str:
         rng = self.rng
