@@ -12,9 +12,9 @@ with no filter and with each filter, page 4,000, and one message in full. The
 windows are anchored at the store's reference time (when it was filled), so a
 cached store reads the same rows on any day. While the reads run a poller in
 its own process asks the admin listener's ``/healthz`` every 10 ms: its max
-and p99 overall, and per read the slowest answer in flight while that read
-ran (a read that holds the event loop shows there, and every SMTP session
-waits as long). Then accept
+and p99 overall, and per read the slowest answer to a poll sent while that
+read ran (a read that holds the event loop shows there, and every SMTP
+session waits as long). Then accept
 throughput: 2 KB x 10 sessions for ``--accept-seconds`` on the full store
 and on an empty one, alternating, three times; the ratio of the medians is
 full / empty.
@@ -327,13 +327,13 @@ def render(
 
 
 def _worst_during(healthz: list[tuple[float, float]], spans: list[tuple[float, float]]) -> float:
-    """The slowest /healthz answer that was in flight at some moment of these spans."""
+    """The slowest /healthz answer asked while one of these spans ran.
+
+    By when it was asked: a stall that began in the read before, and outlasted it,
+    is that read's.
+    """
     return max(
-        (
-            seconds
-            for sent, seconds in healthz
-            if any(sent < end and sent + seconds > start for start, end in spans)
-        ),
+        (seconds for sent, seconds in healthz if any(start <= sent < end for start, end in spans)),
         default=0.0,
     )
 

@@ -15,7 +15,7 @@ import pytest
 
 from bench.run import main
 from bench.store_fill import Filled, cached_name, filled_store
-from bench.store_scale import Read, reads
+from bench.store_scale import Read, _worst_during, reads
 
 MESSAGES = 2_000
 
@@ -63,3 +63,10 @@ def test_a_cached_store_is_used_again(tmp_path: Path) -> None:
     assert any("reusing" in line for line in said)
     assert [p.name for p in tmp_path.iterdir() if "filling" in p.name] == []
     assert all(isinstance(r, Read) and r.path.startswith("/api/v1/") for r in reads(again))
+
+
+def test_a_stall_is_the_read_it_was_asked_in() -> None:
+    polls = [(0.0, 0.001), (1.0, 5.0), (6.5, 0.002)]  # (sent, seconds): a 5 s stall from 1.0
+    assert _worst_during(polls, [(0.5, 6.0)]) == 5.0
+    assert _worst_during(polls, [(6.0, 7.0)]) == 0.002  # the stall outlasted its read
+    assert _worst_during(polls, [(8.0, 9.0)]) == 0.0
