@@ -384,6 +384,8 @@ def _schemas() -> dict[str, Schema]:
                 "envelope_sender": text,
                 "subject": text,
                 "size": integer,
+                "content_deleted": boolean,
+                "content_deleted_at": _nullable("string"),
                 "created_at": text,
                 "next_attempt_at": _nullable("string"),
                 "attempt_count": integer,
@@ -741,7 +743,8 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/messages/{id}": {
             "get": _op(
-                "One message: recipients, attempts, header changes",
+                "One message: recipients, attempts, header changes; `content_deleted` once "
+                "retention removed its content (the headers stay)",
                 _json(_ref("Message")),
                 params=[message],
             )
