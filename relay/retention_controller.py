@@ -121,9 +121,6 @@ class Housekeeping:
             self._metrics.housekeeping_runs.labels("failed").inc()
             log.warning("housekeeping failed: %s", error)
             return None
-        finally:
-            for kind, count in counts.items():
-                self._metrics.retention_deleted.labels(kind).inc(count)
         ended = time.monotonic()
         done = dict(counts)
         self.runs.append((started, ended, done))
@@ -168,9 +165,9 @@ class Housekeeping:
                 gone = await self._batch(
                     partial(delete_finished, status=status, before=cut.log, limit=BATCH_ROWS)
                 )
-                counts["messages"] += gone.messages
-                counts["recipients"] += gone.recipients
-                counts["attempts"] += gone.attempts
+                self._count(counts, "messages", gone.messages)
+                self._count(counts, "recipients", gone.recipients)
+                self._count(counts, "attempts", gone.attempts)
                 if gone.messages < BATCH_ROWS:
                     break
         now = self._clock()
@@ -185,7 +182,7 @@ class Housekeeping:
                 count = await self._batch(
                     partial(delete_expired, kind=kind, before=before, limit=BATCH_ROWS)
                 )
-                counts[kind] += count
+                self._count(counts, kind, count)
                 if count < BATCH_ROWS:
                     break
         while await self._batch(partial(vacuum_pages, most=VACUUM_PAGES)) >= VACUUM_PAGES:
@@ -209,11 +206,16 @@ class Housekeeping:
                     limit=CONTENT_BATCH_ROWS,
                 )
             )
-            counts["content"] += batch.count
+            self._count(counts, "content", batch.count)
             if batch.last is not None:
                 since = self._frontier[status] = batch.last
             if batch.count < CONTENT_BATCH_ROWS:
                 return
+
+    def _count(self, counts: Counter[str], kind: str, count: int) -> None:
+        """As each batch commits: a run cut short still counts what it did."""
+        counts[kind] += count
+        self._metrics.retention_deleted.labels(kind).inc(count)
 
     async def _batch(self, job: Callable[[Connection], T]) -> T:
         """``job`` in a transaction that first renewed the lease; then a pause as long."""
