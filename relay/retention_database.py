@@ -164,7 +164,7 @@ def delete_content(
     if not rows:
         return ContentBatch(0, None)
     connection.execute(
-        _KEEP_HEADERS,
+        _KEEP_HEADERS_SQLITE if connection.dialect.name == "sqlite" else _KEEP_HEADERS,
         [
             {
                 "b_id": row.id,
@@ -189,6 +189,22 @@ _KEEP_HEADERS = (
         content=sa.bindparam("b_content", type_=sa.LargeBinary),
         content_deleted_at=sa.bindparam("b_now", type_=sa.Float),
     )
+)
+
+
+# SQLite keeps a row where it is when it shrinks: a page that held one message of a few KB
+# then holds a few hundred bytes until log_days. Given a new rowid (the table's end, where
+# rows are packed), the row leaves its page, which is merged with its neighbours or freed.
+# ``id`` stays, and with it every reference.
+_KEEP_HEADERS_SQLITE = sa.text(
+    "UPDATE messages SET content = :b_content, content_deleted_at = :b_now,"
+    " rowid = (SELECT max(rowid) FROM messages) + 1"
+    " WHERE id = :b_id AND status = :b_status AND content_deleted_at IS NULL"
+).bindparams(
+    sa.bindparam("b_content", type_=sa.LargeBinary),
+    sa.bindparam("b_now", type_=sa.Float),
+    sa.bindparam("b_id", type_=sa.String),
+    sa.bindparam("b_status", type_=sa.String),
 )
 
 
