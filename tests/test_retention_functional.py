@@ -26,6 +26,7 @@ from relay.config import RetentionConfig
 from relay.core.retention import RetentionPolicy
 from relay.metrics import Metrics
 from relay.retention_controller import Housekeeping
+from relay.retention_database import store_size
 from relay.store import GroupWriter, create_engine, migrate
 from relay.tables import attempts, messages, recipients
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, base_config, smtp_upstream
@@ -293,3 +294,44 @@ async def test_the_lease_passes_on_when_its_holder_dies_or_stops(store_url: str)
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_a_new_sqlite_store_gives_freed_pages_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await migrate(engine)
+    writer = GroupWriter(engine)
+    writer.start()
+    clock = FakeClock()
+    config = RetentionConfig(RetentionPolicy(content_hours=1, log_days=1), interval_seconds=60)
+    housekeeping = Housekeeping(writer, lambda: config, 300, Metrics(), "one:1:00000001", clock)
+    try:
+        async with engine.begin() as c:
+            assert (await c.exec_driver_sql("PRAGMA auto_vacuum")).scalar() == 2  # incremental
+            await c.execute(messages.insert(), [old_message(i, clock.now) for i in range(1500)])
+        full = await writer.read_apart(store_size)
+        clock.advance(86_401)
+        done = await housekeeping.run_once()
+        assert done is not None and done["messages"] == 1500
+        after = await writer.read_apart(store_size)
+        assert after.size_bytes < full.size_bytes / 5  # 1500 pages and more went back
+        assert after.free_bytes <= full.size_bytes / 10 + 4096  # a tenth stays free, at most
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+def old_message(number: int, now: float) -> dict[str, Any]:
+    return {
+        "id": f"m{number:08d}",
+        "site_id": "shop",
+        "client_ip": "192.0.2.1",
+        "original_sender": SENDER,
+        "envelope_sender": SENDER,
+        "size": 3000,
+        "content": b"Subject: x\r\n\r\n" + b"x" * 3000,
+        "original_headers": b"Subject: x\r\n",
+        "status": "sent",
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+    }
