@@ -222,6 +222,15 @@ class Metrics:
             multiprocess_mode="livemostrecent",
         )
 
+    def forget_message_counts(self) -> None:
+        """This process no longer counts messages (another holds the housekeeping lease).
+
+        With workers the newest count of a live worker is shown anyway (and
+        prometheus-client cannot clear labels there); alone, the counts go.
+        """
+        if self._multiprocess_dir is None:
+            self.messages_by_status.clear()
+
     def count_delivery(self, upstream: str, outcome: str) -> None:
         self.deliveries.labels(upstream, outcome).inc()
 

@@ -150,7 +150,7 @@ class Housekeeping:
     def _lost(self) -> None:
         if self.leading:
             log.info("housekeeping: another process holds the lease now")
-            self._metrics.messages_by_status.clear()  # the holder's counts are the current ones
+            self._metrics.forget_message_counts()  # the holder's counts are the current ones
         self.leading = False
         self._frontier.clear()
 
