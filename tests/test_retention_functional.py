@@ -23,10 +23,11 @@ import sqlalchemy as sa
 
 from relay.app import RelayApp
 from relay.config import RetentionConfig
+from relay.core.model import MessageStatus
 from relay.core.retention import RetentionPolicy
 from relay.metrics import Metrics
 from relay.retention_controller import Housekeeping
-from relay.retention_database import store_size
+from relay.retention_database import content_frontier, store_size
 from relay.store import GroupWriter, create_engine, migrate
 from relay.tables import attempts, messages, recipients
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, base_config, smtp_upstream
@@ -335,3 +336,26 @@ def old_message(number: int, now: float) -> dict[str, Any]:
         "updated_at": now,
         "next_attempt_at": now,
     }
+
+
+async def test_a_new_holder_finds_where_content_deletion_stopped(store_url: str) -> None:
+    """Bisection over (status, updated_at): a few lookups, not a walk over the done rows."""
+    engine = create_engine(store_url)
+    await migrate(engine)
+    try:
+        rows = [old_message(i, 1_000_000.0 + 10 * i) for i in range(1000)]
+        for i, row in enumerate(rows):
+            row["content_deleted_at"] = 2_000_000.0 if i < 600 else None
+        async with engine.begin() as c:
+            await c.execute(messages.insert(), rows)
+        async with engine.connect() as c:
+            found = await c.run_sync(
+                lambda s: content_frontier(s, MessageStatus.SENT, before=3_000_000.0)
+            )
+            none = await c.run_sync(
+                lambda s: content_frontier(s, MessageStatus.FAILED, before=3_000_000.0)
+            )
+        assert found is not None and 1_000_000.0 + 10 * 598 <= found <= 1_000_000.0 + 10 * 599
+        assert none is None
+    finally:
+        await engine.dispose()
