@@ -215,8 +215,8 @@ class Metrics:
         )
         self.messages_by_status = Gauge(
             "relay_messages",
-            "Messages in the store per status, counted by the process holding the "
-            "housekeeping lease at each run.",
+            "Messages in the store per status, counted every five minutes by the process "
+            "holding the housekeeping lease.",
             ["status"],
             registry=self.registry,
             multiprocess_mode="livemostrecent",

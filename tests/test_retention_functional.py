@@ -37,6 +37,17 @@ from tests.two_nodes import start_node, store_url
 __all__ = ["start_node", "store_url"]  # fixtures
 
 SENDER = "orders@shop.example.com"
+KINDS = (
+    "content",
+    "messages",
+    "recipients",
+    "attempts",
+    "audit_log",
+    "stats_rollups",
+    "form_nonces",
+    "idempotency_keys",
+    "auth_failures",
+)
 BUSY = "451 4.2.1 mailbox busy, try later"
 
 
@@ -304,12 +315,18 @@ async def test_a_new_sqlite_store_gives_freed_pages_back(tmp_path: Path) -> None
     writer.start()
     clock = FakeClock()
     config = RetentionConfig(RetentionPolicy(content_hours=1, log_days=1), interval_seconds=60)
-    housekeeping = Housekeeping(writer, lambda: config, 300, Metrics(), "one:1:00000001", clock)
+    metrics = Metrics()
+    housekeeping = Housekeeping(writer, lambda: config, 300, metrics, "one:1:00000001", clock)
     try:
         async with engine.begin() as c:
             assert (await c.exec_driver_sql("PRAGMA auto_vacuum")).scalar() == 2  # incremental
             await c.execute(messages.insert(), [old_message(i, clock.now) for i in range(1500)])
         full = await writer.read_apart(store_size)
+        assert await housekeeping.run_once() == dict.fromkeys(KINDS, 0)  # nothing is old yet
+        sample = metrics.registry.get_sample_value
+        assert sample("relay_messages", {"status": "sent"}) == 1500
+        assert sample("relay_messages", {"status": "held"}) == 0
+        assert sample("relay_store_size_bytes") == full.size_bytes
         clock.advance(86_401)
         done = await housekeeping.run_once()
         assert done is not None and done["messages"] == 1500
