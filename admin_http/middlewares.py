@@ -93,6 +93,11 @@ def auth_middleware(
         in_force = tokens()
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         name = match_token(presented.strip(), in_force) if scheme.lower() == "bearer" else None
+        if name is None and not presented.strip():
+            # Nothing presented (a browser, a probe at the wrong path): not a guess, so it
+            # never counts toward the lockout, or nine of them would lock the operator out.
+            metrics.admin_auth_failures.labels("missing").inc()
+            return _unauthorized(in_force)
         if name is None:
             throttle.record_failure(client, clock())
             metrics.admin_auth_failures.labels("invalid").inc()
@@ -103,15 +108,17 @@ def auth_middleware(
                 request.rel_url.raw_path,  # as sent: percent-escapes keep it on one line
                 "; now blocked for a while" if throttle.is_blocked(client, clock()) else "",
             )
-            message = (
-                "a valid bearer token is required (Authorization: Bearer <token>)"
-                if in_force
-                else "no admin tokens are configured: add admin.tokens to the config file"
-            )
-            return error_response(
-                401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"}
-            )
+            return _unauthorized(in_force)
         request[ACTOR] = name
         return await handler(request)
 
     return auth
+
+
+def _unauthorized(in_force: Sequence[tuple[str, str]]) -> web.Response:
+    message = (
+        "a valid bearer token is required (Authorization: Bearer <token>)"
+        if in_force
+        else "no admin tokens are configured: add admin.tokens to the config file"
+    )
+    return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})

@@ -62,14 +62,14 @@ class Metrics:
         )
         self.admin_auth_failures = Counter(
             "relay_admin_auth_failures_total",
-            "Admin API requests refused for their token: invalid (401) or from a blocked "
-            "address (429).",
+            "Admin API requests refused for their token: missing or invalid (401), or from a "
+            "blocked address (429).",
             ["reason"],
             registry=self.registry,
         )
         self.send_api_auth_failures = Counter(
             "relay_send_api_auth_failures_total",
-            "Send API requests refused for their key: invalid or expired (401), or from a "
+            "Send API requests refused for their key: missing, invalid or expired (401), or from a "
             "blocked address (429).",
             ["reason"],
             registry=self.registry,

@@ -55,7 +55,7 @@ _ON_LOOP_BYTES = 65_536  # attachments beyond this are base64-encoded in a threa
 @dataclass(frozen=True)
 class Unauthorized:
     message: str
-    reason: str = "invalid"  # or "expired": the metric's label
+    reason: str = "invalid"  # or "expired", "missing": the metric's label
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,10 @@ class SendController:
             self._metrics.send_api_auth_failures.labels("blocked").inc()  # not logged: a flood
             return Throttled(int(FAILURE_WINDOW_SECONDS))
         scheme, _, presented = (authorization or "").partition(" ")
-        found = self._key(presented.strip() if scheme.lower() == "bearer" else "")
+        found = self._key(presented.strip(), bearer=scheme.lower() == "bearer")
+        if isinstance(found, Unauthorized) and found.reason == "missing":
+            self._metrics.send_api_auth_failures.labels("missing").inc()  # not a guess
+            return found
         if isinstance(found, Unauthorized):
             self._throttle.record_failure(client, self._monotonic())
             self._metrics.send_api_auth_failures.labels(found.reason).inc()
@@ -130,11 +133,11 @@ class SendController:
         await self._touch(found[0])
         return found
 
-    def _key(self, presented: str) -> tuple[ApiKey, Site] | Unauthorized:
+    def _key(self, presented: str, bearer: bool) -> tuple[ApiKey, Site] | Unauthorized:
         if not presented:
-            return Unauthorized("an API key is required (Authorization: Bearer <key>)")
+            return Unauthorized("an API key is required (Authorization: Bearer <key>)", "missing")
         directory = self._directory()
-        key = directory.api_key(hash_token(presented))
+        key = directory.api_key(hash_token(presented)) if bearer else None
         site = directory.site(key.site_id) if key is not None else None
         if key is None or site is None:
             return Unauthorized("the API key is not valid")

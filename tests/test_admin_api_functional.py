@@ -310,6 +310,24 @@ async def test_ten_failures_from_one_address_block_it_even_with_the_right_token(
     assert (await api.call("GET", "/healthz")).status == 200  # outside /api/: not throttled
 
 
+async def test_requests_without_a_token_never_block(
+    tmp_path: Path, start_relay, admin, closed_port: int
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+
+    for authorization in [None, "Bearer ", "Bearer", "Basic"] * 5:
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        (await api.call("GET", f"{V1}/sites", token=None, headers=headers)).error(
+            401, "unauthorized"
+        )
+
+    assert (await api.call("GET", f"{V1}/sites")).status == 200
+    count = relay.app.metrics.registry.get_sample_value
+    assert count("relay_admin_auth_failures_total", {"reason": "missing"}) == 20
+    assert count("relay_admin_auth_failures_total", {"reason": "invalid"}) is None
+
+
 async def test_nine_failures_do_not_block(
     tmp_path: Path, start_relay, admin, closed_port: int
 ) -> None:

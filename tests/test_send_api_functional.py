@@ -164,8 +164,16 @@ async def test_no_wrong_or_expired_key_is_401(start: Start) -> None:
     assert "expired" in (await api.send(BODY, key=EXPIRED_KEY))[1]["error"]["message"]
     assert sink.messages == []
     count = api.relay.app.metrics.registry.get_sample_value
-    assert count("relay_send_api_auth_failures_total", {"reason": "invalid"}) == 4
+    assert count("relay_send_api_auth_failures_total", {"reason": "invalid"}) == 2
+    assert count("relay_send_api_auth_failures_total", {"reason": "missing"}) == 2
     assert count("relay_send_api_auth_failures_total", {"reason": "expired"}) == 2
+
+
+async def test_requests_without_a_key_never_lock_the_address_out(start: Start) -> None:
+    api, _ = await start()
+    for key in [None, ""] * 10:
+        assert (await api.send(BODY, key=key))[0] == 401
+    assert (await api.send(BODY))[0] == 202
 
 
 async def test_an_address_failing_too_often_is_throttled(start: Start) -> None:
