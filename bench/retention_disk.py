@@ -17,6 +17,7 @@ import asyncio
 import base64
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -158,6 +159,7 @@ async def run(messages: int, days: int, body: int, url: str | None) -> None:
     print(f"messages left: {left}")
     await writer.close()
     await engine.dispose()
+    await asyncio.to_thread(shutil.rmtree, directory)
 
 
 def main() -> int:
