@@ -252,7 +252,7 @@ async def test_two_nodes_never_work_at_once_and_do_nothing_twice(
     config = base_config(tmp_path, [smtp_upstream("main", sink.port)])
     config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
     config["retention"] = {"content_hours": 0.5 / 3600, "log_days": 1 / 86400}
-    config["retention"]["interval_seconds"] = 0.2
+    config["retention"]["interval_seconds"] = 0.3  # the lease: 0.9 s
     a = await start_node("a", config)
     b = await start_node("b", config)
     await asyncio.gather(
