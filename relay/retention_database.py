@@ -4,7 +4,8 @@ Functions take a connection (inside the caller's transaction for writes)
 and return numbers or frozen dataclasses. Each batch is bounded (``limit``
 rows) and walks an index: final messages by ``ix_messages_finished``
 (status, updated_at), one status at a time so no sort is needed; the other
-tables by their time column's index. Portable between SQLite and
+tables by their time column's index (``auth_failures`` has none on ``at``
+alone: it is scanned, and kept small by its own cap per key). Portable between SQLite and
 PostgreSQL: ``substr``/``length`` work on BLOB and bytea alike, composite
 keys are matched with row values.
 
