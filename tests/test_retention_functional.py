@@ -20,6 +20,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from relay.app import RelayApp
 from relay.config import RetentionConfig
@@ -376,3 +377,14 @@ async def test_a_new_holder_finds_where_content_deletion_stopped(store_url: str)
         assert none is None
     finally:
         await engine.dispose()
+
+
+async def test_a_reload_changes_retention_at_once(tmp_path: Path, start_relay: Any) -> None:
+    config = base_config(tmp_path, [smtp_upstream("main", 2525)])
+    relay: RunningRelay = await start_relay(config)
+    assert relay.app.config.retention.policy.content_hours == 168
+    config["retention"] = {"content_hours": 24, "log_days": 7}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = relay.app.reload()
+    assert not result.problems and "retention" not in result.restart_needed
+    assert relay.app.config.retention.policy == RetentionPolicy(24, 7)
