@@ -46,6 +46,8 @@ def full_view(full: FullMessage) -> dict[str, Any]:
         "envelope_sender": d.envelope_sender,
         "subject": d.subject,
         "size": h.size,
+        "content_deleted": h.content_deleted_at is not None,
+        "content_deleted_at": iso(h.content_deleted_at),
         "created_at": iso(h.created_at),
         "next_attempt_at": iso(h.next_attempt_at),
         "attempt_count": d.attempt_count,

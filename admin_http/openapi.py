@@ -357,6 +357,8 @@ def _schemas() -> dict[str, Schema]:
                 "envelope_sender": text,
                 "subject": text,
                 "size": integer,
+                "content_deleted": boolean,
+                "content_deleted_at": nullable("string"),
                 "created_at": text,
                 "next_attempt_at": nullable("string"),
                 "attempt_count": integer,
@@ -723,7 +725,8 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/messages/{id}": {
             "get": _op(
-                "One message: recipients, attempts, header changes",
+                "One message: recipients, attempts, header changes; `content_deleted` once "
+                "retention removed its content (the headers stay)",
                 json_answer(ref("Message")),
                 params=[message],
             )

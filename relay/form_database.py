@@ -5,7 +5,7 @@ that is there already means the token was used. The primary key decides,
 so it is exact across processes and nodes sharing the store (PostgreSQL
 makes a second insert of the same key wait for the first transaction, then
 do nothing). Rows are kept until their token would have expired anyway,
-then swept.
+then swept by housekeeping (relay/retention_database.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,3 @@ def record_nonces(connection: Connection, nonces: Sequence[UsedNonce]) -> list[b
 def forget_nonce(connection: Connection, nonce: str) -> None:
     """The submission that used it was not stored: the visitor may send it again."""
     connection.execute(form_nonces.delete().where(c.nonce == nonce))
-
-
-def forget_expired_nonces(connection: Connection, now: float) -> None:
-    connection.execute(form_nonces.delete().where(c.expires_at < now))

@@ -75,8 +75,3 @@ def release(connection: Connection, site_id: str, key: str, body_hash: str) -> N
             keys.c.message_id.is_(None),
         )
     )
-
-
-def sweep(connection: Connection, now: float) -> int:
-    """Delete the expired claims; how many."""
-    return int(connection.execute(keys.delete().where(keys.c.expires_at <= now)).rowcount or 0)

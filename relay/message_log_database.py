@@ -169,6 +169,8 @@ class MessageHeaders:
     size: int
     message_class: MessageClass
     next_attempt_at: float | None  # None when final
+    # When retention deleted the content (``sent`` is then what was kept of it); else None.
+    content_deleted_at: float | None = None
 
 
 async def message_headers(connection: AsyncConnection, message_id: str) -> MessageHeaders | None:
@@ -183,6 +185,7 @@ async def message_headers(connection: AsyncConnection, message_id: str) -> Messa
                 messages.c.message_class,
                 messages.c.status,
                 messages.c.next_attempt_at,
+                messages.c.content_deleted_at,
             ).where(messages.c.id == message_id)
         )
     ).first()
@@ -197,6 +200,7 @@ async def message_headers(connection: AsyncConnection, message_id: str) -> Messa
         size=row.size,
         message_class=MessageClass(row.message_class),
         next_attempt_at=None if final else row.next_attempt_at,
+        content_deleted_at=row.content_deleted_at,
     )
 
 

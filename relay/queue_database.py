@@ -153,7 +153,14 @@ def claim_due(
     free = sa.or_(messages.c.leased_until.is_(None), messages.c.leased_until < now)
     due = (
         sa.select(messages.c.id)
-        .where(messages.c.status.in_(_WAITING), messages.c.next_attempt_at <= now, free)
+        .where(
+            messages.c.status.in_(_WAITING),
+            messages.c.next_attempt_at <= now,
+            free,
+            # Only final messages lose their content; one that did is never sent, whatever
+            # its status says.
+            messages.c.content_deleted_at.is_(None),
+        )
         .order_by(messages.c.next_attempt_at)
         .limit(limit)
     )

@@ -49,7 +49,6 @@ from relay.template_controller import render_off_loop
 log = logging.getLogger(__name__)
 MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0  # as the admin API's tokens
 TOUCH_SECONDS = 60.0  # a key's last_used_at is written at most this often (per process)
-SWEEP_SECONDS = 60.0
 _ON_LOOP_BYTES = 65_536  # attachments beyond this are base64-encoded in a thread
 
 
@@ -110,7 +109,6 @@ class SendController:
         self._monotonic = monotonic
         self._throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
         self._touched: dict[str, float] = {}  # key hash -> when this process last wrote its use
-        self._swept = float("-inf")
 
     # -- who is calling
 
@@ -248,14 +246,6 @@ class SendController:
 
     async def _claim(self, site: Site, key: IdempotencyKey) -> idempotency.Claim:
         now = self._clock()
-        if self._monotonic() - self._swept >= SWEEP_SECONDS:
-            self._swept = self._monotonic()
-            try:
-                swept = await self._writer.write_sync(partial(idempotency_database.sweep, now=now))
-                if swept:
-                    log.info("send API: %d expired idempotency keys removed", swept)
-            except Exception as error:  # the next sweep tries again; claims skip expired rows
-                log.warning("send API: expired idempotency keys not removed: %s", error)
         held = await self._writer.write_sync(
             partial(
                 idempotency_database.claim,

@@ -119,6 +119,10 @@ def _sync_twin(engine: AsyncEngine) -> Engine | None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Takes effect only on a new, empty file (before WAL and the first table): freed pages
+    # can then be given back with PRAGMA incremental_vacuum. An existing store keeps its
+    # mode until a VACUUM (README "Retention and disk"); both reuse freed pages.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -187,6 +191,9 @@ class GroupWriter:
         path = _sqlite_path(str(engine.url)) if self._sync_engine is not None else ""
         self._write_lock = WriteLock(Path(path + ".write.lock")) if path else None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")  # SQLite's
+        # Background work (housekeeping) in transactions of its own, one at a time.
+        self._apart_lock = WriteLock(Path(path + ".write.lock")) if path else None
+        self._apart_thread = ThreadPoolExecutor(1, thread_name_prefix="store-apart")
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -220,6 +227,46 @@ class GroupWriter:
         async with self.engine.begin() as connection:
             return await connection.run_sync(job)
 
+    async def write_apart(self, job: SyncJob[T]) -> T:
+        """Run a background job (housekeeping) in a transaction of its own, beside the batches.
+
+        On SQLite the job runs in a thread of its own on its own connection,
+        between other writers' transactions (it takes the write lock file as
+        they do): its statements and commit never hold up the event loop,
+        and the hot writes wait at most for this one short transaction. On
+        PostgreSQL it runs on a connection of its own, as ``write_alone``.
+        """
+        if self._sync_engine is None:
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apart_thread, self._apart, job, True)
+
+    async def read_apart(self, job: SyncJob[T]) -> T:
+        """Like write_apart() for a read: no write lock (SQLite's readers never wait in WAL)."""
+        if self._sync_engine is None:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apart_thread, self._apart, job, False)
+
+    def _apart(self, job: SyncJob[T], write: bool) -> T:
+        assert self._sync_engine is not None and self._apart_lock is not None
+        with self._sync_engine.connect() as connection:
+            if not write:
+                try:
+                    return job(connection)
+                finally:
+                    connection.rollback()
+            self._apart_lock.begin(connection)
+            try:
+                result = job(connection)
+            except BaseException:
+                self._apart_lock.end(connection.rollback)
+                raise
+            self._apart_lock.end(connection.commit)
+            return result
+
     async def write_item(self, job: ItemsJob[Item], item: Item) -> Any:
         """Like write_sync(), but the items of one ``job`` in a batch go to it in one call.
 
@@ -250,6 +297,9 @@ class GroupWriter:
         if self._write_lock is not None:
             self._write_lock.close()
         self._thread.shutdown()
+        self._apart_thread.shutdown()  # after any job in it: its lock is closed there
+        if self._apart_lock is not None:
+            self._apart_lock.close()
 
     async def _run(self) -> None:
         while not self._closing or self._pending:
