@@ -61,6 +61,7 @@ class RelayInstance:
     http: bool = False  # the public HTTP listener, an API key and a form (HTTP workloads)
     more_sites: tuple[str, ...] = ()  # sites <name> sending as *@<name>.example.com
     more_upstreams: tuple[str, ...] = ()  # upstreams after "sink", to the same sink
+    retention: dict[str, float] | None = None  # the config's retention section, else defaults
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -122,6 +123,8 @@ class RelayInstance:
             "domains": domains,
             "sites": [site, *(_site(name) for name in self.more_sites)],
         }
+        if self.retention is not None:
+            config["retention"] = self.retention
         if self.http:
             config["http"] = {"host": "127.0.0.1", "port": self.http_port}
             site["api_keys"] = [{"name": "bench", "key_hash": hash_token(API_KEY)}]

@@ -211,6 +211,9 @@ def _relay(root: Path, sink: Sink) -> RelayInstance:
         sink.port,
         more_sites=tuple(s for s in SITES if s != "bench"),
         more_upstreams=tuple(u for u in UPSTREAMS if u != "sink"),
+        # The filled month is kept whole: housekeeping catching up on 30 days at once would
+        # measure a one-off backlog, not the steady state in which it deletes what arrives.
+        retention={"content_hours": 100_000, "log_days": 10_000},
     )
 
 
