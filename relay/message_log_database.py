@@ -213,10 +213,14 @@ class SiteStats:
     success_rate: float | None  # success_rate(sent, failed + partial)
 
 
-async def site_stats(
+async def site_stats_from_rows(
     connection: AsyncConnection, since: float, until: float | None = None
 ) -> list[SiteStats]:
-    """Messages created in [since, until) per site and status; sites without any are left out."""
+    """Messages created in [since, until) per site and status; sites without any are left out.
+
+    Counted from the message rows, to the second: a check of the counters
+    (``rollup_database.rollup_stats`` is what the API reads), linear in messages.
+    """
     window = [messages.c.created_at >= since]
     if until is not None:
         window.append(messages.c.created_at < until)
@@ -228,10 +232,12 @@ async def site_stats(
     counts: dict[str, dict[str, int]] = {}
     for site_id, status, count in rows:
         counts.setdefault(site_id, {})[status] = int(count)
-    return [_site(site_id, counts[site_id]) for site_id in sorted(counts)]
+    return [site_from_counts(site_id, counts[site_id]) for site_id in sorted(counts)]
 
 
-def _site(site_id: str, by_status: dict[str, int]) -> SiteStats:
+def site_from_counts(site_id: str, by_status: dict[str, int]) -> SiteStats:
+    """A site's figures from its message count per status value."""
+
     def count(status: MessageStatus) -> int:
         return by_status.get(status.value, 0)
 
@@ -262,10 +268,13 @@ class UpstreamStats:
     p95_seconds: float | None  # percentile(durations, 0.95), rounded to 4 decimals
 
 
-async def upstream_stats(
+async def upstream_stats_from_rows(
     connection: AsyncConnection, since: float, until: float | None = None
 ) -> list[UpstreamStats]:
-    """Attempts started in [since, until) per upstream; upstreams without any are left out."""
+    """Attempts started in [since, until) per upstream; upstreams without any are left out.
+
+    Counted from the attempt rows, with the exact p95: a check of the counters, linear.
+    """
     window = [attempts.c.started_at >= since]
     if until is not None:
         window.append(attempts.c.started_at < until)

@@ -12,11 +12,12 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from relay.core.model import (
     Attempt,
@@ -26,6 +27,7 @@ from relay.core.model import (
     RecipientStatus,
     SmtpReply,
 )
+from relay.core.rollups import duration_bucket
 from relay.message_log_database import (
     MessageHeaders,
     MessageQuery,
@@ -34,11 +36,12 @@ from relay.message_log_database import (
     UpstreamStats,
     message_headers,
     search_messages,
-    site_stats,
-    upstream_stats,
+    site_stats_from_rows,
+    upstream_stats_from_rows,
 )
 from relay.queue_database import DeliveryRecord, RecipientState, hold, insert_messages
 from relay.queue_database import record_delivery as write_record
+from relay.rollup_database import rollup_stats
 from relay.store import create_engine, migrate
 from relay.tables import metadata
 
@@ -170,16 +173,16 @@ async def search(engine: AsyncEngine, **filters: object) -> tuple[list[str], int
     return [item.id for item in items], total
 
 
-async def one_of_each_status(engine: AsyncEngine) -> None:
-    """m-queued .. m-partial, one per status, created a second apart (queued oldest)."""
+async def one_of_each_status(engine: AsyncEngine, step: float = 1.0) -> None:
+    """m-queued .. m-partial, one per status, created ``step`` seconds apart (queued oldest)."""
     await insert(
         engine,
         new_message("m-queued", T),
-        new_message("m-held", T + 1),
-        new_message("m-deferred", T + 2),
-        new_message("m-sent", T + 3),
-        new_message("m-failed", T + 4),
-        new_message("m-partial", T + 5, recipients=("a@example.org", "b@example.org")),
+        new_message("m-held", T + step),
+        new_message("m-deferred", T + 2 * step),
+        new_message("m-sent", T + 3 * step),
+        new_message("m-failed", T + 4 * step),
+        new_message("m-partial", T + 5 * step, recipients=("a@example.org", "b@example.org")),
     )
     async with engine.begin() as c:
         await hold(c, "m-held", T + 10)
@@ -521,7 +524,31 @@ async def test_message_headers(engine: AsyncEngine) -> None:
     assert missing is None
 
 
-# -- site_stats
+# -- statistics: from the counters (rollup_stats), each answer checked against the rows
+
+FAR = T + 30 * 86_400
+
+
+async def site_stats(c: AsyncConnection, since: float, until: float = FAR) -> list[SiteStats]:
+    """The counters' answer, which must be what the rows say over the same whole minutes."""
+    start, end, sites, _ = await rollup_stats(c, since, until)
+    assert sites == await site_stats_from_rows(c, start, end)
+    return sites
+
+
+async def upstream_stats(
+    c: AsyncConnection, since: float, until: float = FAR
+) -> list[UpstreamStats]:
+    """Like site_stats; the p95 is the bound of the bucket that holds the rows' exact p95."""
+    start, end, _, upstreams = await rollup_stats(c, since, until)
+    exact = await upstream_stats_from_rows(c, start, end)
+    assert [replace(u, p95_seconds=None) for u in upstreams] == [
+        replace(u, p95_seconds=None) for u in exact
+    ]
+    for counted, row in zip(upstreams, exact, strict=True):
+        assert row.p95_seconds is not None and counted.p95_seconds is not None
+        assert counted.p95_seconds == float(duration_bucket(row.p95_seconds)[3:]) / 1000
+    return upstreams
 
 
 async def test_site_stats(engine: AsyncEngine) -> None:
@@ -544,13 +571,14 @@ async def test_site_stats(engine: AsyncEngine) -> None:
 
 
 async def test_site_stats_window_bounds(engine: AsyncEngine) -> None:
-    await one_of_each_status(engine)
+    """The window is whole minutes: from since's minute to the one holding until."""
+    await one_of_each_status(engine, step=60.0)
     async with engine.connect() as c:
-        # [T+1, T+4): held, deferred, sent. T+4 (failed) is excluded.
-        [inner] = await site_stats(c, since=T + 1, until=T + 4)
-        [last] = await site_stats(c, since=T + 4)
-        empty_after = await site_stats(c, since=T + 6)
-        empty_before = await site_stats(c, since=T - 10, until=T)
+        # [T+60, T+240): held, deferred, sent. T+240 (failed) is excluded.
+        [inner] = await site_stats(c, since=T + 61, until=T + 181)
+        [last] = await site_stats(c, since=T + 241)
+        empty_after = await site_stats(c, since=T + 360)
+        empty_before = await site_stats(c, since=T - 600, until=T)
         nothing = await site_stats(c, since=T, until=T)
     assert (inner.accepted, inner.held, inner.deferred, inner.sent, inner.failed) == (3, 1, 1, 1, 0)
     assert inner.success_rate == 1.0
@@ -595,8 +623,9 @@ async def test_upstream_stats(engine: AsyncEngine) -> None:
     assert stats == [
         UpstreamStats("mg", attempts=3, sent=2, failed=0, deferred=4, success_rate=0.3333,
                       average_seconds=2.0, p95_seconds=3.0),
+        # The exact p95 is 1.9 s: its bucket is (1.5 s, 2 s].
         UpstreamStats("ses", attempts=20, sent=20, failed=1, deferred=0, success_rate=0.9524,
-                      average_seconds=1.05, p95_seconds=1.9),
+                      average_seconds=1.05, p95_seconds=2.0),
     ]  # fmt: skip
 
 
@@ -616,9 +645,9 @@ async def test_upstream_stats_window_bounds(engine: AsyncEngine) -> None:
     async with engine.connect() as c:
         [inside] = await upstream_stats(c, since=T, until=T + 60)
         [everything] = await upstream_stats(c, since=0)
-        empty = await upstream_stats(c, since=T + 61)
+        empty = await upstream_stats(c, since=T + 120)  # T+61 would read T+60's minute
         nothing = await upstream_stats(c, since=T, until=T)
-    assert inside == UpstreamStats("ses", 2, 2, 0, 0, 1.0, 0.5, 0.75)
+    assert inside == UpstreamStats("ses", 2, 2, 0, 0, 1.0, 0.5, 1.0)  # 0.75 s: (0.7, 1]
     assert (everything.attempts, everything.sent, everything.failed, everything.deferred) == (
         4,
         2,
@@ -637,4 +666,4 @@ async def test_upstream_stats_counts_attempts_without_recipients(engine: AsyncEn
     )
     async with engine.connect() as c:
         [stats] = await upstream_stats(c, since=T)
-    assert stats == UpstreamStats("ses", 1, 0, 0, 0, None, 0.1235, 0.1235)
+    assert stats == UpstreamStats("ses", 1, 0, 0, 0, None, 0.1235, 0.15)  # bucket (0.1, 0.15]
