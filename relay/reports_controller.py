@@ -52,7 +52,7 @@ class FullMessage:
 @dataclass(frozen=True)
 class Stats:
     since: float  # the window counted: the first whole minute ...
-    until: float  # ... and the end of the last one (the minute holding the asked ``until``)
+    until: float  # ... and the end of the last one (the minute holding ``until``), or now
     sites: list[tuple[SiteStats, list[QuotaUse]]]
     upstreams: list[tuple[UpstreamStats, list[QuotaUse]]]
     queue: QueueStats
@@ -99,8 +99,9 @@ class ReportsController:
         now = self._clock()
         zone = self._usage.book.zone
         async with self._engine.connect() as connection:
+            # No until: everything up to now, the current minute included.
             start, end, sites, upstreams = await rollup_stats(
-                connection, since, now if until is None else until, upstream
+                connection, since, now + 1 if until is None else until, upstream
             )
             queue = await queue_stats(connection)
             used = dict(await load_usage(connection, {period(w, now, zone) for w in Window}))
@@ -113,7 +114,7 @@ class ReportsController:
             by_upstream.setdefault(name, UpstreamStats(name, 0, 0, 0, 0, None, None, None))
         return Stats(
             float(start),
-            float(end),
+            float(end) if until is not None else now,
             [
                 (s, self._quota(used, Scope.SITE, s.site_id, now))
                 for _, s in sorted(by_site.items())

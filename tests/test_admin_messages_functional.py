@@ -671,7 +671,8 @@ async def test_one_upstreams_stats(traffic: Traffic) -> None:
     [same] = [u for u in whole["upstreams"] if u["upstream"] == "main"]
     assert {k: v for k, v in main.items() if k not in {"since", "until"}} == same
 
-    backup = await admin.get("/api/v1/upstreams/backup/stats", since=str(LATER + 1))
+    # The window is whole minutes: since=LATER+1 would still read LATER's minute.
+    backup = await admin.get("/api/v1/upstreams/backup/stats", since=str(LATER + 60))
     assert (backup["attempts"], backup["sent"], backup["average_seconds"]) == (0, 0, None)
 
     status, body = await admin.call("GET", "/api/v1/upstreams/nowhere/stats")
