@@ -38,6 +38,7 @@ class MessageQuery:
     until: float | None = None  # created_at < until
     page: int = 1  # 1-based
     page_size: int = 50
+    cursor: tuple[float, str] | None = None  # only messages after this (created_at, id)
 
     def __post_init__(self) -> None:
         if self.page < 1 or self.page_size < 1:
@@ -62,12 +63,200 @@ class MessageSummary:
     last_error: str | None
 
 
-async def search_messages(
-    connection: AsyncConnection, query: MessageQuery
-) -> tuple[list[MessageSummary], int]:
-    """One page of the matching messages, newest first, and how many match in all."""
-    where = _conditions(query)
-    total = await connection.scalar(sa.select(sa.func.count()).select_from(messages).where(*where))
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of the message log, and how far the search got."""
+
+    items: list[MessageSummary]
+    total: int  # matching messages, exact when ``total_exact``, else at least this many
+    total_exact: bool
+    next_cursor: Position | None  # continue after this message; None: nothing further
+    complete: bool  # False: SCAN_ROWS examined before the page filled; go on at next_cursor
+
+
+Position = tuple[float, str]  # (created_at, id) of a message: the log's order, newest first
+
+COUNT_LIMIT = 10_000  # a total above this is reported as "more than" (total_exact false)
+SCAN_ROWS = 20_000  # messages a search's unindexed filters examine per request, at most
+
+
+async def search_messages(connection: AsyncConnection, query: MessageQuery) -> SearchPage:
+    """One page of the matching messages, newest first, in bounded work.
+
+    The leading filters (time, cursor, recipient, and the status or the site)
+    are walked in an index in the log's order. The others (``q``, ``upstream``,
+    the second of status and site) are checked on at most ``SCAN_ROWS`` of
+    those messages per request: when the page is not full by then, the answer
+    says so (``complete`` false) with a cursor to go on from. Totals count up
+    to ``COUNT_LIMIT`` messages (or the matches among the first ``SCAN_ROWS``).
+    """
+    lead, checks = _split(query)
+    offset = (query.page - 1) * query.page_size
+    position = (
+        [sa.tuple_(messages.c.created_at, messages.c.id) < sa.tuple_(*query.cursor)]
+        if query.cursor is not None
+        else []
+    )
+    newest_first = (messages.c.created_at.desc(), messages.c.id.desc())
+    if not checks:
+        found = (
+            await connection.execute(
+                sa.select(messages.c.created_at, messages.c.id)
+                .where(*lead, *position)
+                .order_by(*newest_first)
+                .limit(query.page_size + 1)
+                .offset(offset)
+            )
+        ).all()
+        counted = await connection.scalar(
+            sa.select(sa.func.count()).select_from(
+                sa.select(sa.literal(1))
+                .select_from(messages)
+                .where(*lead)
+                .limit(COUNT_LIMIT + 1)
+                .subquery()
+            )
+        )
+        total, exact = min(int(counted or 0), COUNT_LIMIT), int(counted or 0) <= COUNT_LIMIT
+        scan_end: Position | None = None
+    else:
+        found = (
+            await connection.execute(
+                _matches(lead + position, checks, query).limit(query.page_size + 1).offset(offset)
+            )
+        ).all()
+        matched = sa.select(sa.func.count()).select_from(_matches(lead, checks, query).subquery())
+        total = int(await connection.scalar(matched) or 0)
+        exact = await _fewer_than_scan(connection, lead)
+        scan_end = None
+        if len(found) <= query.page_size:
+            scan_end = await _scan_end(connection, lead + position)
+    page = [(row.created_at, row.id) for row in found[: query.page_size]]
+    next_cursor = page[-1] if len(found) > query.page_size else scan_end
+    return SearchPage(
+        await _summaries(connection, [message_id for _, message_id in page]),
+        total,
+        exact,
+        next_cursor,
+        complete=scan_end is None,
+    )
+
+
+def _split(query: MessageQuery) -> tuple[list[sa.ColumnElement[bool]], list[str]]:
+    """The conditions an index walks in the log's order, and the names of those checked on it.
+
+    Status leads (its index holds few rows per rare status) unless it is
+    ``sent`` with a site given: then the site leads.
+    """
+    lead: list[sa.ColumnElement[bool]] = []
+    checks: list[str] = []
+    if query.since is not None:
+        lead.append(messages.c.created_at >= query.since)
+    if query.until is not None:
+        lead.append(messages.c.created_at < query.until)
+    if query.recipient is not None:
+        same = sa.func.lower(recipients.c.address) == query.recipient.lower()
+        lead.append(messages.c.id.in_(sa.select(recipients.c.message_id).where(same)))
+    status_leads = query.status is not None and (
+        query.site is None or query.status is not MessageStatus.SENT
+    )
+    if query.status is not None:
+        if status_leads:
+            lead.append(messages.c.status == query.status.value)
+        else:
+            checks.append("status")
+    if query.site is not None:
+        if status_leads:
+            checks.append("site")
+        else:
+            lead.append(messages.c.site_id == query.site)
+    if query.upstream is not None:
+        checks.append("upstream")
+    if query.q:
+        checks.append("q")
+    return lead, checks
+
+
+def _matches(
+    lead: list[sa.ColumnElement[bool]], checks: list[str], query: MessageQuery
+) -> sa.Select[Any]:
+    """(created_at, id) of the messages among the first SCAN_ROWS of ``lead`` passing ``checks``,
+    newest first."""
+    window = (
+        sa.select(
+            messages.c.id,
+            messages.c.created_at,
+            messages.c.site_id,
+            messages.c.status,
+            messages.c.subject,
+            messages.c.original_sender,
+        )
+        .where(*lead)
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .limit(SCAN_ROWS)
+        .subquery("window")
+    )
+    w = window.c
+    where: list[sa.ColumnElement[bool]] = []
+    if "status" in checks and query.status is not None:
+        where.append(w.status == query.status.value)
+    if "site" in checks:
+        where.append(w.site_id == query.site)
+    if "upstream" in checks:
+        where.append(
+            sa.or_(
+                sa.exists().where(
+                    attempts.c.message_id == w.id, attempts.c.upstream == query.upstream
+                ),
+                sa.exists().where(
+                    recipients.c.message_id == w.id, recipients.c.upstream == query.upstream
+                ),
+            )
+        )
+    if "q" in checks and query.q:
+        where.append(
+            sa.or_(
+                *(
+                    column.icontains(query.q, autoescape=True)
+                    for column in (w.subject, w.original_sender, w.id)
+                )
+            )
+        )
+    return sa.select(w.created_at, w.id).where(*where).order_by(w.created_at.desc(), w.id.desc())
+
+
+async def _fewer_than_scan(connection: AsyncConnection, lead: list[sa.ColumnElement[bool]]) -> bool:
+    """Whether the leading filters hold SCAN_ROWS messages or fewer (the checks saw them all)."""
+    beyond = await connection.scalar(
+        sa.select(messages.c.id)
+        .where(*lead)
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .offset(SCAN_ROWS)
+        .limit(1)
+    )
+    return beyond is None
+
+
+async def _scan_end(
+    connection: AsyncConnection, lead: list[sa.ColumnElement[bool]]
+) -> Position | None:
+    """The last message a window examines, when more follow it; else None (it saw them all)."""
+    rows = (
+        await connection.execute(
+            sa.select(messages.c.created_at, messages.c.id)
+            .where(*lead)
+            .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+            .offset(SCAN_ROWS - 1)
+            .limit(2)
+        )
+    ).all()
+    return (rows[0].created_at, rows[0].id) if len(rows) == 2 else None
+
+
+async def _summaries(connection: AsyncConnection, ids: list[str]) -> list[MessageSummary]:
+    """The messages of ``ids``, in that order."""
+    if not ids:
+        return []
     rows = (
         await connection.execute(
             sa.select(
@@ -84,53 +273,14 @@ async def search_messages(
                 messages.c.next_attempt_at,
                 messages.c.attempt_count,
                 messages.c.last_error,
-            )
-            .where(*where)
-            .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-            .limit(query.page_size)
-            .offset((query.page - 1) * query.page_size)
+            ).where(messages.c.id.in_(ids))
         )
     ).all()
-    addresses = await _recipients(connection, [row.id for row in rows])
-    summaries = [_summary(**row._asdict(), recipients=addresses.get(row.id, ())) for row in rows]
-    return summaries, int(total or 0)
-
-
-def _conditions(query: MessageQuery) -> list[sa.ColumnElement[bool]]:
-    where: list[sa.ColumnElement[bool]] = []
-    if query.status is not None:
-        where.append(messages.c.status == query.status.value)
-    if query.site is not None:
-        where.append(messages.c.site_id == query.site)
-    if query.upstream is not None:
-        where.append(
-            sa.or_(
-                _exists(attempts, attempts.c.upstream == query.upstream),
-                _exists(recipients, recipients.c.upstream == query.upstream),
-            )
-        )
-    if query.recipient is not None:
-        same = sa.func.lower(recipients.c.address) == sa.func.lower(query.recipient)
-        where.append(_exists(recipients, same))
-    if query.q:
-        where.append(
-            sa.or_(
-                *(
-                    column.icontains(query.q, autoescape=True)
-                    for column in (messages.c.subject, messages.c.original_sender, messages.c.id)
-                )
-            )
-        )
-    if query.since is not None:
-        where.append(messages.c.created_at >= query.since)
-    if query.until is not None:
-        where.append(messages.c.created_at < query.until)
-    return where
-
-
-def _exists(table: sa.Table, condition: sa.ColumnElement[bool]) -> sa.Exists:
-    """A row of ``table`` for the outer message meets ``condition``."""
-    return sa.exists().where(table.c.message_id == messages.c.id, condition)
+    addresses = await _recipients(connection, ids)
+    by_id = {
+        row.id: _summary(**row._asdict(), recipients=addresses.get(row.id, ())) for row in rows
+    }
+    return [by_id[message_id] for message_id in ids if message_id in by_id]
 
 
 async def _recipients(connection: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, ...]]:

@@ -20,7 +20,7 @@ from relay.core.quota import Key, Scope, Window, limits_of, period
 from relay.message_log_database import (
     MessageHeaders,
     MessageQuery,
-    MessageSummary,
+    SearchPage,
     SiteStats,
     UpstreamStats,
     message_headers,
@@ -71,7 +71,7 @@ class ReportsController:
         self._directory = directory
         self._clock = clock
 
-    async def search(self, query: MessageQuery) -> tuple[list[MessageSummary], int]:
+    async def search(self, query: MessageQuery) -> SearchPage:
         async with self._engine.connect() as connection:
             return await search_messages(connection, query)
 

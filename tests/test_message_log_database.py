@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from relay import message_log_database as message_log
 from relay.core.model import (
     Attempt,
     MessageClass,
@@ -32,6 +33,7 @@ from relay.message_log_database import (
     MessageHeaders,
     MessageQuery,
     MessageSummary,
+    SearchPage,
     SiteStats,
     UpstreamStats,
     message_headers,
@@ -169,7 +171,9 @@ def attempt(
 async def search(engine: AsyncEngine, **filters: object) -> tuple[list[str], int]:
     """Ids of the page, and the total."""
     async with engine.connect() as c:
-        items, total = await search_messages(c, MessageQuery(**filters))  # type: ignore[arg-type]
+        found = await search_messages(c, MessageQuery(**filters))  # type: ignore[arg-type]
+    assert found.total_exact and found.complete  # a few messages: nothing is cut short
+    items, total = found.items, found.total
     return [item.id for item in items], total
 
 
@@ -220,7 +224,8 @@ async def test_summary_carries_every_field(engine: AsyncEngine) -> None:
         last_error="421 4.7.0 later",
     )
     async with engine.connect() as c:
-        items, total = await search_messages(c, MessageQuery())
+        found = await search_messages(c, MessageQuery())
+    items, total = found.items, found.total
     content_size = len(new_message("m1").content)
     assert total == 1
     assert items == [
@@ -246,7 +251,7 @@ async def test_summary_carries_every_field(engine: AsyncEngine) -> None:
 async def test_next_attempt_is_none_only_when_final(engine: AsyncEngine) -> None:
     await one_of_each_status(engine)
     async with engine.connect() as c:
-        items, _ = await search_messages(c, MessageQuery())
+        items = (await search_messages(c, MessageQuery())).items
     due = {item.id: item.next_attempt_at for item in items}
     assert due == {
         "m-queued": T,
@@ -491,7 +496,7 @@ async def test_page_recipients_belong_to_their_message(engine: AsyncEngine) -> N
         new_message("m2", T + 1, recipients=("two@example.org", "three@example.org")),
     )
     async with engine.connect() as c:
-        items, _ = await search_messages(c, MessageQuery(page_size=1, page=2))
+        items = (await search_messages(c, MessageQuery(page_size=1, page=2))).items
     assert [(i.id, i.recipients) for i in items] == [("m1", ("one@example.org",))]
 
 
@@ -667,3 +672,91 @@ async def test_upstream_stats_counts_attempts_without_recipients(engine: AsyncEn
     async with engine.connect() as c:
         [stats] = await upstream_stats(c, since=T)
     assert stats == UpstreamStats("ses", 1, 0, 0, 0, None, 0.1235, 0.15)  # bucket (0.1, 0.15]
+
+
+# -- keyset pages (cursor) and bounded work
+
+
+async def walk(engine: AsyncEngine, **filters: object) -> tuple[list[str], list[SearchPage]]:
+    """Every page from the first on by next_cursor; the ids in order and the pages."""
+    ids: list[str] = []
+    pages: list[SearchPage] = []
+    cursor = None
+    for _ in range(200):  # bounded
+        async with engine.connect() as c:
+            found = await search_messages(c, MessageQuery(cursor=cursor, **filters))  # type: ignore[arg-type]
+        pages.append(found)
+        ids += [item.id for item in found.items]
+        if found.next_cursor is None:
+            return ids, pages
+        cursor = found.next_cursor
+    raise AssertionError("the cursor never ended")
+
+
+async def test_cursor_pages_give_every_message_once_while_mail_arrives(
+    engine: AsyncEngine,
+) -> None:
+    # Ties on created_at fall on page edges: the id orders them.
+    await insert(engine, *(new_message(f"m{i:02d}", T + i // 3) for i in range(25)))
+    seen: list[str] = []
+    cursor = None
+    for arriving in range(100):
+        async with engine.connect() as c:
+            found = await search_messages(c, MessageQuery(page_size=4, cursor=cursor))
+        seen += [item.id for item in found.items]
+        # New mail between pages: newer than everything, and some at the very same second.
+        await insert(
+            engine,
+            new_message(f"new-{arriving}", T + 100 + arriving),
+            new_message(f"tie-{arriving}", T + 8),
+        )
+        if found.next_cursor is None:
+            break
+        cursor = found.next_cursor
+        assert found.complete and found.total_exact
+    originals = sorted(f"m{i:02d}" for i in range(25))
+    assert sorted(m for m in seen if m.startswith("m")) == originals
+    assert len([m for m in seen if m.startswith("m")]) == 25  # each once
+    assert not [m for m in seen if m.startswith("new")]  # newer than the first page: not met
+
+
+async def test_a_cursor_and_filters(engine: AsyncEngine) -> None:
+    await insert(
+        engine,
+        *(new_message(f"m{i:02d}", T + i, site=("shop", "blog")[i % 2]) for i in range(30)),
+    )
+    ids, pages = await walk(engine, site="blog", page_size=4)
+    assert ids == [f"m{i:02d}" for i in range(29, 0, -2)]
+    assert [len(p.items) for p in pages] == [4, 4, 4, 3]
+    assert all(p.total == 15 and p.total_exact for p in pages)
+
+
+async def test_unindexed_filters_examine_a_bounded_window(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """q, upstream and a second filter look at SCAN_ROWS messages per request, at most."""
+    monkeypatch.setattr(message_log, "SCAN_ROWS", 5)
+    monkeypatch.setattr(message_log, "COUNT_LIMIT", 3)
+    await insert(
+        engine,
+        *(
+            new_message(f"m{i:02d}", T + i, subject="Invoice" if i % 7 == 0 else "Hello")
+            for i in range(30)
+        ),
+    )
+    ids, pages = await walk(engine, q="invoice", page_size=2)
+    assert ids == ["m28", "m21", "m14", "m07", "m00"]  # every match once, newest first
+    first = pages[0]
+    # The first 5 messages examined (m29..m25) hold one match: its count, not exact.
+    assert ([i.id for i in first.items], first.total, first.total_exact) == (["m28"], 1, False)
+    assert not first.complete and first.next_cursor == (T + 25, "m25")
+    assert pages[-1].complete and pages[-1].next_cursor is None
+    # No match at all: six requests of five messages each, each says where it stopped.
+    nothing, pages = await walk(engine, q="no such thing")
+    assert nothing == [] and len(pages) == 6
+    assert [p.complete for p in pages] == [False] * 5 + [True]
+    # Without unindexed filters, a total beyond COUNT_LIMIT is not counted exactly.
+    async with engine.connect() as c:
+        plain = await search_messages(c, MessageQuery(page_size=2))
+    assert (plain.total, plain.total_exact, plain.complete) == (3, False, True)
+    assert plain.next_cursor == (T + 28, "m28")
