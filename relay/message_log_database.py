@@ -10,6 +10,7 @@ duration percentile are computed in Python over the window's attempt rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ class SearchPage:
     """One page of the message log, and how far the search got."""
 
     items: list[MessageSummary]
-    total: int  # matching messages, exact when ``total_exact``, else at least this many
+    total: int  # matching messages: exact when ``total_exact``, else at least this many
     total_exact: bool
     next_cursor: Position | None  # continue after this message; None: nothing further
     complete: bool  # False: SCAN_ROWS examined before the page filled; go on at next_cursor
@@ -76,38 +77,28 @@ class SearchPage:
 
 Position = tuple[float, str]  # (created_at, id) of a message: the log's order, newest first
 
-COUNT_LIMIT = 10_000  # a total above this is reported as "more than" (total_exact false)
-SCAN_ROWS = 20_000  # messages a search's unindexed filters examine per request, at most
+COUNT_LIMIT = 10_000  # a total above this is reported as "at least" (total_exact false)
+SCAN_ROWS = 5_000  # messages a search's unindexed filters examine per request, at most
+HOT_RECIPIENT = 2_000  # an address in more messages is checked on the walk, not looked up first
 
 
 async def search_messages(connection: AsyncConnection, query: MessageQuery) -> SearchPage:
     """One page of the matching messages, newest first, in bounded work.
 
-    The leading filters (time, cursor, recipient, and the status or the site)
-    are walked in an index in the log's order. The others (``q``, ``upstream``,
-    the second of status and site) are checked on at most ``SCAN_ROWS`` of
-    those messages per request: when the page is not full by then, the answer
-    says so (``complete`` false) with a cursor to go on from. Totals count up
-    to ``COUNT_LIMIT`` messages (or the matches among the first ``SCAN_ROWS``).
+    The leading filters (time, cursor, a recipient in few messages, and the
+    status or the site) are walked in an index in the log's order. The
+    others (``q``, ``upstream``, the second of status and site, a recipient
+    in many messages) are checked on the walk, which stops at the page's end
+    or after ``SCAN_ROWS`` messages: then the answer says so (``complete``
+    false) with a cursor to go on from. A total counts up to ``COUNT_LIMIT``
+    messages; with checked filters it is the matches the walk met, exact
+    only when it met them all (``total_exact``).
     """
-    lead, checks = _split(query)
+    lead, checks = await _split(connection, query)
     offset = (query.page - 1) * query.page_size
-    position = (
-        [sa.tuple_(messages.c.created_at, messages.c.id) < sa.tuple_(*query.cursor)]
-        if query.cursor is not None
-        else []
-    )
-    newest_first = (messages.c.created_at.desc(), messages.c.id.desc())
+    position = [_before(query.cursor)] if query.cursor is not None else []
     if not checks:
-        found = (
-            await connection.execute(
-                sa.select(messages.c.created_at, messages.c.id)
-                .where(*lead, *position)
-                .order_by(*newest_first)
-                .limit(query.page_size + 1)
-                .offset(offset)
-            )
-        ).all()
+        found = await _walk(connection, [*lead, *position], query.page_size + 1, offset)
         counted = await connection.scalar(
             sa.select(sa.func.count()).select_from(
                 sa.select(sa.literal(1))
@@ -120,17 +111,16 @@ async def search_messages(connection: AsyncConnection, query: MessageQuery) -> S
         total, exact = min(int(counted or 0), COUNT_LIMIT), int(counted or 0) <= COUNT_LIMIT
         scan_end: Position | None = None
     else:
-        found = (
-            await connection.execute(
-                _matches(lead + position, checks, query).limit(query.page_size + 1).offset(offset)
-            )
-        ).all()
-        matched = sa.select(sa.func.count()).select_from(_matches(lead, checks, query).subquery())
-        total = int(await connection.scalar(matched) or 0)
-        exact = await _fewer_than_scan(connection, lead)
-        scan_end = None
-        if len(found) <= query.page_size:
-            scan_end = await _scan_end(connection, lead + position)
+        scan_end = await _scan_end(connection, [*lead, *position])
+        window = [_at_or_after(scan_end)] if scan_end is not None else []
+        found = await _walk(
+            connection, [*lead, *position, *window, *checks], query.page_size + 1, offset
+        )
+        if len(found) > query.page_size:
+            scan_end = None  # the page is full before the window's end
+        # The matches this walk met: all of them only when it saw every message.
+        total = offset + len(found)
+        exact = query.cursor is None and len(found) <= query.page_size and scan_end is None
     page = [(row.created_at, row.id) for row in found[: query.page_size]]
     next_cursor = page[-1] if len(found) > query.page_size else scan_end
     return SearchPage(
@@ -142,115 +132,111 @@ async def search_messages(connection: AsyncConnection, query: MessageQuery) -> S
     )
 
 
-def _split(query: MessageQuery) -> tuple[list[sa.ColumnElement[bool]], list[str]]:
-    """The conditions an index walks in the log's order, and the names of those checked on it.
+def _before(position: Position) -> sa.ColumnElement[bool]:
+    return sa.tuple_(messages.c.created_at, messages.c.id) < sa.tuple_(*position)
 
-    Status leads (its index holds few rows per rare status) unless it is
-    ``sent`` with a site given: then the site leads.
+
+def _at_or_after(position: Position) -> sa.ColumnElement[bool]:
+    return sa.tuple_(messages.c.created_at, messages.c.id) >= sa.tuple_(*position)
+
+
+async def _walk(
+    connection: AsyncConnection, where: list[sa.ColumnElement[bool]], limit: int, offset: int
+) -> Sequence[Any]:
+    return (
+        await connection.execute(
+            sa.select(messages.c.created_at, messages.c.id)
+            .where(*where)
+            .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    ).all()
+
+
+async def _scan_end(
+    connection: AsyncConnection, lead: list[sa.ColumnElement[bool]]
+) -> Position | None:
+    """The last of the SCAN_ROWS messages a walk examines, when more follow; else None.
+
+    An index-only walk of the leading filters, without the checks.
+    """
+    rows = await _walk(connection, lead, 2, SCAN_ROWS - 1)
+    return (rows[0].created_at, rows[0].id) if len(rows) == 2 else None
+
+
+async def _split(
+    connection: AsyncConnection, query: MessageQuery
+) -> tuple[list[sa.ColumnElement[bool]], list[sa.ColumnElement[bool]]]:
+    """The conditions an index walks in the log's order, and those checked on the walk.
+
+    Status leads (few rows per rare status) unless it is ``sent`` with a
+    site given: then the site does. A checked column is wrapped (``|| ''``)
+    so that no database walks its index instead of the leading one.
     """
     lead: list[sa.ColumnElement[bool]] = []
-    checks: list[str] = []
+    checks: list[sa.ColumnElement[bool]] = []
     if query.since is not None:
         lead.append(messages.c.created_at >= query.since)
     if query.until is not None:
         lead.append(messages.c.created_at < query.until)
     if query.recipient is not None:
         same = sa.func.lower(recipients.c.address) == query.recipient.lower()
-        lead.append(messages.c.id.in_(sa.select(recipients.c.message_id).where(same)))
-    status_leads = query.status is not None and (
-        query.site is None or query.status is not MessageStatus.SENT
-    )
-    if query.status is not None:
-        if status_leads:
-            lead.append(messages.c.status == query.status.value)
-        else:
-            checks.append("status")
-    if query.site is not None:
-        if status_leads:
-            checks.append("site")
-        else:
-            lead.append(messages.c.site_id == query.site)
-    if query.upstream is not None:
-        checks.append("upstream")
-    if query.q:
-        checks.append("q")
-    return lead, checks
-
-
-def _matches(
-    lead: list[sa.ColumnElement[bool]], checks: list[str], query: MessageQuery
-) -> sa.Select[Any]:
-    """(created_at, id) of the messages among the first SCAN_ROWS of ``lead`` passing ``checks``,
-    newest first."""
-    window = (
-        sa.select(
-            messages.c.id,
-            messages.c.created_at,
-            messages.c.site_id,
-            messages.c.status,
-            messages.c.subject,
-            messages.c.original_sender,
+        if await _in_few_messages(connection, same):
+            lead.append(messages.c.id.in_(sa.select(recipients.c.message_id).where(same)))
+        else:  # by the message's recipients (message_id), never all of that address's rows
+            unindexed = _unindexed(sa.func.lower(recipients.c.address)) == query.recipient.lower()
+            checks.append(sa.exists().where(recipients.c.message_id == messages.c.id, unindexed))
+    status = query.status.value if query.status is not None else None
+    status_leads = status is not None and (query.site is None or status != "sent")
+    if status is not None:
+        (lead if status_leads else checks).append(
+            (messages.c.status if status_leads else _unindexed(messages.c.status)) == status
         )
-        .where(*lead)
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .limit(SCAN_ROWS)
-        .subquery("window")
-    )
-    w = window.c
-    where: list[sa.ColumnElement[bool]] = []
-    if "status" in checks and query.status is not None:
-        where.append(w.status == query.status.value)
-    if "site" in checks:
-        where.append(w.site_id == query.site)
-    if "upstream" in checks:
-        where.append(
+    if query.site is not None:
+        (checks if status_leads else lead).append(
+            (_unindexed(messages.c.site_id) if status_leads else messages.c.site_id) == query.site
+        )
+    if query.upstream is not None:
+        checks.append(
             sa.or_(
                 sa.exists().where(
-                    attempts.c.message_id == w.id, attempts.c.upstream == query.upstream
+                    attempts.c.message_id == messages.c.id, attempts.c.upstream == query.upstream
                 ),
                 sa.exists().where(
-                    recipients.c.message_id == w.id, recipients.c.upstream == query.upstream
+                    recipients.c.message_id == messages.c.id,
+                    recipients.c.upstream == query.upstream,
                 ),
             )
         )
-    if "q" in checks and query.q:
-        where.append(
+    if query.q:
+        checks.append(
             sa.or_(
                 *(
                     column.icontains(query.q, autoescape=True)
-                    for column in (w.subject, w.original_sender, w.id)
+                    for column in (messages.c.subject, messages.c.original_sender, messages.c.id)
                 )
             )
         )
-    return sa.select(w.created_at, w.id).where(*where).order_by(w.created_at.desc(), w.id.desc())
+    return lead, checks
 
 
-async def _fewer_than_scan(connection: AsyncConnection, lead: list[sa.ColumnElement[bool]]) -> bool:
-    """Whether the leading filters hold SCAN_ROWS messages or fewer (the checks saw them all)."""
-    beyond = await connection.scalar(
-        sa.select(messages.c.id)
-        .where(*lead)
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .offset(SCAN_ROWS)
-        .limit(1)
-    )
-    return beyond is None
+def _unindexed(column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+    return column + ""
 
 
-async def _scan_end(
-    connection: AsyncConnection, lead: list[sa.ColumnElement[bool]]
-) -> Position | None:
-    """The last message a window examines, when more follow it; else None (it saw them all)."""
-    rows = (
-        await connection.execute(
-            sa.select(messages.c.created_at, messages.c.id)
-            .where(*lead)
-            .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-            .offset(SCAN_ROWS - 1)
-            .limit(2)
+async def _in_few_messages(connection: AsyncConnection, same: sa.ColumnElement[bool]) -> bool:
+    """Whether at most HOT_RECIPIENT recipient rows match (an index-only count)."""
+    counted = await connection.scalar(
+        sa.select(sa.func.count()).select_from(
+            sa.select(sa.literal(1))
+            .select_from(recipients)
+            .where(same)
+            .limit(HOT_RECIPIENT + 1)
+            .subquery()
         )
-    ).all()
-    return (rows[0].created_at, rows[0].id) if len(rows) == 2 else None
+    )
+    return int(counted or 0) <= HOT_RECIPIENT
 
 
 async def _summaries(connection: AsyncConnection, ids: list[str]) -> list[MessageSummary]:

@@ -760,3 +760,11 @@ async def test_unindexed_filters_examine_a_bounded_window(
         plain = await search_messages(c, MessageQuery(page_size=2))
     assert (plain.total, plain.total_exact, plain.complete) == (3, False, True)
     assert plain.next_cursor == (T + 28, "m28")
+
+
+async def test_a_recipient_in_many_messages_is_checked_on_the_walk(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(message_log, "HOT_RECIPIENT", 0)  # every address counts as hot
+    await test_recipient_filter_is_exact_and_case_insensitive(engine)
+    await test_a_message_with_many_matching_recipients_counts_once(engine)
