@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -762,9 +762,17 @@ async def test_unindexed_filters_examine_a_bounded_window(
     assert plain.next_cursor == (T + 28, "m28")
 
 
+@pytest.mark.parametrize(
+    "same_test",
+    [
+        test_recipient_filter_is_exact_and_case_insensitive,
+        test_a_message_with_many_matching_recipients_counts_once,
+    ],
+)
 async def test_a_recipient_in_many_messages_is_checked_on_the_walk(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    same_test: Callable[[AsyncEngine], Awaitable[None]],
 ) -> None:
     monkeypatch.setattr(message_log, "HOT_RECIPIENT", 0)  # every address counts as hot
-    await test_recipient_filter_is_exact_and_case_insensitive(engine)
-    await test_a_message_with_many_matching_recipients_counts_once(engine)
+    await same_test(engine)
