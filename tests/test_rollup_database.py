@@ -15,15 +15,19 @@ import asyncio
 import datetime as dt
 import random
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay import store
 from relay.core.model import Attempt, RecipientStatus, SmtpReply
 from relay.core.rollups import duration_bucket
 from relay.message_log_database import site_stats_from_rows, upstream_stats_from_rows
@@ -51,13 +55,31 @@ OK = SmtpReply(250, "2.0.0 OK")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def writer(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[GroupWriter]:
+    """A writer on a new store at the newest schema."""
+    async with _writer(request.param, tmp_path, None) as found:
+        yield found
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def writer_0007(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[GroupWriter]:
+    """A writer on a new store at schema 0007: before the counters were filled or read."""
+    async with _writer(request.param, tmp_path, "0007") as found:
+        yield found
+
+
+@asynccontextmanager
+async def _writer(kind: str, tmp_path: Path, revision: str | None) -> AsyncIterator[GroupWriter]:
     async with AsyncExitStack() as stack:
         url = f"sqlite+aiosqlite:///{tmp_path}/relay.db"
-        if request.param == "postgresql":
+        if kind == "postgresql":
             url = await stack.enter_async_context(throwaway_database())
         engine = create_engine(url)
         stack.push_async_callback(engine.dispose)
-        await migrate(engine)
+        if revision is None:
+            await migrate(engine)
+        else:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade_to, revision)
         writer = GroupWriter(engine)
         writer.start()
         stack.push_async_callback(writer.close)
@@ -166,6 +188,13 @@ async def mixed_workload(writer: GroupWriter) -> None:
     await writer.write(lambda c: delete_message(c, ids[5]))  # queued, never tried
 
 
+def _upgrade_to(connection: Connection, revision: str) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
 def windows() -> list[tuple[float, float]]:
     berlin = dt.datetime(2027, 1, 16, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
     kolkata = dt.datetime(2027, 1, 16, tzinfo=ZoneInfo("Asia/Kolkata")).timestamp()
@@ -224,3 +253,18 @@ async def test_a_rebuild_gives_the_counters_the_transactions_wrote(writer: Group
         await rebuild_rollups_async(c)
         assert await counters(c) == written
         assert len(written) > 100
+
+
+async def test_migration_0008_fills_the_counters_of_an_older_store(
+    writer_0007: GroupWriter,
+) -> None:
+    writer = writer_0007
+    await mixed_workload(writer)  # at 0007, where nothing read the counters
+    async with writer.engine.begin() as c:
+        written = await counters(c)
+        await c.execute(stats_rollups.delete())
+    await migrate(writer.engine)
+    async with writer.engine.connect() as c:
+        assert await counters(c) == written
+        for since, until in windows():
+            await assert_counters_equal_rows(c, since, until)
