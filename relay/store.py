@@ -16,6 +16,9 @@ threads per statement. Through aiosqlite every statement was a round trip
 between its thread and a busy loop (a batch of 40 jobs took 24 ms); with
 every statement in a thread, each one waited for the loop to let go of the
 GIL. On PostgreSQL the jobs run through ``AsyncConnection.run_sync``.
+
+The statistics counters the jobs of a batch add to are merged and written
+once, just before the commit (``rollup_database.collecting``).
 """
 
 from __future__ import annotations
