@@ -305,9 +305,11 @@ def record_deliveries(
     if rows:
         connection.execute(_UPDATE_RECIPIENT, rows)
     statuses: dict[str, list[RecipientStatus]] = {}
+    counted: dict[str, _Counted] = {}  # where each message is counted in the statistics
     ids = list({r.message_id for r in records})
-    for row in connection.execute(_RECIPIENT_STATUSES, {"ids": ids}):
+    for row in connection.execute(_recipient_statuses(connection), {"ids": ids}):
         statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
+        counted[row.message_id] = (row.site_id, row.created_at, row.message_status)
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
     admissions = [
         Admission(n, claim)
@@ -327,7 +329,7 @@ def record_deliveries(
         new_status = {
             r.message_id: message_status(statuses[r.message_id], retry=True) for r in live
         }
-        _count_deliveries(connection, live, new_status)
+        _count_deliveries(connection, live, new_status, counted)
         connection.execute(
             _UPDATE_MESSAGE,
             [
@@ -346,33 +348,28 @@ def record_deliveries(
     return answers
 
 
+_Counted = tuple[str, float, str]  # site, created_at, status before this batch
+
+
 def _count_deliveries(
-    connection: Connection, live: list[DeliveryRecord], new_status: dict[str, MessageStatus]
+    connection: Connection,
+    live: list[DeliveryRecord],
+    new_status: dict[str, MessageStatus],
+    counted: dict[str, _Counted],
 ) -> None:
     """The statistics of the records' status changes and attempts, as ``_UPDATE_MESSAGE``
     will leave them (a held message stays held while it waits)."""
-    rows = connection.execute(
-        _locked(
-            sa.select(messages.c.id, messages.c.site_id, messages.c.status, messages.c.created_at)
-            .where(messages.c.id.in_(sorted(new_status)))
-            .order_by(messages.c.id),
-            connection,
-        )
-    ).all()
-    current = {row.id: MessageStatus(row.status) for row in rows}
-    origin = {row.id: (row.site_id, row.created_at) for row in rows}
+    current = {message_id: MessageStatus(status) for message_id, (_, _, status) in counted.items()}
     deltas = Deltas()
     for r in live:
         for a in r.attempts:
             deltas.attempt(a.upstream, a.started_at, a.outcome, len(a.recipients), a.duration)
-        old = current.get(r.message_id)
-        if old is None:
-            continue
+        old = current[r.message_id]
         new = new_status[r.message_id]
         if old is MessageStatus.HELD and new is MessageStatus.DEFERRED:
             new = old
         current[r.message_id] = new
-        site, created_at = origin[r.message_id]
+        site, created_at, _ = counted[r.message_id]
         deltas.message(site, created_at, old.value, new.value)
     record_rollups(connection, deltas)
 
@@ -385,9 +382,27 @@ def _locked(query: sa.Select[Any], connection: Connection | AsyncConnection) -> 
     return query
 
 
-_RECIPIENT_STATUSES = sa.select(recipients.c.message_id, recipients.c.status).where(
-    recipients.c.message_id.in_(sa.bindparam("ids", expanding=True))
+_RECIPIENT_STATUSES = (
+    sa.select(
+        recipients.c.message_id,
+        recipients.c.status,
+        messages.c.site_id,
+        messages.c.created_at,
+        messages.c.status.label("message_status"),
+    )
+    .join_from(recipients, messages, recipients.c.message_id == messages.c.id)
+    .where(recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)))
 )
+# PostgreSQL: the messages' rows stay locked until the commit, so the status counted as the
+# old one is the one the update replaces (an operator's hold meanwhile waits for it).
+_RECIPIENT_STATUSES_LOCKED = _RECIPIENT_STATUSES.with_for_update(of=messages)
+
+
+def _recipient_statuses(connection: Connection) -> sa.Select[Any]:
+    if connection.dialect.name == "postgresql":
+        return _RECIPIENT_STATUSES_LOCKED
+    return _RECIPIENT_STATUSES
+
 
 _UPDATE_MESSAGE = (
     messages.update()
