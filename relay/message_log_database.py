@@ -1,11 +1,12 @@
-"""SQL for the admin API's message log: search, one message's headers, statistics per window.
+"""SQL for the admin API's message log: search, one message's headers; statistics counted
+from the rows, as a check of the counters the API reads (``rollup_database``).
 
 Read-only. Functions take a connection and return frozen dataclasses, never
-rows. Everything is portable SQL (SQLite and PostgreSQL): filters are EXISTS
-subqueries, text search is ``lower(x) LIKE lower(y)`` with the wildcards of
-the search term escaped, and message counts are GROUP BY queries. Attempt
-recipients are a JSON list, so the per-upstream recipient counts and the
-duration percentile are computed in Python over the window's attempt rows.
+rows. Everything is portable SQL (SQLite and PostgreSQL). A search walks an
+index newest first and stops after a page or a bounded number of messages
+(``search_messages``); text search is ``lower(x) LIKE lower(y)`` with the
+wildcards of the search term escaped. The row-counting statistics read every
+message and attempt of their window: slow on a big store, never on the API path.
 """
 
 from __future__ import annotations

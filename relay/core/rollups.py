@@ -131,9 +131,11 @@ class Deltas:
 
 def window_edges(since: float, until: float) -> tuple[int, int]:
     """The whole minutes a window reads: from ``since``'s minute to the one holding ``until``
-    (a minute is in when it starts before ``until``)."""
+    (a minute is in when it starts before ``until``); nothing when ``until`` is not after."""
     start = minute_of(since)
-    return start, max(math.ceil(until / MINUTE) * MINUTE, start)
+    if until <= since:
+        return start, start
+    return start, math.ceil(until / MINUTE) * MINUTE
 
 
 def segments(start: int, end: int) -> list[tuple[str, int, int]]:
