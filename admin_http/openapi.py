@@ -50,6 +50,26 @@ _PAGING = [
     },
 ]
 _TIME = {"type": "string", "description": "ISO 8601 (UTC when no offset) or UNIX seconds"}
+_STATS_WINDOW = (
+    "Counted from per-minute counters kept as mail is accepted and delivered, so the window "
+    "is whole UTC minutes: from the minute holding `since` to the end of the minute holding "
+    "`until` (without `until`: up to now, the current minute included). `since` and `until` "
+    "in the answer are the edges counted. Site figures count messages created in the window "
+    "at their current status; upstream figures count attempts started in it. `p95_seconds` "
+    "is the upper bound of the duration bucket holding the 95th percentile (buckets about "
+    "1.5x apart: 1, 1.5, 2, 3, 5, 7, 10 ms ... 200 s, 600 s). Retention never changes them."
+)
+_SEARCH = (
+    "Newest first. `status`, `site`, `since`, `until` and a `recipient` (exact, any letter "
+    "case) are looked up in indexes; `q` (a substring of subject, original sender or id), "
+    "`upstream`, the second of `status` and `site`, and a recipient of very many messages "
+    "are checked message by message on at most 5,000 messages per request: when the page is "
+    "not full by then, `complete` is false and `next_cursor` goes on from there. `total` "
+    "counts up to 10,000 (`total_exact` false beyond); with checked filters it is the "
+    "matches this request met, exact only when it met them all. `next_cursor` (null at the "
+    "end) passed as `cursor` gives the next page in constant time, whatever arrives "
+    "meanwhile; `page` still works (an offset: slower the deeper)."
+)
 _WINDOW = [
     {"name": "since", "in": "query", "schema": _TIME},
     {"name": "until", "in": "query", "schema": _TIME},
@@ -63,9 +83,12 @@ def _op(
     params: list[Schema] | None = None,
     body: Schema | None = None,
     body_required: bool = True,
+    description: str | None = None,
 ) -> Schema:
     responses = {status: ok if ok is not None else {"description": "Done"}, **_ERRORS}
     op: Schema = {"summary": summary, "responses": responses}
+    if description is not None:
+        op["description"] = description
     if params:
         op["parameters"] = params
     if body is not None:
@@ -405,6 +428,18 @@ def _schemas() -> dict[str, Schema]:
                 "headers": obj({"original": text, "sent": text}),
             }
         ),
+        "MessagePage": {
+            "allOf": [
+                _list_of("MessageSummary"),
+                obj(
+                    {
+                        "total_exact": boolean,
+                        "next_cursor": nullable("string"),
+                        "complete": boolean,
+                    }
+                ),
+            ]
+        },
         "Retry": obj({"id": text, "status": text}),
         "Flush": obj({"messages": integer, "upstreams": {"type": "array", "items": text}}),
         "SiteStats": obj(
@@ -516,6 +551,7 @@ def _paths() -> dict[str, Schema]:
                 "Per site and per upstream over a window (default: 24 hours)",
                 json_answer(ref("Stats")),
                 params=_WINDOW,
+                description=_STATS_WINDOW,
             )
         },
         "/api/v1/upstreams": {
@@ -571,6 +607,7 @@ def _paths() -> dict[str, Schema]:
                 "The upstream's statistics over a window",
                 json_answer(ref("UpstreamStatsWindow")),
                 params=[name, *_WINDOW],
+                description=_STATS_WINDOW,
             )
         },
         "/api/v1/sites": {
@@ -704,7 +741,8 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/messages": {
             "get": _op(
                 "Search the message log, newest first",
-                json_answer(_list_of("MessageSummary")),
+                json_answer(ref("MessagePage")),
+                description=_SEARCH,
                 params=[
                     {
                         "name": "status",
@@ -720,6 +758,7 @@ def _paths() -> dict[str, Schema]:
                     ),
                     *_WINDOW,
                     *_PAGING,
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
             )
         },

@@ -176,7 +176,9 @@ class RelayApp:
         self.templates = TemplateController(
             self.writer, lambda: self.config, self.directory, self.sync, clock
         )
-        self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
+        self.reports = ReportsController(
+            self.writer, self.usage, self.directory, lambda: self.config.retention.policy, clock
+        )
         self.housekeeping = Housekeeping(
             self.writer,
             lambda: self.config.retention,

@@ -182,6 +182,7 @@ class Housekeeping:
         now = self._clock()
         for kind, before in (
             ("audit_log", cut.audit),
+            ("stats_minutes", float(cut.log)),
             ("stats_rollups", float(cut.stats_minute)),
             ("form_nonces", now),
             ("idempotency_keys", now),

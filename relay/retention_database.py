@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 
 from relay.core.model import MessageStatus
 from relay.core.retention import KEEP_HEADER_BYTES, kept_headers, pages_to_vacuum
+from relay.core.rollups import MINUTE_SCOPES
 from relay.tables import (
     attempts,
     audit_log,
@@ -260,10 +261,18 @@ class Expiring:
     table: sa.Table
     column: str
     key: tuple[str, ...]
+    only: sa.ColumnElement[bool] | None = None  # the rows of the table this kind covers
 
 
 EXPIRING = {
     "audit_log": Expiring(audit_log, "at", ("id",)),
+    # Minute counters go with the rows they count; hour and day ones after stats_days.
+    "stats_minutes": Expiring(
+        stats_rollups,
+        "minute",
+        ("scope", "name", "minute", "metric"),
+        stats_rollups.c.scope.in_(MINUTE_SCOPES),
+    ),
     "stats_rollups": Expiring(stats_rollups, "minute", ("scope", "name", "minute", "metric")),
     "form_nonces": Expiring(form_nonces, "expires_at", ("nonce",)),
     "idempotency_keys": Expiring(idempotency_keys, "expires_at", ("site_id", "key")),
@@ -276,7 +285,9 @@ def delete_expired(connection: Connection, kind: str, before: float, limit: int)
     expiring = EXPIRING[kind]
     table = expiring.table
     keys = [table.c[name] for name in expiring.key]
-    chosen = sa.select(*keys).where(table.c[expiring.column] < before).limit(limit)
+    old = table.c[expiring.column] < before
+    chosen = sa.select(*keys).where(old if expiring.only is None else old & expiring.only)
+    chosen = chosen.limit(limit)
     match = keys[0].in_(chosen) if len(keys) == 1 else sa.tuple_(*keys).in_(chosen)
     return int(connection.execute(table.delete().where(match)).rowcount or 0)
 

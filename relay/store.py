@@ -16,6 +16,9 @@ threads per statement. Through aiosqlite every statement was a round trip
 between its thread and a busy loop (a batch of 40 jobs took 24 ms); with
 every statement in a thread, each one waited for the loop to let go of the
 GIL. On PostgreSQL the jobs run through ``AsyncConnection.run_sync``.
+
+The statistics counters the jobs of a batch add to are merged and written
+once, just before the commit (``rollup_database.collecting``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from relay.rollup_database import begin_collecting, collecting, end_collecting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -341,7 +346,14 @@ class GroupWriter:
 
     async def _run_async(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         async with self.engine.begin() as connection:
-            return [await job(connection) for job in jobs]
+            await connection.run_sync(begin_collecting)
+            try:
+                results = [await job(connection) for job in jobs]
+            except BaseException:
+                await connection.run_sync(end_collecting, False)
+                raise
+            await connection.run_sync(end_collecting)
+            return results
 
     async def _run_sync(self, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
         """The sync jobs in one transaction (see the module's docstring for SQLite's)."""
@@ -401,7 +413,15 @@ class WriteLock:
 
 
 def _run_jobs(connection: Connection, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
-    """Each ItemsJob once with its items, then each SyncJob; results in ``jobs`` order."""
+    """Each ItemsJob once with its items, then each SyncJob; results in ``jobs`` order.
+
+    The statistics counters the jobs add to are written once, at the end (``collecting``).
+    """
+    with collecting(connection):
+        return _run_each(connection, jobs)
+
+
+def _run_each(connection: Connection, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
     items: dict[ItemsJob[Any], list[Any]] = {}
     for job in jobs:
         if isinstance(job, _Item):

@@ -26,7 +26,7 @@ class RetentionPolicy:
     content_hours: float = 168.0  # content of final messages
     log_days: float = 30.0  # final messages' rows: message, recipients, attempts
     audit_days: float = 365.0  # the admin API's audit log
-    stats_days: float = 400.0  # per-minute statistics rollups
+    stats_days: float = 400.0  # hourly and daily statistics rollups (minutes go after log_days)
 
     def cutoffs(self, now: float) -> Cutoffs:
         return Cutoffs(
