@@ -59,6 +59,7 @@ _HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # controls, lo
 _BODY_UNSAFE = re.compile(
     "[\x00\ud800-\udfff]"
 )  # NUL has no place in SMTP; surrogates can't encode
+_TAG_DIGITS = 16
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _PERCENT_ENCODED = re.compile(rf"(?:%[0-9A-F]{{2}}|[^%]){{1,{_SECTION_UNITS}}}")
 
@@ -304,10 +305,14 @@ def _disposition(filename: str) -> str:
 
 
 def _boundary_tag(message_id: str, texts: tuple[str, ...]) -> str:
-    """A tag for the MIME boundaries that no body holds; base64 and quoted-printable can't."""
-    tag = hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    """A tag for the MIME boundaries that no body holds; base64 and quoted-printable can't.
+
+    16 hex digits: the longest Content-Type with it, multipart/alternative's, fits the 78
+    characters of a line that is written without folding.
+    """
+    tag = hashlib.sha256(message_id.encode()).hexdigest()[:_TAG_DIGITS]
     while any(tag in text for text in texts):
-        tag = hashlib.sha256(tag.encode()).hexdigest()[:32]
+        tag = hashlib.sha256(tag.encode()).hexdigest()[:_TAG_DIGITS]
     return tag
 
 
