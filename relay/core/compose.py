@@ -59,7 +59,7 @@ _HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # controls, lo
 _BODY_UNSAFE = re.compile(
     "[\x00\ud800-\udfff]"
 )  # NUL has no place in SMTP; surrogates can't encode
-_TAG_DIGITS = 16
+_TAG_DIGITS = 16  # of a MIME boundary's tag (see _boundary_tag)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _PERCENT_ENCODED = re.compile(rf"(?:%[0-9A-F]{{2}}|[^%]){{1,{_SECTION_UNITS}}}")
 
