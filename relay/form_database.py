@@ -36,24 +36,25 @@ def record_nonces(connection: Connection, nonces: Sequence[UsedNonce]) -> list[b
     first: dict[str, UsedNonce] = {}
     for used in nonces:
         first.setdefault(used.nonce, used)
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(form_nonces)
-        .values(
-            [
-                {"nonce": u.nonce, "site_id": u.site_id, "expires_at": u.expires_at}
-                for u in first.values()
-            ]
-        )
-        .on_conflict_do_nothing(index_elements=["nonce"])
-        .returning(c.nonce)
-    )
-    recorded = set(connection.execute(statement).scalars())
+    rows = [
+        {"nonce": u.nonce, "site_id": u.site_id, "expires_at": u.expires_at} for u in first.values()
+    ]
+    recorded = set(connection.execute(_RECORD[connection.dialect.name], rows).scalars())
     answers = []
     for used in nonces:
         fresh = used.nonce in recorded and first[used.nonce] is used
         answers.append(fresh)
     return answers
+
+
+# Built once, with the rows as parameters: a statement holding them (insert().values([...]))
+# has no cache key, and SQLAlchemy compiled it for every post (~0.6 ms, ten times its run).
+_RECORD = {
+    name: dialect.insert(form_nonces)
+    .on_conflict_do_nothing(index_elements=["nonce"])
+    .returning(c.nonce)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 
 
 def forget_nonce(connection: Connection, nonce: str) -> None:

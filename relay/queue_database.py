@@ -34,6 +34,7 @@ from relay.core.outcome import message_status
 from relay.core.quota import Claim, Granted, OverLimit
 from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
+from relay.idempotency_database import Answer, record_answers
 from relay.rollup_database import record_rollups, record_rollups_async
 from relay.tables import attempts, messages, recipients
 from relay.usage_database import claim_usage
@@ -43,10 +44,12 @@ _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 @dataclass(frozen=True)
 class Admission:
-    """A message to store, and its site's claim when the site has limits."""
+    """A message to store, its site's claim when the site has limits, and the answer of its
+    request's Idempotency-Key, recorded only when the message is stored."""
 
     message: NewMessage
     claim: Claim | None = None
+    answer: Answer | None = None
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,16 @@ class Admitted:
 
 
 def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[Admitted]:
-    """``store_messages``, plus the suppression lookup of the leased ones in the same
-    transaction: their delivery starts without a store read of its own."""
+    """``store_messages``, plus, in the same transaction, the Idempotency-Key answers of the
+    stored ones and the suppression lookup of the leased ones (their delivery starts without
+    a store read of its own)."""
     verdicts = store_messages(connection, batch)
+    answers = [
+        a.answer
+        for a, v in zip(batch, verdicts, strict=True)
+        if a.answer is not None and not isinstance(v, OverLimit)
+    ]
+    record_answers(connection, answers)
     leased = [
         a.message
         for a, v in zip(batch, verdicts, strict=True)
