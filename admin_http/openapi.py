@@ -1,38 +1,31 @@
 """The OpenAPI 3.1 document of the admin API, served at /api/v1/openapi.json.
 
-Written by hand next to the route table; tests validate it and run
-schemathesis against the live server, so it cannot drift from what the
-server answers.
+Written by hand next to the route table (its building blocks, shared with the
+public listener's document, are in admin_http/openapi_parts.py); tests
+validate it and run schemathesis against the live server, so it cannot drift
+from what the server answers.
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
-
-
-def _object(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-    }
+from admin_http.openapi_parts import (
+    ERROR_ANSWER,
+    ERROR_SCHEMA,
+    Schema,
+    json_answer,
+    nullable,
+    obj,
+    path_parameter,
+    ref,
+)
 
 
 def _list_of(item: str) -> Schema:
-    return _object(
+    return obj(
         {
-            "items": {"type": "array", "items": _ref(item)},
+            "items": {"type": "array", "items": ref(item)},
             "total": {"type": "integer", "minimum": 0},
             "page": {"type": "integer", "minimum": 1},
             "page_size": {"type": "integer", "minimum": 1},
@@ -40,18 +33,13 @@ def _list_of(item: str) -> Schema:
     )
 
 
-def _json(schema: Schema, description: str = "OK") -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_ERROR = _json(_ref("Error"), "Error")
 _ERRORS = {
-    "400": _ERROR,
-    "401": _ERROR,
-    "404": _ERROR,
-    "409": _ERROR,
-    "422": _ERROR,
-    "429": _ERROR,
+    "400": ERROR_ANSWER,
+    "401": ERROR_ANSWER,
+    "404": ERROR_ANSWER,
+    "409": ERROR_ANSWER,
+    "422": ERROR_ANSWER,
+    "429": ERROR_ANSWER,
 }
 _PAGING = [
     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
@@ -62,14 +50,30 @@ _PAGING = [
     },
 ]
 _TIME = {"type": "string", "description": "ISO 8601 (UTC when no offset) or UNIX seconds"}
+_STATS_WINDOW = (
+    "Counted from per-minute counters kept as mail is accepted and delivered, so the window "
+    "is whole UTC minutes: from the minute holding `since` to the end of the minute holding "
+    "`until` (without `until`: up to now, the current minute included). `since` and `until` "
+    "in the answer are the edges counted. Site figures count messages created in the window "
+    "at their current status; upstream figures count attempts started in it. `p95_seconds` "
+    "is the upper bound of the duration bucket holding the 95th percentile (buckets about "
+    "1.5x apart: 1, 1.5, 2, 3, 5, 7, 10 ms ... 200 s, 600 s). Retention never changes them."
+)
+_SEARCH = (
+    "Newest first. `status`, `site`, `since`, `until` and a `recipient` (exact, any letter "
+    "case) are looked up in indexes; `q` (a substring of subject, original sender or id), "
+    "`upstream`, the second of `status` and `site`, and a recipient of very many messages "
+    "are checked message by message on at most 5,000 messages per request: when the page is "
+    "not full by then, `complete` is false and `next_cursor` goes on from there. `total` "
+    "counts up to 10,000 (`total_exact` false beyond); with checked filters it is the "
+    "matches this request met, exact only when it met them all. `next_cursor` (null at the "
+    "end) passed as `cursor` gives the next page in constant time, whatever arrives "
+    "meanwhile; `page` still works (an offset: slower the deeper)."
+)
 _WINDOW = [
     {"name": "since", "in": "query", "schema": _TIME},
     {"name": "until", "in": "query", "schema": _TIME},
 ]
-
-
-def _path(name: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _op(
@@ -79,9 +83,12 @@ def _op(
     params: list[Schema] | None = None,
     body: Schema | None = None,
     body_required: bool = True,
+    description: str | None = None,
 ) -> Schema:
     responses = {status: ok if ok is not None else {"description": "Done"}, **_ERRORS}
     op: Schema = {"summary": summary, "responses": responses}
+    if description is not None:
+        op["description"] = description
     if params:
         op["parameters"] = params
     if body is not None:
@@ -102,16 +109,16 @@ def _schemas() -> dict[str, Schema]:
     managed = {"type": "string", "enum": ["file", "api"]}
     quota = {
         "type": "object",
-        "additionalProperties": _object({"used": integer, "limit": integer, "ratio": number}),
+        "additionalProperties": obj({"used": integer, "limit": integer, "ratio": number}),
     }
-    check = _object(
+    check = obj(
         {
             "name": text,
             "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
             "required": boolean,
             "found": text,
             "detail": text,
-            "publish": _nullable("string"),
+            "publish": nullable("string"),
         }
     )
     limit = {"type": ["integer", "null"], "minimum": 1}
@@ -151,7 +158,7 @@ def _schemas() -> dict[str, Schema]:
         "properties": {
             "id": text,
             "name": text,
-            "from": _object({"email": text, "name": text}, ["email"]),
+            "from": obj({"email": text, "name": text}, ["email"]),
             "reply_to": {"type": "string", "description": "original, none or an address"},
             "senders": {"type": "array", "items": text},
             "upstreams": {"type": "array", "items": text},
@@ -172,42 +179,31 @@ def _schemas() -> dict[str, Schema]:
         "PUT replaces every part.",
         "properties": {
             "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
-            "subject": _nullable("string"),
-            "text": _nullable("string"),
-            "html": _nullable("string"),
+            "subject": nullable("string"),
+            "text": nullable("string"),
+            "html": nullable("string"),
         },
     }
     return {
-        "Error": _object(
-            {
-                "error": _object(
-                    {
-                        "code": text,
-                        "message": text,
-                        "problems": {"type": "array", "items": text},
-                    },
-                    ["code", "message"],
-                )
-            }
-        ),
-        "Upstream": _object(
+        "Error": ERROR_SCHEMA,
+        "Upstream": obj(
             {
                 "name": text,
                 "kind": {"type": "string", "enum": ["smtp", "file"]},
-                "host": _nullable("string"),
-                "port": _nullable("integer"),
+                "host": nullable("string"),
+                "port": nullable("integer"),
                 "tls": {"type": "string", "enum": ["none", "starttls", "implicit"]},
                 "verify_tls": boolean,
-                "username": _nullable("string"),
+                "username": nullable("string"),
                 "has_password": boolean,
                 "priority": integer,
                 "active": boolean,
-                "rate_per_minute": _nullable("integer"),
-                "daily_limit": _nullable("integer"),
-                "monthly_limit": _nullable("integer"),
+                "rate_per_minute": nullable("integer"),
+                "daily_limit": nullable("integer"),
+                "monthly_limit": nullable("integer"),
                 "max_connections": integer,
                 "timeout_seconds": number,
-                "cost_per_1000": _nullable("number"),
+                "cost_per_1000": nullable("number"),
                 "weight": integer,
                 "spf_include": {"type": "array", "items": text},
                 "managed_by": managed,
@@ -216,86 +212,86 @@ def _schemas() -> dict[str, Schema]:
         ),
         "UpstreamPatch": upstream_input,
         "UpstreamInput": {**upstream_input, "required": ["name", "host"]},
-        "Site": _object(
+        "Site": obj(
             {
                 "id": text,
                 "name": text,
-                "from": _object({"email": text, "name": _nullable("string")}),
+                "from": obj({"email": text, "name": nullable("string")}),
                 "reply_to": text,
                 "senders": {"type": "array", "items": text},
                 "upstreams": {"type": "array", "items": text},
-                "bounce_address": _nullable("string"),
-                "rate_per_minute": _nullable("integer"),
-                "daily_limit": _nullable("integer"),
-                "monthly_limit": _nullable("integer"),
-                "strategy": _nullable("string"),
+                "bounce_address": nullable("string"),
+                "rate_per_minute": nullable("integer"),
+                "daily_limit": nullable("integer"),
+                "monthly_limit": nullable("integer"),
+                "strategy": nullable("string"),
                 "message_class": {"type": "string", "enum": ["transactional", "bulk"]},
-                "credentials": {"type": "array", "items": _object({"username": text})},
+                "credentials": {"type": "array", "items": obj({"username": text})},
                 "managed_by": managed,
             }
         ),
         "SitePatch": site_input,
         "SiteInput": {**site_input, "required": ["id", "from"]},
-        "NewCredential": _object({"site": text, "username": text, "password": text}),
-        "TemplateSummary": _object(
+        "NewCredential": obj({"site": text, "username": text, "password": text}),
+        "TemplateSummary": obj(
             {
                 "name": text,
-                "source": managed,
-                "updated_at": _nullable("string", description="null for the file's"),
+                "managed_by": managed,
+                "updated_at": nullable("string", description="null for the file's"),
             }
         ),
-        "Template": _object(
+        "Template": obj(
             {
                 "name": text,
-                "source": managed,
-                "updated_at": _nullable("string", description="null for the file's"),
-                "subject": _nullable("string"),
-                "text": _nullable("string"),
-                "html": _nullable("string"),
+                "managed_by": managed,
+                "updated_at": nullable("string", description="null for the file's"),
+                "subject": nullable("string"),
+                "text": nullable("string"),
+                "html": nullable("string"),
             }
         ),
         "TemplateParts": template_parts,
         "TemplateInput": {**template_parts, "required": ["name"]},
-        "Rendered": _object(
+        "Rendered": obj(
             {
-                "subject": _nullable("string"),
-                "text": _nullable("string"),
-                "html": _nullable("string"),
+                "subject": nullable("string"),
+                "text": nullable("string"),
+                "html": nullable("string"),
             }
         ),
-        "ApiKey": _object(
+        "ApiKey": obj(
             {
                 "name": text,
                 "managed_by": managed,
-                "created_at": _nullable("string"),
-                "expires_at": _nullable("string"),
-                "last_used_at": _nullable("string"),
+                "created_at": nullable("string"),
+                "expires_at": nullable("string"),
+                "last_used_at": nullable("string"),
             }
         ),
-        "NewApiKey": _object(
+        "NewApiKey": obj(
             {
                 "site": text,
                 "name": text,
                 "key": text,
                 "created_at": text,
-                "expires_at": _nullable("string"),
+                "expires_at": nullable("string"),
             }
         ),
         "Check": check,
-        "Domain": _object(
+        "Domain": obj(
             {
                 "name": text,
                 "managed_by": managed,
                 "signing": boolean,
                 "keys": {
                     "type": "array",
-                    "items": _object(
+                    "items": obj(
                         {
                             "selector": text,
                             "state": {"type": "string", "enum": ["active", "next", "retired"]},
                             "algorithm": {"type": "string", "enum": ["rsa", "ed25519"]},
-                            "public_key": _nullable("string"),
-                            "retire_until": _nullable("string"),
+                            "public_key": nullable("string"),
+                            "retire_until": nullable("string"),
                         }
                     ),
                 },
@@ -304,7 +300,7 @@ def _schemas() -> dict[str, Schema]:
             },
             ["name", "managed_by", "signing", "keys", "checks"],
         ),
-        "DomainInput": _object(
+        "DomainInput": obj(
             {
                 "name": text,
                 "selector": text,
@@ -312,15 +308,15 @@ def _schemas() -> dict[str, Schema]:
             },
             ["name"],
         ),
-        "DnsRecords": _object({"domain": text, "records": {"type": "array", "items": check}}),
-        "Verification": _object(
+        "DnsRecords": obj({"domain": text, "records": {"type": "array", "items": check}}),
+        "Verification": obj(
             {
                 "domain": text,
                 "verified": boolean,
                 "checks": {"type": "array", "items": check},
                 "preflights": {
                     "type": "array",
-                    "items": _object(
+                    "items": obj(
                         {
                             "site": text,
                             "upstream": text,
@@ -333,21 +329,21 @@ def _schemas() -> dict[str, Schema]:
                 },
             }
         ),
-        "Probe": _object(
+        "Probe": obj(
             {
                 "ok": boolean,
                 "stage": text,
                 "detail": text,
-                "steps": {"type": "array", "items": _object({"step": text, "ms": number})},
+                "steps": {"type": "array", "items": obj({"step": text, "ms": number})},
                 "message": {
                     "oneOf": [
                         {"type": "null"},
-                        _object(
+                        obj(
                             {
                                 "id": text,
                                 "accepted": boolean,
                                 "stage": text,
-                                "reply": _nullable("string"),
+                                "reply": nullable("string"),
                                 "detail": text,
                                 "ms": number,
                             }
@@ -356,7 +352,7 @@ def _schemas() -> dict[str, Schema]:
                 },
             }
         ),
-        "MessageSummary": _object(
+        "MessageSummary": obj(
             {
                 "id": text,
                 "site": text,
@@ -369,12 +365,12 @@ def _schemas() -> dict[str, Schema]:
                 "recipients": {"type": "array", "items": text},
                 "created_at": text,
                 "updated_at": text,
-                "next_attempt_at": _nullable("string"),
+                "next_attempt_at": nullable("string"),
                 "attempt_count": integer,
-                "last_error": _nullable("string"),
+                "last_error": nullable("string"),
             }
         ),
-        "Message": _object(
+        "Message": obj(
             {
                 "id": text,
                 "site": text,
@@ -384,31 +380,33 @@ def _schemas() -> dict[str, Schema]:
                 "envelope_sender": text,
                 "subject": text,
                 "size": integer,
+                "content_deleted": boolean,
+                "content_deleted_at": nullable("string"),
                 "created_at": text,
-                "next_attempt_at": _nullable("string"),
+                "next_attempt_at": nullable("string"),
                 "attempt_count": integer,
-                "last_error": _nullable("string"),
+                "last_error": nullable("string"),
                 "recipients": {
                     "type": "array",
-                    "items": _object(
+                    "items": obj(
                         {
                             "address": text,
                             "status": text,
-                            "upstream": _nullable("string"),
-                            "reply_code": _nullable("integer"),
-                            "reply_text": _nullable("string"),
+                            "upstream": nullable("string"),
+                            "reply_code": nullable("integer"),
+                            "reply_text": nullable("string"),
                         }
                     ),
                 },
                 "attempts": {
                     "type": "array",
-                    "items": _object(
+                    "items": obj(
                         {
                             "upstream": text,
                             "started_at": text,
                             "duration_seconds": number,
-                            "reply_code": _nullable("integer"),
-                            "reply_text": _nullable("string"),
+                            "reply_code": nullable("integer"),
+                            "reply_text": nullable("string"),
                             "outcome": text,
                             "recipients": {"type": "array", "items": text},
                             "detail": text,
@@ -418,7 +416,7 @@ def _schemas() -> dict[str, Schema]:
                 },
                 "header_changes": {
                     "type": "array",
-                    "items": _object(
+                    "items": obj(
                         {
                             "name": text,
                             "change": {"type": "string", "enum": ["added", "removed", "changed"]},
@@ -427,12 +425,24 @@ def _schemas() -> dict[str, Schema]:
                         }
                     ),
                 },
-                "headers": _object({"original": text, "sent": text}),
+                "headers": obj({"original": text, "sent": text}),
             }
         ),
-        "Retry": _object({"id": text, "status": text}),
-        "Flush": _object({"messages": integer, "upstreams": {"type": "array", "items": text}}),
-        "SiteStats": _object(
+        "MessagePage": {
+            "allOf": [
+                _list_of("MessageSummary"),
+                obj(
+                    {
+                        "total_exact": boolean,
+                        "next_cursor": nullable("string"),
+                        "complete": boolean,
+                    }
+                ),
+            ]
+        },
+        "Retry": obj({"id": text, "status": text}),
+        "Flush": obj({"messages": integer, "upstreams": {"type": "array", "items": text}}),
+        "SiteStats": obj(
             {
                 "site": text,
                 "accepted": integer,
@@ -442,39 +452,39 @@ def _schemas() -> dict[str, Schema]:
                 "deferred": integer,
                 "queued": integer,
                 "held": integer,
-                "success_rate": _nullable("number"),
+                "success_rate": nullable("number"),
                 "quota": quota,
             }
         ),
-        "UpstreamStats": _object(
+        "UpstreamStats": obj(
             {
                 "upstream": text,
                 "attempts": integer,
                 "sent": integer,
                 "failed": integer,
                 "deferred": integer,
-                "success_rate": _nullable("number"),
-                "average_seconds": _nullable("number"),
-                "p95_seconds": _nullable("number"),
+                "success_rate": nullable("number"),
+                "average_seconds": nullable("number"),
+                "p95_seconds": nullable("number"),
                 "quota": quota,
             }
         ),
         "UpstreamStatsWindow": {
             "allOf": [
-                _ref("UpstreamStats"),
-                _object({"since": text, "until": text}),
+                ref("UpstreamStats"),
+                obj({"since": text, "until": text}),
             ]
         },
-        "Stats": _object(
+        "Stats": obj(
             {
                 "since": text,
                 "until": text,
-                "sites": {"type": "array", "items": _ref("SiteStats")},
-                "upstreams": {"type": "array", "items": _ref("UpstreamStats")},
-                "queue": _object({"depth": integer, "held": integer, "oldest_age_seconds": number}),
+                "sites": {"type": "array", "items": ref("SiteStats")},
+                "upstreams": {"type": "array", "items": ref("UpstreamStats")},
+                "queue": obj({"depth": integer, "held": integer, "oldest_age_seconds": number}),
             }
         ),
-        "AuditEntry": _object(
+        "AuditEntry": obj(
             {
                 "at": text,
                 "token": text,
@@ -484,32 +494,33 @@ def _schemas() -> dict[str, Schema]:
                 "detail": {"type": "object"},
             }
         ),
-        "Reloaded": _object(
+        "Reloaded": obj(
             {
                 "status": text,
                 "restart_needed": {"type": "array", "items": text},
                 "warnings": {"type": "array", "items": text},
             }
         ),
-        "Status": _object({"status": text}),
+        "Status": obj({"status": text}),
     }
 
 
 def _paths() -> dict[str, Schema]:
-    name, site_id, domain, message = _path("name"), _path("id"), _path("name"), _path("id")
+    name, site_id = path_parameter("name"), path_parameter("id")
+    domain, message = path_parameter("name"), path_parameter("id")
     return {
         "/healthz": {
             "get": {
                 "summary": "The process is alive",
                 "security": [],
-                "responses": {"200": _json(_ref("Status"))},
+                "responses": {"200": json_answer(ref("Status"))},
             }
         },
         "/readyz": {
             "get": {
                 "summary": "The database answers and the SMTP listeners are up",
                 "security": [],
-                "responses": {"200": _json(_ref("Status")), "503": _ERROR},
+                "responses": {"200": json_answer(ref("Status")), "503": ERROR_ANSWER},
             }
         },
         "/metrics": {
@@ -524,42 +535,45 @@ def _paths() -> dict[str, Schema]:
                 },
             }
         },
-        "/api/v1/openapi.json": {"get": _op("This document", _json({"type": "object"}))},
+        "/api/v1/openapi.json": {"get": _op("This document", json_answer({"type": "object"}))},
         "/api/v1/reload": {
-            "post": _op("Re-read the config file (like SIGHUP)", _json(_ref("Reloaded")))
+            "post": _op("Re-read the config file (like SIGHUP)", json_answer(ref("Reloaded")))
         },
         "/api/v1/audit": {
             "get": _op(
                 "Changes made through the API, newest first",
-                _json(_list_of("AuditEntry")),
+                json_answer(_list_of("AuditEntry")),
                 params=_PAGING,
             )
         },
         "/api/v1/stats": {
             "get": _op(
                 "Per site and per upstream over a window (default: 24 hours)",
-                _json(_ref("Stats")),
+                json_answer(ref("Stats")),
                 params=_WINDOW,
+                description=_STATS_WINDOW,
             )
         },
         "/api/v1/upstreams": {
             "get": _op(
-                "Upstreams, from the file and the API", _json(_list_of("Upstream")), params=_PAGING
+                "Upstreams, from the file and the API",
+                json_answer(_list_of("Upstream")),
+                params=_PAGING,
             ),
             "post": _op(
                 "Create an upstream",
-                _json(_ref("Upstream"), "Created"),
+                json_answer(ref("Upstream"), "Created"),
                 "201",
-                body=_ref("UpstreamInput"),
+                body=ref("UpstreamInput"),
             ),
         },
         "/api/v1/upstreams/{name}": {
-            "get": _op("One upstream", _json(_ref("Upstream")), params=[name]),
+            "get": _op("One upstream", json_answer(ref("Upstream")), params=[name]),
             "patch": _op(
                 "Change an API upstream (JSON merge patch)",
-                _json(_ref("Upstream")),
+                json_answer(ref("Upstream")),
                 params=[name],
-                body=_ref("UpstreamPatch"),
+                body=ref("UpstreamPatch"),
             ),
             "delete": _op(
                 "Delete an API upstream (its history keeps the name)", None, "204", params=[name]
@@ -568,9 +582,9 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/upstreams/{name}/test": {
             "post": _op(
                 "Connect, TLS, AUTH with timings; with `to`, also send a test message",
-                _json(_ref("Probe")),
+                json_answer(ref("Probe")),
                 params=[name],
-                body=_object(
+                body=obj(
                     {
                         "to": {"type": "string", "format": "email"},
                         "from": {"type": "string", "format": "email"},
@@ -581,61 +595,66 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/api/v1/upstreams/{name}/activate": {
-            "post": _op("Let routing use the upstream", _json(_ref("Upstream")), params=[name])
+            "post": _op("Let routing use the upstream", json_answer(ref("Upstream")), params=[name])
         },
         "/api/v1/upstreams/{name}/deactivate": {
             "post": _op(
-                "Keep routing away from the upstream", _json(_ref("Upstream")), params=[name]
+                "Keep routing away from the upstream", json_answer(ref("Upstream")), params=[name]
             )
         },
         "/api/v1/upstreams/{name}/stats": {
             "get": _op(
                 "The upstream's statistics over a window",
-                _json(_ref("UpstreamStatsWindow")),
+                json_answer(ref("UpstreamStatsWindow")),
                 params=[name, *_WINDOW],
+                description=_STATS_WINDOW,
             )
         },
         "/api/v1/sites": {
-            "get": _op("Sites, from the file and the API", _json(_list_of("Site")), params=_PAGING),
+            "get": _op(
+                "Sites, from the file and the API", json_answer(_list_of("Site")), params=_PAGING
+            ),
             "post": _op(
-                "Create a site", _json(_ref("Site"), "Created"), "201", body=_ref("SiteInput")
+                "Create a site", json_answer(ref("Site"), "Created"), "201", body=ref("SiteInput")
             ),
         },
         "/api/v1/sites/{id}": {
-            "get": _op("One site", _json(_ref("Site")), params=[site_id]),
+            "get": _op("One site", json_answer(ref("Site")), params=[site_id]),
             "patch": _op(
                 "Change an API site (JSON merge patch)",
-                _json(_ref("Site")),
+                json_answer(ref("Site")),
                 params=[site_id],
-                body=_ref("SitePatch"),
+                body=ref("SitePatch"),
             ),
             "delete": _op("Delete an API site and its credentials", None, "204", params=[site_id]),
         },
         "/api/v1/sites/{id}/credentials": {
             "post": _op(
                 "A new SMTP credential; the password is in this answer only",
-                _json(_ref("NewCredential"), "Created"),
+                json_answer(ref("NewCredential"), "Created"),
                 "201",
                 params=[site_id],
-                body=_object({"username": text_schema()}, []),
+                body=obj({"username": text_schema()}, []),
                 body_required=False,
             )
         },
         "/api/v1/sites/{id}/credentials/{username}": {
-            "delete": _op("Remove a credential", None, "204", params=[site_id, _path("username")])
+            "delete": _op(
+                "Remove a credential", None, "204", params=[site_id, path_parameter("username")]
+            )
         },
         "/api/v1/sites/{id}/api-keys": {
             "get": _op(
                 "The site's send API keys (names and times, never a key)",
-                _json(_list_of("ApiKey")),
+                json_answer(_list_of("ApiKey")),
                 params=[site_id, *_PAGING],
             ),
             "post": _op(
                 "A new send API key; the key is in this answer only",
-                _json(_ref("NewApiKey"), "Created"),
+                json_answer(ref("NewApiKey"), "Created"),
                 "201",
                 params=[site_id],
-                body=_object(
+                body=obj(
                     {
                         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
                         "expires_at": {
@@ -652,56 +671,58 @@ def _paths() -> dict[str, Schema]:
                 "Revoke an API key made through the API",
                 None,
                 "204",
-                params=[site_id, _path("name")],
+                params=[site_id, path_parameter("name")],
             )
         },
         "/api/v1/domains": {
-            "get": _op("Sending domains", _json(_list_of("Domain")), params=_PAGING),
+            "get": _op("Sending domains", json_answer(_list_of("Domain")), params=_PAGING),
             "post": _op(
                 "Add a domain with a new DKIM key",
-                _json(_ref("Domain"), "Created"),
+                json_answer(ref("Domain"), "Created"),
                 "201",
-                body=_ref("DomainInput"),
+                body=ref("DomainInput"),
             ),
         },
         "/api/v1/domains/{name}": {
             "get": _op(
-                "One domain with its last verification", _json(_ref("Domain")), params=[domain]
+                "One domain with its last verification", json_answer(ref("Domain")), params=[domain]
             ),
             "delete": _op("Remove an API domain and its keys", None, "204", params=[domain]),
         },
         "/api/v1/domains/{name}/dns-records": {
-            "get": _op("The records to publish", _json(_ref("DnsRecords")), params=[domain])
+            "get": _op("The records to publish", json_answer(ref("DnsRecords")), params=[domain])
         },
         "/api/v1/domains/{name}/verify": {
-            "post": _op("Check the domain's DNS now", _json(_ref("Verification")), params=[domain])
+            "post": _op(
+                "Check the domain's DNS now", json_answer(ref("Verification")), params=[domain]
+            )
         },
         "/api/v1/templates": {
             "get": _op(
                 "Templates, from the file and the API",
-                _json(_list_of("TemplateSummary")),
+                json_answer(_list_of("TemplateSummary")),
                 params=_PAGING,
             ),
             "post": _op(
                 "Create a template (checked: 422 lists every problem)",
-                _json(_ref("Template"), "Created"),
+                json_answer(ref("Template"), "Created"),
                 "201",
-                body=_ref("TemplateInput"),
+                body=ref("TemplateInput"),
             ),
         },
         "/api/v1/templates/{name}": {
-            "get": _op("One template with its parts", _json(_ref("Template")), params=[name]),
+            "get": _op("One template with its parts", json_answer(ref("Template")), params=[name]),
             "put": _op(
                 "Replace an API template's parts",
-                _json(_ref("Template")),
+                json_answer(ref("Template")),
                 params=[name],
-                body=_ref("TemplateParts"),
+                body=ref("TemplateParts"),
             ),
             "patch": _op(
                 "Change an API template's parts (JSON merge patch)",
-                _json(_ref("Template")),
+                json_answer(ref("Template")),
                 params=[name],
-                body=_ref("TemplateParts"),
+                body=ref("TemplateParts"),
             ),
             "delete": _op(
                 "Delete an API template no site's form names", None, "204", params=[name]
@@ -711,16 +732,17 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "Render without sending (422: the render's problems, among them "
                 "'template took too long')",
-                _json(_ref("Rendered")),
+                json_answer(ref("Rendered")),
                 params=[name],
-                body=_object({"variables": {"type": "object"}}, []),
+                body=obj({"variables": {"type": "object"}}, []),
                 body_required=False,
             )
         },
         "/api/v1/messages": {
             "get": _op(
                 "Search the message log, newest first",
-                _json(_list_of("MessageSummary")),
+                json_answer(ref("MessagePage")),
+                description=_SEARCH,
                 params=[
                     {
                         "name": "status",
@@ -736,23 +758,27 @@ def _paths() -> dict[str, Schema]:
                     ),
                     *_WINDOW,
                     *_PAGING,
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
             )
         },
         "/api/v1/messages/{id}": {
             "get": _op(
-                "One message: recipients, attempts, header changes",
-                _json(_ref("Message")),
+                "One message: recipients, attempts, header changes; `content_deleted` once "
+                "retention removed its content (the headers stay)",
+                json_answer(ref("Message")),
                 params=[message],
             )
         },
         "/api/v1/messages/{id}/retry": {
-            "post": _op("Try a waiting or held message now", _json(_ref("Retry")), params=[message])
+            "post": _op(
+                "Try a waiting or held message now", json_answer(ref("Retry")), params=[message]
+            )
         },
         "/api/v1/queue/flush": {
             "post": _op(
                 "Make every waiting message due now and close every open circuit",
-                _json(_ref("Flush")),
+                json_answer(ref("Flush")),
             )
         },
     }
@@ -770,8 +796,8 @@ def document() -> Schema:
             "title": "relay admin API",
             "version": "1",
             "description": "Upstreams, sites, domains, templates, messages and statistics of a "
-            "relay. Objects from the config file are listed with managed_by=file (a template: "
-            "source=file) and cannot be changed here (409). Secrets are never returned.",
+            "relay. Objects from the config file are listed with managed_by=file and cannot be "
+            "changed here (409). Secrets are never returned.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

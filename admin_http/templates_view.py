@@ -20,7 +20,11 @@ def _controller(request: web.Request) -> TemplateController:
 
 
 def _summary(info: TemplateInfo) -> dict[str, Any]:
-    return {"name": info.template.name, "source": info.source, "updated_at": iso(info.updated_at)}
+    return {
+        "name": info.template.name,
+        "managed_by": info.source,
+        "updated_at": iso(info.updated_at),
+    }
 
 
 def _view(info: TemplateInfo) -> dict[str, Any]:

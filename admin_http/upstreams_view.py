@@ -132,7 +132,7 @@ async def upstream_stats(request: web.Request) -> web.Response:
     api = api_of(request)
     upstream = _upstream(api, request)
     since = window_start(request, api.clock())
-    stats = await api.reports.stats(since, query_time(request, "until"))
+    stats = await api.reports.stats(since, query_time(request, "until"), upstream.name)
     found = next(item for item in stats.upstreams if item[0].upstream == upstream.name)
     return web.json_response(
         {"since": iso(stats.since), "until": iso(stats.until), **upstream_stats_view(*found)}

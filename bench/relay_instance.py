@@ -59,6 +59,9 @@ class RelayInstance:
     workers: int = 1  # server.workers: CPU and memory then count the supervisor and its workers
     max_sessions: int = 1200  # as PostfixInstance.max_sessions (the 1,000 idle connections fit)
     http: bool = False  # the public HTTP listener, an API key and a form (HTTP workloads)
+    more_sites: tuple[str, ...] = ()  # sites <name> sending as *@<name>.example.com
+    more_upstreams: tuple[str, ...] = ()  # upstreams after "sink", to the same sink
+    retention: dict[str, float] | None = None  # the config's retention section, else defaults
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -109,16 +112,19 @@ class RelayInstance:
             },
             "upstreams": [
                 {
-                    "name": "sink",
+                    "name": name,
                     "host": "127.0.0.1",
                     "port": self.sink_port,
                     "tls": "none",
                     "max_connections": 20,  # Postfix's default destination concurrency
                 }
+                for name in ("sink", *self.more_upstreams)
             ],
             "domains": domains,
-            "sites": [site],
+            "sites": [site, *(_site(name) for name in self.more_sites)],
         }
+        if self.retention is not None:
+            config["retention"] = self.retention
         if self.http:
             config["http"] = {"host": "127.0.0.1", "port": self.http_port}
             site["api_keys"] = [{"name": "bench", "key_hash": hash_token(API_KEY)}]
@@ -196,6 +202,14 @@ class RelayInstance:
 
     def pss_bytes(self) -> int:
         return sum(process_pss_bytes(pid) for pid in self.pids())
+
+
+def _site(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "senders": [f"*@{name}.example.com"],
+        "from": {"email": f"noreply@{name}.example.com"},
+    }
 
 
 def children(pid: int) -> list[int]:

@@ -2,6 +2,7 @@
 
     python -m bench [--quick] [--repetitions 3] [--only NAME ...] [--workers 1 2]
                     [--results bench/RESULTS.md]
+    python -m bench --store-scale [--messages N] [--store-cache [DIR]]  (see store_scale.py)
 
 Per run: a fresh server (own directory, own queue), the sink in its own
 process, the load generator in its own process. The relay runs once per
@@ -35,7 +36,7 @@ from typing import Protocol
 
 import trustme
 
-from bench import postfix
+from bench import postfix, store_scale
 from bench.loadgen import (
     HttpLoad,
     Load,
@@ -318,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="the relay's server.workers; one row per value (default 1)",
     )
+    store_scale.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.store_scale:
+        return store_scale.main(args)  # the relay alone: no Postfix, no root
     if any(n < 1 for n in args.workers):
         parser.error("--workers takes counts of 1 or more")
     if os.geteuid() != 0:

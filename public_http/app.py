@@ -5,7 +5,8 @@ middleware (``{"error": {"code", "message", "problems"?}}``) and says what is wr
 bodies are capped before they are read (aiohttp's ``client_max_size``, and
 each view's own smaller cap); nothing of a request reaches a header of a
 message unchecked (relay/core/send_request.py, relay/core/compose.py). The
-route table below is the whole URL surface.
+route table below is the whole URL surface; ``openapi.py`` documents it (served
+at /api/openapi.json) and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from admin_http.middlewares import error_middleware
 from public_http import forms_view, send_view
 from public_http.deps import DEPS, PublicDeps
+from public_http.openapi import document
 
 MAX_BODY_BYTES = 40 * 1024 * 1024  # the send API's attachments (base64) under the message cap
 
@@ -25,6 +27,7 @@ def create_app(deps: PublicDeps) -> web.Application:
     )
     app[DEPS] = deps
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/api/form-token", forms_view.form_token)
     app.router.add_route("OPTIONS", "/api/form-token", forms_view.preflight_token)
     app.router.add_post("/api/send-inquiry", forms_view.send_inquiry)
@@ -36,3 +39,7 @@ def create_app(deps: PublicDeps) -> web.Application:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())

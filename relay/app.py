@@ -73,6 +73,7 @@ from relay.node import gone_owners, lease_owner
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
+from relay.retention_controller import Housekeeping
 from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.send_controller import SendController
 from relay.smtp_server import SmtpListeners
@@ -88,7 +89,6 @@ DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
 QUEUE_GAUGE_SECONDS = 15.0
 PERSIST_SECONDS = 2.0  # how often circuits are written and usage counters re-read
-AUTH_PRUNE_SECONDS = 60.0  # how often AUTH failures out of the window leave the store
 # Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
 # the store, DNS, and upstream connections (one per delivery at most).
 RESERVED_DESCRIPTORS = 128
@@ -185,7 +185,17 @@ class RelayApp:
         self.templates = TemplateController(
             self.writer, lambda: self.config, self.directory, self.sync, clock
         )
-        self.reports = ReportsController(self.writer, self.usage, self.directory, clock)
+        self.reports = ReportsController(
+            self.writer, self.usage, self.directory, lambda: self.config.retention.policy, clock
+        )
+        self.housekeeping = Housekeeping(
+            self.writer,
+            lambda: self.config.retention,
+            config.limits.auth_failure_window_seconds,
+            self.metrics,
+            str(self.owner),
+            clock,
+        )
         self.api_keys = ApiKeyController(
             self.writer, lambda: self.config, self.directory, self.sync, clock
         )
@@ -283,7 +293,7 @@ class RelayApp:
             asyncio.create_task(self.delivery.run(), name="delivery"),
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
-            asyncio.create_task(self.auth.run_pruning(AUTH_PRUNE_SECONDS), name="auth-pruning"),
+            asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
             asyncio.create_task(
                 self.sync.run(self.config.cluster.sync_seconds), name="cluster-sync"
             ),
@@ -536,6 +546,7 @@ class RelayApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._tasks:
             await self._flush()
+            await self.housekeeping.stop()
         self.auth.close()
         await self.writer.close()
         await self.clients.close()
@@ -558,6 +569,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         templates=loaded.templates,
         api_keys=loaded.api_keys,
         routing=loaded.routing,
+        retention=loaded.retention,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
 

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 from relay import auth_database
 from relay.config import LimitsConfig
@@ -231,18 +230,6 @@ class AuthController:
         self._metrics.auth_failures.labels("too_long").inc()
         log.warning("AUTH from %s: an answer over the line limit", client_ip)
         return AUTH_LINE_TOO_LONG
-
-    async def run_pruning(self, interval: float) -> None:
-        """Every ``interval``: forget the failures that are out of the window (every node may)."""
-        while True:
-            await asyncio.sleep(interval)
-            before = self._clock() - self._window
-            try:
-                gone = await self._writer.write_alone(partial(auth_database.prune, before=before))
-            except Exception as error:  # the next round tries again
-                log.warning("old AUTH failures not pruned: %s", error)
-            else:
-                log.debug("pruned %d old AUTH failures", gone)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -5,8 +5,8 @@ looked at the address's count, so two nodes cannot both take an address's
 last try: on PostgreSQL an advisory lock on the address's key orders them,
 on SQLite the one writer at a time does. Rows leave when refunded (the
 password was right), beyond the newest ``max_failures`` of a key (the only
-ones a decision reads), and once out of the window (``prune``, run now and
-then by every node), so the table stays bounded.
+ones a decision reads), and once out of the window (housekeeping, by one node
+of the cluster: ``retention_database``), so the table stays bounded.
 """
 
 from __future__ import annotations
@@ -64,12 +64,6 @@ def refund(connection: Connection, address_row: int, user_key: str | None) -> No
     connection.execute(auth_failures.delete().where(auth_failures.c.id == address_row))
     if user_key is not None:
         connection.execute(auth_failures.delete().where(auth_failures.c.key == user_key))
-
-
-def prune(connection: Connection, before: float) -> int:
-    """Forget failures from before ``before`` (out of every window); how many went."""
-    result = connection.execute(auth_failures.delete().where(auth_failures.c.at <= before))
-    return int(result.rowcount or 0)
 
 
 def _recent(connection: Connection, key: str, since: float, limit: int) -> list[float]:

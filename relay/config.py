@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ from relay.core.model import (
     UpstreamKind,
 )
 from relay.core.passwords import is_password_hash
+from relay.core.retention import RetentionPolicy
 from relay.core.routing import ClassRule, RoutingPolicy
 from relay.core.templates import Template
 from relay.core.tokens import is_token_hash
@@ -173,6 +175,12 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    policy: RetentionPolicy = field(default_factory=RetentionPolicy)
+    interval_seconds: float = 60.0  # how often housekeeping runs (one process of the cluster)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -192,6 +200,7 @@ class Config:
     http: HttpConfig | None = None  # the public HTTP ingress; off when absent
     templates: tuple[Template, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def directory(self) -> Directory:
         return Directory.of(
@@ -318,6 +327,7 @@ def _parse(path: Path, root: Section) -> Config | None:
     domains = _parse_domains(root)
     sites, credentials, api_keys = _parse_sites(root, upstream_names)
     cluster = _parse_cluster(root.section("cluster"))
+    retention = _parse_retention(root.section("retention"))
     http = None
     if root.has("http"):
         http_section = root.section("http")
@@ -344,6 +354,7 @@ def _parse(path: Path, root: Section) -> Config | None:
         http,
         templates,
         api_keys,
+        retention,
     )
 
 
@@ -368,6 +379,31 @@ def _parse_cluster(s: Section) -> ClusterConfig:
         redis_url = None
     s.finish()
     return ClusterConfig(sync_seconds, redis_url)
+
+
+def _parse_retention(s: Section) -> RetentionConfig:
+    """Positive numbers, fractions allowed (``content_hours: 0.5``)."""
+    d = RetentionConfig()
+    p = d.policy
+
+    def period(key: str, default: float) -> float:
+        value = s.number(key, default)
+        if not math.isfinite(value):
+            s.problem("must be a finite positive number", key)
+            return default
+        return value
+
+    config = RetentionConfig(
+        RetentionPolicy(
+            content_hours=period("content_hours", p.content_hours),
+            log_days=period("log_days", p.log_days),
+            audit_days=period("audit_days", p.audit_days),
+            stats_days=period("stats_days", p.stats_days),
+        ),
+        interval_seconds=period("interval_seconds", d.interval_seconds),
+    )
+    s.finish()
+    return config
 
 
 def _is_redis_url(text: str) -> bool:

@@ -52,7 +52,7 @@ from relay.core.model import FormSettings, ReplyTo, Site
 from relay.core.policy import LOCAL_ERROR, Reject, TempFail
 from relay.core.quota import Claim, Scope, Window
 from relay.core.throttle import client_network
-from relay.form_database import UsedNonce, forget_expired_nonces, forget_nonce, record_nonces
+from relay.form_database import UsedNonce, forget_nonce, record_nonces
 from relay.ingress_controller import IngressController, Queued
 from relay.metrics import Metrics
 from relay.store import GroupWriter
@@ -62,7 +62,6 @@ from relay.usage_controller import UsageController
 log = logging.getLogger(__name__)
 MAX_FIELDS = 50  # a contact form has a handful; more is refused before any is looked at
 MAX_FIELD_CHARS = 20_000  # a long message, well under the listener's body cap
-SWEEP_SECONDS = 60.0  # used nonces past their token's age are deleted at most this often
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,6 @@ class FormController:
         self._hostname = hostname
         self._clock = clock
         self._random = random
-        self._swept_at = -math.inf
 
     def site(self, landing_page_id: str) -> Site | None:
         """The site whose form this is; None when there is no such site or it has no form."""
@@ -237,13 +235,9 @@ class FormController:
             now,
             self._usage.book.zone,
         )
+        # Used nonces past their token's age leave the store with housekeeping.
         jobs = [self._usage.claim(claim), self._writer.write_item(record_nonces, used)]
-        if now >= self._swept_at + SWEEP_SECONDS:
-            self._swept_at = now
-            jobs.append(self._writer.write_sync(lambda c: forget_expired_nonces(c, now)))
-        over, fresh, *swept = await asyncio.gather(*jobs, return_exceptions=True)
-        if swept and isinstance(swept[0], Exception):  # tried again a minute later
-            log.warning("used form tokens not swept: %s", swept[0])
+        over, fresh = await asyncio.gather(*jobs, return_exceptions=True)
         if isinstance(over, BaseException) or isinstance(fresh, BaseException):
             if fresh is True:
                 await self._give_back(used)

@@ -8,6 +8,8 @@ SQLite and PostgreSQL alike (their shared ON CONFLICT DO NOTHING).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,14 +57,25 @@ def claim(
     return row.body_hash, row.answer if row.message_id is not None else None
 
 
-def record_answer(
-    connection: Connection, site_id: str, key: str, message_id: str, answer: dict[str, Any]
-) -> None:
-    connection.execute(
-        keys.update()
-        .where(keys.c.site_id == site_id, keys.c.key == key, keys.c.message_id.is_(None))
-        .values(message_id=message_id, answer=answer)
-    )
+@dataclass(frozen=True)
+class Answer:
+    """A claimed key's answer, written in the transaction that stores its message
+    (``queue_database.Admission.answer``): a crash never leaves the message without it."""
+
+    site_id: str
+    key: str
+    message_id: str
+    answer: dict[str, Any]  # relay.core.idempotency.stored_answer
+
+
+def record_answers(connection: Connection, answers: Sequence[Answer]) -> None:
+    """Each claim's answer; a claim no longer there (given up, taken over) is left alone."""
+    rows = [
+        {"b_site": a.site_id, "b_key": a.key, "message_id": a.message_id, "answer": a.answer}
+        for a in answers
+    ]
+    if rows:
+        connection.execute(_RECORD_ANSWER, rows)
 
 
 def release(connection: Connection, site_id: str, key: str, body_hash: str) -> None:
@@ -77,6 +90,13 @@ def release(connection: Connection, site_id: str, key: str, body_hash: str) -> N
     )
 
 
-def sweep(connection: Connection, now: float) -> int:
-    """Delete the expired claims; how many."""
-    return int(connection.execute(keys.delete().where(keys.c.expires_at <= now)).rowcount or 0)
+# Built once: the executemany of record_answers.
+_RECORD_ANSWER = (
+    keys.update()
+    .where(
+        keys.c.site_id == sa.bindparam("b_site"),
+        keys.c.key == sa.bindparam("b_key"),
+        keys.c.message_id.is_(None),
+    )
+    .values(message_id=sa.bindparam("message_id"), answer=sa.bindparam("answer"))
+)

@@ -38,6 +38,7 @@ from relay.core.policy import (
     site_over_limit,
 )
 from relay.core.quota import Claim, OverLimit
+from relay.idempotency_database import Answer
 from relay.metrics import Metrics
 from relay.queue_database import Admission, Admitted, admit_messages
 from relay.store import GroupWriter
@@ -149,7 +150,11 @@ class IngressController:
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
 
-    async def accept(self, submission: Submission) -> Queued | Reject | TempFail:
+    async def accept(
+        self, submission: Submission, answer: Callable[[str], Answer] | None = None
+    ) -> Queued | Reject | TempFail:
+        """``answer``: the Idempotency-Key answer for the message's id (the send API's), stored
+        in the transaction that stores the message."""
         for verdict in (
             check_content(submission.content, self._limits.max_message_bytes),
             check_header_size(submission.content, self._limits.max_header_bytes),
@@ -173,9 +178,8 @@ class IngressController:
         # delivery starts without looking for it in the queue.
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
-        stored = asyncio.ensure_future(
-            self._writer.write_item(admit_messages, Admission(message, claim))
-        )
+        admission = Admission(message, claim, answer(message.id) if answer else None)
+        stored = asyncio.ensure_future(self._writer.write_item(admit_messages, admission))
         try:
             # Shielded: a client that hangs up during the commit does not undo it, and the
             # message still goes to delivery once stored (it was never answered 250, so the
@@ -207,7 +211,13 @@ class IngressController:
         return Queued(message.id)
 
     async def accept_composed(
-        self, site: Site, composed: Composed, client_ip: str, via: str, username: str | None
+        self,
+        site: Site,
+        composed: Composed,
+        client_ip: str,
+        via: str,
+        username: str | None,
+        answer: Callable[[str], Answer] | None = None,
     ) -> Queued | Reject | TempFail:
         """A message built from HTTP input (``via``: "form" or "api"): the path of SMTP's DATA,
         with the site already known (a form's id, an API key's site)."""
@@ -221,7 +231,7 @@ class IngressController:
             recipients=composed.recipients,
             content=composed.content,
         )
-        return await self.accept(submission)
+        return await self.accept(submission, answer)
 
     def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:
         """The message as it is stored and sent: rewritten, then signed with ``key``."""

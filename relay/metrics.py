@@ -185,6 +185,52 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.retention_deleted = Counter(
+            "relay_retention_deleted_total",
+            "What housekeeping removed, by kind: content (messages whose content went), "
+            "messages, recipients, attempts, audit_log, stats_rollups, form_nonces, "
+            "idempotency_keys, auth_failures.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.housekeeping_runs = Counter(
+            "relay_housekeeping_runs_total",
+            "Housekeeping runs of this process: done (it held the lease), skipped (another "
+            "process held it), failed.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.store_size = Gauge(
+            "relay_store_size_bytes",
+            "Size of the store: SQLite's database file (its pages), PostgreSQL's pg_database_size.",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.store_free = Gauge(
+            "relay_store_free_bytes",
+            "SQLite: bytes of the file on its free list, reused before the file grows "
+            "(0 on PostgreSQL).",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.messages_by_status = Gauge(
+            "relay_messages",
+            "Messages in the store per status, counted every five minutes by the process "
+            "holding the housekeeping lease.",
+            ["status"],
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+
+    def forget_message_counts(self) -> None:
+        """This process no longer counts messages (another holds the housekeeping lease).
+
+        With workers the newest count of a live worker is shown anyway (and
+        prometheus-client cannot clear labels there); alone, the counts go.
+        """
+        if self._multiprocess_dir is None:
+            self.messages_by_status.clear()
+
     def count_delivery(self, upstream: str, outcome: str) -> None:
         self.deliveries.labels(upstream, outcome).inc()
 

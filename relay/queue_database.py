@@ -32,7 +32,10 @@ from relay.core.model import (
 )
 from relay.core.outcome import message_status
 from relay.core.quota import Claim, Granted, OverLimit
+from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
+from relay.idempotency_database import Answer, record_answers
+from relay.rollup_database import record_rollups, record_rollups_async
 from relay.tables import attempts, messages, recipients
 from relay.usage_database import claim_usage
 
@@ -41,10 +44,12 @@ _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 @dataclass(frozen=True)
 class Admission:
-    """A message to store, and its site's claim when the site has limits."""
+    """A message to store, its site's claim when the site has limits, and the answer of its
+    request's Idempotency-Key, recorded only when the message is stored."""
 
     message: NewMessage
     claim: Claim | None = None
+    answer: Answer | None = None
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,16 @@ class Admitted:
 
 
 def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[Admitted]:
-    """``store_messages``, plus the suppression lookup of the leased ones in the same
-    transaction: their delivery starts without a store read of its own."""
+    """``store_messages``, plus, in the same transaction, the Idempotency-Key answers of the
+    stored ones and the suppression lookup of the leased ones (their delivery starts without
+    a store read of its own)."""
     verdicts = store_messages(connection, batch)
+    answers = [
+        a.answer
+        for a, v in zip(batch, verdicts, strict=True)
+        if a.answer is not None and not isinstance(v, OverLimit)
+    ]
+    record_answers(connection, answers)
     leased = [
         a.message
         for a, v in zip(batch, verdicts, strict=True)
@@ -98,8 +110,13 @@ def store_messages(
 
 
 def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None:
+    """Store new messages, queued, and count each in its site's statistics."""
     if not batch:
         return
+    deltas = Deltas()
+    for m in batch:
+        deltas.message(m.site_id, m.created_at, None, MessageStatus.QUEUED.value)
+    record_rollups(connection, deltas)
     connection.execute(
         messages.insert(),
         [
@@ -153,7 +170,14 @@ def claim_due(
     free = sa.or_(messages.c.leased_until.is_(None), messages.c.leased_until < now)
     due = (
         sa.select(messages.c.id)
-        .where(messages.c.status.in_(_WAITING), messages.c.next_attempt_at <= now, free)
+        .where(
+            messages.c.status.in_(_WAITING),
+            messages.c.next_attempt_at <= now,
+            free,
+            # Only final messages lose their content; one that did is never sent, whatever
+            # its status says.
+            messages.c.content_deleted_at.is_(None),
+        )
         .order_by(messages.c.next_attempt_at)
         .limit(limit)
     )
@@ -298,9 +322,11 @@ def record_deliveries(
     if rows:
         connection.execute(_UPDATE_RECIPIENT, rows)
     statuses: dict[str, list[RecipientStatus]] = {}
+    counted: dict[str, _Counted] = {}  # where each message is counted in the statistics
     ids = list({r.message_id for r in records})
-    for row in connection.execute(_RECIPIENT_STATUSES, {"ids": ids}):
+    for row in connection.execute(_recipient_statuses(connection), {"ids": ids}):
         statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
+        counted[row.message_id] = (row.site_id, row.created_at, row.message_status)
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
     admissions = [
         Admission(n, claim)
@@ -317,12 +343,16 @@ def record_deliveries(
     if tries:
         connection.execute(attempts.insert(), tries)
     if live:
+        new_status = {
+            r.message_id: message_status(statuses[r.message_id], retry=True) for r in live
+        }
+        _count_deliveries(connection, live, new_status, counted)
         connection.execute(
             _UPDATE_MESSAGE,
             [
                 {
                     "b_id": r.message_id,
-                    "b_status": message_status(statuses[r.message_id], retry=True).value,
+                    "b_status": new_status[r.message_id].value,
                     "b_next_attempt_at": r.retry_at or r.now,
                     "b_counted": 1 if r.counted else 0,
                     "b_delay_notified": r.delay_notified,
@@ -335,9 +365,61 @@ def record_deliveries(
     return answers
 
 
-_RECIPIENT_STATUSES = sa.select(recipients.c.message_id, recipients.c.status).where(
-    recipients.c.message_id.in_(sa.bindparam("ids", expanding=True))
+_Counted = tuple[str, float, str]  # site, created_at, status before this batch
+
+
+def _count_deliveries(
+    connection: Connection,
+    live: list[DeliveryRecord],
+    new_status: dict[str, MessageStatus],
+    counted: dict[str, _Counted],
+) -> None:
+    """The statistics of the records' status changes and attempts, as ``_UPDATE_MESSAGE``
+    will leave them (a held message stays held while it waits)."""
+    current = {message_id: MessageStatus(status) for message_id, (_, _, status) in counted.items()}
+    deltas = Deltas()
+    for r in live:
+        for a in r.attempts:
+            deltas.attempt(a.upstream, a.started_at, a.outcome, len(a.recipients), a.duration)
+        old = current[r.message_id]
+        new = new_status[r.message_id]
+        if old is MessageStatus.HELD and new is MessageStatus.DEFERRED:
+            new = old
+        current[r.message_id] = new
+        site, created_at, _ = counted[r.message_id]
+        deltas.message(site, created_at, old.value, new.value)
+    record_rollups(connection, deltas)
+
+
+def _locked(query: sa.Select[Any], connection: Connection | AsyncConnection) -> sa.Select[Any]:
+    """The rows locked until the transaction ends (PostgreSQL; SQLite has one writer anyway):
+    a status read to count its change must not change under the writer."""
+    if connection.dialect.name == "postgresql":
+        return query.with_for_update()
+    return query
+
+
+_RECIPIENT_STATUSES = (
+    sa.select(
+        recipients.c.message_id,
+        recipients.c.status,
+        messages.c.site_id,
+        messages.c.created_at,
+        messages.c.status.label("message_status"),
+    )
+    .join_from(recipients, messages, recipients.c.message_id == messages.c.id)
+    .where(recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)))
 )
+# PostgreSQL: the messages' rows stay locked until the commit, so the status counted as the
+# old one is the one the update replaces (an operator's hold meanwhile waits for it).
+_RECIPIENT_STATUSES_LOCKED = _RECIPIENT_STATUSES.with_for_update(of=messages)
+
+
+def _recipient_statuses(connection: Connection) -> sa.Select[Any]:
+    if connection.dialect.name == "postgresql":
+        return _RECIPIENT_STATUSES_LOCKED
+    return _RECIPIENT_STATUSES
+
 
 _UPDATE_MESSAGE = (
     messages.update()
@@ -455,6 +537,30 @@ async def _status(connection: AsyncConnection, message_id: str) -> MessageStatus
     return MessageStatus(status) if status is not None else None
 
 
+@dataclass(frozen=True)
+class _State:
+    status: MessageStatus
+    site_id: str
+    created_at: float
+
+
+async def _state(connection: AsyncConnection, message_id: str) -> _State | None:
+    """The message's status, locked for the change that follows, and where it is counted."""
+    query = sa.select(messages.c.status, messages.c.site_id, messages.c.created_at).where(
+        messages.c.id == message_id
+    )
+    row = (await connection.execute(_locked(query, connection))).first()
+    return _State(MessageStatus(row.status), row.site_id, row.created_at) if row else None
+
+
+async def _count_change(
+    connection: AsyncConnection, state: _State, new: MessageStatus | None
+) -> None:
+    deltas = Deltas()
+    deltas.message(state.site_id, state.created_at, state.status.value, new and new.value)
+    await record_rollups_async(connection, deltas)
+
+
 def _waiting_again() -> sa.Case[str]:
     """Back to waiting: deferred when it was tried before, else queued."""
     return sa.case(
@@ -467,9 +573,10 @@ async def retry_now(
     connection: AsyncConnection, message_id: str, now: float
 ) -> MessageStatus | None:
     """Make a waiting or held message due now; None when there is no such message."""
-    status = await _status(connection, message_id)
-    if status is None:
+    state = await _state(connection, message_id)
+    if state is None:
         return None
+    status = state.status
     if status not in (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD):
         raise QueueConflict(f"message {message_id} is {status.value}: nothing left to retry")
     await connection.execute(
@@ -481,7 +588,9 @@ async def retry_now(
             updated_at=now,
         )
     )
-    return await _status(connection, message_id)
+    new = await _status(connection, message_id)
+    await _count_change(connection, state, new)
+    return new
 
 
 async def flush_waiting(connection: AsyncConnection, now: float) -> int:
@@ -496,8 +605,11 @@ async def flush_waiting(connection: AsyncConnection, now: float) -> int:
 
 async def hold(connection: AsyncConnection, message_id: str, now: float) -> MessageStatus | None:
     """Keep a waiting message out of delivery until released (a pass in flight still ends)."""
-    status = await _status(connection, message_id)
-    if status is None or status is MessageStatus.HELD:
+    state = await _state(connection, message_id)
+    if state is None:
+        return None
+    status = state.status
+    if status is MessageStatus.HELD:
         return status
     if status not in (MessageStatus.QUEUED, MessageStatus.DEFERRED):
         raise QueueConflict(f"message {message_id} is {status.value}: only waiting mail is held")
@@ -506,14 +618,16 @@ async def hold(connection: AsyncConnection, message_id: str, now: float) -> Mess
         .where(messages.c.id == message_id)
         .values(status=MessageStatus.HELD.value, updated_at=now)
     )
+    await _count_change(connection, state, MessageStatus.HELD)
     return MessageStatus.HELD
 
 
 async def release(connection: AsyncConnection, message_id: str, now: float) -> MessageStatus | None:
     """A held message waits again, due at its old schedule (at once if that has passed)."""
-    status = await _status(connection, message_id)
-    if status is None:
+    state = await _state(connection, message_id)
+    if state is None:
         return None
+    status = state.status
     if status is not MessageStatus.HELD:
         raise QueueConflict(f"message {message_id} is {status.value}, not held")
     await connection.execute(
@@ -524,11 +638,19 @@ async def release(connection: AsyncConnection, message_id: str, now: float) -> M
             updated_at=now,
         )
     )
-    return await _status(connection, message_id)
+    new = await _status(connection, message_id)
+    await _count_change(connection, state, new)
+    return new
 
 
 async def delete_message(connection: AsyncConnection, message_id: str) -> bool:
-    """Remove a message with its recipients and attempts; a pass in flight records nothing."""
+    """Remove a message with its recipients and attempts; a pass in flight records nothing.
+
+    The site's statistics forget the message; the upstreams' keep its attempts (they happened).
+    """
+    state = await _state(connection, message_id)
+    if state is not None:
+        await _count_change(connection, state, None)
     await connection.execute(recipients.delete().where(recipients.c.message_id == message_id))
     await connection.execute(attempts.delete().where(attempts.c.message_id == message_id))
     result = await connection.execute(messages.delete().where(messages.c.id == message_id))

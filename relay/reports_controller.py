@@ -3,6 +3,8 @@
 Read-only; each call uses its own connection. Quota use is read from the
 store's counters in the same connection as the statistics, so it is exact
 for every process and node that shares the store, not this process's cache.
+Statistics come from the per-minute counters (``rollup_database``), so
+their window is whole minutes: ``Stats.since`` and ``until`` say which.
 """
 
 from __future__ import annotations
@@ -15,22 +17,22 @@ from dataclasses import dataclass
 from relay.core.directory import Directory
 from relay.core.header_diff import HeaderChange, header_diff
 from relay.core.quota import Key, Scope, Window, limits_of, period
+from relay.core.retention import RetentionPolicy
 from relay.message_log_database import (
     HourCount,
     MessageContent,
     MessageHeaders,
     MessageQuery,
-    MessageSummary,
+    SearchPage,
     SiteStats,
     UpstreamStats,
     hourly_counts,
     message_content,
     message_headers,
     search_messages,
-    site_stats,
-    upstream_stats,
 )
 from relay.queue_database import MessageDetail, QueueStats, load_message, queue_stats
+from relay.rollup_database import rollup_stats
 from relay.store import GroupWriter
 from relay.usage_controller import UsageController
 from relay.usage_database import load_usage
@@ -54,8 +56,8 @@ class FullMessage:
 
 @dataclass(frozen=True)
 class Stats:
-    since: float
-    until: float
+    since: float  # the window counted: the first whole minute ...
+    until: float  # ... and the end of the last one (the minute holding ``until``), or now
     sites: list[tuple[SiteStats, list[QuotaUse]]]
     upstreams: list[tuple[UpstreamStats, list[QuotaUse]]]
     queue: QueueStats
@@ -67,14 +69,16 @@ class ReportsController:
         writer: GroupWriter,
         usage: UsageController,
         directory: Callable[[], Directory],
+        retention: Callable[[], RetentionPolicy] = RetentionPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = writer.engine
         self._usage = usage
         self._directory = directory
+        self._retention = retention
         self._clock = clock
 
-    async def search(self, query: MessageQuery) -> tuple[list[MessageSummary], int]:
+    async def search(self, query: MessageQuery) -> SearchPage:
         async with self._engine.connect() as connection:
             return await search_messages(connection, query)
 
@@ -91,25 +95,37 @@ class ReportsController:
         changes = await asyncio.to_thread(header_diff, headers.original, headers.sent)
         return FullMessage(detail, headers, changes)
 
-    async def stats(self, since: float, until: float | None = None) -> Stats:
-        """Every site and upstream of the directory, with zeros where nothing happened."""
+    async def stats(
+        self, since: float, until: float | None = None, upstream: str | None = None
+    ) -> Stats:
+        """Every site and upstream of the directory, with zeros where nothing happened.
+
+        With ``upstream``, that upstream alone (and no site).
+        """
         directory = self._directory()
         now = self._clock()
         zone = self._usage.book.zone
         async with self._engine.connect() as connection:
-            by_site = {s.site_id: s for s in await site_stats(connection, since, until)}
-            by_upstream = {u.upstream: u for u in await upstream_stats(connection, since, until)}
+            # No until: everything up to now, the current minute included.
+            start, end, sites, upstreams = await rollup_stats(
+                connection,
+                since,
+                now + 1 if until is None else until,
+                upstream,
+                minutes_from=self._retention().cutoffs(now).log,
+            )
             queue = await queue_stats(connection)
             used = dict(await load_usage(connection, {period(w, now, zone) for w in Window}))
-        for site in directory.sites:
+        by_site = {s.site_id: s for s in sites}
+        by_upstream = {u.upstream: u for u in upstreams}
+        for site in directory.sites if upstream is None else ():
             by_site.setdefault(site.id, SiteStats(site.id, 0, 0, 0, 0, 0, 0, 0, None))
-        for upstream in directory.upstreams:
-            by_upstream.setdefault(
-                upstream.name, UpstreamStats(upstream.name, 0, 0, 0, 0, None, None, None)
-            )
+        names = [u.name for u in directory.upstreams] if upstream is None else [upstream]
+        for name in names:
+            by_upstream.setdefault(name, UpstreamStats(name, 0, 0, 0, 0, None, None, None))
         return Stats(
-            since,
-            until if until is not None else now,
+            float(start),
+            float(end) if until is not None else now,
             [
                 (s, self._quota(used, Scope.SITE, s.site_id, now))
                 for _, s in sorted(by_site.items())

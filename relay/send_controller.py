@@ -15,9 +15,10 @@
   ingress reads and removes.
 - ``Idempotency-Key`` (relay/core/idempotency.py): claimed in the store
   before the message is composed, so of concurrent requests on any node one
-  sends; the answer is stored after the message is; a refused or failed
-  request gives the key back so a retry can succeed. Expired claims are swept
-  at most once a minute per process.
+  sends; the answer is written in the transaction that stores the message,
+  so a crash after that commit still answers a retry with it (never a second
+  send); a refused or failed request gives the key back so a retry can
+  succeed. Expired claims are swept at most once a minute per process.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from relay.template_controller import render_off_loop
 log = logging.getLogger(__name__)
 MAX_FAILURES, FAILURE_WINDOW_SECONDS = 10, 300.0  # as the admin API's tokens
 TOUCH_SECONDS = 60.0  # a key's last_used_at is written at most this often (per process)
-SWEEP_SECONDS = 60.0
 _ON_LOOP_BYTES = 65_536  # attachments beyond this are base64-encoded in a thread
 
 
@@ -110,7 +110,6 @@ class SendController:
         self._monotonic = monotonic
         self._throttle = FailureThrottle(MAX_FAILURES, FAILURE_WINDOW_SECONDS)
         self._touched: dict[str, float] = {}  # key hash -> when this process last wrote its use
-        self._swept = float("-inf")
 
     # -- who is calling
 
@@ -191,17 +190,15 @@ class SendController:
             claim = await self._claim(site, idempotency_key)
             if not isinstance(claim, idempotency.Claimed):
                 return claim
+        answer = partial(_answer, site, idempotency_key) if idempotency_key is not None else None
         try:
-            result = await self._accept(key, site, request, rendered, client_ip)
+            result = await self._accept(key, site, request, rendered, client_ip, answer)
         except Exception:
             if idempotency_key is not None:
                 await self._release(site, idempotency_key)
             raise
-        if idempotency_key is not None:
-            if isinstance(result, Queued):
-                await self._answer(site, idempotency_key, result)
-            else:
-                await self._release(site, idempotency_key)
+        if idempotency_key is not None and not isinstance(result, Queued):
+            await self._release(site, idempotency_key)
         return result
 
     async def _render(self, request: SendRequest) -> Rendered | Invalid | None:
@@ -223,6 +220,7 @@ class SendController:
         request: SendRequest,
         rendered: Rendered | None,
         client_ip: str,
+        answer: Callable[[str], idempotency_database.Answer] | None,
     ) -> Queued | Reject | TempFail:
         if request.message_class is not None:
             # The ingress reads the class from this header (and removes it), as for SMTP.
@@ -241,21 +239,13 @@ class SendController:
         size = sum(len(a.content) for a in request.attachments)
         composed: Composed = build() if size <= _ON_LOOP_BYTES else await asyncio.to_thread(build)
         return await self._ingress.accept_composed(
-            site, composed, client_ip, via="api", username=f"api-key:{key.name}"
+            site, composed, client_ip, via="api", username=f"api-key:{key.name}", answer=answer
         )
 
     # -- Idempotency-Key
 
     async def _claim(self, site: Site, key: IdempotencyKey) -> idempotency.Claim:
         now = self._clock()
-        if self._monotonic() - self._swept >= SWEEP_SECONDS:
-            self._swept = self._monotonic()
-            try:
-                swept = await self._writer.write_sync(partial(idempotency_database.sweep, now=now))
-                if swept:
-                    log.info("send API: %d expired idempotency keys removed", swept)
-            except Exception as error:  # the next sweep tries again; claims skip expired rows
-                log.warning("send API: expired idempotency keys not removed: %s", error)
         held = await self._writer.write_sync(
             partial(
                 idempotency_database.claim,
@@ -268,26 +258,6 @@ class SendController:
         if held is None:
             return idempotency.Claimed()
         return idempotency.repeat(key.body_hash, *held)
-
-    async def _answer(self, site: Site, key: IdempotencyKey, queued: Queued) -> None:
-        answer = idempotency.stored_answer(202, {"id": queued.message_id, "status": "queued"})
-        try:
-            await self._writer.write_sync(
-                partial(
-                    idempotency_database.record_answer,
-                    site_id=site.id,
-                    key=key.key,
-                    message_id=queued.message_id,
-                    answer=answer,
-                )
-            )
-        except Exception as error:  # sent all the same; a repeat gets 409 until the claim lapses
-            log.warning(
-                "message %s site %s: idempotency answer not stored: %s",
-                queued.message_id,
-                site.id,
-                error,
-            )
 
     async def _release(self, site: Site, key: IdempotencyKey) -> None:
         try:
@@ -311,3 +281,10 @@ class SendController:
         async with self._writer.engine.connect() as connection:
             detail = await load_message(connection, message_id)
         return detail if detail is not None and detail.site_id == site.id else None
+
+
+def _answer(site: Site, key: IdempotencyKey, message_id: str) -> idempotency_database.Answer:
+    """What a repeat of the request gets: the 202 the send view answers for ``message_id``."""
+    body = {"id": message_id, "status": "queued"}
+    answer = idempotency.stored_answer(202, body)
+    return idempotency_database.Answer(site.id, key.key, message_id, answer)

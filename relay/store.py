@@ -9,13 +9,17 @@ disk (WAL fsynced) before the job's caller is answered.
 The hot jobs (store a message, record a delivery, claim due mail) are
 synchronous functions of a ``Connection``. On SQLite the writer runs a
 batch's sync jobs on a plain pysqlite connection to the same file: the
-write lock is taken (BEGIN IMMEDIATE) and the commit's fsync done in the
-writer's thread, where waiting costs nothing, and the statements run on the
-event loop, which takes well under a millisecond and no hand-off between
+write lock is taken (BEGIN IMMEDIATE) on the event loop when it is free and
+in the writer's thread when it must be waited for, the commit's fsync is
+done in that thread, where waiting costs nothing, and the statements run on
+the event loop, which takes well under a millisecond and no hand-off between
 threads per statement. Through aiosqlite every statement was a round trip
 between its thread and a busy loop (a batch of 40 jobs took 24 ms); with
 every statement in a thread, each one waited for the loop to let go of the
 GIL. On PostgreSQL the jobs run through ``AsyncConnection.run_sync``.
+
+The statistics counters the jobs of a batch add to are merged and written
+once, just before the commit (``rollup_database.collecting``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from relay.rollup_database import begin_collecting, collecting, end_collecting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,12 +123,19 @@ def _sync_twin(engine: AsyncEngine) -> Engine | None:
     return twin
 
 
+_BUSY_TIMEOUT_MS = 30_000  # SQLite waits this long for another connection's write lock
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Takes effect only on a new, empty file (before WAL and the first table): freed pages
+    # can then be given back with PRAGMA incremental_vacuum. An existing store keeps its
+    # mode until a VACUUM (README "Retention and disk"); both reuse freed pages.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -187,6 +200,9 @@ class GroupWriter:
         path = _sqlite_path(str(engine.url)) if self._sync_engine is not None else ""
         self._write_lock = WriteLock(Path(path + ".write.lock")) if path else None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")  # SQLite's
+        # Background work (housekeeping) in transactions of its own, one at a time.
+        self._apart_lock = WriteLock(Path(path + ".write.lock")) if path else None
+        self._apart_thread = ThreadPoolExecutor(1, thread_name_prefix="store-apart")
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -220,6 +236,46 @@ class GroupWriter:
         async with self.engine.begin() as connection:
             return await connection.run_sync(job)
 
+    async def write_apart(self, job: SyncJob[T]) -> T:
+        """Run a background job (housekeeping) in a transaction of its own, beside the batches.
+
+        On SQLite the job runs in a thread of its own on its own connection,
+        between other writers' transactions (it takes the write lock file as
+        they do): its statements and commit never hold up the event loop,
+        and the hot writes wait at most for this one short transaction. On
+        PostgreSQL it runs on a connection of its own, as ``write_alone``.
+        """
+        if self._sync_engine is None:
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apart_thread, self._apart, job, True)
+
+    async def read_apart(self, job: SyncJob[T]) -> T:
+        """Like write_apart() for a read: no write lock (SQLite's readers never wait in WAL)."""
+        if self._sync_engine is None:
+            async with self.engine.connect() as connection:
+                return await connection.run_sync(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._apart_thread, self._apart, job, False)
+
+    def _apart(self, job: SyncJob[T], write: bool) -> T:
+        assert self._sync_engine is not None and self._apart_lock is not None
+        with self._sync_engine.connect() as connection:
+            if not write:
+                try:
+                    return job(connection)
+                finally:
+                    connection.rollback()
+            self._apart_lock.begin(connection)
+            try:
+                result = job(connection)
+            except BaseException:
+                self._apart_lock.end(connection.rollback)
+                raise
+            self._apart_lock.end(connection.commit)
+            return result
+
     async def write_item(self, job: ItemsJob[Item], item: Item) -> Any:
         """Like write_sync(), but the items of one ``job`` in a batch go to it in one call.
 
@@ -250,6 +306,9 @@ class GroupWriter:
         if self._write_lock is not None:
             self._write_lock.close()
         self._thread.shutdown()
+        self._apart_thread.shutdown()  # after any job in it: its lock is closed there
+        if self._apart_lock is not None:
+            self._apart_lock.close()
 
     async def _run(self) -> None:
         while not self._closing or self._pending:
@@ -291,7 +350,14 @@ class GroupWriter:
 
     async def _run_async(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         async with self.engine.begin() as connection:
-            return [await job(connection) for job in jobs]
+            await connection.run_sync(begin_collecting)
+            try:
+                results = [await job(connection) for job in jobs]
+            except BaseException:
+                await connection.run_sync(end_collecting, False)
+                raise
+            await connection.run_sync(end_collecting)
+            return results
 
     async def _run_sync(self, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
         """The sync jobs in one transaction (see the module's docstring for SQLite's)."""
@@ -302,8 +368,10 @@ class GroupWriter:
         lock = self._write_lock
         assert lock is not None
         with self._sync_engine.connect() as connection:
-            # Waiting for another process's write lock must not stall the loop.
-            await loop.run_in_executor(self._thread, lock.begin, connection)
+            # Waiting for another process's write lock must not stall the loop: a free one is
+            # taken here, a held one waited for in the writer's thread.
+            if not lock.begin_at_once(connection):
+                await loop.run_in_executor(self._thread, lock.begin, connection)
             try:
                 results = _run_jobs(connection, jobs)
             except BaseException:
@@ -319,8 +387,8 @@ class WriteLock:
     Processes sharing the file (workers) take turns here before BEGIN IMMEDIATE:
     a waiter wakes the moment the holder lets go, where SQLite's busy handler
     polls with sleeps of up to 100 ms (two workers' accept p99 went to
-    100-470 ms). The kernel releases it if its holder dies. Used from the
-    writer's one thread.
+    100-470 ms). The kernel releases it if its holder dies. Used by one writer, one
+    batch at a time: taken on the event loop when free, else in the writer's thread.
     """
 
     def __init__(self, path: Path) -> None:
@@ -328,14 +396,44 @@ class WriteLock:
         self._file: Any = None
 
     def begin(self, connection: Connection) -> None:
-        if self._file is None:
-            self._file = open(self._path, "a")  # noqa: SIM115 -- kept open: one lock per writer
-        fcntl.flock(self._file, fcntl.LOCK_EX)
+        fcntl.flock(self._opened(), fcntl.LOCK_EX)
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             raise
+
+    def begin_at_once(self, connection: Connection) -> bool:
+        """begin() if neither this lock nor SQLite's is held (one process: always); else False,
+        having waited for nothing. Saves the hand-off to a thread, and the one back, per batch.
+        """
+        try:
+            fcntl.flock(self._opened(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # A writer that does not take this lock (another tool on the file) may hold SQLite's:
+        # no busy wait on the event loop, then. (The pragmas straight to the driver: through
+        # SQLAlchemy they cost as much as the hand-off they save.)
+        driver = connection.connection.dbapi_connection
+        assert driver is not None
+        try:
+            driver.execute("PRAGMA busy_timeout=0")
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        except sa.exc.OperationalError:  # SQLITE_BUSY: wait in the thread
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            return False
+        except BaseException:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            raise
+        return True
+
+    def _opened(self) -> Any:
+        if self._file is None:
+            self._file = open(self._path, "a")  # noqa: SIM115 -- kept open: one lock per writer
+        return self._file
 
     def end(self, finish: Callable[[], None]) -> None:
         """Commit or roll back (``finish``), then let the next writer in."""
@@ -351,7 +449,15 @@ class WriteLock:
 
 
 def _run_jobs(connection: Connection, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
-    """Each ItemsJob once with its items, then each SyncJob; results in ``jobs`` order."""
+    """Each ItemsJob once with its items, then each SyncJob; results in ``jobs`` order.
+
+    The statistics counters the jobs add to are written once, at the end (``collecting``).
+    """
+    with collecting(connection):
+        return _run_each(connection, jobs)
+
+
+def _run_each(connection: Connection, jobs: list[_Sync[Any] | _Item[Any]]) -> list[Any]:
     items: dict[ItemsJob[Any], list[Any]] = {}
     for job in jobs:
         if isinstance(job, _Item):

@@ -14,7 +14,7 @@ messages = sa.Table(
     "messages",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("site_id", sa.String(64), nullable=False, index=True),
+    sa.Column("site_id", sa.String(64), nullable=False),
     sa.Column("username", sa.String(128)),
     sa.Column("client_ip", sa.String(64), nullable=False),
     sa.Column("original_sender", sa.Text, nullable=False),
@@ -36,8 +36,11 @@ messages = sa.Table(
     # Set when retention replaced ``content`` by its header block (migration 0007).
     sa.Column("content_deleted_at", sa.Float, nullable=True),
     sa.Index("ix_messages_due", "status", "next_attempt_at"),
-    sa.Index("ix_messages_created_at", "created_at"),
     sa.Index("ix_messages_finished", "status", "updated_at"),
+    # The message log, newest first (migration 0008): all, per site, per status.
+    sa.Index("ix_messages_created_id", "created_at", "id"),
+    sa.Index("ix_messages_site_created", "site_id", "created_at", "id"),
+    sa.Index("ix_messages_status_created", "status", "created_at", "id"),
 )
 
 recipients = sa.Table(
@@ -57,6 +60,7 @@ recipients = sa.Table(
     sa.Column("reply_code", sa.Integer),
     sa.Column("reply_text", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_recipients_address_lower", sa.func.lower(sa.column("address"))),
 )
 
 attempts = sa.Table(
@@ -262,6 +266,8 @@ templates = sa.Table(
 # Retention and reports (migration 0007).
 # Counters per site or upstream and UTC minute (the minute's first second), written in the
 # transactions that record messages and attempts: statistics never read message rows.
+# Scopes ``site:hour``, ``upstream:hour``, ``site:day``, ``upstream:day`` hold the same counters
+# per UTC hour and day (``minute`` is then the hour's or day's first second): see core.rollups.
 stats_rollups = sa.Table(
     "stats_rollups",
     metadata,
@@ -271,6 +277,7 @@ stats_rollups = sa.Table(
     sa.Column("metric", sa.String(32), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Index("ix_stats_rollups_minute", "minute"),
+    sa.Index("ix_stats_rollups_scope_minute", "scope", "minute"),  # migration 0008
 )
 
 # Work that one process of the cluster does at a time (``housekeeping``: retention):

@@ -414,7 +414,7 @@ def test_lifecycles_keep_to_the_document(
 
     template = "/api/v1/templates/{name}"
     made = call("POST", "/api/v1/templates", 201, {"name": "api-t", "text": "Hi {{ n }}"})
-    assert made["source"] == "api"
+    assert made["managed_by"] == "api"
     call("GET", template, 200, name="api-t")
     assert call("PUT", template, 200, {"html": "<p>{{ n }}</p>"}, name="api-t")["text"] is None
     assert call("PATCH", template, 200, {"subject": "S"}, name="api-t")["subject"] == "S"

@@ -94,7 +94,8 @@ async def test_readme_api_examples_run_and_their_objects_survive_a_restart(
         site = await asyncio.to_thread(get, f"{base}/sites/landing")
         assert site["credentials"] == []  # the example removed the one it made
         receipt = await asyncio.to_thread(get, f"{base}/templates/receipt")
-        assert (receipt["source"], receipt["subject"]) == ("api", "Order {{ order.id }} received")
+        assert receipt["managed_by"] == "api"
+        assert receipt["subject"] == "Order {{ order.id }} received"
         domain = await asyncio.to_thread(get, f"{base}/domains/example.org")
         assert [k["selector"] for k in domain["keys"]] == ["relay1"]
         audit = await asyncio.to_thread(get, f"{base}/audit?page_size=100")

@@ -287,3 +287,50 @@ def test_inquiry_without_reply_to_and_with_a_template() -> None:
     assert "Reply-To" not in message
     assert message["Subject"] == "Quote request"
     assert content(message.get_body(("plain",))) == "From the template\n"
+
+
+def header_lines(composed: Composed) -> list[bytes]:
+    return composed.content.partition(b"\r\n\r\n")[0].split(b"\r\n")
+
+
+def test_long_header_text_fits_lines_and_reads_back() -> None:
+    """No header line over RFC 5322's 998; a word too long for any line becomes encoded words."""
+    filename = ("Résumé \u2013 ☃ " * 30)[:250] + ".pdf"
+    long_url = "<https://example.com/unsubscribe/" + "a" * 300 + ">"
+    composed = build(
+        request(
+            subject="x" * 998,
+            from_name="Zoë",
+            headers=(("X-Long", "é" * 998), ("List-Unsubscribe", long_url)),
+            attachments=(Attachment(filename, b"pdf", "application/pdf"),),
+        )
+    )
+    assert max(map(len, header_lines(composed))) <= 998
+    body_lines = composed.content.split(b"\r\n")
+    assert max(map(len, body_lines)) <= 998
+    message = parsed(composed)
+    assert message["Subject"] == "x" * 998
+    assert message["X-Long"] == "é" * 998
+    assert message["From"].addresses[0].display_name == "Zoë"
+    assert message["List-Unsubscribe"] == long_url  # a URL that fits a line is never encoded
+    attachment = list(message.iter_parts())[1]
+    assert attachment.get_filename() == filename
+    assert all(len(line) <= 100 for line in body_lines if b"filename" in line)
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "expected"),
+    [
+        ("Hi Ann\n", "7bit", "Hi Ann\n"),
+        ("one\r\ntwo\rthree", "7bit", "one\ntwo\nthree\n"),  # any line end is a line end
+        ("From here\n.\n", "7bit", "From here\n.\n"),  # no ">From": the body is not mangled
+        ("Grüße from all of us\n" * 5, "quoted-printable", "Grüße from all of us\n" * 5),
+        ("☃☃☃☃ ☃☃☃☃\n" * 5, "base64", "☃☃☃☃ ☃☃☃☃\n" * 5),
+        ("x" * 79 + "\n", "quoted-printable", "x" * 79 + "\n"),  # over 78: encoded
+        ("", "7bit", "\n"),
+    ],
+)
+def test_body_transfer_encoding(text: str, encoding: str, expected: str) -> None:
+    message = parsed(build(request(text=text)))
+    assert message["Content-Transfer-Encoding"] == encoding
+    assert content(message) == expected

@@ -8,6 +8,8 @@ connection keeps the durability pragmas (WAL, synchronous=FULL).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -113,3 +115,38 @@ async def test_a_failing_job_fails_alone(writer: GroupWriter, kind: str) -> None
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], sa.exc.IntegrityError)
     assert await stored(writer) == ["a", "b", "taken"]  # each exactly once
+
+
+async def test_a_held_write_lock_is_waited_for_off_the_loop(
+    writer: GroupWriter, tmp_path: Path
+) -> None:
+    """A free lock is taken on the event loop; a held one (SQLite's, by a connection that
+    does not take the writer's lock; or the writer's lock, by another process's writer) is
+    waited for in the writer's thread, while the loop goes on."""
+
+    def insert(c: Connection) -> None:
+        c.execute(KEYS.insert().values(k="after"))
+
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO keys VALUES ('other')")
+    job = asyncio.ensure_future(writer.write_sync(insert))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.sleep(0.2)
+    assert loop.time() - started < 5  # not stuck in SQLite's busy wait (30 s) on the loop
+    assert not job.done()
+    other.execute("COMMIT")
+    await asyncio.wait_for(job, 10)
+    assert await stored(writer) == ["after", "other"]
+
+    lock = open(f"{tmp_path}/w.db.write.lock", "a")  # noqa: SIM115, ASYNC230 -- a second writer's
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    job = asyncio.ensure_future(writer.write_sync(lambda c: c.execute(KEYS.insert().values(k="x"))))
+    await asyncio.sleep(0.2)
+    assert not job.done()
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    await asyncio.wait_for(job, 10)
+    assert await stored(writer) == ["after", "other", "x"]
+    other.close()

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from relay import message_log_database as message_log
 from relay.core.model import (
     Attempt,
     MessageClass,
@@ -26,19 +28,22 @@ from relay.core.model import (
     RecipientStatus,
     SmtpReply,
 )
+from relay.core.rollups import duration_bucket
 from relay.message_log_database import (
     MessageHeaders,
     MessageQuery,
     MessageSummary,
+    SearchPage,
     SiteStats,
     UpstreamStats,
     message_headers,
     search_messages,
-    site_stats,
-    upstream_stats,
+    site_stats_from_rows,
+    upstream_stats_from_rows,
 )
 from relay.queue_database import DeliveryRecord, RecipientState, hold, insert_messages
 from relay.queue_database import record_delivery as write_record
+from relay.rollup_database import rollup_stats
 from relay.store import create_engine, migrate
 from relay.tables import metadata
 
@@ -166,20 +171,22 @@ def attempt(
 async def search(engine: AsyncEngine, **filters: object) -> tuple[list[str], int]:
     """Ids of the page, and the total."""
     async with engine.connect() as c:
-        items, total = await search_messages(c, MessageQuery(**filters))  # type: ignore[arg-type]
+        found = await search_messages(c, MessageQuery(**filters))  # type: ignore[arg-type]
+    assert found.total_exact and found.complete  # a few messages: nothing is cut short
+    items, total = found.items, found.total
     return [item.id for item in items], total
 
 
-async def one_of_each_status(engine: AsyncEngine) -> None:
-    """m-queued .. m-partial, one per status, created a second apart (queued oldest)."""
+async def one_of_each_status(engine: AsyncEngine, step: float = 1.0) -> None:
+    """m-queued .. m-partial, one per status, created ``step`` seconds apart (queued oldest)."""
     await insert(
         engine,
         new_message("m-queued", T),
-        new_message("m-held", T + 1),
-        new_message("m-deferred", T + 2),
-        new_message("m-sent", T + 3),
-        new_message("m-failed", T + 4),
-        new_message("m-partial", T + 5, recipients=("a@example.org", "b@example.org")),
+        new_message("m-held", T + step),
+        new_message("m-deferred", T + 2 * step),
+        new_message("m-sent", T + 3 * step),
+        new_message("m-failed", T + 4 * step),
+        new_message("m-partial", T + 5 * step, recipients=("a@example.org", "b@example.org")),
     )
     async with engine.begin() as c:
         await hold(c, "m-held", T + 10)
@@ -217,7 +224,8 @@ async def test_summary_carries_every_field(engine: AsyncEngine) -> None:
         last_error="421 4.7.0 later",
     )
     async with engine.connect() as c:
-        items, total = await search_messages(c, MessageQuery())
+        found = await search_messages(c, MessageQuery())
+    items, total = found.items, found.total
     content_size = len(new_message("m1").content)
     assert total == 1
     assert items == [
@@ -243,7 +251,7 @@ async def test_summary_carries_every_field(engine: AsyncEngine) -> None:
 async def test_next_attempt_is_none_only_when_final(engine: AsyncEngine) -> None:
     await one_of_each_status(engine)
     async with engine.connect() as c:
-        items, _ = await search_messages(c, MessageQuery())
+        items = (await search_messages(c, MessageQuery())).items
     due = {item.id: item.next_attempt_at for item in items}
     assert due == {
         "m-queued": T,
@@ -488,7 +496,7 @@ async def test_page_recipients_belong_to_their_message(engine: AsyncEngine) -> N
         new_message("m2", T + 1, recipients=("two@example.org", "three@example.org")),
     )
     async with engine.connect() as c:
-        items, _ = await search_messages(c, MessageQuery(page_size=1, page=2))
+        items = (await search_messages(c, MessageQuery(page_size=1, page=2))).items
     assert [(i.id, i.recipients) for i in items] == [("m1", ("one@example.org",))]
 
 
@@ -521,7 +529,31 @@ async def test_message_headers(engine: AsyncEngine) -> None:
     assert missing is None
 
 
-# -- site_stats
+# -- statistics: from the counters (rollup_stats), each answer checked against the rows
+
+FAR = T + 30 * 86_400
+
+
+async def site_stats(c: AsyncConnection, since: float, until: float = FAR) -> list[SiteStats]:
+    """The counters' answer, which must be what the rows say over the same whole minutes."""
+    start, end, sites, _ = await rollup_stats(c, since, until)
+    assert sites == await site_stats_from_rows(c, start, end)
+    return sites
+
+
+async def upstream_stats(
+    c: AsyncConnection, since: float, until: float = FAR
+) -> list[UpstreamStats]:
+    """Like site_stats; the p95 is the bound of the bucket that holds the rows' exact p95."""
+    start, end, _, upstreams = await rollup_stats(c, since, until)
+    exact = await upstream_stats_from_rows(c, start, end)
+    assert [replace(u, p95_seconds=None) for u in upstreams] == [
+        replace(u, p95_seconds=None) for u in exact
+    ]
+    for counted, row in zip(upstreams, exact, strict=True):
+        assert row.p95_seconds is not None and counted.p95_seconds is not None
+        assert counted.p95_seconds == float(duration_bucket(row.p95_seconds)[3:]) / 1000
+    return upstreams
 
 
 async def test_site_stats(engine: AsyncEngine) -> None:
@@ -544,13 +576,14 @@ async def test_site_stats(engine: AsyncEngine) -> None:
 
 
 async def test_site_stats_window_bounds(engine: AsyncEngine) -> None:
-    await one_of_each_status(engine)
+    """The window is whole minutes: from since's minute to the one holding until."""
+    await one_of_each_status(engine, step=60.0)
     async with engine.connect() as c:
-        # [T+1, T+4): held, deferred, sent. T+4 (failed) is excluded.
-        [inner] = await site_stats(c, since=T + 1, until=T + 4)
-        [last] = await site_stats(c, since=T + 4)
-        empty_after = await site_stats(c, since=T + 6)
-        empty_before = await site_stats(c, since=T - 10, until=T)
+        # [T+60, T+240): held, deferred, sent. T+240 (failed) is excluded.
+        [inner] = await site_stats(c, since=T + 61, until=T + 181)
+        [last] = await site_stats(c, since=T + 241)
+        empty_after = await site_stats(c, since=T + 360)
+        empty_before = await site_stats(c, since=T - 600, until=T)
         nothing = await site_stats(c, since=T, until=T)
     assert (inner.accepted, inner.held, inner.deferred, inner.sent, inner.failed) == (3, 1, 1, 1, 0)
     assert inner.success_rate == 1.0
@@ -595,8 +628,9 @@ async def test_upstream_stats(engine: AsyncEngine) -> None:
     assert stats == [
         UpstreamStats("mg", attempts=3, sent=2, failed=0, deferred=4, success_rate=0.3333,
                       average_seconds=2.0, p95_seconds=3.0),
+        # The exact p95 is 1.9 s: its bucket is (1.5 s, 2 s].
         UpstreamStats("ses", attempts=20, sent=20, failed=1, deferred=0, success_rate=0.9524,
-                      average_seconds=1.05, p95_seconds=1.9),
+                      average_seconds=1.05, p95_seconds=2.0),
     ]  # fmt: skip
 
 
@@ -616,9 +650,9 @@ async def test_upstream_stats_window_bounds(engine: AsyncEngine) -> None:
     async with engine.connect() as c:
         [inside] = await upstream_stats(c, since=T, until=T + 60)
         [everything] = await upstream_stats(c, since=0)
-        empty = await upstream_stats(c, since=T + 61)
+        empty = await upstream_stats(c, since=T + 120)  # T+61 would read T+60's minute
         nothing = await upstream_stats(c, since=T, until=T)
-    assert inside == UpstreamStats("ses", 2, 2, 0, 0, 1.0, 0.5, 0.75)
+    assert inside == UpstreamStats("ses", 2, 2, 0, 0, 1.0, 0.5, 1.0)  # 0.75 s: (0.7, 1]
     assert (everything.attempts, everything.sent, everything.failed, everything.deferred) == (
         4,
         2,
@@ -637,4 +671,108 @@ async def test_upstream_stats_counts_attempts_without_recipients(engine: AsyncEn
     )
     async with engine.connect() as c:
         [stats] = await upstream_stats(c, since=T)
-    assert stats == UpstreamStats("ses", 1, 0, 0, 0, None, 0.1235, 0.1235)
+    assert stats == UpstreamStats("ses", 1, 0, 0, 0, None, 0.1235, 0.15)  # bucket (0.1, 0.15]
+
+
+# -- keyset pages (cursor) and bounded work
+
+
+async def walk(engine: AsyncEngine, **filters: object) -> tuple[list[str], list[SearchPage]]:
+    """Every page from the first on by next_cursor; the ids in order and the pages."""
+    ids: list[str] = []
+    pages: list[SearchPage] = []
+    cursor = None
+    for _ in range(200):  # bounded
+        async with engine.connect() as c:
+            found = await search_messages(c, MessageQuery(cursor=cursor, **filters))  # type: ignore[arg-type]
+        pages.append(found)
+        ids += [item.id for item in found.items]
+        if found.next_cursor is None:
+            return ids, pages
+        cursor = found.next_cursor
+    raise AssertionError("the cursor never ended")
+
+
+async def test_cursor_pages_give_every_message_once_while_mail_arrives(
+    engine: AsyncEngine,
+) -> None:
+    # Ties on created_at fall on page edges: the id orders them.
+    await insert(engine, *(new_message(f"m{i:02d}", T + i // 3) for i in range(25)))
+    seen: list[str] = []
+    cursor = None
+    for arriving in range(100):
+        async with engine.connect() as c:
+            found = await search_messages(c, MessageQuery(page_size=4, cursor=cursor))
+        seen += [item.id for item in found.items]
+        # New mail between pages: newer than everything, and some at the very same second.
+        await insert(
+            engine,
+            new_message(f"new-{arriving}", T + 100 + arriving),
+            new_message(f"tie-{arriving}", T + 8),
+        )
+        if found.next_cursor is None:
+            break
+        cursor = found.next_cursor
+        assert found.complete and found.total_exact
+    originals = sorted(f"m{i:02d}" for i in range(25))
+    assert sorted(m for m in seen if m.startswith("m")) == originals
+    assert len([m for m in seen if m.startswith("m")]) == 25  # each once
+    assert not [m for m in seen if m.startswith("new")]  # newer than the first page: not met
+
+
+async def test_a_cursor_and_filters(engine: AsyncEngine) -> None:
+    await insert(
+        engine,
+        *(new_message(f"m{i:02d}", T + i, site=("shop", "blog")[i % 2]) for i in range(30)),
+    )
+    ids, pages = await walk(engine, site="blog", page_size=4)
+    assert ids == [f"m{i:02d}" for i in range(29, 0, -2)]
+    assert [len(p.items) for p in pages] == [4, 4, 4, 3]
+    assert all(p.total == 15 and p.total_exact for p in pages)
+
+
+async def test_unindexed_filters_examine_a_bounded_window(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """q, upstream and a second filter look at SCAN_ROWS messages per request, at most."""
+    monkeypatch.setattr(message_log, "SCAN_ROWS", 5)
+    monkeypatch.setattr(message_log, "COUNT_LIMIT", 3)
+    await insert(
+        engine,
+        *(
+            new_message(f"m{i:02d}", T + i, subject="Invoice" if i % 7 == 0 else "Hello")
+            for i in range(30)
+        ),
+    )
+    ids, pages = await walk(engine, q="invoice", page_size=2)
+    assert ids == ["m28", "m21", "m14", "m07", "m00"]  # every match once, newest first
+    first = pages[0]
+    # The first 5 messages examined (m29..m25) hold one match: its count, not exact.
+    assert ([i.id for i in first.items], first.total, first.total_exact) == (["m28"], 1, False)
+    assert not first.complete and first.next_cursor == (T + 25, "m25")
+    assert pages[-1].complete and pages[-1].next_cursor is None
+    # No match at all: six requests of five messages each, each says where it stopped.
+    nothing, pages = await walk(engine, q="no such thing")
+    assert nothing == [] and len(pages) == 6
+    assert [p.complete for p in pages] == [False] * 5 + [True]
+    # Without unindexed filters, a total beyond COUNT_LIMIT is not counted exactly.
+    async with engine.connect() as c:
+        plain = await search_messages(c, MessageQuery(page_size=2))
+    assert (plain.total, plain.total_exact, plain.complete) == (3, False, True)
+    assert plain.next_cursor == (T + 28, "m28")
+
+
+@pytest.mark.parametrize(
+    "same_test",
+    [
+        test_recipient_filter_is_exact_and_case_insensitive,
+        test_a_message_with_many_matching_recipients_counts_once,
+    ],
+)
+async def test_a_recipient_in_many_messages_is_checked_on_the_walk(
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    same_test: Callable[[AsyncEngine], Awaitable[None]],
+) -> None:
+    monkeypatch.setattr(message_log, "HOT_RECIPIENT", 0)  # every address counts as hot
+    await same_test(engine)

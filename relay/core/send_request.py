@@ -45,6 +45,8 @@ OWNED_HEADER_PREFIXES = ("content-", "resent-", "arc-")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 3.6.8 ftext; fits a line
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")  # RFC 6838 4.2
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# RFC 5322 3.2.3's dot-atom without "=", so without anything like an encoded word.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$&'*+/?^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/?^_`{|}~-]+)*")
 # The stdlib's built-in table only: guesses must not depend on the machine's /etc/mime.types.
 _TYPES = mimetypes.MimeTypes()
 
@@ -153,6 +155,9 @@ def address_problem(value: object) -> str | None:
         return "non-ASCII addresses are not supported (they need SMTPUTF8)"
     if not is_address(value):
         return "not an email address"
+    local, _, domain = value.rpartition("@")
+    if _DOT_ATOM.fullmatch(local) and not domain.startswith("["):
+        return None  # what the parse below gives back unchanged (tested), without its ~25 us
     try:  # the builder refuses obsolete forms (a..b@x) and encoded words that is_address allows
         if Address(addr_spec=value).addr_spec != value:
             return "not an email address"
