@@ -20,7 +20,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection
 
 from relay.core.form_token import TokenOk, check, derive_key, issue
-from relay.form_database import UsedNonce, forget_expired_nonces, record_nonces
+from relay.form_database import UsedNonce, record_nonces
 from relay.store import GroupWriter
 
 MAX_AGE_SECONDS = 600
@@ -66,8 +66,7 @@ class LoginLinkController:
         used = UsedNonce(found.nonce, LINK_SCOPE, found.issued_at + MAX_AGE_SECONDS + 1)
 
         def spend(connection: Connection) -> bool:
-            forget_expired_nonces(connection, now)
-            [fresh] = record_nonces(connection, [used])
+            [fresh] = record_nonces(connection, [used])  # retention sweeps it once expired
             return fresh
 
         return await self._writer.write_sync(spend)

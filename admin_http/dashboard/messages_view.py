@@ -62,7 +62,8 @@ def _query(request: web.Request) -> tuple[MessageQuery, dict[str, str], list[str
 async def message_list(request: web.Request) -> web.Response:
     api = api_of(request)
     query, given, problems = _query(request)
-    found, total = await api.reports.search(query)
+    result = await api.reports.search(query)
+    found, total = result.items, result.total
     kept = {k: v for k, v in given.items() if v}
     if query.page_size != 50:
         kept["page_size"] = str(query.page_size)
@@ -76,7 +77,15 @@ async def message_list(request: web.Request) -> web.Response:
             "query": query,
             "given": given,
             "problems": problems,
-            "pager": pager("/messages", kept, query.page, query.page_size, len(found), total),
+            "pager": pager(
+                "/messages",
+                kept,
+                query.page,
+                query.page_size,
+                len(found),
+                total,
+                result.total_exact,
+            ),
             "statuses": [s.value for s in MessageStatus],
             "sites": [s.id for s in directory.sites],
             "upstream_names": [u.name for u in directory.upstreams],

@@ -31,9 +31,10 @@ async def overview(request: web.Request) -> web.Response:
     stats = await api.reports.stats(today)
     first_hour = (now // 3600 - CHART_HOURS + 1) * 3600
     hours = await api.reports.hourly(first_hour, CHART_HOURS)
-    failures, failed_total = await api.reports.search(
+    failed = await api.reports.search(
         MessageQuery(status=MessageStatus.FAILED, page_size=RECENT_FAILURES)
     )
+    failures, failed_total = failed.items, failed.total
     totals = {
         "accepted": sum(s.accepted for s, _ in stats.sites),
         "sent": sum(s.sent for s, _ in stats.sites),

@@ -83,9 +83,16 @@ def page_number(text: str | None, default: int, allowed: range | tuple[int, ...]
 
 
 def pager(
-    path: str, kept: dict[str, str], page_no: int, page_size: int, shown: int, total: int
+    path: str,
+    kept: dict[str, str],
+    page_no: int,
+    page_size: int,
+    shown: int,
+    total: int,
+    exact: bool = True,
 ) -> dict[str, Any]:
-    """What the pager under a table needs: the links either way and the range shown."""
+    """What the pager under a table needs: the links either way and the range shown
+    (``exact`` false: the message log counted up to a limit, and there are at least ``total``)."""
     pages = max(-(-total // page_size), 1)
 
     def link(number: int) -> str:
@@ -96,8 +103,9 @@ def pager(
         "page": page_no,
         "pages": pages,
         "total": total,
+        "exact": exact,
         "first_shown": first,
         "last_shown": first + shown - 1 if shown else 0,
         "previous": link(page_no - 1) if page_no > 1 else None,
-        "next": link(page_no + 1) if page_no < pages else None,
+        "next": link(page_no + 1) if page_no < pages or not exact else None,
     }

@@ -29,13 +29,14 @@ async def queue(request: web.Request) -> web.Response:
     wanted = request.query.get("status", "")
     status = next((s for s in TABS if s.value == wanted), MessageStatus.DEFERRED)
     page_no = page_number(request.query.get("page"), 1, range(1, 1_000_000))
-    found, total = await api.reports.search(
+    result = await api.reports.search(
         MessageQuery(status=status, page=page_no, page_size=PAGE_SIZE)
     )
+    found, total = result.items, result.total
     counts = {}
     for tab in TABS:
         counts[tab.value] = (
-            total if tab is status else (await api.reports.search(MessageQuery(status=tab)))[1]
+            total if tab is status else (await api.reports.search(MessageQuery(status=tab))).total
         )
     stats = await api.queue.stats()
     here = f"/queue?status={status.value}" + (f"&page={page_no}" if page_no > 1 else "")
