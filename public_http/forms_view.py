@@ -21,7 +21,8 @@ the Origin, so the page's script can read them.
 A JSON post, or an HTML one that asks ``Accept: application/json`` (a script's
 fetch of a FormData), is answered ``202 {"id", "status": "queued"}``; a plain
 HTML post ``303`` to the form's ``redirect``, or without one a short "Thank you"
-page (202). A bot gets exactly what a person would.
+page (202). A bot gets exactly what a person would. Errors are the error envelope,
+or a page saying the same to a browser's plain post (error_page.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from admin_http.schemas import parse_json
 from public_http.answers import accepted, answer
 from public_http.client import client_ip
 from public_http.deps import deps_of
+from public_http.error_page import error_page, wants_page
 from relay.core.send_request import shown
 from relay.form_controller import (
     Decoy,
@@ -82,6 +84,13 @@ async def form_token(request: web.Request) -> web.Response:
 
 
 async def send_inquiry(request: web.Request) -> web.Response:
+    response = await _send_inquiry(request)
+    if response.status >= 400 and wants_page(request):
+        return error_page(response)
+    return response
+
+
+async def _send_inquiry(request: web.Request) -> web.Response:
     forms = _forms(request)
     deps = deps_of(request)
     http = deps.config()

@@ -161,7 +161,8 @@ def _send_inquiry() -> Schema:
         "post 303 to the form's `redirect`, or without one a short HTML thank-you page (202). "
         "A bot's post (honeypot filled or missing; token missing, forged, too young, expired "
         "or used) gets what a person gets, and nothing is sent. A post answered 422, 429 or "
-        "503 does not spend its token.",
+        "503 does not spend its token. Errors are the envelope, except to a browser's plain "
+        "post (`Accept` with text/html and not JSON): a short HTML page saying the same.",
         "parameters": [_ORIGIN],
         "requestBody": {
             "required": True,
@@ -184,16 +185,32 @@ def _send_inquiry() -> Schema:
                 "description": "A plain HTML post, stored: on to the form's `redirect`",
                 "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
             },
-            "400": _error("Not a form post: malformed JSON or multipart, no landingPageId"),
-            "403": _error("The form does not allow this Origin (no CORS headers)"),
-            "404": _error("No site with a form has this landingPageId"),
-            "413": _error("The body is over `http.max_form_bytes`, or the message too large"),
-            "415": _error("Not JSON, urlencoded or multipart/form-data"),
-            "422": _error("The form has problems: each in `problems` (formData.email: ...)"),
-            "429": _later("Too many posts from this address, or the site is over its limits"),
-            "503": _later("The relay could not store the message; try again"),
+            **{
+                status: _or_page(answer)
+                for status, answer in {
+                    "400": _error("Not a form post: malformed JSON or multipart, no landingPageId"),
+                    "403": _error("The form does not allow this Origin (no CORS headers)"),
+                    "404": _error("No site with a form has this landingPageId"),
+                    "413": _error(
+                        "The body is over `http.max_form_bytes`, or the message too large"
+                    ),
+                    "415": _error("Not JSON, urlencoded or multipart/form-data"),
+                    "422": _error(
+                        "The form has problems: each in `problems` (formData.email: ...)"
+                    ),
+                    "429": _later(
+                        "Too many posts from this address, or the site is over its limits"
+                    ),
+                    "503": _later("The relay could not store the message; try again"),
+                }.items()
+            },
         },
     }
+
+
+def _or_page(answer: Schema) -> Schema:
+    """An error of the form post: the envelope, or to a browser's plain post a page."""
+    return {**answer, "content": {**answer["content"], "text/html": {"schema": _TEXT}}}
 
 
 def _send() -> Schema:

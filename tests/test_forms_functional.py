@@ -270,6 +270,32 @@ async def test_without_a_redirect_a_plain_post_gets_a_thank_you_page(
     await sink.handler.wait_for(1)
 
 
+async def test_a_browsers_plain_post_with_a_mistake_gets_a_page_and_a_script_json(
+    tmp_path: Path, make_sink: MakeSink, start_relay: StartRelay, session: aiohttp.ClientSession
+) -> None:
+    sink = await make_sink()
+    relay, visitor, _ = await start(start_relay, form_config(tmp_path, sink), session)
+    token = await visitor.filled_token()
+    form = {"landingPageId": "shop", "formToken": token, **FIELDS, "email": "ada@<b>example"}
+    url = f"{visitor.base}/api/send-inquiry"
+    navigation = {"Origin": ORIGIN, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+    async with session.post(url, data=form, headers=navigation) as r:
+        assert (r.status, r.content_type) == (422, "text/html")
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'none';")
+        page = await r.text()
+    assert "Your message was not sent" in page and "<script" not in page
+    assert "<li>email: not an email address</li>" in page
+    assert "<b>" not in page  # what the visitor typed is never markup
+
+    async with session.post(url, data=form, headers={"Origin": ORIGIN}) as r:  # curl: */*
+        assert (r.status, (await r.json())["error"]["code"]) == (422, "invalid")
+    assert (await visitor.post({**FIELDS, "email": "x@y"}, token))[0] == 422  # JSON: envelope
+    await visitor.send()  # the token of a refused post was not spent; a new one works
+    await sink.handler.wait_for(1)
+    assert form_outcomes(relay)["queued"] == 1
+
+
 # -- Origins and CORS
 
 

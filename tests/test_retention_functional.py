@@ -45,6 +45,7 @@ KINDS = (
     "recipients",
     "attempts",
     "audit_log",
+    "stats_minutes",
     "stats_rollups",
     "form_nonces",
     "idempotency_keys",
