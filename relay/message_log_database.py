@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relay.core.classify import Outcome
 from relay.core.header_diff import header_block
 from relay.core.model import MessageClass, MessageStatus
+from relay.core.rollups import status_metric
 from relay.core.stats import percentile, success_rate
-from relay.tables import attempts, messages, recipients
+from relay.tables import attempts, messages, recipients, stats_rollups
 
 _FINAL = frozenset({MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.PARTIAL})
 
@@ -491,37 +492,41 @@ class HourCount:
 
 
 async def hourly_counts(
-    connection: AsyncConnection, since: float, hours: int, site: str | None = None
+    connection: AsyncConnection, since: int, hours: int, site: str | None = None
 ) -> list[HourCount]:
-    """``hours`` consecutive hours from ``since`` (of one site, when given): one query, one
-    conditional sum per cell."""
-    sent = messages.c.status == MessageStatus.SENT.value
-    failed = messages.c.status.in_([MessageStatus.FAILED.value, MessageStatus.PARTIAL.value])
-    columns = []
-    for hour in range(hours):
-        start = since + hour * 3600
-        in_hour = sa.and_(messages.c.created_at >= start, messages.c.created_at < start + 3600)
-        for condition in (sa.and_(in_hour, sent), sa.and_(in_hour, failed), in_hour):
-            columns.append(sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0))
-    row = (
-        await connection.execute(
-            sa.select(*columns).where(
-                messages.c.created_at >= since,
-                messages.c.created_at < since + hours * 3600,
-                *([messages.c.site_id == site] if site is not None else []),
-            )
+    """``hours`` consecutive hours from ``since`` (of one site, when given), from the sites'
+    status counters (never message rows): the hour counters when ``since`` starts a UTC
+    hour, else the minute ones, summed per hour in SQL."""
+    scope, step = ("site:hour", 3600) if since % 3600 == 0 else ("site", 60)
+    c = stats_rollups.c
+    hour = ((c.minute - since) / 3600).label("hour")  # integer division on both dialects
+    rows = await connection.execute(
+        sa.select(hour, c.metric, sa.func.sum(c.value))
+        .where(
+            c.scope == scope,
+            c.minute >= since,
+            c.minute <= since + hours * 3600 - step,
+            *([c.name == site] if site is not None else []),
         )
-    ).one()
-    cells = [int(value) for value in row]
-    return [
-        HourCount(
-            since + hour * 3600,
-            cells[3 * hour],
-            cells[3 * hour + 1],
-            cells[3 * hour + 2] - cells[3 * hour] - cells[3 * hour + 1],
-        )
-        for hour in range(hours)
-    ]
+        .group_by(hour, c.metric)
+    )
+    cells = [dict.fromkeys(("sent", "failed", "waiting"), 0) for _ in range(hours)]
+    for index, metric, value in rows:
+        kind = _CHART_KIND.get(metric)
+        if kind is not None:
+            cells[int(index)][kind] += int(value)
+    return [HourCount(since + i * 3600, **cell) for i, cell in enumerate(cells)]
+
+
+_CHART_KIND = {
+    status_metric(status.value): kind
+    for kind, statuses in (
+        ("sent", (MessageStatus.SENT,)),
+        ("failed", (MessageStatus.FAILED, MessageStatus.PARTIAL)),
+        ("waiting", (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD)),
+    )
+    for status in statuses
+}
 
 
 @dataclass(frozen=True)

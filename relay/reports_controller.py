@@ -145,7 +145,7 @@ class ReportsController:
     async def hourly(self, since: float, hours: int, site: str | None = None) -> list[HourCount]:
         """Messages created per hour from ``since`` (of one site), by their status now."""
         async with self._engine.connect() as connection:
-            return await hourly_counts(connection, since, hours, site)
+            return await hourly_counts(connection, int(since), hours, site)
 
     def _quota(self, used: dict[Key, int], scope: Scope, name: str, now: float) -> list[QuotaUse]:
         directory = self._directory()

@@ -1,5 +1,6 @@
 """The dashboard's two queries on the real stores (SQLite and PostgreSQL): messages per hour
-by status, and one message's content with retention's mark."""
+by status (from the statistics counters, rebuilt here from the rows), and one message's
+content with retention's mark."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.core.model import MessageStatus
 from relay.message_log_database import hourly_counts, message_content
+from relay.rollup_database import rebuild_rollups_async
 from relay.store import create_engine, migrate
 from relay.tables import messages
 from tests.postgres import throwaway_database
 
 HOUR = 3600.0
-START = 1_800_000_000.0 - 1_800_000_000.0 % HOUR  # an hour's start
+START = 1_800_000_000 - 1_800_000_000 % 3600  # an hour's start
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,17 +68,24 @@ async def test_hourly_counts_by_status_with_exact_hour_boundaries(engine: AsyncE
     ]
     async with engine.begin() as connection:
         await connection.execute(messages.insert(), rows)
+        await rebuild_rollups_async(connection)
     async with engine.connect() as connection:
         hours = await hourly_counts(connection, START, 3)
+        half = await hourly_counts(connection, START + 1800, 2)  # from the minute counters
     assert [(h.start, h.sent, h.failed, h.waiting) for h in hours] == [
         (START, 1, 1, 0),
         (START + HOUR, 0, 1, 1),
         (START + 2 * HOUR, 0, 0, 1),
     ]
     assert [h.accepted for h in hours] == [2, 2, 1]
+    assert [(h.start, h.sent, h.failed, h.waiting) for h in half] == [
+        (START + 1800, 0, 2, 1),
+        (START + 1800 + HOUR, 0, 0, 1),
+    ]
     async with engine.begin() as connection:
         other = row(8, MessageStatus.SENT, START + 10, site_id="blog")
         await connection.execute(messages.insert(), other)
+        await rebuild_rollups_async(connection)
     async with engine.connect() as connection:
         blog = await hourly_counts(connection, START, 3, site="blog")
         shop = await hourly_counts(connection, START, 3, site="shop")
