@@ -130,8 +130,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # Takes effect only on a new, empty file (before WAL and the first table): freed pages
     # can then be given back with PRAGMA incremental_vacuum. An existing store keeps its
-    # mode until a VACUUM (README "Retention and disk"); both reuse freed pages.
-    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    # mode until a VACUUM (README "Retention and disk"); both reuse freed pages. Only set
+    # on an empty file: on a store in use it waits for the write lock (on the event loop).
+    cursor.execute("PRAGMA page_count")
+    if cursor.fetchone()[0] == 0:
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
     cursor.execute("PRAGMA foreign_keys=ON")
