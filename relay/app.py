@@ -365,7 +365,6 @@ class RelayApp:
         forms = FormController(
             self.ingress,
             self.usage,
-            self.writer,
             self.directory,
             lambda: self.config.http or http,
             self._form_key,

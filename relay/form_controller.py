@@ -12,18 +12,20 @@ What a post gets, decided in this order:
 - a person's mistake (a required field empty, a reply-to that is no address, a
   control character, too many or too long fields): ``Invalid`` with every problem;
   the token is not spent, so the corrected form goes with it;
-- over ``form.rate_per_minute_per_ip`` from the client's network: ``RateLimited``;
 - else the inquiry (the form's template, or the default listing of the fields) goes
-  through ``IngressController.accept_composed``: the site's limits, rewrite, DKIM
-  and the durable store, as SMTP's DATA; its ``Queued``, ``Reject`` or ``TempFail``.
+  through ``IngressController.accept_form``: rewrite, DKIM and the durable store,
+  as SMTP's DATA, where one transaction counts the post for the client's network
+  (over ``form.rate_per_minute_per_ip``: ``RateLimited``), spends the token's
+  nonce (used before: a ``Decoy``; the post counted all the same), then counts
+  the message for its site and stores it; its ``Queued``, ``Reject`` or ``TempFail``.
 
-The checks that cost nothing (token, fields) come first; the per-address count
-and the token's nonce are then written in one store batch, so a person's post
-costs two commits (that one and the message's). Both are exact across nodes: the
-count goes through ``UsageController.claim`` (``Scope.FORM_IP``), the nonce is a
-row whose key says it was used (relay/form_database.py). A nonce whose post was
-not stored after all (rate limited, refused, the store failed) is forgotten
-again, so the visitor may send the form once more.
+The checks that cost nothing and need no store (token, fields) come first, so
+a bot's post is never composed; a person's post then costs one commit, its
+message's (``queue_database.admit_messages`` with the post's ``FormGate``).
+Count and nonce are exact across nodes: the count is a ``Scope.FORM_IP`` usage
+counter, the nonce a row whose key says it was used (relay/form_database.py).
+A post not stored (rate limited, refused, the store failed) leaves its nonce
+unspent, so the visitor may send the form once more.
 
 Guarantees: recipients are the form's ``to`` only; From is the site's; the
 visitor's fields reach only the body (and a template's subject, collapsed to one
@@ -33,7 +35,6 @@ instead, never losing the inquiry.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -49,13 +50,12 @@ from relay.core.directory import Directory
 from relay.core.form_input import FormInput, check_form
 from relay.core.ids import new_message_id
 from relay.core.model import FormSettings, ReplyTo, Site
-from relay.core.policy import LOCAL_ERROR, Reject, TempFail
+from relay.core.policy import Reject, TempFail
 from relay.core.quota import Claim, Scope, Window
 from relay.core.throttle import client_network
-from relay.form_database import UsedNonce, forget_nonce, record_nonces
-from relay.ingress_controller import IngressController, Queued
+from relay.form_database import FormGate, UsedNonce
+from relay.ingress_controller import Barred, IngressController, Queued
 from relay.metrics import Metrics
-from relay.store import GroupWriter
 from relay.template_controller import render_off_loop
 from relay.usage_controller import UsageController
 
@@ -120,7 +120,6 @@ class FormController:
         self,
         ingress: IngressController,
         usage: UsageController,
-        writer: GroupWriter,
         directory: Callable[[], Directory],
         http: Callable[[], HttpConfig],
         key: bytes,  # form_token.derive_key(server secret, b"form-token")
@@ -131,7 +130,6 @@ class FormController:
     ) -> None:
         self._ingress = ingress
         self._usage = usage
-        self._writer = writer
         self._directory = directory
         self._http = http
         self._key = key
@@ -208,45 +206,16 @@ class FormController:
         # The token outlives its nonce's row by nothing: check() passes it until
         # int(now) - issued_at > max_age, so the row stays until a second after that.
         used = UsedNonce(token.nonce, site.id, token.issued_at + max_age + 1)
-        spent = await self._count_and_spend(site, form, post.client_ip, used, now)
-        if isinstance(spent, TempFail):
-            self._count(site, "refused")
-            return spent
-        wait, fresh = spent
-        if not fresh:
-            return self._decoy(site, now, "token used")
-        if wait is not None:
-            await self._give_back(used)
-            self._count(site, "rate_limited")
-            return RateLimited(wait)
-        return await self._send(site, form, checked, post, used, now)
+        gate = FormGate(self._client_claim(site, form, post.client_ip, now), used)
+        return await self._send(site, form, checked, post, gate, now)
 
-    async def _count_and_spend(
-        self, site: Site, form: FormSettings, client_ip: str, used: UsedNonce, now: float
-    ) -> tuple[int | None, bool] | TempFail:
-        """The client's count and the nonce, in one batch: (seconds to wait when over, whether
-        the nonce was fresh); the relay's own trouble when the store failed."""
+    def _client_claim(self, site: Site, form: FormSettings, client_ip: str, now: float) -> Claim:
+        """The post's count for its client's network. Strangers' networks are many: counted in
+        the store only, never cached (memory would grow with every address) nor warned about
+        or exported as gauges (their names would be unbounded labels)."""
         name = hashlib.sha256(f"{site.id}|{client_network(client_ip)}".encode()).hexdigest()[:32]
-        claim = Claim(
-            Scope.FORM_IP,
-            name,
-            {Window.MINUTE: form.rate_per_minute_per_ip},
-            1,
-            now,
-            self._usage.book.zone,
-        )
-        # Used nonces past their token's age leave the store with housekeeping.
-        jobs = [self._usage.claim(claim), self._writer.write_item(record_nonces, used)]
-        over, fresh = await asyncio.gather(*jobs, return_exceptions=True)
-        if isinstance(over, BaseException) or isinstance(fresh, BaseException):
-            if fresh is True:
-                await self._give_back(used)
-            error = over if isinstance(over, BaseException) else fresh
-            log.error("site %s: form post not counted or its token not spent: %s", site.id, error)
-            return LOCAL_ERROR
-        if over is not None:
-            return max(math.ceil(over.reopens_at - now), 1), bool(fresh)
-        return None, bool(fresh)
+        limits = {Window.MINUTE: form.rate_per_minute_per_ip}
+        return Claim(Scope.FORM_IP, name, limits, 1, now, self._usage.book.zone)
 
     async def _send(
         self,
@@ -254,19 +223,21 @@ class FormController:
         form: FormSettings,
         checked: FormInput,
         post: FormPost,
-        used: UsedNonce,
+        gate: FormGate,
         now: float,
-    ) -> Queued | Reject | TempFail:
+    ) -> Queued | Decoy | RateLimited | Reject | TempFail:
         composed = await self._compose(site, form, checked, post.landing_page_id, now)
         # The visitor's checked address is the Reply-To, whatever the site does to SMTP mail's.
         sender = replace(site, reply_to=ReplyTo.ORIGINAL) if form.reply_to_field else site
-        result = await self._ingress.accept_composed(
-            sender, composed, post.client_ip, via="form", username=None
-        )
+        result = await self._ingress.accept_form(sender, composed, post.client_ip, gate)
         if isinstance(result, Queued):
             self._count(site, "queued")
             return result
-        await self._give_back(used)
+        if isinstance(result, Barred):
+            if result.over is None:
+                return self._decoy(site, now, "token used")
+            self._count(site, "rate_limited")
+            return RateLimited(max(math.ceil(result.over.reopens_at - now), 1))
         limited = isinstance(result, TempFail) and result.retry_after is not None
         self._count(site, "rate_limited" if limited else "refused")
         return result
@@ -316,12 +287,6 @@ class FormController:
         self._count(site, "bot")
         log.debug("site %s: form post taken for a bot's (%s): nothing stored", site.id, why)
         return Decoy(new_message_id(now, self._random(10)))
-
-    async def _give_back(self, used: UsedNonce) -> None:
-        try:
-            await self._writer.write_sync(lambda c: forget_nonce(c, used.nonce))
-        except Exception as error:  # the visitor's next try looks like a reuse; rare, said
-            log.warning("site %s: a form token stays spent (%s)", used.site_id, error)
 
     def _count(self, site: Site, outcome: str) -> None:
         self._metrics.form_submissions.labels(site.id, outcome).inc()

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from relay.config import LimitsConfig
 from relay.core import dkim, headers
@@ -38,6 +38,7 @@ from relay.core.policy import (
     site_over_limit,
 )
 from relay.core.quota import Claim, OverLimit
+from relay.form_database import FormGate
 from relay.idempotency_database import Answer
 from relay.metrics import Metrics
 from relay.queue_database import Admission, Admitted, admit_messages
@@ -58,6 +59,14 @@ class Queued:
     @property
     def reply(self) -> SmtpReply:
         return SmtpReply(250, f"2.0.0 queued as {self.message_id}")
+
+
+@dataclass(frozen=True)
+class Barred:
+    """A form post its gate kept out (nothing stored, its token not spent unless it was used
+    before): the limit on its client that refused it, or None when its token was used."""
+
+    over: OverLimit | None
 
 
 @dataclass(frozen=True)
@@ -139,13 +148,13 @@ class IngressController:
         self, message: NewMessage, claim: Claim | None, done: asyncio.Future[Any]
     ) -> None:
         """The client left during the commit: deliver what was stored all the same."""
-        admitted = None if done.cancelled() or done.exception() else done.result()
-        verdict = None if admitted is None else admitted.verdict
-        if claim is not None and verdict is not None:
-            verdict = self._usage.settle(claim, verdict)
-        stored = admitted is not None and verdict is None
-        suppressed = admitted.suppressed if admitted is not None else {}
-        self._delivery.hand_over(message, stored=stored, suppressed=suppressed)
+        admitted: Admitted | None = None if done.cancelled() or done.exception() else done.result()
+        if admitted is None:
+            self._delivery.hand_over(message, stored=False)
+            return
+        if claim is not None and admitted.verdict is not None:
+            self._usage.settle(claim, admitted.verdict)
+        self._delivery.hand_over(message, admitted.stored, admitted.suppressed)
 
     def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
         return check_recipient(address, accepted_so_far, self._limits.max_recipients)
@@ -155,6 +164,25 @@ class IngressController:
     ) -> Queued | Reject | TempFail:
         """``answer``: the Idempotency-Key answer for the message's id (the send API's), stored
         in the transaction that stores the message."""
+        return await self._accept(submission, answer, None)
+
+    @overload
+    async def _accept(
+        self, submission: Submission, answer: Callable[[str], Answer] | None, gate: None
+    ) -> Queued | Reject | TempFail: ...
+
+    @overload
+    async def _accept(
+        self, submission: Submission, answer: Callable[[str], Answer] | None, gate: FormGate
+    ) -> Queued | Reject | TempFail | Barred: ...
+
+    async def _accept(
+        self,
+        submission: Submission,
+        answer: Callable[[str], Answer] | None,
+        gate: FormGate | None,
+    ) -> Queued | Reject | TempFail | Barred:
+        """``gate``: a form post's, passed in the transaction that stores the message."""
         for verdict in (
             check_content(submission.content, self._limits.max_message_bytes),
             check_header_size(submission.content, self._limits.max_header_bytes),
@@ -178,7 +206,7 @@ class IngressController:
         # delivery starts without looking for it in the queue.
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
-        admission = Admission(message, claim, answer(message.id) if answer else None)
+        admission = Admission(message, claim, answer(message.id) if answer else None, gate)
         stored = asyncio.ensure_future(self._writer.write_item(admit_messages, admission))
         try:
             # Shielded: a client that hangs up during the commit does not undo it, and the
@@ -192,6 +220,9 @@ class IngressController:
             self._delivery.hand_over(message, stored=False)
             log.exception("message %s site %s: could not be stored", message.id, message.site_id)
             return LOCAL_ERROR
+        if admitted.gate is False or isinstance(admitted.gate, OverLimit):  # kept out by it
+            self._delivery.hand_over(message, stored=False)
+            return Barred(admitted.gate if isinstance(admitted.gate, OverLimit) else None)
         refused = None
         if claim is not None and admitted.verdict is not None:
             refused = self._usage.settle(claim, admitted.verdict)
@@ -219,9 +250,23 @@ class IngressController:
         username: str | None,
         answer: Callable[[str], Answer] | None = None,
     ) -> Queued | Reject | TempFail:
-        """A message built from HTTP input (``via``: "form" or "api"): the path of SMTP's DATA,
-        with the site already known (a form's id, an API key's site)."""
-        submission = Submission(
+        """A message built from HTTP input (``via``: "api"; a form's goes by ``accept_form``): the
+        path of SMTP's DATA, with the site already known (an API key's site)."""
+        return await self.accept(self._composed(site, composed, client_ip, via, username), answer)
+
+    async def accept_form(
+        self, site: Site, composed: Composed, client_ip: str, gate: FormGate
+    ) -> Queued | Reject | TempFail | Barred:
+        """A form's inquiry: ``accept_composed``, stored only when ``gate`` lets it in, in one
+        transaction with the gate's count and nonce."""
+        submission = self._composed(site, composed, client_ip, "form", None)
+        return await self._accept(submission, None, gate)
+
+    @staticmethod
+    def _composed(
+        site: Site, composed: Composed, client_ip: str, via: str, username: str | None
+    ) -> Submission:
+        return Submission(
             site=site,
             username=username,
             client_ip=client_ip,
@@ -231,7 +276,6 @@ class IngressController:
             recipients=composed.recipients,
             content=composed.content,
         )
-        return await self.accept(submission, answer)
 
     def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:
         """The message as it is stored and sent: rewritten, then signed with ``key``."""

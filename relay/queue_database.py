@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ from relay.core.outcome import message_status
 from relay.core.quota import Claim, Granted, OverLimit
 from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
+from relay.form_database import FormGate, Passage, forget_nonces, pass_gates
 from relay.idempotency_database import Answer, record_answers
 from relay.rollup_database import record_rollups, record_rollups_async
 from relay.tables import attempts, messages, recipients
@@ -44,50 +45,77 @@ _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 @dataclass(frozen=True)
 class Admission:
-    """A message to store, its site's claim when the site has limits, and the answer of its
-    request's Idempotency-Key, recorded only when the message is stored."""
+    """A message to store, its site's claim when the site has limits, the answer of its
+    request's Idempotency-Key, recorded only when the message is stored, and a form post's
+    gate, which decides before anything else whether the message may be stored."""
 
     message: NewMessage
     claim: Claim | None = None
     answer: Answer | None = None
+    gate: FormGate | None = None
 
 
 @dataclass(frozen=True)
 class Admitted:
     """What the store said of an admission (``store_messages``), and, for a stored message
-    leased to its writer, its recipients on the site's suppression list with the reasons."""
+    leased to its writer, its recipients on the site's suppression list with the reasons.
+
+    ``gate``: a form post's passage (``form_database.pass_gates``); the site's claim is only
+    decided (``verdict``) for a post that passed it."""
 
     verdict: Granted | OverLimit | None
     suppressed: dict[str, str]
+    gate: Passage | None = None
+
+    @property
+    def stored(self) -> bool:
+        return _passed(self.gate) and not isinstance(self.verdict, OverLimit)
+
+
+def _passed(gate: Passage | None) -> bool:
+    return gate is None or gate is True
 
 
 def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[Admitted]:
-    """``store_messages``, plus, in the same transaction, the Idempotency-Key answers of the
-    stored ones and the suppression lookup of the leased ones (their delivery starts without
-    a store read of its own)."""
-    verdicts = store_messages(connection, batch)
-    answers = [
-        a.answer
-        for a, v in zip(batch, verdicts, strict=True)
-        if a.answer is not None and not isinstance(v, OverLimit)
-    ]
-    record_answers(connection, answers)
-    leased = [
-        a.message
-        for a, v in zip(batch, verdicts, strict=True)
-        if a.message.lease is not None and not isinstance(v, OverLimit)
-    ]
+    """``store_messages`` for the admissions whose gate (if any) lets them in, plus, in the
+    same transaction, the Idempotency-Key answers of the stored ones and the suppression
+    lookup of the leased ones (their delivery starts without a store read of its own).
+
+    A form post's nonce whose message its site's limit refused is forgotten again: the
+    visitor may post once more. Nothing refused fails the batch's other admissions.
+    """
+    passages = iter(pass_gates(connection, [a.gate for a in batch if a.gate is not None]))
+    gates = [next(passages) if a.gate is not None else None for a in batch]
+    decided = iter(
+        store_messages(connection, [a for a, g in zip(batch, gates, strict=True) if _passed(g)])
+    )
+    results = [Admitted(next(decided) if _passed(g) else None, {}, g) for g in gates]
+    stored = [a for a, r in zip(batch, results, strict=True) if r.stored]
+    forget_nonces(
+        connection,
+        [
+            a.gate.nonce.nonce
+            for a, r in zip(batch, results, strict=True)
+            if a.gate is not None and r.gate is True and not r.stored
+        ],
+    )
+    record_answers(connection, [a.answer for a in stored if a.answer is not None])
+    leased = [a.message for a in stored if a.message.lease is not None]
     listed = suppressed(connection, ((m.site_id, r) for m in leased for r in m.recipients))
+    if not listed:
+        return results
     return [
-        Admitted(
-            verdict,
-            {
+        replace(
+            r,
+            suppressed={
                 address: listed[(a.message.site_id, address.lower())]
                 for address in a.message.recipients
                 if (a.message.site_id, address.lower()) in listed
             },
         )
-        for a, verdict in zip(batch, verdicts, strict=True)
+        if r.stored
+        else r
+        for a, r in zip(batch, results, strict=True)
     ]
 
 

@@ -96,11 +96,6 @@ class UsageController:
     async def claim(self, claim: Claim) -> OverLimit | None:
         """Count in the store now (recipients before a send); the limit in the way, if any."""
         verdict = await self._writer.write_item(claim_usage, claim)
-        if claim.scope is Scope.FORM_IP:
-            # Strangers' networks are many: counted in the store only, never cached here
-            # (memory would grow with every address) nor warned about or exported as gauges
-            # (their names would be unbounded labels).
-            return verdict if isinstance(verdict, OverLimit) else None
         return self.settle(claim, verdict)
 
     def settle(self, claim: Claim, verdict: Granted | OverLimit) -> OverLimit | None:
