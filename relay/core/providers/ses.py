@@ -19,7 +19,8 @@ dg/notification-contents.html) and the event-publishing variant ("eventType" ins
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from relay.core.providers.model import (
@@ -65,26 +66,21 @@ def _events(message: str) -> Verdict:
         return Refused(Refusal.UNKNOWN_TYPE, "not an SES notification")
     if kind in _IGNORED:
         return Accepted(events=(), ignored=(kind,))
+    mapping = _MAPPINGS.get(kind)
+    if mapping is None:
+        return Refused(Refusal.UNKNOWN_TYPE, "not an SES notification type")
+    field, build = mapping
     mail = obj(notification.get("mail"), "mail")
-    common = _Common(
-        provider_message_id=text(mail, "messageId"),
-        message_id=_our_message_id(mail),
-    )
-    if kind == "Bounce":
-        return Accepted(_bounce(obj(notification.get("bounce"), "bounce"), common))
-    if kind == "Complaint":
-        return Accepted(_complaint(obj(notification.get("complaint"), "complaint"), common))
-    if kind == "Delivery":
-        return Accepted(_delivery(obj(notification.get("delivery"), "delivery"), common))
-    if kind == "DeliveryDelay":
-        return Accepted(_delay(obj(notification.get("deliveryDelay"), "deliveryDelay"), common))
-    return Refused(Refusal.UNKNOWN_TYPE, "not an SES notification type")
+    common = _Common(provider_message_id=text(mail, "messageId"), message_id=_our_message_id(mail))
+    return Accepted(build(obj(notification.get(field), field), common))
 
 
+@dataclass(frozen=True)
 class _Common:
-    def __init__(self, provider_message_id: str, message_id: str | None) -> None:
-        self.provider_message_id = provider_message_id
-        self.message_id = message_id
+    """What every event of one notification shares: the ids of its message."""
+
+    provider_message_id: str
+    message_id: str | None
 
     def event(self, kind: EventKind, address: Any, raw_type: str, **more: Any) -> ProviderEvent:
         return ProviderEvent(
@@ -177,3 +173,12 @@ def _delay(delay: Mapping[str, Any], common: _Common) -> tuple[ProviderEvent, ..
         _failed(common, EventKind.DEFERRED, raw_type, obj(each, "delayedRecipient"), more)
         for each in items(delay.get("delayedRecipients"), "delayedRecipients")
     )
+
+
+_Build = Callable[[Mapping[str, Any], _Common], tuple[ProviderEvent, ...]]
+_MAPPINGS: dict[str, tuple[str, _Build]] = {
+    "Bounce": ("bounce", _bounce),
+    "Complaint": ("complaint", _complaint),
+    "Delivery": ("delivery", _delivery),
+    "DeliveryDelay": ("deliveryDelay", _delay),
+}
