@@ -387,3 +387,23 @@ def test_malformed_envelopes_are_refusals_never_exceptions(body: bytes) -> None:
 )
 def test_malformed_notifications_are_refusals_never_exceptions(inner: str) -> None:
     assert isinstance(ses.notification_events(inner), Refused)
+
+
+def test_envelope_events_are_keyed_by_the_sns_message_id(rsa_key, cert_pem) -> None:
+    envelope = _verified(_notification(SES_COMPLAINT, rsa_key), cert_pem)
+    verdict = ses.envelope_events(envelope)
+    assert isinstance(verdict, Accepted)
+    assert verdict.replay_key == "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324"
+    assert verdict.events[0].kind is EventKind.COMPLAINED
+    confirmation = sns.SnsEnvelope(
+        type=sns.SUBSCRIPTION_CONFIRMATION,
+        message_id="m",
+        topic_arn=TOPIC,
+        timestamp="2012-04-26T20:45:04.751Z",
+        message="You have chosen to subscribe",
+        signature_version="2",
+        signature=b"",
+        signing_cert_url=CERT_URL,
+    )
+    refused = ses.envelope_events(confirmation)
+    assert isinstance(refused, Refused) and refused.reason is Refusal.UNKNOWN_TYPE

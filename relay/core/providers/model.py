@@ -58,7 +58,9 @@ class Refusal(enum.StrEnum):
     CERT_URL_REFUSED = "cert_url_refused"  # SNS: SigningCertURL is not an SNS host
     BAD_CERTIFICATE = "bad_certificate"  # SNS: the fetched certificate is not an RSA cert
     UNEXPECTED_TOPIC = "unexpected_topic"  # SNS: TopicArn not among the configured ones
-    UNKNOWN_TYPE = "unknown_type"  # authenticated, but a type the provider never documented
+    # A type the provider never documented. Given after authentication, except for an SNS
+    # envelope's Type: without a known type there is no known string to sign.
+    UNKNOWN_TYPE = "unknown_type"
 
 
 @dataclass(frozen=True)

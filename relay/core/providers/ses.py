@@ -19,6 +19,7 @@ dg/notification-contents.html) and the event-publishing variant ("eventType" ins
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from relay.core.providers.model import (
     text,
     timestamp,
 )
+from relay.core.providers.sns import NOTIFICATION, SnsEnvelope
 
 _BOUNCE_KINDS = {
     "Permanent": EventKind.BOUNCED_HARD,
@@ -52,6 +54,17 @@ _BOUNCE_KINDS = {
 }
 _IGNORED = frozenset({"Send", "Reject", "Open", "Click", "Rendering Failure", "Subscription"})
 _MAX_HEADERS = 1000
+
+
+def envelope_events(envelope: SnsEnvelope) -> Verdict:
+    """The events of a verified SNS Notification, keyed for replay by its ``MessageId``
+    (SNS keeps it across retries, so a retried notification is recognised too)."""
+    if envelope.type != NOTIFICATION:
+        return Refused(Refusal.UNKNOWN_TYPE, "not an SNS Notification")
+    verdict = notification_events(envelope.message)
+    if isinstance(verdict, Accepted):
+        return dataclasses.replace(verdict, replay_key=envelope.message_id)
+    return verdict
 
 
 def notification_events(message: str) -> Verdict:
@@ -98,7 +111,8 @@ def _our_message_id(mail: Mapping[str, Any]) -> str | None:
     headers = mail.get("headers")
     if isinstance(headers, list):
         for header in headers[:_MAX_HEADERS]:
-            if isinstance(header, dict) and str(header.get("name", "")).lower() == "message-id":
+            name = header.get("name") if isinstance(header, dict) else None
+            if isinstance(name, str) and name.lower() == "message-id":
                 return msg_id(optional_text(header, "value"))
     common = mail.get("commonHeaders")
     if isinstance(common, dict):
