@@ -7,6 +7,7 @@ An aiohttp client with a cookie jar plays the browser; mail goes the real way
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -566,3 +567,37 @@ async def test_the_apis_sites_and_domains_can_be_deleted_and_the_files_cannot(
     status, html, _ = await browser.post("/sites/shop/delete", {"_csrf": csrf})
     assert status == 409 and "managed by" in html
     assert relay.app.directory().site("shop") is not None
+
+
+async def test_each_upstream_card_charts_its_recipients_per_hour(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    make_sink: Callable[..., Awaitable[Sink]],
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+) -> None:
+    sink = await make_sink()
+    config = base_config(
+        tmp_path, [smtp_upstream("primary", sink.port), smtp_upstream("idle", sink.port)]
+    )
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    await send(relay, client_tls, b"Subject: counted\r\n\r\nhello\r\n")
+    await sink.handler.wait_for(1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        for _ in range(100):  # the attempt is recorded just after the sink's reply
+            _, html, _ = await browser.get("/upstreams")
+            if "1 sent, 0 failed, 0 deferred in 1 attempt<" in html:
+                break
+            await asyncio.sleep(0.05)
+    charts = re.findall(r'<svg class="chart chart-small"[^>]*aria-label="([^"]+)"', html)
+    assert charts == [
+        "Recipients per hour through primary over the last 24 hours, UTC: sent, failed, deferred"
+    ]
+    hours = re.findall(r"<title>(\d\d:\d\d-\d\d:\d\d UTC: [^<]*)</title>", html)
+    assert len(hours) == 24 and hours[-1].endswith("1 sent, 0 failed, 0 deferred in 1 attempt")
+    assert all(h.endswith("0 sent, 0 failed, 0 deferred in 0 attempts") for h in hours[:-1])
+    assert 'class="seg-sent"' in html and "No attempts in the last 24 hours." in html  # idle

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from admin_http.dashboard.charts import usage_bars
+from admin_http.dashboard.charts import upstream_chart, usage_bars
 from admin_http.dashboard.pages import page, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import Api, api_of
@@ -24,6 +24,7 @@ from relay.core.model import Upstream
 from relay.probe_controller import ProbeReport
 
 DAY_SECONDS = 86_400.0
+CHART_HOURS = 24
 NUMBERS = ("port", "priority", "rate_per_minute", "daily_limit", "monthly_limit", "max_connections")
 TEXTS = ("host", "username")
 TLS_MODES = ("starttls", "implicit", "none")
@@ -33,6 +34,8 @@ async def _rows(api: Api) -> list[dict[str, Any]]:
     now = api.clock()
     stats = await api.reports.stats(now - DAY_SECONDS)
     by_name = {s.upstream: (s, quota) for s, quota in stats.upstreams}
+    first_hour = (now // 3600 - CHART_HOURS + 1) * 3600
+    hourly = await api.reports.upstream_hourly(first_hour, CHART_HOURS)
     rows = []
     for upstream in sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name)):
         found = by_name.get(upstream.name)
@@ -42,6 +45,7 @@ async def _rows(api: Api) -> list[dict[str, Any]]:
                 "circuit": api.health.circuits.get(upstream.name) or Circuit(),
                 "stats": found[0] if found else None,
                 "usage": usage_bars(found[1]) if found else [],
+                "chart": upstream_chart(hourly[upstream.name]) if upstream.name in hourly else None,
             }
         )
     return rows
