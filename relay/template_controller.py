@@ -57,6 +57,7 @@ RENDER_SECONDS = 2.0
 RENDER_GRACE_SECONDS = 1.0
 RENDER_THREADS = 2  # renders are CPU under the GIL: more threads add no speed, only contention
 PARTS = ("subject", "text", "html")
+DRAFT = "draft"  # the name a template being edited is checked under (a valid one)
 _RENDERERS = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="template-render")
 
 
@@ -183,6 +184,17 @@ class TemplateController:
     async def preview(self, name: str, variables: Mapping[str, object]) -> Rendered:
         """What a message with these variables would get; ``Invalid`` with the render's problems."""
         result = await render_off_loop(self._live(name), variables)
+        if isinstance(result, list):
+            raise Invalid(result)
+        return result
+
+    async def preview_draft(
+        self, parts: Mapping[str, object], variables: Mapping[str, object]
+    ) -> Rendered:
+        """What parts as typed, not saved, would render: checked as a save checks them (size,
+        syntax), then rendered as ``preview`` renders; ``Invalid`` with every problem."""
+        template = await _checked(_parse(DRAFT, parts, base=None))
+        result = await render_off_loop(template, variables)
         if isinstance(result, list):
             raise Invalid(result)
         return result

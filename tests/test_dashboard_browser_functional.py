@@ -229,6 +229,9 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     watch.check("messages-pages")
 
     await page.goto(base + "/upstreams")
+    primary_chart = page.locator('.upstream-card:has(h2:text-is("primary")) svg.chart-small')
+    assert await primary_chart.locator("rect.seg-sent").count() >= 1
+    assert await primary_chart.locator("rect.seg-failed").count() >= 1  # nobody@: 550
     await watch.shot("upstreams")
     await page.click('.upstream-card:has(h2:text-is("primary")) button:text-is("Test connection")')
     await page.wait_for_selector(".probe")
@@ -261,23 +264,44 @@ async def test_an_admin_logs_in_and_every_built_page_works(
 
     await page.goto(base + "/templates")
     await page.click("text=New template")
+    live = page.locator(".live-preview")
     await page.fill("#t-name", "inquiry")
     await page.fill("#t-subject", "Thanks, {{ first_name }}")
     await page.fill("#t-text", "Hello {{ first_name }},\nwe got your message.")
     await page.fill("#t-html", "<p style='color:#2f9e44'>Hello {{ first_name }}</p>")
+    # No variables yet: the preview says what is missing, inline.
+    await live.locator(".live-problems li:has-text(\"'first_name' is undefined\")").first.wait_for()
+    await page.fill("#t-variables", '{"first_name": "Bo"}')
+    await live.locator(".live-subject:text-is('Thanks, Bo')").wait_for()
+    await watch.shot("template-new")
     await page.click("button:text-is('Save template')")
     await page.wait_for_url(base + "/templates/inquiry")
+    # As the admin types, the preview follows (400 ms after the last key), with no page load.
+    await page.evaluate("window.notReloaded = true")
     await page.fill("#t-variables", '{"first_name": "<b>Ada</b>"}')
-    await page.click("button:text-is('Preview')")
-    await page.wait_for_selector(".rendered")
-    subject = await page.locator(".rendered dd").inner_text()
-    assert subject == "Thanks, <b>Ada</b>"  # shown as text
-    frame = page.frame_locator("iframe.preview")
-    assert await frame.locator("p").inner_text() == "Hello <b>Ada</b>"  # autoescaped
+    await live.locator(".live-subject:text-is('Thanks, <b>Ada</b>')").wait_for()  # as text
+    frame = page.frame_locator("iframe[name=live-frame]")
+    await frame.locator("p:text-is('Hello <b>Ada</b>')").wait_for()  # autoescaped
     assert await frame.locator("b").count() == 0
+    await page.locator("#t-subject").press_sequentially(" {{ <img src=x onerror=alert(1)>")
+    await live.locator(".live-problems li:has-text('subject: line 1:')").wait_for()
+    problems = await live.locator(".live-problems").inner_text()
+    assert problems.startswith("subject: line 1:"), problems  # the syntax error, as text
+    assert await live.locator(".live-problems img").count() == 0
+    assert not await live.locator(".live-output").is_visible()
+    await watch.shot("template-live-error")
+    await page.fill("#t-subject", "Thanks again, {{ first_name }}")
+    await live.locator(".live-subject:text-is('Thanks again, <b>Ada</b>')").wait_for()
+    assert await page.evaluate("window.notReloaded") is True
     framed = SCREENSHOTS / "dashboard-template-frame.png"  # a full-page shot leaves it blank
-    await page.locator("iframe.preview").screenshot(path=str(framed))
+    await page.locator("iframe[name=live-frame]").screenshot(path=str(framed))
     await watch.shot("template")
+    # The Preview button (the way without script) renders the saved template; then the live
+    # preview takes over its place.
+    await page.click("button:text-is('Preview')")
+    await page.wait_for_load_state()
+    await live.locator(".live-subject:text-is('Thanks, <b>Ada</b>')").wait_for()
+    assert not await page.locator(".static-rendered").is_visible()
     await page.goto(base + "/templates")
     await watch.shot("templates")
 

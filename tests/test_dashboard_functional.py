@@ -601,3 +601,64 @@ async def test_each_upstream_card_charts_its_recipients_per_hour(
     assert len(hours) == 24 and hours[-1].endswith("1 sent, 0 failed, 0 deferred in 1 attempt")
     assert all(h.endswith("0 sent, 0 failed, 0 deferred in 0 attempts") for h in hours[:-1])
     assert 'class="seg-sent"' in html and "No attempts in the last 24 hours." in html  # idle
+
+
+async def test_the_template_editors_live_preview_renders_what_is_typed(browser: Browser) -> None:
+    """POST /templates/_preview renders the parts as typed (not saved) with the controller's
+    sandbox; problems come back as a list of text; the HTML has its own sandboxed endpoint;
+    and the page's own Preview button (no script) still renders the saved template."""
+    await browser.log_in()
+    csrf = await browser.csrf("/templates/new")
+    status, _, _ = await browser.post(
+        "/templates", {"_csrf": csrf, "name": "inquiry", "text": "Saved {{ name }}"}
+    )
+    assert status == 303
+
+    async def live(path: str = "/templates/_preview", **form: str) -> tuple[int, Any]:
+        async with browser.session.post(
+            browser.base + path, data={"_csrf": csrf, **form}, allow_redirects=False
+        ) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, (await response.text(), response.headers)
+
+    status, answer = await live(
+        subject="Hi {{ name }}",
+        text="Typed {{ name }}",
+        html="<p>{{ name }}</p><script>x()</script>",
+        variables='{"name": "<b>Ada</b>"}',
+    )
+    assert status == 200
+    assert answer == {
+        "subject": "Hi <b>Ada</b>",  # text: the page writes it as text
+        "text": "Typed <b>Ada</b>",
+        "html": "<p>&lt;b&gt;Ada&lt;/b&gt;</p><script>x()</script>",  # autoescaped variable
+        "problems": [],
+    }
+    status, answer = await live(text="Hi {{ nme }}", html="{% if %}", variables="{}")
+    assert status == 200 and answer["problems"] == [
+        "html: line 1: Expected an expression, got 'end of statement block'"
+    ]
+    status, answer = await live(text="Hi {{ nme }}", variables="{}")
+    assert status == 200 and answer["problems"] == ["text: line 1: 'nme' is undefined"]
+    status, answer = await live(text="x", variables="[1]")
+    assert status == 200 and answer["problems"][0].startswith("variables: a JSON object")
+    status, answer = await live(text="", html=" ")
+    assert answer["problems"] == ["text: a template needs a text or an html part"]
+
+    status, (html, headers) = await live(
+        "/templates/_preview.html", html="<p>{{ name }}</p>", variables='{"name": "Ada"}'
+    )
+    assert status == 200 and html == "<p>Ada</p>"
+    assert headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
+    async with browser.session.post(
+        browser.base + "/templates/_preview", data={"text": "x"}, allow_redirects=False
+    ) as response:
+        assert response.status == 403  # no CSRF token: refused before anything renders
+
+    _, page, _ = await browser.get("/templates/inquiry")
+    assert 'data-live-preview="/templates/_preview"' in page and "<script>" not in page
+    status, page, _ = await browser.post(
+        "/templates/inquiry/preview", {"_csrf": csrf, "variables": '{"name": "Bo"}'}
+    )
+    assert status == 200 and "Saved Bo" in page  # the button renders the saved parts
