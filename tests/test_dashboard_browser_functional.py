@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import pytest
 from aiohttp import web
@@ -467,3 +468,34 @@ async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
     # No HTML part: the text part is open on the page.
     assert "Please call me back." in await page.locator(".body-text").inner_text()
     await watch.shot("flow-message")
+
+
+async def test_a_long_list_of_templates_pages_by_fifty(
+    tmp_path: Path, start_relay: Callable[..., Awaitable[RunningRelay]], tab: Tab
+) -> None:
+    config = base_config(tmp_path, [])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    relay = await start_relay(config)
+    base = f"http://127.0.0.1:{relay.app.admin_port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        for n in range(60):
+            body = {"name": f"reply-{n:02d}", "subject": "Re: {{ topic }}", "text": "Hi"}
+            async with session.post(f"{base}/api/v1/templates", json=body, headers=auth) as r:
+                assert r.status == 201
+    watch, page = Watch(tab), tab.page
+    await page.goto(base + "/login?next=/templates")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/templates")
+    assert await page.locator("tbody tr").count() == 50
+    assert "1–50 of 60" in await page.locator(".pager").inner_text()  # noqa: RUF001
+    await watch.shot("templates-page-1")
+    await page.click("a[rel=next]")
+    await page.wait_for_url(base + "/templates?page=2")
+    assert await page.locator("tbody tr").count() == 10
+    assert await page.locator("a[rel=next]").count() == 0
+    await watch.shot("templates-page-2")
+    await page.click("a[rel=prev]")
+    await page.wait_for_url(base + "/templates?page=1")
+    assert "reply-00" in await page.locator("tbody tr").first.inner_text()

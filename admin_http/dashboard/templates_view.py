@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import api_of
 from admin_http.middlewares import ACTOR
@@ -38,11 +38,11 @@ def _parts(form: Any) -> dict[str, str]:
 
 
 async def template_list(request: web.Request) -> web.Response:
-    infos = await _controller(request).listing()
+    infos, pages = page_of(request, await _controller(request).listing(), "/templates")
     return await page(
         request,
         "templates.html",
-        {"infos": infos, "config_path": str(api_of(request).config().path)},
+        {"infos": infos, "pager": pages, "config_path": str(api_of(request).config().path)},
         section="templates",
         title="Templates",
     )

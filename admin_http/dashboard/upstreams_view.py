@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from admin_http.dashboard.charts import upstream_chart, usage_bars
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
-from admin_http.deps import Api, api_of
+from admin_http.deps import api_of
 from admin_http.middlewares import ACTOR
 from admin_http.upstreams_view import probe_view
 from relay.catalog_controller import Conflict, Invalid, NotFound
@@ -30,14 +30,18 @@ TEXTS = ("host", "username")
 TLS_MODES = ("starttls", "implicit", "none")
 
 
-async def _rows(api: Api) -> list[dict[str, Any]]:
+async def _rows(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """This page's upstreams (by priority, then name) with their numbers, and the pager."""
+    api = api_of(request)
     now = api.clock()
     stats = await api.reports.stats(now - DAY_SECONDS)
     by_name = {s.upstream: (s, quota) for s, quota in stats.upstreams}
     first_hour = (now // 3600 - CHART_HOURS + 1) * 3600
     hourly = await api.reports.upstream_hourly(first_hour, CHART_HOURS)
+    ordered = sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name))
+    upstreams, pages = page_of(request, ordered, "/upstreams")
     rows = []
-    for upstream in sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name)):
+    for upstream in upstreams:
         found = by_name.get(upstream.name)
         rows.append(
             {
@@ -48,7 +52,7 @@ async def _rows(api: Api) -> list[dict[str, Any]]:
                 "chart": upstream_chart(hourly[upstream.name]) if upstream.name in hourly else None,
             }
         )
-    return rows
+    return rows, pages
 
 
 async def upstream_list(request: web.Request) -> web.Response:
@@ -95,11 +99,13 @@ async def _render(
     request: web.Request, tested: str | None, report: ProbeReport | None
 ) -> web.Response:
     api = api_of(request)
+    rows, pages = await _rows(request)
     return await page(
         request,
         "upstreams.html",
         {
-            "rows": await _rows(api),
+            "rows": rows,
+            "pager": pages,
             "tested": tested,
             "probe": probe_view(report) if report else None,
             "config_path": str(api.config().path),
