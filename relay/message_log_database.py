@@ -7,6 +7,8 @@ index newest first and stops after a page or a bounded number of messages
 (``search_messages``); text search is ``lower(x) LIKE lower(y)`` with the
 wildcards of the search term escaped. The row-counting statistics read every
 message and attempt of their window: slow on a big store, never on the API path.
+The dashboard's charts (``hourly_counts`` per site, ``upstream_hourly_counts`` per
+upstream) read the statistics counters instead, one grouped query each.
 """
 
 from __future__ import annotations
