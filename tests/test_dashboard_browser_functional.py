@@ -279,6 +279,7 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     await page.wait_for_url(base + "/templates/inquiry")
     # As the admin types, the preview follows (400 ms after the last key), with no page load.
     await page.evaluate("window.notReloaded = true")
+    history = await page.evaluate("history.length")
     await page.fill("#t-variables", '{"first_name": "<b>Ada</b>"}')
     await live.locator(".live-subject:text-is('Thanks, <b>Ada</b>')").wait_for()  # as text
     frame = page.frame_locator("iframe[name=live-frame]")
@@ -294,6 +295,7 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     await page.fill("#t-subject", "Thanks again, {{ first_name }}")
     await live.locator(".live-subject:text-is('Thanks again, <b>Ada</b>')").wait_for()
     assert await page.evaluate("window.notReloaded") is True
+    assert await page.evaluate("history.length") == history  # Back leaves the page
     framed = SCREENSHOTS / "dashboard-template-frame.png"  # a full-page shot leaves it blank
     await page.locator("iframe[name=live-frame]").screenshot(path=str(framed))
     await watch.shot("template")

@@ -66,6 +66,10 @@ function livePreview(box) {
       for (const [index, name] of LIVE_FIELDS.entries()) {
         frameForm.elements[name].value = fields[index].value;
       }
+      // A fresh frame each time: its first load replaces its blank page, so the renders
+      // add no entries to the tab's history (Back still leaves the page).
+      const frame = html.querySelector("iframe");
+      frame.replaceWith(frame.cloneNode(false));
       frameForm.submit();
     }
     for (const old of document.querySelectorAll(".static-rendered")) old.hidden = true;
