@@ -10,7 +10,8 @@ audit entry (the parts' lengths, not their text) and a bump of the ``catalog``
 version in one transaction, so this node uses it at once and every other node
 within ``cluster.sync_seconds``.
 
-Rendering (`render_off_loop`, for the preview, the forms and the send API):
+Rendering (`render_off_loop`, for the preview, the dashboard's live preview of parts
+not saved yet (`preview_draft`, checked as a save is first), the forms and the send API):
 Jinja2 is CPU in the calling thread, so a render never runs on the event loop.
 It runs in a small pool of its own (RENDER_THREADS threads: a flood of slow
 renders queues there and never takes the threads that AUTH's password hashing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import aiosmtplib
 import pytest
 import yaml
 
+from relay.template_controller import RENDER_GRACE_SECONDS, RENDER_SECONDS
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
 
 TOKEN = "dashboard-token-0123456789"
@@ -26,6 +28,9 @@ CertFiles = tuple[Path, Path, Path]
 StartRelay = Callable[..., Awaitable[RunningRelay]]
 OUR_SCRIPT = '<script src="/static/dashboard.v1.js" defer></script>'  # the only one
 CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
+HOSTILE_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
 
 
 class Browser:
@@ -645,6 +650,13 @@ async def test_the_template_editors_live_preview_renders_what_is_typed(browser: 
     assert status == 200 and answer["problems"][0].startswith("variables: a JSON object")
     status, answer = await live(text="", html=" ")
     assert answer["problems"] == ["text: a template needs a text or an html part"]
+
+    started = time.monotonic()
+    status, answer = await live(text=HOSTILE_TEMPLATE)  # 10**10 loop steps: the deadline stops it
+    assert answer["problems"] == [
+        f"text: line 1: template took too long (over {RENDER_SECONDS:g} s)"
+    ]
+    assert time.monotonic() - started < RENDER_SECONDS + RENDER_GRACE_SECONDS + 1.0
 
     status, (html, headers) = await live(
         "/templates/_preview.html", html="<p>{{ name }}</p>", variables='{"name": "Ada"}'

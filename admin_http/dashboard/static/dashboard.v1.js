@@ -49,7 +49,7 @@ function livePreview(box) {
   let inFlight = null;
   let latest = 0;
 
-  const show = (answer) => {
+  const show = (answer, sent) => {
     problems.replaceChildren(...(answer.problems || []).map((problem) => {
       const item = document.createElement("li");
       item.className = "problem";
@@ -63,9 +63,7 @@ function livePreview(box) {
     text.querySelector("pre").textContent = answer.text ?? "";
     html.hidden = !answer.html;
     if (answer.html) {
-      for (const [index, name] of LIVE_FIELDS.entries()) {
-        frameForm.elements[name].value = fields[index].value;
-      }
+      for (const name of LIVE_FIELDS) frameForm.elements[name].value = sent.get(name);
       // A fresh frame each time: its first load replaces its blank page, so the renders
       // add no entries to the tab's history (Back still leaves the page).
       const frame = html.querySelector("iframe");
@@ -94,7 +92,7 @@ function livePreview(box) {
       answer = { problems: ["The preview is unavailable: reload the page (the session may have ended)."] };
     }
     if (mine !== latest) return;
-    show(answer);
+    show(answer, body); // the frame renders what this answer rendered, not newer typing
     state.textContent = "As typed, not saved: rendered at " + new Date().toLocaleTimeString() + ".";
   };
 
