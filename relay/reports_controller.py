@@ -25,11 +25,13 @@ from relay.message_log_database import (
     MessageQuery,
     SearchPage,
     SiteStats,
+    UpstreamHour,
     UpstreamStats,
     hourly_counts,
     message_content,
     message_headers,
     search_messages,
+    upstream_hourly_counts,
 )
 from relay.queue_database import MessageDetail, QueueStats, load_message, queue_stats
 from relay.rollup_database import rollup_stats
@@ -146,6 +148,11 @@ class ReportsController:
         """Messages created per hour from ``since`` (of one site), by their status now."""
         async with self._engine.connect() as connection:
             return await hourly_counts(connection, int(since), hours, site)
+
+    async def upstream_hourly(self, since: float, hours: int) -> dict[str, list[UpstreamHour]]:
+        """Each upstream's recipients per hour from ``since`` by outcome (those with attempts)."""
+        async with self._engine.connect() as connection:
+            return await upstream_hourly_counts(connection, int(since), hours)
 
     def _quota(self, used: dict[Key, int], scope: Scope, name: str, now: float) -> list[QuotaUse]:
         directory = self._directory()

@@ -10,7 +10,8 @@ audit entry (the parts' lengths, not their text) and a bump of the ``catalog``
 version in one transaction, so this node uses it at once and every other node
 within ``cluster.sync_seconds``.
 
-Rendering (`render_off_loop`, for the preview, the forms and the send API):
+Rendering (`render_off_loop`, for the preview, the dashboard's live preview of parts
+not saved yet (`preview_draft`, checked as a save is first), the forms and the send API):
 Jinja2 is CPU in the calling thread, so a render never runs on the event loop.
 It runs in a small pool of its own (RENDER_THREADS threads: a flood of slow
 renders queues there and never takes the threads that AUTH's password hashing
@@ -57,6 +58,7 @@ RENDER_SECONDS = 2.0
 RENDER_GRACE_SECONDS = 1.0
 RENDER_THREADS = 2  # renders are CPU under the GIL: more threads add no speed, only contention
 PARTS = ("subject", "text", "html")
+DRAFT = "draft"  # the name a template being edited is checked under (a valid one)
 _RENDERERS = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="template-render")
 
 
@@ -183,6 +185,17 @@ class TemplateController:
     async def preview(self, name: str, variables: Mapping[str, object]) -> Rendered:
         """What a message with these variables would get; ``Invalid`` with the render's problems."""
         result = await render_off_loop(self._live(name), variables)
+        if isinstance(result, list):
+            raise Invalid(result)
+        return result
+
+    async def preview_draft(
+        self, parts: Mapping[str, object], variables: Mapping[str, object]
+    ) -> Rendered:
+        """What parts as typed, not saved, would render: checked as a save checks them (size,
+        syntax), then rendered as ``preview`` renders; ``Invalid`` with every problem."""
+        template = await _checked(_parse(DRAFT, parts, base=None))
+        result = await render_off_loop(template, variables)
         if isinstance(result, list):
             raise Invalid(result)
         return result

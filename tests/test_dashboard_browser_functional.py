@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import pytest
 from aiohttp import web
@@ -229,6 +230,9 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     watch.check("messages-pages")
 
     await page.goto(base + "/upstreams")
+    primary_chart = page.locator('.upstream-card:has(h2:text-is("primary")) svg.chart-small')
+    assert await primary_chart.locator("rect.seg-sent").count() >= 1
+    assert await primary_chart.locator("rect.seg-failed").count() >= 1  # nobody@: 550
     await watch.shot("upstreams")
     await page.click('.upstream-card:has(h2:text-is("primary")) button:text-is("Test connection")')
     await page.wait_for_selector(".probe")
@@ -261,23 +265,46 @@ async def test_an_admin_logs_in_and_every_built_page_works(
 
     await page.goto(base + "/templates")
     await page.click("text=New template")
+    live = page.locator(".live-preview")
     await page.fill("#t-name", "inquiry")
     await page.fill("#t-subject", "Thanks, {{ first_name }}")
     await page.fill("#t-text", "Hello {{ first_name }},\nwe got your message.")
     await page.fill("#t-html", "<p style='color:#2f9e44'>Hello {{ first_name }}</p>")
+    # No variables yet: the preview says what is missing, inline.
+    await live.locator(".live-problems li:has-text(\"'first_name' is undefined\")").first.wait_for()
+    await page.fill("#t-variables", '{"first_name": "Bo"}')
+    await live.locator(".live-subject:text-is('Thanks, Bo')").wait_for()
+    await watch.shot("template-new")
     await page.click("button:text-is('Save template')")
     await page.wait_for_url(base + "/templates/inquiry")
+    # As the admin types, the preview follows (400 ms after the last key), with no page load.
+    await page.evaluate("window.notReloaded = true")
+    history = await page.evaluate("history.length")
     await page.fill("#t-variables", '{"first_name": "<b>Ada</b>"}')
-    await page.click("button:text-is('Preview')")
-    await page.wait_for_selector(".rendered")
-    subject = await page.locator(".rendered dd").inner_text()
-    assert subject == "Thanks, <b>Ada</b>"  # shown as text
-    frame = page.frame_locator("iframe.preview")
-    assert await frame.locator("p").inner_text() == "Hello <b>Ada</b>"  # autoescaped
+    await live.locator(".live-subject:text-is('Thanks, <b>Ada</b>')").wait_for()  # as text
+    frame = page.frame_locator("iframe[name=live-frame]")
+    await frame.locator("p:text-is('Hello <b>Ada</b>')").wait_for()  # autoescaped
     assert await frame.locator("b").count() == 0
+    await page.locator("#t-subject").press_sequentially(" {{ <img src=x onerror=alert(1)>")
+    await live.locator(".live-problems li:has-text('subject: line 1:')").wait_for()
+    problems = await live.locator(".live-problems").inner_text()
+    assert problems.startswith("subject: line 1:"), problems  # the syntax error, as text
+    assert await live.locator(".live-problems img").count() == 0
+    assert not await live.locator(".live-output").is_visible()
+    await watch.shot("template-live-error")
+    await page.fill("#t-subject", "Thanks again, {{ first_name }}")
+    await live.locator(".live-subject:text-is('Thanks again, <b>Ada</b>')").wait_for()
+    assert await page.evaluate("window.notReloaded") is True
+    assert await page.evaluate("history.length") == history  # Back leaves the page
     framed = SCREENSHOTS / "dashboard-template-frame.png"  # a full-page shot leaves it blank
-    await page.locator("iframe.preview").screenshot(path=str(framed))
+    await page.locator("iframe[name=live-frame]").screenshot(path=str(framed))
     await watch.shot("template")
+    # The Preview button (the way without script) renders the saved template; then the live
+    # preview takes over its place.
+    await page.click("button:text-is('Preview')")
+    await page.wait_for_load_state()
+    await live.locator(".live-subject:text-is('Thanks, <b>Ada</b>')").wait_for()
+    assert not await page.locator(".static-rendered").is_visible()
     await page.goto(base + "/templates")
     await watch.shot("templates")
 
@@ -443,3 +470,34 @@ async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
     # No HTML part: the text part is open on the page.
     assert "Please call me back." in await page.locator(".body-text").inner_text()
     await watch.shot("flow-message")
+
+
+async def test_a_long_list_of_templates_pages_by_fifty(
+    tmp_path: Path, start_relay: Callable[..., Awaitable[RunningRelay]], tab: Tab
+) -> None:
+    config = base_config(tmp_path, [])
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    relay = await start_relay(config)
+    base = f"http://127.0.0.1:{relay.app.admin_port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        for n in range(60):
+            body = {"name": f"reply-{n:02d}", "subject": "Re: {{ topic }}", "text": "Hi"}
+            async with session.post(f"{base}/api/v1/templates", json=body, headers=auth) as r:
+                assert r.status == 201
+    watch, page = Watch(tab), tab.page
+    await page.goto(base + "/login?next=/templates")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base + "/templates")
+    assert await page.locator("tbody tr").count() == 50
+    assert "1–50 of 60" in await page.locator(".pager").inner_text()  # noqa: RUF001
+    await watch.shot("templates-page-1")
+    await page.click("a[rel=next]")
+    await page.wait_for_url(base + "/templates?page=2")
+    assert await page.locator("tbody tr").count() == 10
+    assert await page.locator("a[rel=next]").count() == 0
+    await watch.shot("templates-page-2")
+    await page.click("a[rel=prev]")
+    await page.wait_for_url(base + "/templates?page=1")
+    assert "reply-00" in await page.locator("tbody tr").first.inner_text()

@@ -7,8 +7,10 @@ An aiohttp client with a cookie jar plays the browser; mail goes the real way
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import aiosmtplib
 import pytest
 import yaml
 
+from relay.template_controller import RENDER_GRACE_SECONDS, RENDER_SECONDS
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
 
 TOKEN = "dashboard-token-0123456789"
@@ -25,6 +28,9 @@ CertFiles = tuple[Path, Path, Path]
 StartRelay = Callable[..., Awaitable[RunningRelay]]
 OUR_SCRIPT = '<script src="/static/dashboard.v1.js" defer></script>'  # the only one
 CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
+HOSTILE_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
 
 
 class Browser:
@@ -566,3 +572,105 @@ async def test_the_apis_sites_and_domains_can_be_deleted_and_the_files_cannot(
     status, html, _ = await browser.post("/sites/shop/delete", {"_csrf": csrf})
     assert status == 409 and "managed by" in html
     assert relay.app.directory().site("shop") is not None
+
+
+async def test_each_upstream_card_charts_its_recipients_per_hour(
+    tmp_path: Path,
+    start_relay: StartRelay,
+    make_sink: Callable[..., Awaitable[Sink]],
+    cert_files: CertFiles,
+    client_tls: ssl.SSLContext,
+) -> None:
+    sink = await make_sink()
+    config = base_config(
+        tmp_path, [smtp_upstream("primary", sink.port), smtp_upstream("idle", sink.port)]
+    )
+    config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+    config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    relay = await start_relay(config)
+    await send(relay, client_tls, b"Subject: counted\r\n\r\nhello\r\n")
+    await sink.handler.wait_for(1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        browser = Browser(session, f"http://127.0.0.1:{relay.app.admin_port}")
+        await browser.log_in()
+        for _ in range(100):  # the attempt is recorded just after the sink's reply
+            _, html, _ = await browser.get("/upstreams")
+            if "1 sent, 0 failed, 0 deferred in 1 attempt<" in html:
+                break
+            await asyncio.sleep(0.05)
+    charts = re.findall(r'<svg class="chart chart-small"[^>]*aria-label="([^"]+)"', html)
+    assert charts == [
+        "Recipients per hour through primary over the last 24 hours, UTC: sent, failed, deferred"
+    ]
+    hours = re.findall(r"<title>(\d\d:\d\d-\d\d:\d\d UTC: [^<]*)</title>", html)
+    assert len(hours) == 24 and hours[-1].endswith("1 sent, 0 failed, 0 deferred in 1 attempt")
+    assert all(h.endswith("0 sent, 0 failed, 0 deferred in 0 attempts") for h in hours[:-1])
+    assert 'class="seg-sent"' in html and "No attempts in the last 24 hours." in html  # idle
+
+
+async def test_the_template_editors_live_preview_renders_what_is_typed(browser: Browser) -> None:
+    """POST /templates/_preview renders the parts as typed (not saved) with the controller's
+    sandbox; problems come back as a list of text; the HTML has its own sandboxed endpoint;
+    and the page's own Preview button (no script) still renders the saved template."""
+    await browser.log_in()
+    csrf = await browser.csrf("/templates/new")
+    status, _, _ = await browser.post(
+        "/templates", {"_csrf": csrf, "name": "inquiry", "text": "Saved {{ name }}"}
+    )
+    assert status == 303
+
+    async def live(path: str = "/templates/_preview", **form: str) -> tuple[int, Any]:
+        async with browser.session.post(
+            browser.base + path, data={"_csrf": csrf, **form}, allow_redirects=False
+        ) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, (await response.text(), response.headers)
+
+    status, answer = await live(
+        subject="Hi {{ name }}",
+        text="Typed {{ name }}",
+        html="<p>{{ name }}</p><script>x()</script>",
+        variables='{"name": "<b>Ada</b>"}',
+    )
+    assert status == 200
+    assert answer == {
+        "subject": "Hi <b>Ada</b>",  # text: the page writes it as text
+        "text": "Typed <b>Ada</b>",
+        "html": "<p>&lt;b&gt;Ada&lt;/b&gt;</p><script>x()</script>",  # autoescaped variable
+        "problems": [],
+    }
+    status, answer = await live(text="Hi {{ nme }}", html="{% if %}", variables="{}")
+    assert status == 200 and answer["problems"] == [
+        "html: line 1: Expected an expression, got 'end of statement block'"
+    ]
+    status, answer = await live(text="Hi {{ nme }}", variables="{}")
+    assert status == 200 and answer["problems"] == ["text: line 1: 'nme' is undefined"]
+    status, answer = await live(text="x", variables="[1]")
+    assert status == 200 and answer["problems"][0].startswith("variables: a JSON object")
+    status, answer = await live(text="", html=" ")
+    assert answer["problems"] == ["text: a template needs a text or an html part"]
+
+    started = time.monotonic()
+    status, answer = await live(text=HOSTILE_TEMPLATE)  # 10**10 loop steps: the deadline stops it
+    assert answer["problems"] == [
+        f"text: line 1: template took too long (over {RENDER_SECONDS:g} s)"
+    ]
+    assert time.monotonic() - started < RENDER_SECONDS + RENDER_GRACE_SECONDS + 1.0
+
+    status, (html, headers) = await live(
+        "/templates/_preview.html", html="<p>{{ name }}</p>", variables='{"name": "Ada"}'
+    )
+    assert status == 200 and html == "<p>Ada</p>"
+    assert headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
+    async with browser.session.post(
+        browser.base + "/templates/_preview", data={"text": "x"}, allow_redirects=False
+    ) as response:
+        assert response.status == 403  # no CSRF token: refused before anything renders
+
+    _, page, _ = await browser.get("/templates/inquiry")
+    assert 'data-live-preview="/templates/_preview"' in page and "<script>" not in page
+    status, page, _ = await browser.post(
+        "/templates/inquiry/preview", {"_csrf": csrf, "variables": '{"name": "Bo"}'}
+    )
+    assert status == 200 and "Saved Bo" in page  # the button renders the saved parts

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.core.model import MessageStatus
-from relay.message_log_database import hourly_counts, message_content
+from relay.message_log_database import hourly_counts, message_content, upstream_hourly_counts
 from relay.rollup_database import rebuild_rollups_async
 from relay.store import create_engine, migrate
-from relay.tables import messages
+from relay.tables import attempts, messages
 from tests.postgres import throwaway_database
 
 HOUR = 3600.0
@@ -91,6 +91,54 @@ async def test_hourly_counts_by_status_with_exact_hour_boundaries(engine: AsyncE
         shop = await hourly_counts(connection, START, 3, site="shop")
     assert [h.accepted for h in blog] == [1, 0, 0]
     assert [h.accepted for h in shop] == [2, 2, 1]
+
+
+def attempt(upstream: str, started_at: float, outcome: str, recipients: int) -> dict[str, object]:
+    return {
+        "message_id": f"m{1:031d}",
+        "upstream": upstream,
+        "started_at": started_at,
+        "duration": 0.2,
+        "outcome": outcome,
+        "recipients": [f"r{i}@example.org" for i in range(recipients)],
+    }
+
+
+async def test_upstream_hourly_counts_recipients_by_outcome(engine: AsyncEngine) -> None:
+    """Recipients per hour per upstream by outcome, from the counters the attempts added."""
+    tries = [
+        attempt("alpha", START, "sent", 3),  # hour 0, first instant
+        attempt("alpha", START + HOUR - 0.001, "failed", 1),  # hour 0, last instant
+        attempt("alpha", START + HOUR, "retry", 2),  # hour 1: retry and defer are deferred
+        attempt("alpha", START + HOUR + 60, "defer", 1),
+        attempt("beta", START + 2 * HOUR + 5, "sent", 1),
+        attempt("alpha", START - 1, "sent", 7),  # before the window
+        attempt("beta", START + 3 * HOUR, "sent", 7),  # after it
+    ]
+    async with engine.begin() as connection:
+        await connection.execute(messages.insert(), row(1, MessageStatus.SENT, START))
+        await connection.execute(attempts.insert(), tries)
+        await rebuild_rollups_async(connection)
+    async with engine.connect() as connection:
+        hours = await upstream_hourly_counts(connection, START, 3)
+        half = await upstream_hourly_counts(connection, START + 1800, 2)  # minute counters
+        nothing = await upstream_hourly_counts(connection, START + 10 * HOUR, 3)
+
+    def cells(found: dict[str, list]) -> dict[str, list[tuple[float, int, int, int, int]]]:
+        return {
+            name: [(h.start, h.sent, h.failed, h.deferred, h.attempts) for h in hs]
+            for name, hs in found.items()
+        }
+
+    assert cells(hours) == {
+        "alpha": [(START, 3, 1, 0, 2), (START + HOUR, 0, 0, 3, 2), (START + 2 * HOUR, 0, 0, 0, 0)],
+        "beta": [(START, 0, 0, 0, 0), (START + HOUR, 0, 0, 0, 0), (START + 2 * HOUR, 1, 0, 0, 1)],
+    }
+    assert cells(half) == {
+        "alpha": [(START + 1800, 0, 1, 3, 3), (START + 1800 + HOUR, 0, 0, 0, 0)],
+        "beta": [(START + 1800, 0, 0, 0, 0), (START + 1800 + HOUR, 1, 0, 0, 1)],
+    }
+    assert nothing == {}
 
 
 async def test_message_content_and_retentions_mark(engine: AsyncEngine) -> None:

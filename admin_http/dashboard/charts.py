@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from relay.message_log_database import HourCount
+from relay.message_log_database import HourCount, UpstreamHour
 from relay.reports_controller import QuotaUse
 
 WIDTH, HEIGHT = 720, 180  # the hourly chart's viewBox
@@ -47,42 +47,78 @@ class HourlyChart:
 
 def hourly_chart(hours: list[HourCount]) -> HourlyChart:
     """Stacked bars: sent at the bottom, then failed, then still waiting."""
-    top = nice_ceiling(max((h.accepted for h in hours), default=0))
-    plot_height = HEIGHT - BOTTOM - TOP
-    slot = (WIDTH - LEFT) / max(len(hours), 1)
+    return _stacked(
+        [
+            (
+                h.start,
+                (("sent", h.sent), ("failed", h.failed), ("waiting", h.waiting)),
+                f"{h.accepted} accepted, {h.sent} sent, {h.failed} failed, {h.waiting} waiting",
+            )
+            for h in hours
+        ],
+        WIDTH,
+        HEIGHT,
+        every=3,
+    )
+
+
+SMALL_WIDTH, SMALL_HEIGHT = 360, 110  # an upstream card's chart
+
+
+def upstream_chart(hours: list[UpstreamHour]) -> HourlyChart:
+    """One upstream's recipients per hour: sent at the bottom, then failed, then deferred."""
+    return _stacked(
+        [
+            (
+                h.start,
+                (("sent", h.sent), ("failed", h.failed), ("deferred", h.deferred)),
+                f"{h.sent} sent, {h.failed} failed, {h.deferred} deferred "
+                f"in {h.attempts} attempt{'s' if h.attempts != 1 else ''}",
+            )
+            for h in hours
+        ],
+        SMALL_WIDTH,
+        SMALL_HEIGHT,
+        every=6,
+    )
+
+
+Hour = tuple[float, tuple[tuple[str, int], ...], str]  # start, (kind, count) bottom up, tooltip
+
+
+def _stacked(hours: list[Hour], width: int, height: int, every: int) -> HourlyChart:
+    """Stacked bars, one per hour, labelled every ``every`` hours, on a nice scale."""
+    top = nice_ceiling(max((sum(n for _, n in parts) for _, parts, _ in hours), default=0))
+    plot_height = height - BOTTOM - TOP
+    slot = (width - LEFT) / max(len(hours), 1)
     bar = slot * 0.7
     columns = []
-    for i, hour in enumerate(hours):
+    for i, (start_at, parts, summary) in enumerate(hours):
         x = LEFT + i * slot + (slot - bar) / 2
-        y = float(HEIGHT - BOTTOM)
+        y = float(height - BOTTOM)
         segments = []
-        for kind, count in (
-            ("sent", hour.sent),
-            ("failed", hour.failed),
-            ("waiting", hour.waiting),
-        ):
+        for kind, count in parts:
             if count:
                 # Edges rounded once each: stacked segments meet with no gap or overlap.
                 bottom = round(y, 1)
                 y -= plot_height * count / top
                 top_edge = round(y, 1)
-                height = round(bottom - top_edge, 1)
-                segments.append(Segment(kind, round(x, 1), top_edge, round(bar, 1), height))
-        start = dt.datetime.fromtimestamp(hour.start, dt.UTC)
+                height_ = round(bottom - top_edge, 1)
+                segments.append(Segment(kind, round(x, 1), top_edge, round(bar, 1), height_))
+        start = dt.datetime.fromtimestamp(start_at, dt.UTC)
         label = start.strftime("%H:%M")
         end = (start + dt.timedelta(hours=1)).strftime("%H:%M")
         columns.append(
             Column(
-                label if i % 3 == 0 else "",
+                label if i % every == 0 else "",
                 round(x + bar / 2, 1),
-                hour.accepted,
+                sum(n for _, n in parts),
                 tuple(segments),
-                f"{label}-{end} UTC: {hour.accepted} accepted, {hour.sent} sent, "
-                f"{hour.failed} failed, {hour.waiting} waiting",
+                f"{label}-{end} UTC: {summary}",
             )
         )
-    ticks = tuple((round(HEIGHT - BOTTOM - plot_height * k / 4, 1), top * k // 4) for k in range(5))
-    return HourlyChart(tuple(columns), ticks)
+    ticks = tuple((round(height - BOTTOM - plot_height * k / 4, 1), top * k // 4) for k in range(5))
+    return HourlyChart(tuple(columns), ticks, width, height, LEFT, height - BOTTOM)
 
 
 def nice_ceiling(value: int) -> int:

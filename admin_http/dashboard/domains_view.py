@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import Api, api_of
 from admin_http.middlewares import ACTOR
@@ -32,8 +32,11 @@ def _domain(api: Api, name: str) -> Domain:
 
 async def domain_list(request: web.Request) -> web.Response:
     api = api_of(request)
+    domains, pages = page_of(
+        request, sorted(api.directory().domains, key=lambda d: d.name), "/domains"
+    )
     rows = []
-    for domain in sorted(api.directory().domains, key=lambda d: d.name):
+    for domain in domains:
         latest = api.domains.latest.get(domain.name)
         counts = {s.value: 0 for s in Status}
         for check in latest.checks if latest else []:
@@ -51,6 +54,7 @@ async def domain_list(request: web.Request) -> web.Response:
         "domains.html",
         {
             "rows": rows,
+            "pager": pages,
             "config_path": str(api.config().path),
             "algorithms": [a.value for a in Algorithm],
         },

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from admin_http.dashboard.session import ADMIN, CSRF_FIELD, csrf_token, take_flash
+
+T = TypeVar("T")
 
 # No inline script or style anywhere: the pages load /static/ only.
 CSP = (
@@ -82,6 +85,18 @@ def page_number(text: str | None, default: int, allowed: range | tuple[int, ...]
     return value if value in allowed else default
 
 
+LIST_PAGE_SIZE = 50  # the pages of sites, upstreams, domains and templates
+
+
+def page_of(request: web.Request, items: Sequence[T], path: str) -> tuple[list[T], dict[str, Any]]:
+    """One page of a list held in memory (sites, upstreams, domains, templates) and its pager;
+    a page past the end shows the last one."""
+    pages = max(-(-len(items) // LIST_PAGE_SIZE), 1)
+    page_no = min(page_number(request.query.get("page"), 1, range(1, 1_000_000)), pages)
+    shown = list(items[(page_no - 1) * LIST_PAGE_SIZE : page_no * LIST_PAGE_SIZE])
+    return shown, pager(path, {}, page_no, LIST_PAGE_SIZE, len(shown), len(items))
+
+
 def pager(
     path: str,
     kept: dict[str, str],
@@ -108,4 +123,5 @@ def pager(
         "last_shown": first + shown - 1 if shown else 0,
         "previous": link(page_no - 1) if page_no > 1 else None,
         "next": link(page_no + 1) if page_no < pages or not exact else None,
+        "single": pages == 1 and page_no == 1 and exact,  # nothing to page through
     }

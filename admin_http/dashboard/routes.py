@@ -112,6 +112,9 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/templates", templates_view.template_list)
     r.add_get("/templates/new", templates_view.new_template)
     r.add_post("/templates", templates_view.create_template)
+    # Before /templates/{name}: a template's name never starts with "_".
+    r.add_post("/templates/_preview", templates_view.live_preview)
+    r.add_post("/templates/_preview.html", templates_view.live_preview_html)
     r.add_get("/templates/{name}", templates_view.template_page)
     r.add_post("/templates/{name}", templates_view.save_template)
     r.add_post("/templates/{name}/delete", templates_view.delete_template)

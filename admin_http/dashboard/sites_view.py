@@ -16,7 +16,7 @@ from aiohttp import web
 
 from admin_http.dashboard.charts import hourly_chart, usage_bars
 from admin_http.dashboard.overview_view import CHART_HOURS, start_of_day
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
 from admin_http.dashboard.snippet import form_snippet
 from admin_http.deps import Api, api_of
@@ -43,8 +43,9 @@ async def site_list(request: web.Request) -> web.Response:
     api = api_of(request)
     stats = await api.reports.stats(start_of_day(api.clock(), api.config().limits.timezone))
     by_id = {s.site_id: (s, quota) for s, quota in stats.sites}
+    sites, pages = page_of(request, sorted(api.directory().sites, key=lambda s: s.id), "/sites")
     rows = []
-    for site in sorted(api.directory().sites, key=lambda s: s.id):
+    for site in sites:
         found = by_id.get(site.id)
         rows.append(
             {
@@ -56,7 +57,7 @@ async def site_list(request: web.Request) -> web.Response:
     return await page(
         request,
         "sites.html",
-        {"rows": rows, "config_path": str(api.config().path)},
+        {"rows": rows, "pager": pages, "config_path": str(api.config().path)},
         section="sites",
         title="Sites",
     )

@@ -1,5 +1,6 @@
 """Templates: list, create, edit and delete the API's (the file's are read-only), and preview
-any of them with variables, the rendered HTML in a sandboxed iframe.
+any of them with variables, the rendered HTML in a sandboxed iframe; the live preview renders
+the editor's parts as typed, through the same controller, sandbox and deadline.
 
 Saving goes through TemplateController, so a template that does not compile
 is refused with its problems (the API's 422), never stored.
@@ -13,11 +14,12 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
 from admin_http.deps import api_of
 from admin_http.middlewares import ACTOR
 from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.core.compose import Rendered
 from relay.template_controller import TemplateController
 
 PARTS = ("subject", "text", "html")
@@ -36,11 +38,11 @@ def _parts(form: Any) -> dict[str, str]:
 
 
 async def template_list(request: web.Request) -> web.Response:
-    infos = await _controller(request).listing()
+    infos, pages = page_of(request, await _controller(request).listing(), "/templates")
     return await page(
         request,
         "templates.html",
-        {"infos": infos, "config_path": str(api_of(request).config().path)},
+        {"infos": infos, "pager": pages, "config_path": str(api_of(request).config().path)},
         section="templates",
         title="Templates",
     )
@@ -124,8 +126,47 @@ async def preview_html(request: web.Request) -> web.Response:
     if problem:
         raise web.HTTPBadRequest(reason=problem)
     rendered = await _controller(request).preview(request.match_info["name"], variables)
+    return _sandboxed(rendered.html or "")
+
+
+async def live_preview(request: web.Request) -> web.Response:
+    """POST /templates/_preview: the editor's parts as typed (not saved) rendered, as JSON
+    ``{subject, text, html, problems}``, for the preview that follows typing (the static
+    script). Problems (JSON, syntax, an undefined variable, the deadline) are listed in a 200
+    (the request worked; a typo on the way is no HTTP error): the page shows them as text."""
+    try:
+        rendered = await _draft(request)
+    except Invalid as error:
+        return _json({"subject": None, "text": None, "html": None, "problems": error.problems})
+    fields = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
+    return _json({**fields, "problems": []})
+
+
+async def live_preview_html(request: web.Request) -> web.Response:
+    """POST /templates/_preview.html: the same render's HTML alone, posted by the live
+    preview's hidden form into the sandboxed iframe (a URL could not carry the parts)."""
+    try:
+        rendered = await _draft(request)
+    except Invalid:  # typed on meanwhile: the JSON answer shows the problems
+        return _sandboxed("")
+    return _sandboxed(rendered.html or "")
+
+
+async def _draft(request: web.Request) -> Rendered:
+    form = await request.post()
+    variables, problem = _variables(str(form.get("variables", "")).strip() or "{}")
+    if problem:
+        raise Invalid([problem])
+    return await _controller(request).preview_draft(_parts(form), variables)
+
+
+def _json(body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _sandboxed(html: str) -> web.Response:
     return web.Response(
-        text=rendered.html or "",
+        text=html,
         content_type="text/html",
         charset="utf-8",
         headers={

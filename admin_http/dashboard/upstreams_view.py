@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from admin_http.dashboard.charts import usage_bars
-from admin_http.dashboard.pages import page, see_other
+from admin_http.dashboard.charts import upstream_chart, usage_bars
+from admin_http.dashboard.pages import page, page_of, see_other
 from admin_http.dashboard.session import flash
-from admin_http.deps import Api, api_of
+from admin_http.deps import api_of
 from admin_http.middlewares import ACTOR
 from admin_http.upstreams_view import probe_view
 from relay.catalog_controller import Conflict, Invalid, NotFound
@@ -24,17 +24,24 @@ from relay.core.model import Upstream
 from relay.probe_controller import ProbeReport
 
 DAY_SECONDS = 86_400.0
+CHART_HOURS = 24
 NUMBERS = ("port", "priority", "rate_per_minute", "daily_limit", "monthly_limit", "max_connections")
 TEXTS = ("host", "username")
 TLS_MODES = ("starttls", "implicit", "none")
 
 
-async def _rows(api: Api) -> list[dict[str, Any]]:
+async def _rows(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """This page's upstreams (by priority, then name) with their numbers, and the pager."""
+    api = api_of(request)
     now = api.clock()
     stats = await api.reports.stats(now - DAY_SECONDS)
     by_name = {s.upstream: (s, quota) for s, quota in stats.upstreams}
+    first_hour = (now // 3600 - CHART_HOURS + 1) * 3600
+    hourly = await api.reports.upstream_hourly(first_hour, CHART_HOURS)
+    ordered = sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name))
+    upstreams, pages = page_of(request, ordered, "/upstreams")
     rows = []
-    for upstream in sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name)):
+    for upstream in upstreams:
         found = by_name.get(upstream.name)
         rows.append(
             {
@@ -42,9 +49,10 @@ async def _rows(api: Api) -> list[dict[str, Any]]:
                 "circuit": api.health.circuits.get(upstream.name) or Circuit(),
                 "stats": found[0] if found else None,
                 "usage": usage_bars(found[1]) if found else [],
+                "chart": upstream_chart(hourly[upstream.name]) if upstream.name in hourly else None,
             }
         )
-    return rows
+    return rows, pages
 
 
 async def upstream_list(request: web.Request) -> web.Response:
@@ -91,11 +99,13 @@ async def _render(
     request: web.Request, tested: str | None, report: ProbeReport | None
 ) -> web.Response:
     api = api_of(request)
+    rows, pages = await _rows(request)
     return await page(
         request,
         "upstreams.html",
         {
-            "rows": await _rows(api),
+            "rows": rows,
+            "pager": pages,
             "tested": tested,
             "probe": probe_view(report) if report else None,
             "config_path": str(api.config().path),
