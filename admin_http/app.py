@@ -77,6 +77,8 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_delete(f"{V1}/domains/{{name}}", domains_view.delete_domain)
     r.add_get(f"{V1}/domains/{{name}}/dns-records", domains_view.dns_records)
     r.add_post(f"{V1}/domains/{{name}}/verify", domains_view.verify_domain)
+    r.add_post(f"{V1}/domains/{{name}}/keys", domains_view.add_key)
+    r.add_post(f"{V1}/domains/{{name}}/keys/{{selector}}/activate", domains_view.activate_key)
 
     r.add_get(f"{V1}/templates", templates_view.list_templates)
     r.add_post(f"{V1}/templates", templates_view.create_template)

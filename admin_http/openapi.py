@@ -308,6 +308,25 @@ def _schemas() -> dict[str, Schema]:
             },
             ["name"],
         ),
+        "KeyInput": obj(
+            {"selector": text, "algorithm": {"type": "string", "enum": ["rsa", "ed25519"]}},
+            ["selector"],
+        ),
+        "Activation": obj(
+            {
+                "retire_until": {
+                    "type": "string",
+                    "format": "date",
+                    "description": "the retired key stays published until then (default: "
+                    "in 7 days)",
+                },
+                "force": {
+                    "type": "boolean",
+                    "description": "activate although the last DNS check has not found the "
+                    "key's record published and matching (else 409)",
+                },
+            }
+        ),
         "DnsRecords": obj({"domain": text, "records": {"type": "array", "items": check}}),
         "Verification": obj(
             {
@@ -695,6 +714,24 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/domains/{name}/verify": {
             "post": _op(
                 "Check the domain's DNS now", json_answer(ref("Verification")), params=[domain]
+            )
+        },
+        "/api/v1/domains/{name}/keys": {
+            "post": _op(
+                "Rotation, step 1: a new DKIM key, published ahead and not signing (next)",
+                json_answer(ref("Domain"), "Created; the answer lists the records to publish"),
+                "201",
+                params=[domain],
+                body=ref("KeyInput"),
+            )
+        },
+        "/api/v1/domains/{name}/keys/{selector}/activate": {
+            "post": _op(
+                "Rotation, step 2: the next key signs, the active one retires",
+                json_answer(ref("Domain")),
+                params=[domain, path_parameter("selector")],
+                body=ref("Activation"),
+                body_required=False,
             )
         },
         "/api/v1/templates": {

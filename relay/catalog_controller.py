@@ -17,6 +17,7 @@ merge them with the rest.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -438,6 +439,50 @@ class CatalogController:
             await self._audit(c, actor, "create", "domain", name, detail)
 
         await self._write(write)
+        domain = self._directory().domain(name)
+        assert domain is not None
+        return domain
+
+    async def add_next_key(
+        self, actor: str, name: str, selector: str, algorithm: dkim.Algorithm
+    ) -> Domain:
+        """Rotation, step 1: a new key for the domain, published ahead, not signing yet."""
+        name = self._stored_domain(name)
+        key = await asyncio.to_thread(dkim.generate, algorithm)
+        now = self._clock()
+
+        async def write(c: AsyncConnection) -> None:
+            await domain_database.add_key(c, self._box, name, selector, key, KeyState.NEXT, now)
+            detail = {"selector": selector, "algorithm": algorithm.value}
+            await self._audit(c, actor, "add_key", "domain", name, detail)
+
+        await self._write(write)
+        return self._live_domain(name)
+
+    async def activate_key(
+        self, actor: str, name: str, selector: str, retire_until: dt.date
+    ) -> Domain:
+        """Rotation, step 2: ``selector`` signs from now on; the active key is retired and stays
+        published until ``retire_until``."""
+        name = self._stored_domain(name)
+        now = self._clock()
+
+        async def write(c: AsyncConnection) -> None:
+            await domain_database.activate_key(c, name, selector, retire_until, now)
+            detail = {"selector": selector, "retire_until": retire_until.isoformat()}
+            await self._audit(c, actor, "activate_key", "domain", name, detail)
+
+        await self._write(write)
+        return self._live_domain(name)
+
+    def _stored_domain(self, name: str) -> str:
+        name = name.lower()
+        self._refuse_file_object("domain", name, {d.name for d in self._config().domains})
+        if self._directory().domain(name) is None:
+            raise NotFound(f"no domain {name!r}")
+        return name
+
+    def _live_domain(self, name: str) -> Domain:
         domain = self._directory().domain(name)
         assert domain is not None
         return domain

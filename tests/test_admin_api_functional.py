@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import io
 import json
+import re
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -1330,3 +1331,85 @@ async def test_unknown_paths_wrong_methods_and_missing_objects(
     bad_selector = {"name": "ok.example", "selector": "bad selector"}
     (await api.call("POST", f"{V1}/domains", bad_selector)).error(422, "invalid")
     assert (await api.get(f"{V1}/audit"))["total"] == 0
+
+
+# -- DKIM rotation of an API domain
+
+
+def publish(zone: Any, records: list[dict[str, Any]], check: str) -> None:
+    """Put the record the relay asks for under ``check`` into the loopback DNS zone."""
+    [line] = [r["publish"] for r in records if r["name"] == check]
+    name = line.split()[0].rstrip(".")
+    zone.txt(name, "".join(re.findall(r'"([^"]*)"', line)))
+
+
+async def test_an_api_domain_rotates_its_key_once_dns_has_the_next_one(
+    tmp_path: Path, start_relay, admin, closed_port: int, dns_zone: Any
+) -> None:
+    dns = {"nameservers": [dns_zone.nameserver], "verify_interval_seconds": 0}
+    relay = await start_relay(relay_config(tmp_path, closed_port, dns=dns))
+    api = admin(relay)
+    made = await api.ok("POST", f"{V1}/domains", {"name": "example.com"}, status=201)
+    publish(dns_zone, made["records"], "dkim relay1 (active)")
+
+    added = await api.ok(
+        "POST", f"{V1}/domains/example.com/keys", {"selector": "relay2"}, status=201
+    )
+    assert [(k["selector"], k["state"]) for k in added["keys"]] == [
+        ("relay1", "active"),
+        ("relay2", "next"),
+    ]
+    assert relay.app.directory().domain("example.com").signing_key.selector == "relay1"
+
+    # Not in DNS yet: refused, unless forced.
+    refused = (await api.call("POST", f"{V1}/domains/example.com/keys/relay2/activate")).error(
+        409, "conflict"
+    )
+    assert "not confirmed published" in refused["message"]
+    publish(dns_zone, added["records"], "dkim relay2 (next)")
+    await api.ok("POST", f"{V1}/domains/example.com/verify")
+    done = await api.ok(
+        "POST",
+        f"{V1}/domains/example.com/keys/relay2/activate",
+        {"retire_until": "2099-01-31"},
+    )
+
+    assert [(k["selector"], k["state"]) for k in done["keys"]] == [
+        ("relay1", "retired"),
+        ("relay2", "active"),
+    ]
+    assert relay.app.directory().domain("example.com").signing_key.selector == "relay2"
+    actions = [(e["action"], e["target"]) for e in (await api.get(f"{V1}/audit"))["items"]]
+    assert ("add_key", "example.com") in actions and ("activate_key", "example.com") in actions
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "says"),
+    [
+        ("nope.example/keys", {"selector": "s2"}, 404, "no domain"),
+        ("example.com/keys", {"selector": "bad selector!"}, 422, "key.selector"),
+        ("example.com/keys", {"selector": "relay1"}, 409, "exists"),
+        ("example.com/keys/relay1/activate", {"force": True}, 409, "already active"),
+        ("example.com/keys/none/activate", {"force": True}, 409, "no selector"),
+        ("example.com/keys/none/activate", {"retire_until": "2001-01-01"}, 422, "retire_until"),
+        ("example.com/keys/none/activate", {"force": "yes"}, 422, "key.force"),
+    ],
+)
+async def test_rotation_mistakes_are_refused_with_the_reason(
+    tmp_path: Path,
+    start_relay,
+    admin,
+    closed_port: int,
+    path: str,
+    body: Any,
+    status: int,
+    says: str,
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, closed_port))
+    api = admin(relay)
+    await api.ok("POST", f"{V1}/domains", {"name": "example.com"}, status=201)
+
+    reply = await api.call("POST", f"{V1}/domains/{path}", body)
+
+    assert reply.status == status
+    assert says in json.dumps(reply.body)

@@ -159,6 +159,21 @@ def passed(checks: list[Check]) -> bool:
     return all(c.status is not Status.FAIL for c in checks if c.required)
 
 
+RETIRE_AFTER_DAYS = 7  # a retired key stays published this long by default: mail in flight
+
+
+def unconfirmed_key(checks: list[Check] | None, selector: str) -> str | None:
+    """Why ``selector`` should not start signing yet: the last checks (None: never checked)
+    did not find its DKIM record published and matching. None when they did."""
+    for c in checks or []:
+        if c.name.startswith(f"dkim {selector} (") and c.status is Status.PASS:
+            return None
+    return (
+        f"the DNS record of selector {selector!r} is not confirmed published and matching: "
+        "verify the domain until its check passes, or activate with force"
+    )
+
+
 def _found(values: tuple[str, ...] | list[str]) -> str:
     return " | ".join(values) if values else "(nothing)"
 
