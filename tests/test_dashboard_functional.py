@@ -674,3 +674,35 @@ async def test_the_template_editors_live_preview_renders_what_is_typed(browser: 
         "/templates/inquiry/preview", {"_csrf": csrf, "variables": '{"name": "Bo"}'}
     )
     assert status == 200 and "Saved Bo" in page  # the button renders the saved parts
+
+
+async def test_an_api_domains_key_rotates_from_its_page(
+    relay: RunningRelay, browser: Browser
+) -> None:
+    await browser.log_in()
+    csrf = await browser.csrf("/domains")
+    await browser.post("/domains", {"_csrf": csrf, "name": "blog.example", "selector": "relay1"})
+    page = "/domains/blog.example"
+    _, html, _ = await browser.get(page)
+    assert 'action="/domains/blog.example/keys"' in html
+
+    status, _, headers = await browser.post(
+        f"{page}/keys", {"_csrf": csrf, "selector": "relay2", "algorithm": "ed25519"}
+    )
+    assert (status, headers["Location"]) == (303, page)
+    _, html, _ = await browser.get(page)
+    assert "Key relay2 added as next" in html and "Make relay2 sign" in html
+    assert "the last check has not found it yet" in html  # DNS was never asked
+
+    activate = f"{page}/keys/relay2/activate"
+    await browser.post(activate, {"_csrf": csrf, "retire_until": "2099-01-31"})
+    _, html, _ = await browser.get(page)
+    assert "Not activated: the DNS record of selector &#39;relay2&#39;" in html
+    assert relay.app.directory().domain("blog.example").signing_key.selector == "relay1"
+
+    await browser.post(activate, {"_csrf": csrf, "retire_until": "2099-01-31", "force": "1"})
+    _, html, _ = await browser.get(page)
+    assert "relay2 signs from now on" in html and "2099-01-31" in html
+    assert relay.app.directory().domain("blog.example").signing_key.selector == "relay2"
+    status, _, _ = await browser.post(f"{page}/keys", {"selector": "relay3"})  # no CSRF token
+    assert status == 403

@@ -7,6 +7,7 @@ records to publish are computed from the configuration without asking DNS.
 
 from __future__ import annotations
 
+import datetime as dt
 from urllib.parse import quote
 
 from aiohttp import web
@@ -18,8 +19,9 @@ from admin_http.middlewares import ACTOR
 from relay.catalog_controller import Conflict, Invalid, NotFound
 from relay.config import is_domain_name
 from relay.core.dkim import Algorithm, is_selector
-from relay.core.domain_checks import Status, passed
+from relay.core.domain_checks import RETIRE_AFTER_DAYS, Status, passed, unconfirmed_key
 from relay.core.domains import Domain
+from relay.domain_database import DomainConflict
 from relay.domain_verifier import Verification
 
 
@@ -117,6 +119,12 @@ async def _render(
             "verified": passed(latest.checks) if latest else False,
             "fresh": fresh,
             "config_path": str(api.config().path),
+            "algorithms": [a.value for a in Algorithm],
+            "retire_default": (_today() + dt.timedelta(RETIRE_AFTER_DAYS)).isoformat(),
+            "unconfirmed": {
+                k.selector: unconfirmed_key(latest.checks if latest else None, k.selector)
+                for k in domain.keys
+            },
         },
         section="domains",
         title=domain.name,
@@ -129,3 +137,59 @@ async def delete_domain(request: web.Request) -> web.Response:
     await api.catalog.delete_domain(request[ACTOR], domain.name)
     await flash(request, f"Domain {domain.name} deleted: mail from it is no longer signed.")
     return see_other("/domains")
+
+
+async def add_key(request: web.Request) -> web.Response:
+    """Rotation, step 1 (the API's POST .../keys)."""
+    api = api_of(request)
+    domain = _domain(api, request.match_info["name"])
+    form = await request.post()
+    selector = str(form.get("selector", "")).strip()
+    algorithm = str(form.get("algorithm", Algorithm.RSA.value))
+    back = see_other(f"/domains/{quote(domain.name, safe='')}")
+    if not is_selector(selector) or algorithm not in {a.value for a in Algorithm}:
+        await flash(request, "No key added: a DKIM selector (letters, digits, '-', '.').", "error")
+        return back
+    try:
+        await api.catalog.add_next_key(request[ACTOR], domain.name, selector, Algorithm(algorithm))
+    except (Conflict, DomainConflict) as error:
+        await flash(request, f"No key added: {error}", "error")
+        return back
+    await flash(request, f"Key {selector} added as next: publish its record below.")
+    return back
+
+
+async def activate_key(request: web.Request) -> web.Response:
+    """Rotation, step 2 (the API's POST .../keys/{selector}/activate)."""
+    api = api_of(request)
+    domain = _domain(api, request.match_info["name"])
+    selector = request.match_info["selector"]
+    form = await request.post()
+    back = see_other(f"/domains/{quote(domain.name, safe='')}")
+    try:
+        retire_until = dt.date.fromisoformat(str(form.get("retire_until", "")))
+    except ValueError:
+        retire_until = None
+    if retire_until is None or retire_until < _today():
+        await flash(request, "Not activated: the old key's date must be today or later.", "error")
+        return back
+    latest = api.domains.latest.get(domain.name)
+    problem = unconfirmed_key(latest.checks if latest else None, selector)
+    if problem and not form.get("force"):
+        await flash(request, f"Not activated: {problem}.", "error")
+        return back
+    try:
+        await api.catalog.activate_key(request[ACTOR], domain.name, selector, retire_until)
+    except (Conflict, DomainConflict) as error:
+        await flash(request, f"Not activated: {error}", "error")
+        return back
+    await flash(
+        request,
+        f"{selector} signs from now on; the old key stays published until "
+        f"{retire_until.isoformat()}.",
+    )
+    return back
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()

@@ -108,6 +108,8 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post("/domains", domains_view.create_domain)
     r.add_get("/domains/{name}", domains_view.domain_page)
     r.add_post("/domains/{name}/verify", domains_view.verify)
+    r.add_post("/domains/{name}/keys", domains_view.add_key)
+    r.add_post("/domains/{name}/keys/{selector}/activate", domains_view.activate_key)
     r.add_post("/domains/{name}/delete", domains_view.delete_domain)
     r.add_get("/templates", templates_view.template_list)
     r.add_get("/templates/new", templates_view.new_template)
