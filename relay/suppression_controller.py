@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -107,8 +108,9 @@ class SuppressionController:
         time, or None (send)."""
         try:
             async with asyncio.timeout(self._lookup_seconds):
-                async with self._writer.engine.connect() as connection:
-                    reason = await db.reason_for(connection, site_id, address, self._clock())
+                reason = await self._writer.read_now(
+                    partial(db.reason_for, site_id=site_id, address=address, now=self._clock())
+                )
         except Exception as error:  # the store is away or slow: the client tries again
             log.warning("site %s: suppression check failed: %s", site_id, type(error).__name__)
             return SUPPRESSION_LOOKUP_FAILED
@@ -118,8 +120,9 @@ class SuppressionController:
         """The send API: which of ``addresses`` (as given) are suppressed, with the reasons.
         Raises when the store fails (the request is answered 503)."""
         async with asyncio.timeout(self._lookup_seconds):
-            async with self._writer.engine.connect() as connection:
-                found = await db.reasons_for(connection, site_id, addresses, self._clock())
+            found = await self._writer.read_now(
+                partial(db.reasons_for, site_id=site_id, addresses=addresses, now=self._clock())
+            )
         return {a: found[a.lower()] for a in addresses if a.lower() in found}
 
     # -- helpers

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.tables import suppressions
@@ -79,21 +81,27 @@ async def get_entry(connection: AsyncConnection, site_id: str, address: str) -> 
 
 async def put_entry(connection: AsyncConnection, entry: Entry) -> Entry | None:
     """Add ``entry``, or replace the reason, source and expiry of the one there (its
-    ``created_at`` and ``message_id`` stay). The entry that was there before, or None."""
-    before = await get_entry(connection, entry.site_id, entry.address)
-    if before is None:
-        await connection.execute(
-            suppressions.insert().values(
-                site_id=entry.site_id,
-                address=entry.address.lower(),
-                reason=entry.reason,
-                source=entry.source,
-                message_id=entry.message_id,
-                created_at=entry.created_at,
-                expires_at=entry.expires_at,
-            )
+    ``created_at`` and ``message_id`` stay). The entry that was there before, or None.
+
+    The insert yields to an existing key (ON CONFLICT DO NOTHING) rather than failing, so
+    two nodes adding one address at once both succeed."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    inserted = await connection.execute(
+        dialect.insert(suppressions)
+        .values(
+            site_id=entry.site_id,
+            address=entry.address.lower(),
+            reason=entry.reason,
+            source=entry.source,
+            message_id=entry.message_id,
+            created_at=entry.created_at,
+            expires_at=entry.expires_at,
         )
+        .on_conflict_do_nothing(index_elements=["site_id", "address"])
+    )
+    if inserted.rowcount:
         return None
+    before = await get_entry(connection, entry.site_id, entry.address)
     await connection.execute(
         suppressions.update()
         .where(
@@ -118,25 +126,23 @@ async def remove_entry(connection: AsyncConnection, site_id: str, address: str) 
     return before
 
 
-async def reason_for(
-    connection: AsyncConnection, site_id: str, address: str, now: float
-) -> str | None:
-    """Why the site may not send to ``address`` at ``now``, or None: one primary-key lookup."""
-    return await connection.scalar(
+def reason_for(connection: Connection, site_id: str, address: str, now: float) -> str | None:
+    """Why the site may not send to ``address`` at ``now``, or None: one primary-key lookup.
+    Synchronous: run by ``GroupWriter.read_now``, the hot path's read."""
+    reason = connection.scalar(
         _REASON, {"site_id": site_id, "address": address.lower(), "now": now}
     )
+    return None if reason is None else str(reason)
 
 
-async def reasons_for(
-    connection: AsyncConnection, site_id: str, addresses: Sequence[str], now: float
+def reasons_for(
+    connection: Connection, site_id: str, addresses: Sequence[str], now: float
 ) -> dict[str, str]:
     """``reason_for`` of several addresses at once, keyed by the lower-cased address."""
     if not addresses:
         return {}
     lowered = sorted({a.lower() for a in addresses})
-    rows = await connection.execute(
-        _REASONS, {"site_id": site_id, "addresses": lowered, "now": now}
-    )
+    rows = connection.execute(_REASONS, {"site_id": site_id, "addresses": lowered, "now": now})
     return {r.address: r.reason for r in rows}
 
 
