@@ -8,6 +8,7 @@ exact; housekeeping runs are called by the test.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from admin_http.schemas import iso
 from relay.core.tokens import hash_token
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, Sink, base_config, smtp_upstream
 from tests.test_admin_messages_functional import TOKEN, Admin, mail, poll, with_admin
-from tests.two_nodes import store_url
+from tests.two_nodes import start_node, store_url
 
-__all__ = ["store_url"]  # the fixture
+__all__ = ["start_node", "store_url"]  # fixtures
 
 START = 1_800_000_000.0  # FakeClock's default
 KEY = "shop-key-0123456789abcdef"
@@ -62,6 +63,18 @@ class World:
             return reply.status, await reply.json()
 
 
+def relay_config(tmp_path: Path, sink: Sink, cert_files: Any) -> dict[str, Any]:
+    config = with_admin(base_config(tmp_path, [smtp_upstream("main", sink.port)]), cert_files)
+    config["http"] = {"host": "127.0.0.1", "port": 0}
+    config["sites"][0]["api_keys"] = [{"name": "backend", "key_hash": hash_token(KEY)}]
+    config["sites"].append(
+        {"id": "blog", "from": {"email": "news@blog.example.com"}, "upstreams": ["main"]}
+    )
+    config["retention"] = {"interval_seconds": 3600}  # runs are the test's
+    config["health"] = {"check_interval_seconds": 0}
+    return config
+
+
 @pytest.fixture
 async def world(
     tmp_path: Path,
@@ -72,24 +85,18 @@ async def world(
     client_tls: ssl.SSLContext,
 ) -> AsyncIterator[World]:
     sink = await make_sink(replies={"rcpt": {"gone@example.org": GONE_REPLY}})
-    config = with_admin(base_config(tmp_path, [smtp_upstream("main", sink.port)]), cert_files)
+    config = relay_config(tmp_path, sink, cert_files)
     config["store"] = {"url": store_url}
-    config["http"] = {"host": "127.0.0.1", "port": 0}
-    config["sites"][0]["api_keys"] = [{"name": "backend", "key_hash": hash_token(KEY)}]
-    config["sites"].append(
-        {"id": "blog", "from": {"email": "news@blog.example.com"}, "upstreams": ["main"]}
-    )
-    config["retention"] = {"interval_seconds": 3600}  # runs are the test's
     clock = FakeClock(START)
     relay = await start_relay(config, clock=clock)
     async with aiohttp.ClientSession() as http:
         yield World(relay, clock, Admin(http, relay.app.admin_port), sink, http, client_tls)
 
 
-async def session(world: World) -> aiosmtplib.SMTP:
+async def session(world: World, port: int | None = None) -> aiosmtplib.SMTP:
     client = aiosmtplib.SMTP(
         hostname="127.0.0.1",
-        port=world.relay.port,
+        port=port or world.relay.port,
         start_tls=True,
         tls_context=world.tls,
         timeout=10,
@@ -296,3 +303,47 @@ async def test_a_hard_bounce_adds_an_entry_that_rcpt_then_refuses(world: World) 
     assert refused.message.startswith(
         "5.1.1 <gone@example.org>: recipient is suppressed for this site (550 5.1.1 no such user"
     )
+
+
+async def test_a_change_on_one_node_counts_at_once_on_another(
+    tmp_path: Path, world: World, start_node: Any, cert_files: Any
+) -> None:
+    """No cache: node B's RCPT reads the store, so A's change counts there at once (no
+    ``cluster.sync_seconds`` to wait). B is a second relay on the world's store."""
+    b = await start_node("b", relay_config(tmp_path, world.sink, cert_files))
+    await world.add(site="shop", address="alice@example.org", reason="asked us to stop")
+    client = await session(world, b.listeners.ports[0])
+    try:
+        await client.mail(SENDER)
+        assert (await rcpt(client, "alice@example.org")).code == 550
+        assert await world.delete("shop", "alice@example.org") == 204
+        assert (await rcpt(client, "alice@example.org")).code == 250
+    finally:
+        await client.quit()
+
+
+class StalledStore:
+    """A store that never answers a read."""
+
+    async def read_now(self, job: Any) -> Any:
+        await asyncio.sleep(30)
+
+
+async def test_a_lookup_that_does_not_answer_in_time_is_a_temporary_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suppressions = world.relay.app.suppressions
+    monkeypatch.setattr(suppressions, "_writer", StalledStore())
+    monkeypatch.setattr(suppressions, "_lookup_seconds", 0.2)
+    client = await session(world)
+    try:
+        await client.mail(SENDER)
+        later = await rcpt(client, "alice@example.org")
+    finally:
+        await client.quit()
+    assert (later.code, later.message) == (
+        451,
+        "4.3.0 Recipient could not be checked; try again later",
+    )
+    status, answer = await world.send({"to": ["alice@example.org"], "subject": "s", "text": "t"})
+    assert status == 503, answer
