@@ -45,17 +45,20 @@ async def save_circuits(
 
 @dataclass(frozen=True)
 class Suppression:
-    """A hard bounce's entry for its site's list (relay/suppression_database.py has the rest)."""
+    """An entry the engine writes for its site's list: a hard bounce's by default (a
+    provider's complaint says so in ``source``). relay/suppression_database.py has the rest."""
 
     site_id: str
     address: str
     reason: str
     message_id: str | None
     created_at: float
+    source: str = "bounce"  # bounce | complaint | manual | provider | unsubscribe
+    expires_at: float | None = None  # None: for good
 
 
 def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> None:
-    """Hard bounces: a new entry, or one that was there (any source) made a lasting bounce."""
+    """New entries, or ones that were there (any source) replaced: a hard bounce is for good."""
     rows = [
         {
             "site_id": e.site_id,
@@ -63,8 +66,8 @@ def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> 
             "reason": e.reason,
             "message_id": e.message_id,
             "created_at": e.created_at,
-            "source": "bounce",
-            "expires_at": None,
+            "source": e.source,
+            "expires_at": e.expires_at,
         }
         for e in entries
     ]
