@@ -18,8 +18,13 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection
 
 from admin_http.schemas import iso
+from relay import store, suppression_database
 from relay.core.tokens import hash_token
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, Sink, base_config, smtp_upstream
 from tests.test_admin_messages_functional import TOKEN, Admin, mail, poll, with_admin
@@ -347,3 +352,51 @@ async def test_a_lookup_that_does_not_answer_in_time_is_a_temporary_failure(
     )
     status, answer = await world.send({"to": ["alice@example.org"], "subject": "s", "text": "t"})
     assert status == 503, answer
+
+
+def _migrate_to(connection: Connection, revision: str, down: bool = False) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    (command.downgrade if down else command.upgrade)(config, revision)
+
+
+async def test_migration_0009_makes_the_rows_before_it_bounces_and_goes_back(
+    store_url: str,
+) -> None:
+    engine = store.create_engine(store_url)
+    old = sa.table(
+        "suppressions",
+        sa.column("site_id"),
+        sa.column("address"),
+        sa.column("reason"),
+        sa.column("message_id"),
+        sa.column("created_at"),
+    )
+    try:
+        async with engine.begin() as c:
+            await c.run_sync(_migrate_to, "0008")
+            await c.execute(
+                old.insert().values(
+                    site_id="shop",
+                    address="gone@example.org",
+                    reason=GONE_REPLY,
+                    message_id="m1",
+                    created_at=START,
+                )
+            )
+        await store.migrate(engine)
+        async with engine.connect() as c:
+            [entry] = (await suppression_database.list_entries(c, suppression_database.Search()))[0]
+        assert (entry.address, entry.source, entry.expires_at) == (
+            "gone@example.org",
+            "bounce",
+            None,
+        )
+        async with engine.begin() as c:
+            await c.run_sync(_migrate_to, "0008", True)
+            assert (await c.execute(sa.select(old.c.address))).scalars().all() == [
+                "gone@example.org"
+            ]
+    finally:
+        await engine.dispose()
