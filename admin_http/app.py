@@ -14,6 +14,7 @@ from admin_http import (
     messages_view,
     sites_view,
     stats_view,
+    suppressions_view,
     system_view,
     templates_view,
     upstreams_view,
@@ -87,6 +88,10 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_patch(f"{V1}/templates/{{name}}", templates_view.patch_template)
     r.add_delete(f"{V1}/templates/{{name}}", templates_view.delete_template)
     r.add_post(f"{V1}/templates/{{name}}/preview", templates_view.preview_template)
+
+    r.add_get(f"{V1}/suppressions", suppressions_view.list_suppressions)
+    r.add_post(f"{V1}/suppressions", suppressions_view.add_suppression)
+    r.add_delete(f"{V1}/suppressions/{{site}}/{{address}}", suppressions_view.delete_suppression)
 
     r.add_get(f"{V1}/messages", messages_view.search)
     r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)

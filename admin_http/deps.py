@@ -19,6 +19,7 @@ from relay.metrics import Metrics
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
+from relay.suppression_controller import SuppressionController
 from relay.template_controller import TemplateController
 
 
@@ -38,6 +39,7 @@ class Api:
     clock: Callable[[], float] = time.time
     templates: TemplateController | None = None  # the relay always gives it
     api_keys: ApiKeyController | None = None  # /api/v1/sites/{id}/api-keys
+    suppressions: SuppressionController | None = None  # /api/v1/suppressions
 
 
 @dataclass(frozen=True)

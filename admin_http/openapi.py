@@ -20,6 +20,7 @@ from admin_http.openapi_parts import (
     path_parameter,
     ref,
 )
+from relay.suppression_controller import SOURCES
 
 
 def _list_of(item: str) -> Schema:
@@ -97,6 +98,11 @@ def _op(
             "content": {"application/json": {"schema": body}},
         }
     return op
+
+
+def _also(status: str, answer: Schema, op: Schema) -> Schema:
+    """``op`` with one more documented answer."""
+    return {**op, "responses": {status: answer, **op["responses"]}}
 
 
 def _schemas() -> dict[str, Schema]:
@@ -273,6 +279,17 @@ def _schemas() -> dict[str, Schema]:
                 "site": text,
                 "name": text,
                 "key": text,
+                "created_at": text,
+                "expires_at": nullable("string"),
+            }
+        ),
+        "Suppression": obj(
+            {
+                "site": text,
+                "address": {"type": "string", "description": "lower case"},
+                "reason": text,
+                "source": {"type": "string", "enum": list(SOURCES)},
+                "message_id": nullable("string"),
                 "created_at": text,
                 "expires_at": nullable("string"),
             }
@@ -773,6 +790,60 @@ def _paths() -> dict[str, Schema]:
                 params=[name],
                 body=obj({"variables": {"type": "object"}}, []),
                 body_required=False,
+            )
+        },
+        "/api/v1/suppressions": {
+            "get": _op(
+                "The suppression lists, newest first: an expired entry shows its `expires_at` "
+                "(it no longer suppresses) until housekeeping deletes it",
+                json_answer(_list_of("Suppression")),
+                params=[
+                    {"name": "site", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "description": "A substring of the address, any letter case",
+                        "schema": {"type": "string"},
+                    },
+                    *_PAGING,
+                ],
+            ),
+            "post": _also(
+                "200",
+                json_answer(ref("Suppression"), "It was listed: reason, source, expiry replaced"),
+                _op(
+                    "Put an address on a site's suppression list: RCPT refuses it (550 5.1.1), "
+                    "the send API leaves it out, queued mail to it fails. 201 for a new entry; "
+                    "200 when it was listed (reason, source and expiry replaced)",
+                    json_answer(ref("Suppression"), "Created"),
+                    "201",
+                    body=obj(
+                        {
+                            "site": {"type": "string", "description": "an existing site's id"},
+                            "address": {"type": "string", "description": "stored in lower case"},
+                            "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                            "source": {
+                                "type": "string",
+                                "enum": list(SOURCES),
+                                "description": "default `manual`",
+                            },
+                            "expires_at": {
+                                "type": ["string", "number", "null"],
+                                "description": "ISO 8601 (UTC when no offset) or UNIX seconds; "
+                                "absent or null: never",
+                            },
+                        },
+                        ["site", "address", "reason"],
+                    ),
+                ),
+            ),
+        },
+        "/api/v1/suppressions/{site}/{address}": {
+            "delete": _op(
+                "Take an address off a site's suppression list (404 when it is not on it)",
+                None,
+                "204",
+                params=[path_parameter("site"), path_parameter("address")],
             )
         },
         "/api/v1/messages": {

@@ -243,7 +243,10 @@ def _send() -> Schema:
         },
         "responses": {
             "202": {
-                **json_answer(ref("Queued"), "Stored: it will be delivered"),
+                **json_answer(
+                    ref("Sent"),
+                    "Stored: it will be delivered (not to the recipients in `suppressed`)",
+                ),
                 "headers": {
                     "Idempotent-Replayed": {
                         "description": "`true`: the first answer to this Idempotency-Key, "
@@ -260,7 +263,8 @@ def _send() -> Schema:
             "415": _error("Not application/json or multipart/form-data"),
             "422": _error(
                 "The request has problems (each in `problems`), the relay refused the "
-                "message, or the Idempotency-Key was used with another request"
+                "message, the Idempotency-Key was used with another request, or every "
+                "recipient is on the site's suppression list (code `suppressed`)"
             ),
             "429": _later(
                 "The site is over a limit, or this address failed to authenticate too often"
@@ -327,6 +331,19 @@ def _schemas() -> dict[str, Schema]:
                 "id": {"type": "string", "pattern": "^[0-9a-z]{26}$"},
                 "status": {"type": "string", "const": "queued"},
             }
+        ),
+        "Sent": obj(
+            {
+                "id": {"type": "string", "pattern": "^[0-9a-z]{26}$"},
+                "status": {"type": "string", "const": "queued"},
+                "suppressed": {
+                    "type": "array",
+                    "description": "Only when some recipients are on the site's suppression "
+                    "list: they were left out of the envelope",
+                    "items": obj({"address": {"type": "string"}, "reason": {"type": "string"}}),
+                },
+            },
+            ["id", "status"],
         ),
         "FormPost": {
             "type": "object",

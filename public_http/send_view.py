@@ -9,7 +9,9 @@ the listener's cap (aiohttp's ``client_max_size`` covers only bodies read
 whole). Answers use the admin API's error envelope: 400 malformed, 401 (with
 ``WWW-Authenticate: Bearer``) no, unknown or expired key, 404 another site's
 or an unknown message, 409 the same Idempotency-Key in flight, 413, 415, 422
-with ``problems``, 429 with ``Retry-After``.
+with ``problems`` (code ``suppressed`` when every recipient is on the site's
+suppression list), 429 with ``Retry-After``. A 202 lists the recipients left
+out as suppressed, when there are any.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from relay.core.model import ApiKey, Site
 from relay.core.send_request import Upload
 from relay.queue_database import MessageDetail
 from relay.send_controller import (
+    AllSuppressed,
     IdempotencyKey,
     Invalid,
     SendController,
     SendResult,
+    Sent,
     Throttled,
     Unauthorized,
+    sent_body,
 )
 
 # The listener's client_max_size (public_http/app.py), which a multipart body read part by
@@ -104,6 +109,18 @@ async def _caller(
 
 
 def _answer(result: SendResult) -> web.Response:
+    if isinstance(result, Sent):
+        return web.json_response(sent_body(result.message_id, result.suppressed), status=202)
+    if isinstance(result, AllSuppressed):
+        return error_response(
+            422,
+            "suppressed",
+            "every recipient is on the site's suppression list; nothing was sent",
+            [
+                f"{address}: recipient is suppressed for this site ({reason})"
+                for address, reason in result.suppressed.items()
+            ],
+        )
     if isinstance(result, Invalid):
         return error_response(422, "invalid", "the request has problems", result.problems)
     if isinstance(result, idempotency.Replay):

@@ -130,7 +130,7 @@ def _parse(body: Mapping[str, Any], now: float) -> tuple[str, float | None]:
     name = body.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         problems.append("api_key.name: use letters, digits, '.', '_' or '-' (at most 64)")
-    expires_at = _moment(body.get("expires_at"))
+    expires_at = parse_moment(body.get("expires_at"))
     if isinstance(expires_at, str):
         problems.append(f"api_key.expires_at: {expires_at}")
     elif expires_at is not None and expires_at <= now:
@@ -141,7 +141,7 @@ def _parse(body: Mapping[str, Any], now: float) -> tuple[str, float | None]:
     return name, expires_at
 
 
-def _moment(value: object) -> float | str | None:
+def parse_moment(value: object) -> float | str | None:
     """Unix seconds from a number or an ISO 8601 time (UTC without an offset); else a problem."""
     problem = "an ISO 8601 time such as 2027-06-30T00:00:00Z, or Unix seconds"
     if value is None:

@@ -79,6 +79,7 @@ from relay.send_controller import SendController
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
+from relay.suppression_controller import SuppressionController
 from relay.template_controller import TemplateController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
@@ -154,6 +155,7 @@ class RelayApp:
         self.auth = AuthController(
             self.directory, config.limits, self.metrics, self.writer, clock=clock
         )
+        self.suppressions = SuppressionController(self.writer, self.directory, clock)
         self.ingress = IngressController(
             self.writer,
             self.directory,
@@ -164,6 +166,7 @@ class RelayApp:
             delivery=self.delivery,
             class_header=config.routing.class_header,
             clock=clock,
+            suppressions=self.suppressions,
         )
         try:
             secret = load_or_create_key(config.server.secret_key_file)
@@ -208,6 +211,7 @@ class RelayApp:
             config.routing.class_header,
             self.metrics,
             clock,
+            suppressions=self.suppressions,
         )
         self.probes = ProbeController(
             self.health,
@@ -339,6 +343,7 @@ class RelayApp:
             self._clock,
             templates=self.templates,
             api_keys=self.api_keys,
+            suppressions=self.suppressions,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)

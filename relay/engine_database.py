@@ -45,14 +45,20 @@ async def save_circuits(
 
 @dataclass(frozen=True)
 class Suppression:
+    """An entry the engine writes for its site's list: a hard bounce's by default (a
+    provider's complaint says so in ``source``). relay/suppression_database.py has the rest."""
+
     site_id: str
     address: str
     reason: str
     message_id: str | None
     created_at: float
+    source: str = "bounce"  # bounce | complaint | manual | provider | unsubscribe
+    expires_at: float | None = None  # None: for good
 
 
 def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> None:
+    """New entries, or ones that were there (any source) replaced: a hard bounce is for good."""
     rows = [
         {
             "site_id": e.site_id,
@@ -60,6 +66,8 @@ def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> 
             "reason": e.reason,
             "message_id": e.message_id,
             "created_at": e.created_at,
+            "source": e.source,
+            "expires_at": e.expires_at,
         }
         for e in entries
     ]
@@ -67,9 +75,10 @@ def add_suppressions(connection: Connection, entries: Sequence[Suppression]) -> 
 
 
 def suppressed(
-    connection: Connection, pairs: Iterable[tuple[str, str]]
+    connection: Connection, pairs: Iterable[tuple[str, str]], now: float
 ) -> dict[tuple[str, str], str]:
-    """Which (site id, address) pairs are suppressed, keyed in lower case, with the reason."""
+    """Which (site id, address) pairs are suppressed at ``now``, keyed in lower case, with
+    the reason. An entry whose ``expires_at`` has come suppresses no more."""
     wanted = {(site, address.lower()) for site, address in pairs}
     if not wanted:
         return {}
@@ -78,6 +87,7 @@ def suppressed(
         {
             "sites": sorted({site for site, _ in wanted}),
             "addresses": sorted({address for _, address in wanted}),
+            "now": now,
         },
     )
     return {(r.site_id, r.address): r.reason for r in rows if (r.site_id, r.address) in wanted}
@@ -90,34 +100,5 @@ _SUPPRESSED = sa.select(
 ).where(
     suppressions.c.site_id.in_(sa.bindparam("sites", expanding=True)),
     suppressions.c.address.in_(sa.bindparam("addresses", expanding=True)),
+    sa.or_(suppressions.c.expires_at.is_(None), suppressions.c.expires_at > sa.bindparam("now")),
 )
-
-
-async def list_suppressions(
-    connection: AsyncConnection, site_id: str, *, offset: int = 0, limit: int = 50
-) -> tuple[list[Suppression], int]:
-    """One page of a site's suppression list (newest first) and the total: for the admin API."""
-    where = suppressions.c.site_id == site_id
-    total = await connection.scalar(
-        sa.select(sa.func.count()).select_from(suppressions).where(where)
-    )
-    rows = await connection.execute(
-        sa.select(suppressions)
-        .where(where)
-        .order_by(suppressions.c.created_at.desc(), suppressions.c.address)
-        .offset(offset)
-        .limit(limit)
-    )
-    entries = [
-        Suppression(r.site_id, r.address, r.reason, r.message_id, r.created_at) for r in rows
-    ]
-    return entries, int(total or 0)
-
-
-async def remove_suppression(connection: AsyncConnection, site_id: str, address: str) -> bool:
-    result = await connection.execute(
-        suppressions.delete().where(
-            suppressions.c.site_id == site_id, suppressions.c.address == address.lower()
-        )
-    )
-    return bool(result.rowcount)

@@ -25,6 +25,7 @@ from relay.core.ids import new_message_id
 from relay.core.model import NewMessage, Site, SmtpReply
 from relay.core.policy import (
     LOCAL_ERROR,
+    Accept,
     Reject,
     SessionFacts,
     TempFail,
@@ -43,6 +44,7 @@ from relay.idempotency_database import Answer
 from relay.metrics import Metrics
 from relay.queue_database import Admission, Admitted, admit_messages
 from relay.store import GroupWriter
+from relay.suppression_controller import SuppressionController
 from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,10 @@ class IngressController:
         delivery: Handover,
         class_header: str = "X-Relay-Class",
         clock: Callable[[], float] = time.time,
+        suppressions: SuppressionController | None = None,
     ) -> None:
         self._writer = writer
+        self._suppressions = suppressions
         self._usage = usage
         self._class_header = class_header
         self._directory = directory
@@ -156,8 +160,18 @@ class IngressController:
             self._usage.settle(claim, admitted.verdict)
         self._delivery.hand_over(message, admitted.stored, admitted.suppressed)
 
-    def add_recipient(self, address: str, accepted_so_far: int) -> Verdict:
-        return check_recipient(address, accepted_so_far, self._limits.max_recipients)
+    async def add_recipient(self, site: Site, address: str, accepted_so_far: int) -> Verdict:
+        """RCPT TO: syntax and count, then the site's suppression list (a store lookup)."""
+        verdict = check_recipient(address, accepted_so_far, self._limits.max_recipients)
+        if not isinstance(verdict, Accept) or self._suppressions is None:
+            return verdict
+        refused = await self._suppressions.check(site.id, address)
+        if refused is None:
+            return verdict
+        if isinstance(refused, Reject):
+            self._metrics.suppressed_recipients.labels(site.id, "smtp").inc()
+            log.info("site %s rcpt %s: refused, suppressed", site.id, address)
+        return refused
 
     async def accept(
         self, submission: Submission, answer: Callable[[str], Answer] | None = None

@@ -155,6 +155,12 @@ class Metrics:
             ["site"],
             registry=self.registry,
         )
+        self.suppressed_recipients = Counter(
+            "relay_suppressed_recipients_total",
+            "Recipients refused at RCPT or by the send API: on the site's suppression list.",
+            ["site", "via"],
+            registry=self.registry,
+        )
 
         self.domain_check_state = Gauge(
             "relay_domain_check_state",

@@ -101,7 +101,11 @@ def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[A
     )
     record_answers(connection, [a.answer for a in stored if a.answer is not None])
     leased = [a.message for a in stored if a.message.lease is not None]
-    listed = suppressed(connection, ((m.site_id, r) for m in leased for r in m.recipients))
+    listed = suppressed(
+        connection,
+        ((m.site_id, r) for m in leased for r in m.recipients),
+        max((m.created_at for m in leased), default=0.0),
+    )
     if not listed:
         return results
     return [
@@ -239,7 +243,9 @@ def claim_due(
         )
     ).all()
     pending = _pending_recipients(connection, ids)
-    listed = suppressed(connection, ((r.site_id, a) for r in rows for a in pending.get(r.id, ())))
+    listed = suppressed(
+        connection, ((r.site_id, a) for r in rows for a in pending.get(r.id, ())), now
+    )
     return [
         QueuedMessage(
             id=row.id,

@@ -187,6 +187,7 @@ class Housekeeping:
             ("form_nonces", now),
             ("idempotency_keys", now),
             ("auth_failures", now - self._auth_window),
+            ("suppressions", now),
         ):
             while True:
                 count = await self._batch(

@@ -35,6 +35,7 @@ from relay.tables import (
     messages,
     recipients,
     stats_rollups,
+    suppressions,
 )
 
 HOUSEKEEPING = "housekeeping"
@@ -277,6 +278,8 @@ EXPIRING = {
     "form_nonces": Expiring(form_nonces, "expires_at", ("nonce",)),
     "idempotency_keys": Expiring(idempotency_keys, "expires_at", ("site_id", "key")),
     "auth_failures": Expiring(auth_failures, "at", ("id",)),
+    # Soft suppressions past their ``expires_at`` (they already suppress no more).
+    "suppressions": Expiring(suppressions, "expires_at", ("site_id", "address")),
 }
 
 

@@ -27,9 +27,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from relay import api_key_database, idempotency_database
 from relay.config import LimitsConfig
@@ -37,7 +38,7 @@ from relay.core import idempotency
 from relay.core.compose import Composed, Rendered, compose
 from relay.core.directory import Directory
 from relay.core.model import ApiKey, Site
-from relay.core.policy import Reject, TempFail
+from relay.core.policy import LOCAL_ERROR, Reject, TempFail
 from relay.core.send_request import SendRequest, Upload, parse_send_request
 from relay.core.throttle import FailureThrottle, client_network
 from relay.core.tokens import hash_token
@@ -45,6 +46,7 @@ from relay.ingress_controller import IngressController, Queued
 from relay.metrics import Metrics
 from relay.queue_database import MessageDetail, load_message
 from relay.store import GroupWriter
+from relay.suppression_controller import SuppressionController
 from relay.template_controller import render_off_loop
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,30 @@ class Invalid:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """Stored (202); ``suppressed``: the recipients (as given) left out, being on the site's
+    suppression list, with the reasons."""
+
+    message_id: str
+    suppressed: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AllSuppressed:
+    """Every recipient is on the site's suppression list: nothing stored (422)."""
+
+    suppressed: dict[str, str]
+
+
+@dataclass(frozen=True)
 class IdempotencyKey:
     key: str
     body_hash: str  # relay/core/idempotency.py json_digest or multipart_digest
 
 
 SendResult = (
-    Queued
+    Sent
+    | AllSuppressed
     | Reject
     | TempFail
     | Invalid
@@ -98,8 +117,10 @@ class SendController:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        suppressions: SuppressionController | None = None,
     ) -> None:
         self._writer = writer
+        self._suppressions = suppressions
         self._ingress = ingress
         self._directory = directory
         self._limits = limits
@@ -190,14 +211,13 @@ class SendController:
             claim = await self._claim(site, idempotency_key)
             if not isinstance(claim, idempotency.Claimed):
                 return claim
-        answer = partial(_answer, site, idempotency_key) if idempotency_key is not None else None
         try:
-            result = await self._accept(key, site, request, rendered, client_ip, answer)
+            result = await self._accept(key, site, request, rendered, client_ip, idempotency_key)
         except Exception:
             if idempotency_key is not None:
                 await self._release(site, idempotency_key)
             raise
-        if idempotency_key is not None and not isinstance(result, Queued):
+        if idempotency_key is not None and not isinstance(result, Sent):
             await self._release(site, idempotency_key)
         return result
 
@@ -220,8 +240,8 @@ class SendController:
         request: SendRequest,
         rendered: Rendered | None,
         client_ip: str,
-        answer: Callable[[str], idempotency_database.Answer] | None,
-    ) -> Queued | Reject | TempFail:
+        idempotency_key: IdempotencyKey | None,
+    ) -> Sent | AllSuppressed | Reject | TempFail:
         if request.message_class is not None:
             # The ingress reads the class from this header (and removes it), as for SMTP.
             name = self._class_header.lower()
@@ -238,9 +258,38 @@ class SendController:
         )
         size = sum(len(a.content) for a in request.attachments)
         composed: Composed = build() if size <= _ON_LOOP_BYTES else await asyncio.to_thread(build)
-        return await self._ingress.accept_composed(
+        suppressed = await self._suppressed(site, composed.recipients)
+        if isinstance(suppressed, TempFail):
+            return suppressed
+        if suppressed:
+            kept = tuple(r for r in composed.recipients if r not in suppressed)
+            if not kept:
+                return AllSuppressed(suppressed)
+            composed = replace(composed, recipients=kept)
+        answer = (
+            partial(_answer, site, idempotency_key, suppressed)
+            if idempotency_key is not None
+            else None
+        )
+        result = await self._ingress.accept_composed(
             site, composed, client_ip, via="api", username=f"api-key:{key.name}", answer=answer
         )
+        return Sent(result.message_id, suppressed) if isinstance(result, Queued) else result
+
+    async def _suppressed(self, site: Site, recipients: Sequence[str]) -> dict[str, str] | TempFail:
+        """The envelope's recipients on the site's suppression list. They are left out of the
+        envelope, as SMTP's RCPT refuses them; one listed between this read and the store
+        still fails at delivery (the store's check, ``queue_database.admit_messages``)."""
+        if self._suppressions is None:
+            return {}
+        try:
+            found = await self._suppressions.reasons(site.id, recipients)
+        except Exception as error:
+            log.warning("site %s: suppression check failed: %s", site.id, type(error).__name__)
+            return LOCAL_ERROR
+        if found:
+            self._metrics.suppressed_recipients.labels(site.id, "api").inc(len(found))
+        return found
 
     # -- Idempotency-Key
 
@@ -283,8 +332,18 @@ class SendController:
         return detail if detail is not None and detail.site_id == site.id else None
 
 
-def _answer(site: Site, key: IdempotencyKey, message_id: str) -> idempotency_database.Answer:
+def sent_body(message_id: str, suppressed: Mapping[str, str]) -> dict[str, Any]:
+    """The 202's JSON; ``suppressed`` only when some recipient was left out."""
+    body: dict[str, Any] = {"id": message_id, "status": "queued"}
+    if suppressed:
+        body["suppressed"] = [{"address": a, "reason": r} for a, r in suppressed.items()]
+    return body
+
+
+def _answer(
+    site: Site, key: IdempotencyKey, suppressed: Mapping[str, str], message_id: str
+) -> idempotency_database.Answer:
     """What a repeat of the request gets: the 202 the send view answers for ``message_id``."""
-    body = {"id": message_id, "status": "queued"}
+    body = sent_body(message_id, suppressed)
     answer = idempotency.stored_answer(202, body)
     return idempotency_database.Answer(site.id, key.key, message_id, answer)

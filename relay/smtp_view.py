@@ -167,7 +167,8 @@ class SmtpHandler:
     async def handle_RCPT(
         self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        verdict = self._ingress.add_recipient(address, len(envelope.rcpt_tos))
+        assert isinstance(envelope, RelayEnvelope) and envelope.site is not None
+        verdict = await self._ingress.add_recipient(envelope.site, address, len(envelope.rcpt_tos))
         if not isinstance(verdict, Accept):
             return self._refuse("rcpt", verdict.reply)
         envelope.rcpt_tos.append(address)

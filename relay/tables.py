@@ -108,7 +108,8 @@ usage_counters = sa.Table(
     sa.Column("count", sa.Integer, nullable=False),
 )
 
-# Addresses that hard-bounced, per site: new mail to them fails without an attempt.
+# Addresses a site no longer sends to (hard bounces, complaints, the admin API's), lower case:
+# RCPT and the send API refuse them, and queued mail to them fails without an attempt.
 suppressions = sa.Table(
     "suppressions",
     metadata,
@@ -117,6 +118,13 @@ suppressions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("message_id", sa.String(32)),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Migration 0009: bounce | complaint | manual | provider | unsubscribe; a soft entry's
+    # end (it no longer suppresses from then on, and housekeeping deletes it).
+    sa.Column("source", sa.String(16), nullable=False, server_default="bounce"),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Index("ix_suppressions_created", "created_at", "site_id", "address"),
+    sa.Index("ix_suppressions_site_created", "site_id", "created_at", "address"),
+    sa.Index("ix_suppressions_expires_at", "expires_at"),
 )
 
 # Objects created through the admin API live here, as the JSON they were given; objects

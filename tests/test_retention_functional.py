@@ -50,6 +50,7 @@ KINDS = (
     "form_nonces",
     "idempotency_keys",
     "auth_failures",
+    "suppressions",
 )
 BUSY = "451 4.2.1 mailbox busy, try later"
 

@@ -20,13 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relay.core.health import Circuit, CircuitState
 from relay.core.model import MessageStatus, NewMessage, QueuedMessage, RecipientStatus
 from relay.core.quota import Claim, Granted, OverLimit, Scope, Window
-from relay.engine_database import (
-    Suppression,
-    list_suppressions,
-    load_circuits,
-    remove_suppression,
-    save_circuits,
-)
+from relay.engine_database import Suppression, load_circuits, save_circuits
 from relay.queue_database import (
     DeliveryRecord,
     RecipientState,
@@ -39,6 +33,7 @@ from relay.queue_database import (
     release_stale_leases,
 )
 from relay.store import create_engine, migrate
+from relay.suppression_database import Search, list_entries, remove_entry
 from relay.tables import messages
 from relay.usage_database import claim_usage, give_back, load_usage
 from tests.postgres import throwaway_database
@@ -100,10 +95,11 @@ async def test_queue_round_trip(engine: AsyncEngine) -> None:
     async with engine.connect() as c:
         detail = await load_message(c, "m1")
         stats = await queue_stats(c)
-        entries, total = await list_suppressions(c, "shop")
+        entries, total = await list_entries(c, Search("shop"))
     assert detail is not None and detail.status is MessageStatus.PARTIAL
     assert (stats.depth, stats.held) == (0, 1)
     assert total == 1 and entries[0].address == "gone@example.org"
+    assert (entries[0].source, entries[0].expires_at) == ("bounce", None)
 
     # Suppressed recipients come with the next claim, whatever their case.
     async with engine.begin() as c:
@@ -111,7 +107,7 @@ async def test_queue_round_trip(engine: AsyncEngine) -> None:
         [again] = await c.run_sync(claim, now)
     assert again.suppressed.keys() == {"gone@example.org"}
     async with engine.begin() as c:
-        assert await remove_suppression(c, "shop", "GONE@example.org")
+        assert await remove_entry(c, "shop", "GONE@example.org") is not None
 
 
 async def test_counters_and_circuits_upsert(engine: AsyncEngine) -> None:

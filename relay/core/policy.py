@@ -128,6 +128,23 @@ def check_recipient(address: str, accepted_so_far: int, max_recipients: int) -> 
     return ACCEPT
 
 
+SUPPRESSION_LOOKUP_FAILED = TempFail(
+    SmtpReply(451, "4.3.0 Recipient could not be checked; try again later")
+)
+_MAX_REASON_CHARS = 200  # a reply line is at most 512 octets (RFC 5321 4.5.3.1.5)
+
+
+def suppressed_recipient(address: str, reason: str) -> Reject:
+    """RCPT of an address on the site's suppression list. 550 with 5.1.1 (RFC 3463: bad
+    destination mailbox), as the hard bounce that usually put it there said."""
+    why = " ".join(_shown(reason).split())
+    if len(why) > _MAX_REASON_CHARS:
+        why = why[: _MAX_REASON_CHARS - 3] + "..."
+    return Reject(
+        SmtpReply(550, f"5.1.1 <{_shown(address)}>: recipient is suppressed for this site ({why})")
+    )
+
+
 def _shown(address: str) -> str:
     """An address as a reply may quote it: replies are printable ASCII (RFC 5321 4.2)."""
     return re.sub(r"[^\x20-\x7e]", "?", address)

@@ -1,0 +1,174 @@
+"""The suppression list's use cases: list, add and remove (admin API), and the checks of
+RCPT and of the send API.
+
+Every check asks the store: one primary-key lookup per RCPT, no cache, so an
+entry added or removed through any node counts at once on every node. A
+check that fails or takes over ``LOOKUP_SECONDS`` is a temporary failure
+(451), never a 5xx. Admin changes are written with their audit entry in one
+transaction. Adding an address that is already listed replaces its reason,
+source and expiry (200); a new entry answers 201.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay import catalog_database
+from relay import suppression_database as db
+from relay.api_key_controller import parse_moment
+from relay.catalog_controller import Invalid, NotFound
+from relay.core.addresses import control_character, is_address
+from relay.core.directory import Directory
+from relay.core.policy import SUPPRESSION_LOOKUP_FAILED, Reject, TempFail, suppressed_recipient
+from relay.store import GroupWriter
+
+log = logging.getLogger(__name__)
+SOURCES = ("bounce", "complaint", "manual", "provider", "unsubscribe")
+LOOKUP_SECONDS = 5.0  # a RCPT's check: past this the client is told to try again (451)
+MAX_REASON_CHARS = 500
+_KEYS = ("site", "address", "reason", "source", "expires_at")
+
+
+@dataclass(frozen=True)
+class Added:
+    entry: db.Entry
+    created: bool  # False: the address was listed; its reason, source and expiry replaced
+
+
+class SuppressionController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        directory: Callable[[], Directory],
+        clock: Callable[[], float],
+        lookup_seconds: float = LOOKUP_SECONDS,
+    ) -> None:
+        self._writer = writer
+        self._directory = directory
+        self._clock = clock
+        self._lookup_seconds = lookup_seconds
+
+    # -- the admin API
+
+    async def list(self, search: db.Search) -> tuple[list[db.Entry], int]:
+        async with self._writer.engine.connect() as connection:
+            return await db.list_entries(connection, search)
+
+    async def add(self, actor: str, body: Mapping[str, Any]) -> Added:
+        now = self._clock()
+        entry = self._parse(body, now)
+
+        async def write(c: AsyncConnection) -> Added:
+            before = await db.put_entry(c, entry)
+            action = "create" if before is None else "update"
+            detail = {
+                "reason": entry.reason,
+                "source": entry.source,
+                "expires_at": entry.expires_at,
+            }
+            await self._audit(c, actor, action, entry, detail)
+            if before is None:
+                return Added(entry, True)
+            kept = replace(entry, created_at=before.created_at, message_id=before.message_id)
+            return Added(kept, False)
+
+        added = await self._writer.write(write)
+        log.info(
+            "suppression %s/%s: %s by %s (%s)",
+            entry.site_id,
+            entry.address,
+            "added" if added.created else "replaced",
+            actor,
+            entry.source,
+        )
+        return added
+
+    async def delete(self, actor: str, site_id: str, address: str) -> None:
+        async def write(c: AsyncConnection) -> None:
+            before = await db.remove_entry(c, site_id, address)
+            if before is None:
+                raise NotFound(f"site {site_id!r} has no suppression for {address.lower()!r}")
+            detail = {"reason": before.reason, "source": before.source}
+            await self._audit(c, actor, "delete", before, detail)
+
+        await self._writer.write(write)
+        log.info("suppression %s/%s: removed by %s", site_id, address.lower(), actor)
+
+    # -- the checks of the ingress
+
+    async def check(self, site_id: str, address: str) -> Reject | TempFail | None:
+        """RCPT: the refusal of a suppressed recipient, a 451 when the store did not say in
+        time, or None (send)."""
+        try:
+            async with asyncio.timeout(self._lookup_seconds):
+                reason = await self._writer.read_now(
+                    partial(db.reason_for, site_id=site_id, address=address, now=self._clock())
+                )
+        except Exception as error:  # the store is away or slow: the client tries again
+            log.warning("site %s: suppression check failed: %s", site_id, type(error).__name__)
+            return SUPPRESSION_LOOKUP_FAILED
+        return None if reason is None else suppressed_recipient(address, reason)
+
+    async def reasons(self, site_id: str, addresses: Sequence[str]) -> dict[str, str]:
+        """The send API: which of ``addresses`` (as given) are suppressed, with the reasons.
+        Raises when the store fails (the request is answered 503)."""
+        async with asyncio.timeout(self._lookup_seconds):
+            found = await self._writer.read_now(
+                partial(db.reasons_for, site_id=site_id, addresses=addresses, now=self._clock())
+            )
+        return {a: found[a.lower()] for a in addresses if a.lower() in found}
+
+    # -- helpers
+
+    def _parse(self, body: Mapping[str, Any], now: float) -> db.Entry:
+        """The entry of a POST body, or Invalid with every problem."""
+        problems = [f"suppression.{k}: unknown key" for k in body if k not in _KEYS]
+        site = body.get("site")
+        if not isinstance(site, str) or not site:
+            problems.append("suppression.site: required, a site id")
+        elif self._directory().site(site) is None:
+            problems.append(f"suppression.site: no site {site[:64]!r}")
+        address = body.get("address")
+        if not isinstance(address, str) or not is_address(address):
+            problems.append("suppression.address: required, an email address")
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            problems.append("suppression.reason: required, a text")
+        elif len(reason) > MAX_REASON_CHARS or control_character(reason):
+            problems.append(
+                f"suppression.reason: at most {MAX_REASON_CHARS} characters, no control characters"
+            )
+        source = body.get("source", "manual")
+        if source not in SOURCES:
+            problems.append(f"suppression.source: one of {', '.join(SOURCES)}")
+        expires_at = parse_moment(body.get("expires_at"))
+        if isinstance(expires_at, str):
+            problems.append(f"suppression.expires_at: {expires_at}")
+        elif expires_at is not None and expires_at <= now:
+            problems.append("suppression.expires_at: must be in the future")
+        if problems:
+            raise Invalid(problems)
+        assert isinstance(site, str) and isinstance(address, str) and isinstance(reason, str)
+        assert isinstance(source, str) and not isinstance(expires_at, str)
+        return db.Entry(site, address.lower(), reason.strip(), source, None, now, expires_at)
+
+    async def _audit(
+        self,
+        c: AsyncConnection,
+        actor: str,
+        action: str,
+        entry: db.Entry,
+        detail: dict[str, Any],
+    ) -> None:
+        target = f"{entry.site_id}/{entry.address}"
+        audit = catalog_database.AuditEntry(
+            self._clock(), actor, action, "suppression", target, detail
+        )
+        await catalog_database.add_audit(c, audit)
