@@ -156,6 +156,7 @@ class RelayApp:
             self.directory, config.limits, self.metrics, self.writer, clock=clock
         )
         self.suppressions = SuppressionController(self.writer, self.directory, clock)
+        self.events.subscribe(self.suppressions.on_event)
         self.ingress = IngressController(
             self.writer,
             self.directory,

@@ -1,18 +1,27 @@
 """The suppression list's use cases: list, add and remove (admin API), and the checks of
 RCPT and of the send API.
 
-Every check asks the store: one primary-key lookup per RCPT, no cache, so an
-entry added or removed through any node counts at once on every node. A
-check that fails or takes over ``LOOKUP_SECONDS`` is a temporary failure
-(451), never a 5xx. Admin changes are written with their audit entry in one
-transaction. Adding an address that is already listed replaces its reason,
-source and expiry (200); a new entry answers 201.
+A RCPT of a site that has entries asks the store: one primary-key lookup, no
+cache, so an entry added or removed through any node counts at once on
+every node. Which sites have entries at all is read again at most every
+``SITES_SECONDS`` (and at once here when this process adds one, through the
+API or a bounce): a lookup
+under load cost about 0.15 ms of CPU per message (the read releases the GIL
+on the event loop), and most sites have no entries. So a site's very first
+entry reaches the RCPT of other processes within that time; meanwhile the
+store's check when the message is accepted, which is exact, fails that
+recipient without an attempt. A check that fails or takes over
+``LOOKUP_SECONDS`` is a temporary failure (451), never a 5xx. Admin changes
+are written with their audit entry in one transaction. Adding an address
+that is already listed replaces its reason, source and expiry (200); a new
+entry answers 201.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,11 +36,13 @@ from relay.catalog_controller import Invalid, NotFound
 from relay.core.addresses import control_character, is_address
 from relay.core.directory import Directory
 from relay.core.policy import SUPPRESSION_LOOKUP_FAILED, Reject, TempFail, suppressed_recipient
+from relay.queue_database import DeliveryRecord
 from relay.store import GroupWriter
 
 log = logging.getLogger(__name__)
 SOURCES = ("bounce", "complaint", "manual", "provider", "unsubscribe")
 LOOKUP_SECONDS = 5.0  # a RCPT's check: past this the client is told to try again (451)
+SITES_SECONDS = 1.0  # how old the list of sites with entries may be
 MAX_REASON_CHARS = 500
 _KEYS = ("site", "address", "reason", "source", "expires_at")
 
@@ -54,6 +65,8 @@ class SuppressionController:
         self._directory = directory
         self._clock = clock
         self._lookup_seconds = lookup_seconds
+        self._listed: set[str] | None = None  # sites with entries, as last read
+        self._listed_at = float("-inf")  # time.monotonic() of that read
 
     # -- the admin API
 
@@ -80,6 +93,7 @@ class SuppressionController:
             return Added(kept, False)
 
         added = await self._writer.write(write)
+        self._note_listed(entry.site_id)
         log.info(
             "suppression %s/%s: %s by %s (%s)",
             entry.site_id,
@@ -108,6 +122,8 @@ class SuppressionController:
         time, or None (send)."""
         try:
             async with asyncio.timeout(self._lookup_seconds):
+                if site_id not in await self._sites_with_entries():
+                    return None
                 reason = await self._writer.read_now(
                     partial(db.reason_for, site_id=site_id, address=address, now=self._clock())
                 )
@@ -124,6 +140,23 @@ class SuppressionController:
                 partial(db.reasons_for, site_id=site_id, addresses=addresses, now=self._clock())
             )
         return {a: found[a.lower()] for a in addresses if a.lower() in found}
+
+    def on_event(self, event: object) -> None:
+        """The relay's events: a delivery that put recipients on the list (a hard bounce)."""
+        if isinstance(event, DeliveryRecord):
+            for entry in event.suppress:
+                self._note_listed(entry.site_id)
+
+    def _note_listed(self, site_id: str) -> None:
+        if self._listed is not None:
+            self._listed.add(site_id)
+
+    async def _sites_with_entries(self) -> set[str]:
+        now = time.monotonic()
+        if self._listed is None or now - self._listed_at >= SITES_SECONDS:
+            self._listed = set(await self._writer.read_now(db.listed_sites))
+            self._listed_at = now
+        return self._listed
 
     # -- helpers
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from sqlalchemy import Connection
 from admin_http.schemas import iso
 from relay import store, suppression_database
 from relay.core.tokens import hash_token
+from relay.suppression_controller import SITES_SECONDS
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, Sink, base_config, smtp_upstream
 from tests.test_admin_messages_functional import TOKEN, Admin, mail, poll, with_admin
 from tests.two_nodes import start_node, store_url
@@ -313,8 +315,8 @@ async def test_a_hard_bounce_adds_an_entry_that_rcpt_then_refuses(world: World) 
 async def test_a_change_on_one_node_counts_at_once_on_another(
     tmp_path: Path, world: World, start_node: Any, cert_files: Any
 ) -> None:
-    """No cache: node B's RCPT reads the store, so A's change counts there at once (no
-    ``cluster.sync_seconds`` to wait). B is a second relay on the world's store."""
+    """For a site with entries node B's RCPT reads the store, so A's change counts there at
+    once (no ``cluster.sync_seconds`` to wait). B is a second relay on the world's store."""
     b = await start_node("b", relay_config(tmp_path, world.sink, cert_files))
     await world.add(site="shop", address="alice@example.org", reason="asked us to stop")
     client = await session(world, b.listeners.ports[0])
@@ -400,3 +402,22 @@ async def test_migration_0009_makes_the_rows_before_it_bounces_and_goes_back(
             ]
     finally:
         await engine.dispose()
+
+
+async def test_a_sites_first_entry_reaches_another_nodes_rcpt_within_a_second(
+    tmp_path: Path, world: World, start_node: Any, cert_files: Any
+) -> None:
+    """B has read that the site has no entries; A adds its first: B's RCPT refuses it once
+    B reads the list of sites with entries again (at most SITES_SECONDS later)."""
+    b = await start_node("b", relay_config(tmp_path, world.sink, cert_files))
+    client = await session(world, b.listeners.ports[0])
+    try:
+        await client.mail(SENDER)
+        assert (await rcpt(client, "carol@example.org")).code == 250  # B reads: no entries
+        await world.add(site="shop", address="carol@example.org", reason="asked us to stop")
+        started = time.monotonic()
+        while (await rcpt(client, "carol@example.org")).code == 250:
+            assert time.monotonic() - started < SITES_SECONDS + 2, "never refused"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.quit()
