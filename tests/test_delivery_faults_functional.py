@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -20,6 +21,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -508,7 +510,13 @@ async def test_550_for_one_of_three_fails_it_notifies_the_sender_and_suppresses_
     notice_detail = await delivery_pass(relay, notice.id, FINAL)
     assert (notice_detail.status, notice_detail.envelope_sender) == (MessageStatus.SENT, "")
 
-    # The hard bounce is now on the site's suppression list: it fails with no attempt.
+    # The hard bounce is now on the site's suppression list: RCPT refuses the address...
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused, match="suppressed for this site"):
+        await submit(relay, [gone], message_to(gone))
+    # ...and mail a process accepted while its list of sites with entries was older than
+    # the bounce (another node, within a second) fails with no attempt.
+    suppressions = relay.app.suppressions
+    suppressions._listed, suppressions._listed_at = set(), time.monotonic()
     second_id = await submit(relay, [gone], message_to(gone))
 
     second = await delivery_pass(relay, second_id, FINAL)
