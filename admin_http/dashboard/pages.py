@@ -33,6 +33,7 @@ NAV = (
     ("domains", "Domains", "/domains"),
     ("messages", "Messages", "/messages"),
     ("queue", "Queue", "/queue"),
+    ("suppressions", "Suppressions", "/suppressions"),
     ("templates", "Templates", "/templates"),
     ("audit", "Audit", "/audit"),
 )

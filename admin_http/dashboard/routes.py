@@ -26,6 +26,7 @@ from admin_http.dashboard import (
     overview_view,
     queue_view,
     sites_view,
+    suppressions_view,
     templates_view,
     upstreams_view,
 )
@@ -127,4 +128,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/queue/{id}/delete", queue_view.confirm_delete)
     r.add_post("/queue/{id}/delete", queue_view.delete)
     r.add_post("/queue/{id}/{action:retry|hold|release}", queue_view.act)
+    r.add_get("/suppressions", suppressions_view.suppression_list)
+    r.add_post("/suppressions", suppressions_view.add_suppression)
+    r.add_post("/suppressions/remove", suppressions_view.remove_suppression)
     r.add_get("/audit", audit_view.audit)
