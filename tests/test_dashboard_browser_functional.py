@@ -1,9 +1,10 @@
 """The dashboard in a real browser (Debian's chromium through Playwright) over a real relay.
 
 An admin logs in with a token, opens every page that is built, tests an
-upstream and retries nothing by accident; every page loads with no console
-error (a CSP violation is one), no failed request and no script dialog, even
-with a message whose subject and From name are markup. Screenshots go to
+upstream, adds and removes a suppression and retries nothing by accident;
+every page loads with no console error (a CSP violation is one), no failed
+request and no script dialog, even with a message whose subject and From
+name are markup. Screenshots go to
 /tmp/dashboard-*.png for a person to look at.
 """
 
@@ -332,6 +333,40 @@ async def test_an_admin_logs_in_and_every_built_page_works(
     actions = await page.locator("tbody td:nth-child(3)").all_inner_texts()
     assert actions[:3] == ["delete", "release", "hold"], actions
     await watch.shot("audit")
+
+    await page.click(".sidebar a:text-is('Suppressions')")
+    await page.wait_for_url(base + "/suppressions")
+    # The hard bounce (550 5.1.1) put its recipient on the list already.
+    assert "nobody@example.org" in await page.locator("tbody").inner_text()
+    for address, reason, expires in (
+        ("gone@example.org", "<script>alert('reason')</script> hard bounce", ""),
+        ("Quiet@Example.org", "asked to be removed", "2099-06-30T12:00"),
+    ):
+        await page.select_option("#sup-site", "shop")
+        await page.fill("#sup-address", address)
+        await page.fill("#sup-reason", reason)
+        if expires:
+            await page.fill("#sup-expires", expires)
+        await page.click("button:text-is('Add')")
+        await page.wait_for_selector(".flash-ok")
+    rows = await page.locator("tbody tr").all_inner_texts()
+    addresses = [row.split()[1] for row in rows]
+    assert addresses == ["quiet@example.org", "gone@example.org", nobody], rows
+    assert "<script>alert('reason')</script> hard bounce" in rows[1]  # text, not markup
+    await watch.shot("suppressions")
+    await page.fill("#sup-address", "not an address")
+    await page.fill("#sup-reason", "x")
+    await page.click("button:text-is('Add')")
+    await page.wait_for_selector(".flash-error")
+    assert "an email address" in await page.locator(".flash-error").inner_text()
+    await page.fill("input[name=q]", "QUIET")
+    await page.click("button:text-is('Filter')")
+    await page.wait_for_url(base + "/suppressions?q=QUIET&site=")
+    assert await page.locator("tbody tr").count() == 1
+    await page.click("button:text-is('Remove')")
+    await page.wait_for_selector(".flash-ok")
+    assert await page.locator("tbody tr").count() == 0
+    watch.check("suppressions-removed")
 
     await page.click("text=Log out")
     await page.wait_for_url(base + "/login")
