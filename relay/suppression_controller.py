@@ -3,9 +3,9 @@ RCPT and of the send API.
 
 A RCPT of a site that has entries asks the store: one primary-key lookup, no
 cache, so an entry added or removed through any node counts at once on
-every node. Which sites have entries at all is read again at most every
-``SITES_SECONDS`` (and at once here when this process adds one, through the
-API or a bounce): a lookup
+every node. Whether a site has entries at all is asked again at most every
+``SITES_SECONDS`` (one index probe per site; at once here when this process
+adds one, through the API or a bounce): a lookup
 under load cost about 0.15 ms of CPU per message (the read releases the GIL
 on the event loop), and most sites have no entries. So a site's very first
 entry reaches the RCPT of other processes within that time; meanwhile the
@@ -42,7 +42,7 @@ from relay.store import GroupWriter
 log = logging.getLogger(__name__)
 SOURCES = ("bounce", "complaint", "manual", "provider", "unsubscribe")
 LOOKUP_SECONDS = 5.0  # a RCPT's check: past this the client is told to try again (451)
-SITES_SECONDS = 1.0  # how old the list of sites with entries may be
+SITES_SECONDS = 1.0  # how old "this site has (no) entries" may be
 MAX_REASON_CHARS = 500
 _KEYS = ("site", "address", "reason", "source", "expires_at")
 
@@ -65,8 +65,9 @@ class SuppressionController:
         self._directory = directory
         self._clock = clock
         self._lookup_seconds = lookup_seconds
-        self._listed: set[str] | None = None  # sites with entries, as last read
-        self._listed_at = float("-inf")  # time.monotonic() of that read
+        # site id -> (whether it has entries, time.monotonic() of that answer); the sites
+        # of the directory that reached a RCPT, so as many as there are sites.
+        self._has_entries: dict[str, tuple[bool, float]] = {}
 
     # -- the admin API
 
@@ -122,7 +123,7 @@ class SuppressionController:
         time, or None (send)."""
         try:
             async with asyncio.timeout(self._lookup_seconds):
-                if site_id not in await self._sites_with_entries():
+                if not await self._site_has_entries(site_id):
                     return None
                 reason = await self._writer.read_now(
                     partial(db.reason_for, site_id=site_id, address=address, now=self._clock())
@@ -148,15 +149,15 @@ class SuppressionController:
                 self._note_listed(entry.site_id)
 
     def _note_listed(self, site_id: str) -> None:
-        if self._listed is not None:
-            self._listed.add(site_id)
+        self._has_entries[site_id] = (True, time.monotonic())
 
-    async def _sites_with_entries(self) -> set[str]:
+    async def _site_has_entries(self, site_id: str) -> bool:
         now = time.monotonic()
-        if self._listed is None or now - self._listed_at >= SITES_SECONDS:
-            self._listed = set(await self._writer.read_now(db.listed_sites))
-            self._listed_at = now
-        return self._listed
+        known = self._has_entries.get(site_id)
+        if known is None or now - known[1] >= SITES_SECONDS:
+            found = await self._writer.read_now(partial(db.has_entries, site_id=site_id))
+            known = self._has_entries[site_id] = (found, now)
+        return known[0]
 
     # -- helpers
 

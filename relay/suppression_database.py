@@ -171,19 +171,11 @@ def _entry(row: sa.Row[Any]) -> Entry:
     )
 
 
-def listed_sites(connection: Connection) -> list[str]:
-    """The sites with at least one entry: one primary-key probe per site (a skip scan),
-    never a read of the whole table."""
-    found: list[str] = []
-    while len(found) < _MOST_SITES:
-        after = connection.scalar(_NEXT_SITE, {"after": found[-1] if found else ""})
-        if after is None:
-            break
-        found.append(str(after))
-    return found
+def has_entries(connection: Connection, site_id: str) -> bool:
+    """Whether the site has any entry: one probe of the primary key's index."""
+    return connection.scalar(_HAS_ENTRIES, {"site_id": site_id}) is not None
 
 
-_MOST_SITES = 100_000
-_NEXT_SITE = sa.select(sa.func.min(suppressions.c.site_id)).where(
-    suppressions.c.site_id > sa.bindparam("after")
+_HAS_ENTRIES = (
+    sa.select(sa.literal(1)).where(suppressions.c.site_id == sa.bindparam("site_id")).limit(1)
 )

@@ -516,7 +516,7 @@ async def test_550_for_one_of_three_fails_it_notifies_the_sender_and_suppresses_
     # ...and mail a process accepted while its list of sites with entries was older than
     # the bounce (another node, within a second) fails with no attempt.
     suppressions = relay.app.suppressions
-    suppressions._listed, suppressions._listed_at = set(), time.monotonic()
+    suppressions._has_entries["shop"] = (False, time.monotonic())
     second_id = await submit(relay, [gone], message_to(gone))
 
     second = await delivery_pass(relay, second_id, FINAL)

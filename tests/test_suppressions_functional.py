@@ -408,7 +408,7 @@ async def test_a_sites_first_entry_reaches_another_nodes_rcpt_within_a_second(
     tmp_path: Path, world: World, start_node: Any, cert_files: Any
 ) -> None:
     """B has read that the site has no entries; A adds its first: B's RCPT refuses it once
-    B reads the list of sites with entries again (at most SITES_SECONDS later)."""
+    B asks again whether the site has entries (at most SITES_SECONDS later)."""
     b = await start_node("b", relay_config(tmp_path, world.sink, cert_files))
     client = await session(world, b.listeners.ports[0])
     try:
