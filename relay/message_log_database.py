@@ -1,12 +1,11 @@
-"""SQL for the admin API's message log: search, one message's headers; statistics counted
-from the rows, as a check of the counters the API reads (``rollup_database``).
+"""SQL for the admin API's message log: search, one message's headers; the statistics'
+shapes (``rollup_database`` fills them from the counters).
 
 Read-only. Functions take a connection and return frozen dataclasses, never
 rows. Everything is portable SQL (SQLite and PostgreSQL). A search walks an
 index newest first and stops after a page or a bounded number of messages
 (``search_messages``); text search is ``lower(x) LIKE lower(y)`` with the
-wildcards of the search term escaped. The row-counting statistics read every
-message and attempt of their window: slow on a big store, never on the API path.
+wildcards of the search term escaped.
 The dashboard's charts (``hourly_counts`` per site, ``upstream_hourly_counts`` per
 upstream) read the statistics counters instead, one grouped query each.
 """
@@ -21,11 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core import rollups
-from relay.core.classify import Outcome
 from relay.core.header_diff import header_block
 from relay.core.model import MessageClass, MessageStatus
 from relay.core.rollups import status_metric
-from relay.core.stats import percentile, success_rate
+from relay.core.stats import success_rate
 from relay.tables import attempts, messages, recipients, stats_rollups
 
 _FINAL = frozenset({MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.PARTIAL})
@@ -370,28 +368,6 @@ class SiteStats:
     success_rate: float | None  # success_rate(sent, failed + partial)
 
 
-async def site_stats_from_rows(
-    connection: AsyncConnection, since: float, until: float | None = None
-) -> list[SiteStats]:
-    """Messages created in [since, until) per site and status; sites without any are left out.
-
-    Counted from the message rows, to the second: a check of the counters
-    (``rollup_database.rollup_stats`` is what the API reads), linear in messages.
-    """
-    window = [messages.c.created_at >= since]
-    if until is not None:
-        window.append(messages.c.created_at < until)
-    rows = await connection.execute(
-        sa.select(messages.c.site_id, messages.c.status, sa.func.count())
-        .where(*window)
-        .group_by(messages.c.site_id, messages.c.status)
-    )
-    counts: dict[str, dict[str, int]] = {}
-    for site_id, status, count in rows:
-        counts.setdefault(site_id, {})[status] = int(count)
-    return [site_from_counts(site_id, counts[site_id]) for site_id in sorted(counts)]
-
-
 def site_from_counts(site_id: str, by_status: dict[str, int]) -> SiteStats:
     """A site's figures from its message count per status value."""
 
@@ -422,62 +398,7 @@ class UpstreamStats:
     deferred: int  # recipients, outcome retry or defer
     success_rate: float | None  # success_rate(sent, failed + deferred)
     average_seconds: float | None  # mean attempt duration, rounded to 4 decimals
-    p95_seconds: float | None  # percentile(durations, 0.95), rounded to 4 decimals
-
-
-async def upstream_stats_from_rows(
-    connection: AsyncConnection, since: float, until: float | None = None
-) -> list[UpstreamStats]:
-    """Attempts started in [since, until) per upstream; upstreams without any are left out.
-
-    Counted from the attempt rows, with the exact p95: a check of the counters, linear.
-    """
-    window = [attempts.c.started_at >= since]
-    if until is not None:
-        window.append(attempts.c.started_at < until)
-    rows = await connection.execute(
-        sa.select(
-            attempts.c.upstream, attempts.c.outcome, attempts.c.duration, attempts.c.recipients
-        ).where(*window)
-    )
-    tallies: dict[str, _Tally] = {}
-    for upstream, outcome, duration, addresses in rows:
-        tallies.setdefault(upstream, _Tally()).add(outcome, duration, addresses)
-    return [tallies[name].stats(name) for name in sorted(tallies)]
-
-
-_DEFERRED = frozenset({Outcome.RETRY.value, Outcome.DEFER.value})
-
-
-class _Tally:
-    """One upstream's attempts, added up row by row."""
-
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-        self.sent = self.failed = self.deferred = 0
-
-    def add(self, outcome: str, duration: float, addresses: object) -> None:
-        self.durations.append(float(duration))
-        count = len(addresses) if isinstance(addresses, list) else 0  # JSON: trust nothing
-        if outcome == Outcome.SENT.value:
-            self.sent += count
-        elif outcome == Outcome.FAILED.value:
-            self.failed += count
-        elif outcome in _DEFERRED:
-            self.deferred += count
-
-    def stats(self, upstream: str) -> UpstreamStats:
-        p95 = percentile(self.durations, 0.95)
-        return UpstreamStats(
-            upstream=upstream,
-            attempts=len(self.durations),
-            sent=self.sent,
-            failed=self.failed,
-            deferred=self.deferred,
-            success_rate=success_rate(self.sent, self.failed + self.deferred),
-            average_seconds=round(sum(self.durations) / len(self.durations), 4),
-            p95_seconds=round(p95, 4) if p95 is not None else None,
-        )
+    p95_seconds: float | None  # the duration bucket holding the 95th percentile (its bound)
 
 
 @dataclass(frozen=True)

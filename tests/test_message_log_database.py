@@ -38,14 +38,13 @@ from relay.message_log_database import (
     UpstreamStats,
     message_headers,
     search_messages,
-    site_stats_from_rows,
-    upstream_stats_from_rows,
 )
 from relay.queue_database import DeliveryRecord, RecipientState, hold, insert_messages
 from relay.queue_database import record_delivery as write_record
 from relay.rollup_database import rollup_stats
 from relay.store import create_engine, migrate
 from relay.tables import metadata
+from tests.stats_from_rows import site_stats_from_rows, upstream_stats_from_rows
 
 POSTGRES_URL = os.environ.get(
     "RELAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -30,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relay import store
 from relay.core.model import Attempt, RecipientStatus, SmtpReply
 from relay.core.rollups import duration_bucket
-from relay.message_log_database import site_stats_from_rows, upstream_stats_from_rows
 from relay.queue_database import (
     Admission,
     DeliveryRecord,
@@ -46,6 +45,7 @@ from relay.rollup_database import rebuild_rollups_async, rollup_stats
 from relay.store import GroupWriter, create_engine, migrate
 from relay.tables import stats_rollups
 from tests.postgres import throwaway_database
+from tests.stats_from_rows import site_stats_from_rows, upstream_stats_from_rows
 from tests.test_message_log_database import new_message
 
 MIDNIGHT = 1_800_057_600.0  # 2027-01-16 00:00 UTC
