@@ -16,7 +16,9 @@ the registry is the plain in-memory one.
 
 from __future__ import annotations
 
+import glob
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -247,5 +250,31 @@ class Metrics:
         if self._multiprocess_dir is None:
             return bytes(generate_latest(self.registry))
         every_worker = CollectorRegistry()
-        MultiProcessCollector(every_worker, self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        every_worker.register(EveryWorker(self._multiprocess_dir))
         return bytes(generate_latest(every_worker))
+
+
+class EveryWorker:
+    """prometheus-client's multiprocess collector, minus the files a worker is still creating.
+
+    A worker makes each file on its first use of a metric type: for an instant
+    it is empty (opened, not yet sized), and reading it then raised struct.error,
+    so a scrape during a replacement worker's start answered 500. Such a file
+    holds no value yet; one removed meanwhile (a dead worker's live gauges) is
+    skipped as well.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = [f for f in glob.glob(os.path.join(self._directory, "*.db")) if _has_header(f)]
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _has_header(path: str) -> bool:
+    """Whether the file has its used-length header (8 bytes); a missing file has not."""
+    try:
+        return os.path.getsize(path) >= 8
+    except FileNotFoundError:
+        return False
