@@ -297,3 +297,96 @@ leases = sa.Table(
     sa.Column("owner", sa.String(128), nullable=True),
     sa.Column("leased_until", sa.Float, nullable=False),
 )
+
+
+# Events out and in (migration 0010).
+# Webhook endpoints made through the admin API (the file's are in the YAML); the secret
+# (whsec_...) sealed by server.secret_key_file.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),  # url, events, sites, max_in_flight
+    sa.Column("secret_sealed", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# What the cluster knows of every endpoint, the file's too: failing since when, disabled.
+webhook_states = sa.Table(
+    "webhook_states",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("disabled_at", sa.Float, nullable=True),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("failing_since", sa.Float, nullable=True),  # first failure since the last success
+    sa.Column("last_success_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# One row per (endpoint, event), written in the transaction of the change the event
+# reports; delivered under leases by any process, as the queue is. ``payload`` is the exact
+# JSON body that is signed and sent. Status: pending | delivered | failed.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(40), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("site_id", sa.String(64), nullable=True),
+    sa.Column("message_id", sa.String(32), nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("leased_until", sa.Float, nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+    # A message's events go to an endpoint in order: the earliest pending one first.
+    sa.Index("ix_webhook_outbox_message", "webhook", "message_id", "id"),
+    sa.Index("ix_webhook_outbox_created", "webhook", "created_at", "id"),  # replay
+    sa.Index("ix_webhook_outbox_finished", "finished_at"),  # retention
+)
+
+# Every try of an outbox row: the delivery log.
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("outbox_id", sa.Integer, nullable=False, index=True),
+    sa.Column("webhook", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(40), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("duration", sa.Float, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("response_head", sa.Text, nullable=True),  # the answer's first bytes
+    sa.Index("ix_webhook_attempts_webhook_at", "webhook", "at", "id"),
+    sa.Index("ix_webhook_attempts_at", "at"),
+)
+
+# How an upstream with ``events:`` names a message it accepted: the queue id of its 250
+# reply and our Message-ID, written with the delivery, read when its events come in.
+provider_refs = sa.Table(
+    "provider_refs",
+    metadata,
+    sa.Column("upstream", sa.String(64), primary_key=True),
+    sa.Column("ref", sa.String(256), primary_key=True),
+    sa.Column("message_id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_provider_refs_message", "message_id"),
+    sa.Index("ix_provider_refs_created", "created_at"),
+)
+
+# Provider requests already taken (Mailgun's token), refused again until they expire.
+provider_replays = sa.Table(
+    "provider_replays",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
