@@ -161,7 +161,7 @@ class Subscriptions:
         return any(s.enabled and (not s.events or type.value in s.events) for s in self.endpoints)
 
     def fan_out(self, events: Iterable[Event]) -> list[OutboxEntry]:
-        entries = []
+        entries: list[OutboxEntry] = []
         for e in events:
             wanting = [s.name for s in self.endpoints if s.wants(e.type, e.site)]
             if wanting:
