@@ -383,6 +383,24 @@ provider_refs = sa.Table(
     sa.Index("ix_provider_refs_created", "created_at"),
 )
 
+# What providers reported of a message after they took it (bounces, complaints, ...): its
+# timeline shows them beside the attempts.
+provider_events = sa.Table(
+    "provider_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(32), nullable=False, index=True),
+    sa.Column("upstream", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # core.providers.model.EventKind
+    sa.Column("raw_type", sa.String(64), nullable=False),
+    sa.Column("occurred_at", sa.Float, nullable=True),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("smtp_code", sa.Integer, nullable=True),
+    sa.Column("smtp_text", sa.Text, nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
 # Provider requests already taken (Mailgun's token), refused again until they expire.
 provider_replays = sa.Table(
     "provider_replays",

@@ -79,6 +79,20 @@ def upgrade() -> None:
     op.create_index("ix_provider_refs_message", "provider_refs", ["message_id"])
     op.create_index("ix_provider_refs_created", "provider_refs", ["created_at"])
     op.create_table(
+        "provider_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("message_id", sa.String(32), nullable=False, index=True),
+        sa.Column("upstream", sa.String(64), nullable=False),
+        sa.Column("recipient", sa.Text, nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("raw_type", sa.String(64), nullable=False),
+        sa.Column("occurred_at", sa.Float, nullable=True),
+        sa.Column("received_at", sa.Float, nullable=False, index=True),
+        sa.Column("smtp_code", sa.Integer, nullable=True),
+        sa.Column("smtp_text", sa.Text, nullable=True),
+        sa.Column("detail", sa.Text, nullable=True),
+    )
+    op.create_table(
         "provider_replays",
         sa.Column("key", sa.String(300), primary_key=True),
         sa.Column("expires_at", sa.Float, nullable=False, index=True),
@@ -87,6 +101,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("provider_replays")
+    op.drop_table("provider_events")
     op.drop_index("ix_provider_refs_created", "provider_refs")
     op.drop_index("ix_provider_refs_message", "provider_refs")
     op.drop_table("provider_refs")
