@@ -57,6 +57,7 @@ from relay.config import (
 from relay.core.directory import Directory
 from relay.core.form_token import derive_key
 from relay.core.model import TlsMode
+from relay.core.outbound_events import Subscriptions
 from relay.core.quota import UsageBook
 from relay.core.routing import RoutingPolicy
 from relay.core.tokens import hash_token
@@ -129,8 +130,15 @@ class RelayApp:
             self.events,
             clock,
         )
+        self._subscriptions = Subscriptions()  # the webhooks' filters
         engine = Engine(
-            self.directory, self.routing, self.clients, self.health, self.usage, self.events
+            self.directory,
+            self.routing,
+            self.clients,
+            self.health,
+            self.usage,
+            self.events,
+            self.webhook_subscriptions,
         )
         self.delivery = DeliveryController(
             self.writer,
@@ -168,6 +176,7 @@ class RelayApp:
             class_header=config.routing.class_header,
             clock=clock,
             suppressions=self.suppressions,
+            subscriptions=self.webhook_subscriptions,
         )
         try:
             secret = load_or_create_key(config.server.secret_key_file)
@@ -241,6 +250,9 @@ class RelayApp:
 
     def directory(self) -> Directory:
         return self._directory
+
+    def webhook_subscriptions(self) -> Subscriptions:
+        return self._subscriptions
 
     async def load_store(self) -> None:
         """(Re)read the objects created through the API, secrets unsealed; the file wins a clash."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay.config import DeliveryConfig
-from relay.core import dkim, dsn
+from relay.core import dkim, dsn, headers, message_events
 from relay.core.addresses import domain_of
 from relay.core.classify import (
     Outcome,
@@ -55,6 +55,7 @@ from relay.core.model import (
     SmtpReply,
     Upstream,
 )
+from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.policy import NULL_SENDER
 from relay.core.quota import Claim
 from relay.core.routing import (
@@ -102,6 +103,7 @@ class _Pass:
     suppress: list[Suppression] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     route: str = ""  # Route.explain(), kept with every attempt
+    refs: list[tuple[str, str]] = field(default_factory=list)  # (upstream, its name for it)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Engine:
     health: HealthController
     usage: UsageController
     events: Events
+    subscriptions: Callable[[], Subscriptions] = Subscriptions  # the webhooks' filters
 
 
 Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
@@ -376,6 +379,8 @@ class DeliveryController:
             self._apply(p, upstream, recipient, outcome)
         p.last.update(outcomes)
         p.pending = [r for r in p.pending if outcomes[r].outcome is Outcome.RETRY]
+        if upstream.events is not None and sent:
+            p.refs += _refs(upstream.name, p.message.content, outcomes)
 
     @staticmethod
     def _skip(p: _Pass, skip: Skip) -> None:
@@ -483,7 +488,50 @@ class DeliveryController:
             suppress=tuple(p.suppress),
             delay_notified=delay_notified,
             counted=counted,
+            outbox=tuple(self._events(p, waiting if retry_at is not None else [], retry_at, now)),
+            refs=tuple(dict.fromkeys(p.refs)),
         )
+
+    def _events(
+        self, p: _Pass, waiting: list[str], retry_at: float | None, now: float
+    ) -> list[OutboxEntry]:
+        """The pass's events for the webhooks that want them (usually none: nothing built)."""
+        subscriptions = self._engine.subscriptions()
+        if not any(subscriptions.wants_any(t) for t in message_events.DELIVERY_TYPES):
+            return []
+        suppressed = p.message.suppressed
+        outcomes = [
+            message_events.Outcome(u.address, EventType.DELIVERED, u.upstream, _reply(u))
+            for u in p.updates
+            if u.status is RecipientStatus.SENT
+        ]
+        why = {u.address: u.reply_text for u in p.updates if u.status is RecipientStatus.FAILED}
+        outcomes += [
+            message_events.failure(
+                a, reply, _upstream_of(p, a), suppressed=suppressed.get(a), why=why.get(a)
+            )
+            for a, reply, _ in p.failed
+        ]
+        outcomes += [
+            message_events.Outcome(
+                a,
+                EventType.DEFERRED,
+                _upstream_of(p, a),
+                p.last[a].reply if a in p.last else None,
+                reason=p.last[a].detail if a in p.last else self._last_error(p, waiting),
+            )
+            for a in waiting
+        ]
+        events = message_events.delivery_events(
+            p.message.id,
+            p.message.site_id,
+            outcomes,
+            retry_at,
+            now,
+            os.urandom,
+            subscriptions.wants_any,
+        )
+        return subscriptions.fan_out(events)
 
     def _last_error(self, p: _Pass, waiting: list[str]) -> str | None:
         if not waiting:
@@ -579,6 +627,39 @@ class DeliveryController:
             outcome.outcome.value,
             outcome.detail,
         )
+
+
+def _reply(update: RecipientState) -> SmtpReply | None:
+    if update.reply_code is None:
+        return None
+    return SmtpReply(update.reply_code, update.reply_text or "")
+
+
+def _upstream_of(p: _Pass, recipient: str) -> str | None:
+    """The upstream of the recipient's last try in this pass."""
+    for update in reversed(p.updates):
+        if update.address == recipient and update.upstream is not None:
+            return update.upstream
+    tried = [a.upstream for a in p.attempts if recipient in a.recipients]
+    return tried[-1] if tried else None
+
+
+def _refs(
+    upstream: str, content: bytes, outcomes: Mapping[str, RecipientOutcome]
+) -> list[tuple[str, str]]:
+    """How the upstream will name the message in its events: the id of its 250 reply and
+    our Message-ID (without angle brackets)."""
+    refs = []
+    for o in outcomes.values():
+        if o.outcome is Outcome.SENT and (queue_id := message_events.queue_id(o.reply)):
+            refs.append((upstream, queue_id))
+    fields, _ = headers.split_message(content)
+    message_id = headers.first(fields, "message-id")
+    if message_id is not None:
+        value = headers.decoded_text(message_id.value).strip().strip("<>").strip()
+        if value:
+            refs.append((upstream, value[:256]))
+    return refs
 
 
 def _is_failure(notice: NewMessage) -> bool:

@@ -13,16 +13,18 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol, overload
 
 from relay.config import LimitsConfig
-from relay.core import dkim, headers
+from relay.core import dkim, headers, message_events
 from relay.core.addresses import domain_of
 from relay.core.compose import Composed
 from relay.core.directory import Directory
 from relay.core.dkim import SigningKey
 from relay.core.ids import new_message_id
 from relay.core.model import NewMessage, Site, SmtpReply
+from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.policy import (
     LOCAL_ERROR,
     Accept,
@@ -37,11 +39,13 @@ from relay.core.policy import (
     identify_site,
     message_class,
     site_over_limit,
+    suppressed_recipient,
 )
 from relay.core.quota import Claim, OverLimit
 from relay.form_database import FormGate
 from relay.idempotency_database import Answer
 from relay.metrics import Metrics
+from relay.outbox_database import add_to_outbox
 from relay.queue_database import Admission, Admitted, admit_messages
 from relay.store import GroupWriter
 from relay.suppression_controller import SuppressionController
@@ -83,6 +87,7 @@ class Submission:
     sender: str
     recipients: tuple[str, ...]
     content: bytes
+    via: str = "smtp"  # smtp, api or form: in message.accepted
 
 
 class Handover(Protocol):
@@ -113,8 +118,10 @@ class IngressController:
         class_header: str = "X-Relay-Class",
         clock: Callable[[], float] = time.time,
         suppressions: SuppressionController | None = None,
+        subscriptions: Callable[[], Subscriptions] = Subscriptions,
     ) -> None:
         self._writer = writer
+        self._subscriptions = subscriptions  # the webhooks' filters
         self._suppressions = suppressions
         self._usage = usage
         self._class_header = class_header
@@ -165,13 +172,31 @@ class IngressController:
         verdict = check_recipient(address, accepted_so_far, self._limits.max_recipients)
         if not isinstance(verdict, Accept) or self._suppressions is None:
             return verdict
-        refused = await self._suppressions.check(site.id, address)
-        if refused is None:
+        reason = await self._suppressions.check(site.id, address)
+        if reason is None:
             return verdict
-        if isinstance(refused, Reject):
-            self._metrics.suppressed_recipients.labels(site.id, "smtp").inc()
-            log.info("site %s rcpt %s: refused, suppressed", site.id, address)
-        return refused
+        if isinstance(reason, TempFail):
+            return reason
+        self._metrics.suppressed_recipients.labels(site.id, "smtp").inc()
+        log.info("site %s rcpt %s: refused, suppressed", site.id, address)
+        await self.report_suppressed(site.id, {address: reason}, "smtp")
+        return suppressed_recipient(address, reason)
+
+    async def report_suppressed(self, site_id: str, reasons: Mapping[str, str], via: str) -> None:
+        """``message.suppressed`` for recipients refused before a message existed (RCPT, the
+        send API), in a transaction of its own: there is no change to go with."""
+        subscriptions = self._subscriptions()
+        if not subscriptions.wants_any(EventType.SUPPRESSED):
+            return
+        now = self._clock()
+        entries = subscriptions.fan_out(
+            message_events.suppressed_at_ingress(site_id, address, reason, via, now, os.urandom)
+            for address, reason in reasons.items()
+        )
+        try:
+            await self._writer.write_sync(partial(add_to_outbox, entries=entries))
+        except Exception as error:  # the refusal stands; only its report is lost
+            log.warning("site %s: message.suppressed not recorded: %s", site_id, error)
 
     async def accept(
         self, submission: Submission, answer: Callable[[str], Answer] | None = None
@@ -220,7 +245,13 @@ class IngressController:
         # delivery starts without looking for it in the queue.
         lease = self._delivery.reserve(message.created_at)
         message = replace(message, lease=lease)
-        admission = Admission(message, claim, answer(message.id) if answer else None, gate)
+        admission = Admission(
+            message,
+            claim,
+            answer(message.id) if answer else None,
+            gate,
+            self._accepted_events(message, submission.via),
+        )
         stored = asyncio.ensure_future(self._writer.write_item(admit_messages, admission))
         try:
             # Shielded: a client that hangs up during the commit does not undo it, and the
@@ -254,6 +285,12 @@ class IngressController:
         )
         self._delivery.hand_over(message, stored=True, suppressed=admitted.suppressed)
         return Queued(message.id)
+
+    def _accepted_events(self, message: NewMessage, via: str) -> tuple[OutboxEntry, ...]:
+        subscriptions = self._subscriptions()
+        if not subscriptions.wants_any(EventType.ACCEPTED):
+            return ()
+        return tuple(subscriptions.fan_out([message_events.accepted(message, via, os.urandom)]))
 
     async def accept_composed(
         self,
@@ -289,6 +326,7 @@ class IngressController:
             sender=composed.sender,
             recipients=composed.recipients,
             content=composed.content,
+            via=via,
         )
 
     def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:

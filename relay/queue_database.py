@@ -30,14 +30,16 @@ from relay.core.model import (
     RecipientStatus,
     SmtpReply,
 )
+from relay.core.outbound_events import OutboxEntry
 from relay.core.outcome import message_status
 from relay.core.quota import Claim, Granted, OverLimit
 from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
 from relay.form_database import FormGate, Passage, forget_nonces, pass_gates
 from relay.idempotency_database import Answer, record_answers
+from relay.outbox_database import add_to_outbox
 from relay.rollup_database import record_rollups, record_rollups_async
-from relay.tables import attempts, messages, recipients
+from relay.tables import attempts, messages, provider_refs, recipients
 from relay.usage_database import claim_usage
 
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
@@ -46,13 +48,15 @@ _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 @dataclass(frozen=True)
 class Admission:
     """A message to store, its site's claim when the site has limits, the answer of its
-    request's Idempotency-Key, recorded only when the message is stored, and a form post's
-    gate, which decides before anything else whether the message may be stored."""
+    request's Idempotency-Key and its events for webhooks, recorded only when the message is
+    stored, and a form post's gate, which decides before anything else whether the message
+    may be stored."""
 
     message: NewMessage
     claim: Claim | None = None
     answer: Answer | None = None
     gate: FormGate | None = None
+    outbox: tuple[OutboxEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[A
         ],
     )
     record_answers(connection, [a.answer for a in stored if a.answer is not None])
+    add_to_outbox(connection, [e for a in stored for e in a.outbox])
     leased = [a.message for a in stored if a.message.lease is not None]
     listed = suppressed(
         connection,
@@ -333,6 +338,9 @@ class DeliveryRecord:
     suppress: tuple[Suppression, ...] = ()  # hard bounces for the site's suppression list
     delay_notified: bool = False  # a "delayed" DSN went out (with this record or before)
     counted: bool = True  # whether this pass counts as an attempt for backoff
+    outbox: tuple[OutboxEntry, ...] = ()  # its events for webhooks
+    # (upstream, ref): how an upstream whose events come in names the message it took
+    refs: tuple[tuple[str, str], ...] = ()
 
 
 NoticeVerdicts = tuple[Granted | OverLimit | None, ...]  # per notice of a record, in order
@@ -373,6 +381,8 @@ def record_deliveries(
         for r in records
     ]
     add_suppressions(connection, [e for r in live for e in r.suppress])
+    add_to_outbox(connection, [e for r in live for e in r.outbox])
+    _add_refs(connection, live)
     tries = [_attempt_row(r, a) for r in live for a in r.attempts]
     if tries:
         connection.execute(attempts.insert(), tries)
@@ -400,6 +410,26 @@ def record_deliveries(
 
 
 _Counted = tuple[str, float, str]  # site, created_at, status before this batch
+
+
+def _add_refs(connection: Connection, live: list[DeliveryRecord]) -> None:
+    """The records' provider refs, once each (a message sent again keeps its Message-ID)."""
+    new = {(upstream, ref, r.message_id): r.now for r in live for upstream, ref in r.refs}
+    if not new:
+        return
+    known = sa.select(
+        provider_refs.c.upstream, provider_refs.c.ref, provider_refs.c.message_id
+    ).where(provider_refs.c.message_id.in_({message_id for _, _, message_id in new}))
+    for row in connection.execute(known):
+        new.pop((row.upstream, row.ref, row.message_id), None)
+    if new:
+        connection.execute(
+            provider_refs.insert(),
+            [
+                {"upstream": u, "ref": ref, "message_id": m, "created_at": now}
+                for (u, ref, m), now in new.items()
+            ],
+        )
 
 
 def _count_deliveries(

@@ -262,6 +262,7 @@ class SendController:
         if isinstance(suppressed, TempFail):
             return suppressed
         if suppressed:
+            await self._ingress.report_suppressed(site.id, suppressed, "api")
             kept = tuple(r for r in composed.recipients if r not in suppressed)
             if not kept:
                 return AllSuppressed(suppressed)

@@ -35,7 +35,7 @@ from relay.api_key_controller import parse_moment
 from relay.catalog_controller import Invalid, NotFound
 from relay.core.addresses import control_character, is_address
 from relay.core.directory import Directory
-from relay.core.policy import SUPPRESSION_LOOKUP_FAILED, Reject, TempFail, suppressed_recipient
+from relay.core.policy import SUPPRESSION_LOOKUP_FAILED, TempFail
 from relay.queue_database import DeliveryRecord
 from relay.store import GroupWriter
 
@@ -118,9 +118,9 @@ class SuppressionController:
 
     # -- the checks of the ingress
 
-    async def check(self, site_id: str, address: str) -> Reject | TempFail | None:
-        """RCPT: the refusal of a suppressed recipient, a 451 when the store did not say in
-        time, or None (send)."""
+    async def check(self, site_id: str, address: str) -> str | TempFail | None:
+        """RCPT: why the recipient is suppressed, a 451 when the store did not say in time,
+        or None (send)."""
         try:
             async with asyncio.timeout(self._lookup_seconds):
                 if not await self._site_has_entries(site_id):
@@ -131,7 +131,7 @@ class SuppressionController:
         except Exception as error:  # the store is away or slow: the client tries again
             log.warning("site %s: suppression check failed: %s", site_id, type(error).__name__)
             return SUPPRESSION_LOOKUP_FAILED
-        return None if reason is None else suppressed_recipient(address, reason)
+        return reason
 
     async def reasons(self, site_id: str, addresses: Sequence[str]) -> dict[str, str]:
         """The send API: which of ``addresses`` (as given) are suppressed, with the reasons.

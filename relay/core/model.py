@@ -151,6 +151,7 @@ class Upstream:
     weight: int = 1  # for `strategy: weighted`
     spf_include: tuple[str, ...] = ()  # what a sender's SPF must include for this upstream
     managed_by_file: bool = True
+    events: str | None = None  # the provider whose events about its mail come in (ses, ...)
 
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")

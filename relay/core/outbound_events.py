@@ -102,7 +102,7 @@ def message_event(
     now: float,
     random_bytes: bytes,
     *,
-    message_id: str,
+    message_id: str | None,
     site: str,
     recipient: str | None = None,
     upstream: str | None = None,
