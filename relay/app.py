@@ -81,6 +81,7 @@ from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
 from relay.suppression_controller import SuppressionController
+from relay.system_events import SystemEvents
 from relay.template_controller import TemplateController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
@@ -165,6 +166,10 @@ class RelayApp:
         )
         self.suppressions = SuppressionController(self.writer, self.directory, clock)
         self.events.subscribe(self.suppressions.on_event)
+        self.system_events = SystemEvents(
+            self.writer, self.webhook_subscriptions, str(self.owner), clock
+        )
+        self.events.subscribe(self.system_events.on_event)
         self.ingress = IngressController(
             self.writer,
             self.directory,
@@ -191,7 +196,9 @@ class RelayApp:
             if is_loopback(config.admin.host)
             else None
         )
-        self.domains = DomainMonitor(self.directory, DnsLookup(config.dns), secret, self.metrics)
+        self.domains = DomainMonitor(
+            self.directory, DnsLookup(config.dns), secret, self.metrics, self.events
+        )
         self.catalog = CatalogController(
             self.writer, self.secrets, lambda: self.config, self.directory, self.sync, clock
         )
@@ -564,6 +571,7 @@ class RelayApp:
         if self._tasks:
             await self._flush()
             await self.housekeeping.stop()
+        await self.system_events.drain()
         self.auth.close()
         await self.writer.close()
         await self.clients.close()

@@ -2,7 +2,8 @@
 
 A record that disappears (a DNS migration that forgot the DKIM key) is found
 here before receivers start rejecting: a log line per changed check and the
-``relay_domain_check_state`` / ``relay_domain_verified`` metrics.
+``relay_domain_check_state`` / ``relay_domain_verified`` metrics, and a ``DnsChange`` event
+(``domain.dns_changed`` for webhooks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from relay.core.directory import Directory
 from relay.core.domain_checks import Check, Status, passed, plan, records_to_publish
 from relay.domain_verifier import DnsLookup, Verification, verify
+from relay.events import DnsChange, Events
 from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,10 @@ class DomainMonitor:
         lookup: DnsLookup,
         secret: bytes,
         metrics: Metrics,
+        events: Events | None = None,
     ) -> None:
         self._directory = directory
+        self._events = events
         self._lookup = lookup
         self._secret = secret
         self._metrics = metrics
@@ -71,6 +75,12 @@ class DomainMonitor:
                 self._log_change(result.domain, check, old)
                 if before is not None:
                     self._metrics.domain_check_changes.labels(result.domain).inc()
+                if old is not None and self._events is not None:
+                    self._events.publish(
+                        DnsChange(
+                            result.domain, check.name, old.value, check.status.value, check.detail
+                        )
+                    )
             for status in Status:
                 self._metrics.domain_check_state.labels(result.domain, check.name, status).set(
                     1 if status is check.status else 0

@@ -1,7 +1,7 @@
 """The one seam where the relay announces what happened, for logs, stats, tests and webhooks.
 
 Events are values: a committed ``DeliveryRecord``, a ``QuotaWarning``, a
-``CircuitChange``. Listeners are called synchronously in order; one that
+``CircuitChange``, a ``DnsChange``. Listeners are called synchronously in order; one that
 raises is logged and the others still run.
 """
 
@@ -23,6 +23,17 @@ class CircuitChange:
     old: CircuitState
     new: CircuitState
     reason: str | None
+
+
+@dataclass(frozen=True)
+class DnsChange:
+    """A check of a domain's DNS changed status since the last verification."""
+
+    domain: str
+    check: str  # "spf example.com", "dkim relay1", ...
+    old: str  # core.domain_checks.Status values
+    new: str
+    detail: str
 
 
 class Events:

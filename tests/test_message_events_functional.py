@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from relay.core.health import CircuitState
 from relay.core.outbound_events import Subscription, Subscriptions
+from relay.core.quota import QuotaWarning, Scope, Window
+from relay.events import CircuitChange, DnsChange
 from relay.tables import webhook_outbox
 from tests.test_admin_messages_functional import mail, poll
 from tests.test_suppressions_functional import (
@@ -147,3 +150,31 @@ async def test_no_webhook_no_events(world: World) -> None:
     assert status == 202
     await world.sink.handler.wait_for(1)
     assert await outbox(world) == []
+
+
+async def test_a_circuit_quota_or_dns_change_is_reported_by_the_process_that_saw_it(
+    subscribed: World,
+) -> None:
+    app = subscribed.relay.app
+    app.events.publish(CircuitChange("main", CircuitState.CLOSED, CircuitState.OPEN, "refused"))
+    app.events.publish(QuotaWarning(Scope.SITE, "shop", Window.DAY, 0.8, 80, 100))
+    app.events.publish(DnsChange("shop.example.com", "dmarc", "pass", "fail", "no record"))
+    rows = await poll(lambda: outbox(subscribed), lambda rows: len(rows) >= 3, "the events")
+    node = str(app.owner)
+    assert sorted((r["webhook"], r["event_type"]) for r in rows) == [
+        ("app", "domain.dns_changed"),
+        ("app", "quota.warning"),
+        ("app", "upstream.circuit_changed"),
+    ]
+    data = {r["event_type"]: json.loads(r["payload"])["data"] for r in rows}
+    assert data["upstream.circuit_changed"] == {
+        "upstream": "main", "old_state": "closed", "new_state": "open", "reason": "refused",
+        "node": node,
+    }  # fmt: skip
+    assert data["quota.warning"] == {
+        "site": "shop", "window": "day", "level": 0.8, "used": 80, "limit": 100, "node": node,
+    }  # fmt: skip
+    assert data["domain.dns_changed"] == {
+        "domain": "shop.example.com", "check": "dmarc", "old_status": "pass",
+        "new_status": "fail", "detail": "no record", "node": node,
+    }  # fmt: skip
