@@ -110,6 +110,7 @@ async def test_an_smtp_message_gives_accepted_delivered_bounced_and_deferred(
         LATER_REPLY.removeprefix("451 "),
     )
     assert deferred["data"]["retry_at"].endswith("Z")
+    assert deferred["data"]["reason"] == f"rcpt: {LATER_REPLY}"
     for e in events:
         assert e["id"].startswith("evt_") and e["timestamp"].endswith("Z")
     # The rows carry what delivery needs: site and message for order, due at once.
