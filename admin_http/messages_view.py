@@ -66,6 +66,32 @@ def full_view(full: FullMessage) -> dict[str, Any]:
             for r in d.recipients
         ],
         "attempts": [attempt_view(a) for a in d.attempts],
+        "provider_events": [
+            {
+                "received_at": iso(e.received_at),
+                "occurred_at": iso(e.occurred_at),
+                "upstream": e.upstream,
+                "recipient": e.recipient,
+                "kind": e.kind,
+                "raw_type": e.raw_type,
+                "smtp_code": e.reply.code if e.reply else None,
+                "smtp_text": e.reply.text if e.reply else None,
+                "detail": e.detail,
+            }
+            for e in d.reported
+        ],
+        "webhook_events": [
+            {
+                "id": n.event_id,
+                "type": n.type,
+                "webhook": n.webhook,
+                "status": n.status,
+                "created_at": iso(n.created_at),
+                "attempt_count": n.attempt_count,
+                "last_error": n.last_error,
+            }
+            for n in d.notified
+        ],
         "header_changes": [
             {"name": c.name, "change": c.change, "before": list(c.before), "after": list(c.after)}
             for c in full.changes

@@ -450,6 +450,52 @@ def _schemas() -> dict[str, Schema]:
                         }
                     ),
                 },
+                "provider_events": {
+                    "description": "What the upstreams' providers reported after taking it "
+                    "(`upstreams[].events`): bounces, complaints, deliveries.",
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "received_at": text,
+                            "occurred_at": nullable("string"),
+                            "upstream": text,
+                            "recipient": text,
+                            "kind": {
+                                "type": "string",
+                                "enum": [
+                                    "delivered",
+                                    "deferred",
+                                    "bounced_hard",
+                                    "bounced_soft",
+                                    "dropped",
+                                    "complained",
+                                ],
+                            },
+                            "raw_type": text,
+                            "smtp_code": nullable("integer"),
+                            "smtp_text": nullable("string"),
+                            "detail": nullable("string"),
+                        }
+                    ),
+                },
+                "webhook_events": {
+                    "description": "Its events for the webhook endpoints, with their delivery.",
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "id": text,
+                            "type": text,
+                            "webhook": text,
+                            "status": {
+                                "type": "string",
+                                "enum": ["pending", "delivered", "failed"],
+                            },
+                            "created_at": text,
+                            "attempt_count": integer,
+                            "last_error": nullable("string"),
+                        }
+                    ),
+                },
                 "header_changes": {
                     "type": "array",
                     "items": obj(

@@ -19,6 +19,7 @@ from relay.core.domain_checks import Check
 from relay.core.domains import Domain
 from relay.core.health import Circuit
 from relay.core.model import Attempt, Credential, Site, Upstream
+from relay.core.outbound_events import iso_time
 
 MAX_PAGE_SIZE = 500
 _YEAR_10000 = 253_402_300_800.0  # UNIX seconds
@@ -28,10 +29,7 @@ _WHOLE = re.compile(r"[0-9]{1,9}")
 
 
 def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if timestamp is None else iso_time(timestamp)
 
 
 def parse_time(name: str, text: str) -> float:

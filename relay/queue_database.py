@@ -39,7 +39,14 @@ from relay.form_database import FormGate, Passage, forget_nonces, pass_gates
 from relay.idempotency_database import Answer, record_answers
 from relay.outbox_database import add_to_outbox
 from relay.rollup_database import record_rollups, record_rollups_async
-from relay.tables import attempts, messages, provider_refs, recipients
+from relay.tables import (
+    attempts,
+    messages,
+    provider_events,
+    provider_refs,
+    recipients,
+    webhook_outbox,
+)
 from relay.usage_database import claim_usage
 
 _WAITING = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
@@ -734,6 +741,35 @@ class MessageDetail:
     last_error: str | None
     recipients: tuple[RecipientState, ...]
     attempts: tuple[Attempt, ...]
+    reported: tuple[ReportedEvent, ...] = ()  # by the upstreams' providers, after they took it
+    notified: tuple[Notification, ...] = ()  # its events for the webhooks
+
+
+@dataclass(frozen=True)
+class ReportedEvent:
+    """What a provider said of the message after it took it (a row of ``provider_events``)."""
+
+    received_at: float
+    occurred_at: float | None
+    upstream: str
+    recipient: str
+    kind: str  # core.providers.model.EventKind values
+    raw_type: str
+    reply: SmtpReply | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One of the message's events for one webhook endpoint (a row of the outbox)."""
+
+    event_id: str
+    type: str
+    webhook: str
+    status: str  # pending | delivered | failed
+    created_at: float
+    attempt_count: int
+    last_error: str | None
 
 
 async def load_message(connection: AsyncConnection, message_id: str) -> MessageDetail | None:
@@ -745,6 +781,16 @@ async def load_message(connection: AsyncConnection, message_id: str) -> MessageD
     )
     tries = await connection.execute(
         sa.select(attempts).where(attempts.c.message_id == message_id).order_by(attempts.c.id)
+    )
+    reports = await connection.execute(
+        sa.select(provider_events)
+        .where(provider_events.c.message_id == message_id)
+        .order_by(provider_events.c.id)
+    )
+    outbox = await connection.execute(
+        sa.select(webhook_outbox)
+        .where(webhook_outbox.c.message_id == message_id)
+        .order_by(webhook_outbox.c.id)
     )
     return MessageDetail(
         id=row.id,
@@ -772,5 +818,30 @@ async def load_message(connection: AsyncConnection, message_id: str) -> MessageD
                 route=a.route or "",
             )
             for a in tries
+        ),
+        reported=tuple(
+            ReportedEvent(
+                e.received_at,
+                e.occurred_at,
+                e.upstream,
+                e.recipient,
+                e.kind,
+                e.raw_type,
+                SmtpReply(e.smtp_code, e.smtp_text or "") if e.smtp_code is not None else None,
+                e.detail,
+            )
+            for e in reports
+        ),
+        notified=tuple(
+            Notification(
+                n.event_id,
+                n.event_type,
+                n.webhook,
+                n.status,
+                n.created_at,
+                n.attempt_count,
+                n.last_error,
+            )
+            for n in outbox
         ),
     )

@@ -346,8 +346,8 @@ webhook_outbox = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
     sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
-    # A message's events go to an endpoint in order: the earliest pending one first.
-    sa.Index("ix_webhook_outbox_message", "webhook", "message_id", "id"),
+    # A message's events go to an endpoint in order (the earliest pending one first); its page.
+    sa.Index("ix_webhook_outbox_message", "message_id", "webhook", "id"),
     sa.Index("ix_webhook_outbox_created", "webhook", "created_at", "id"),  # replay
     sa.Index("ix_webhook_outbox_finished", "finished_at"),  # retention
 )

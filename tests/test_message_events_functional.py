@@ -120,6 +120,13 @@ async def test_an_smtp_message_gives_accepted_delivered_bounced_and_deferred(
     assert all(r["event_id"] == json.loads(r["payload"])["id"] for r in rows)
     assert bodies(rows, "blog-bounces") == []  # another site's bounces only
 
+    detail = await world.admin.get(f"/api/v1/messages/{message_id}")
+    assert [(e["type"], e["webhook"], e["status"]) for e in detail["webhook_events"]] == [
+        (e["type"], "app", "pending") for e in events
+    ]
+    assert detail["webhook_events"][0]["id"] == accepted["id"]
+    assert detail["provider_events"] == []
+
 
 async def test_a_recipient_refused_as_suppressed_is_reported_without_a_message(
     subscribed: World,

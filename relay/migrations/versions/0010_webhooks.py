@@ -51,7 +51,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.Float, nullable=True),
     )
     op.create_index("ix_webhook_outbox_due", "webhook_outbox", ["status", "next_attempt_at"])
-    op.create_index("ix_webhook_outbox_message", "webhook_outbox", ["webhook", "message_id", "id"])
+    op.create_index("ix_webhook_outbox_message", "webhook_outbox", ["message_id", "webhook", "id"])
     op.create_index("ix_webhook_outbox_created", "webhook_outbox", ["webhook", "created_at", "id"])
     op.create_index("ix_webhook_outbox_finished", "webhook_outbox", ["finished_at"])
     op.create_table(
