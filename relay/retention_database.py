@@ -33,6 +33,8 @@ from relay.tables import (
     idempotency_keys,
     leases,
     messages,
+    provider_events,
+    provider_refs,
     recipients,
     stats_rollups,
     suppressions,
@@ -224,7 +226,8 @@ class Deleted:
 def delete_finished(
     connection: Connection, status: MessageStatus, before: float, limit: int
 ) -> Deleted:
-    """Delete up to ``limit`` final messages of ``status`` with their recipients and attempts.
+    """Delete up to ``limit`` final messages of ``status`` with their recipients, attempts
+    and provider refs and events (a message's webhook events live on in the outbox, as sent).
 
     The children go by name: SQLite enforces ON DELETE CASCADE only where
     ``PRAGMA foreign_keys`` is on, and a store opened by another tool may not have it.
@@ -246,6 +249,8 @@ def delete_finished(
     gone_attempts = connection.execute(
         attempts.delete().where(attempts.c.message_id.in_(ids))
     ).rowcount
+    for table in (provider_refs, provider_events):  # what providers said of them
+        connection.execute(table.delete().where(table.c.message_id.in_(ids)))
     gone = connection.execute(
         messages.delete().where(c.id.in_(ids), c.status == status.value, c.updated_at < before)
     ).rowcount

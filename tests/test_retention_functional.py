@@ -31,7 +31,7 @@ from relay.metrics import Metrics
 from relay.retention_controller import Housekeeping
 from relay.retention_database import content_frontier, store_size
 from relay.store import GroupWriter, create_engine, migrate
-from relay.tables import attempts, messages, recipients
+from relay.tables import attempts, messages, provider_events, provider_refs, recipients
 from tests.conftest import SITE_PASSWORD, FakeClock, RunningRelay, base_config, smtp_upstream
 from tests.test_admin_messages_functional import Admin, mail, poll, submit, with_admin
 from tests.two_nodes import start_node, store_url
@@ -82,7 +82,7 @@ async def stored(app: RelayApp, message_id: str) -> tuple[bytes, float | None] |
 async def children(app: RelayApp, message_id: str) -> int:
     async with app.engine.connect() as c:
         count = 0
-        for table in (recipients, attempts):
+        for table in (recipients, attempts, provider_refs, provider_events):
             found = await c.scalar(
                 sa.select(sa.func.count())
                 .select_from(table)
@@ -166,6 +166,20 @@ async def test_final_mail_loses_content_then_rows_on_time_and_waiting_mail_stays
         detail = await admin.get(f"/api/v1/messages/{message_id}")
         assert detail["content_deleted"] is False and detail["content_deleted_at"] is None
         assert await stored(app, message_id) == waiting[message_id]
+
+    async with app.engine.begin() as c:  # what a provider said of the sent one
+        await c.execute(
+            provider_refs.insert().values(
+                upstream="main", ref="0100018c", message_id=sent, created_at=clock.now
+            )
+        )
+        await c.execute(
+            provider_events.insert().values(
+                message_id=sent, upstream="main", recipient="alice@example.org",
+                kind="delivered", raw_type="Delivery", received_at=clock.now,
+            )
+        )  # fmt: skip
+    assert await children(app, sent) == 4
 
     clock.advance(2)  # 4.5-5 s: past log_days
     done = await app.housekeeping.run_once()
