@@ -35,6 +35,10 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.oid import NameOID
 
 from relay import tls as relay_tls
@@ -59,6 +63,8 @@ TOPIC = "arn:aws:sns:us-west-2:123456789012:ses-events"
 OTHER_TOPIC = "arn:aws:sns:us-west-2:999999999999:someone-elses"
 MAILGUN_KEY = "key-4e0b1f7c9a2d3e5f60718293a4b5c6d7"
 POSTMARK_USER, POSTMARK_PASSWORD = "relay-hooks", "pm:s3cret"
+SG_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 SENDGRID_PUBLIC = base64.b64encode(
@@ -226,7 +232,7 @@ def sendgrid_post(batch: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
     stamp = str(int(time.time()))
     signature = EC_KEY.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return body, {
-        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        SG_SIGNATURE: base64.b64encode(signature).decode(),
         "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
     }
 
@@ -503,6 +509,15 @@ async def test_sendgrid_batch_matched_by_its_queue_id_prefix(world: World) -> No
     (entry,) = await world.rows(suppressions)
     assert (entry.address, entry.message_id) == ("ex@example.com", ours)
     assert world.metric("sendgrid", "unmatched") == 1
+
+    # The same request with the signature's twin (r, n - s), which verifies too: a replay.
+    r, s = decode_dss_signature(base64.b64decode(headers[SG_SIGNATURE]))
+    twin = encode_dss_signature(r, P256_ORDER - s)
+    status, answer, _ = await world.post(
+        "sendgrid", body, {**headers, SG_SIGNATURE: base64.b64encode(twin).decode()}
+    )
+    assert (status, answer["status"]) == (200, "replayed")
+    assert len(await world.rows(suppressions)) == 1
 
     status, answer, _ = await world.post("sendgrid", body.replace(b"bounce", b"bounds"), headers)
     assert (status, answer["error"]["code"]) == (401, "bad_signature")

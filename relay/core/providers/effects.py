@@ -93,6 +93,6 @@ def _said(reply: SmtpReply | None, diagnostic: str | None) -> str | None:
 
 
 def replay_key(upstream: str, key: str) -> str:
-    """What the seen-set stores: the upstream and a digest of the provider's key (a token, a
-    signature, an SNS MessageId), so it has one length whatever the provider sent."""
+    """What the seen-set stores: the upstream and a digest of the provider's key (a Mailgun
+    token, a SendGrid request's digest, an SNS MessageId): one length whatever was sent."""
     return f"{upstream}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
