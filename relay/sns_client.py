@@ -5,8 +5,10 @@ The caller has checked each URL with core.providers.sns (an SNS host, or the tes
 loopback host); here every request is HTTPS with the certificate checked (the system's CAs,
 plus the test CA when configured), has a timeout, follows no redirect, and reads at most
 ``MAX_CERT_BYTES``. Certificates are cached per process, at most ``CACHE_ENTRIES`` of them
-for ``CACHE_SECONDS`` each, least recently used first out; a failure is not cached. Errors
-become None / False: the caller answers the provider so that it tries again.
+for ``CACHE_SECONDS`` each, least recently used first out; a failure is not cached, and
+requests that want one URL at the same time share one fetch (a burst of notifications
+after a start fetches the certificate once). Errors become None / False: the caller
+answers the provider so that it tries again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class SnsClient:
             self._context.load_verify_locations(cafile=str(ca_file))
         self._monotonic = monotonic
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._fetching: dict[str, asyncio.Task[bytes | None]] = {}  # as many as requests
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0  # certificates fetched, for tests
 
@@ -55,6 +58,13 @@ class SnsClient:
             self._cache.move_to_end(url)
             return cached[0]
         self._cache.pop(url, None)
+        task = self._fetching.get(url)
+        if task is None:
+            task = self._fetching[url] = asyncio.create_task(self._fetch(url, now))
+            task.add_done_callback(lambda _: self._fetching.pop(url, None))
+        return await asyncio.shield(task)  # one caller's cancellation leaves the others'
+
+    async def _fetch(self, url: str, now: float) -> bytes | None:
         body = await self._get(url, MAX_CERT_BYTES, "the SNS signing certificate")
         if body is None:
             return None

@@ -404,6 +404,13 @@ async def test_an_ses_complaint_found_by_message_id_suppresses(world: World) -> 
     assert [r.event_type for r in await world.rows(webhook_outbox)] == ["message.complained"]
 
 
+async def test_a_burst_after_start_fetches_the_certificate_once(world: World) -> None:
+    bodies = [ses_notification(world.aws, ses_bounce(f"q-{i}", "x@example.com")) for i in range(8)]
+    answers = await asyncio.gather(*(world.post("ses", body) for body in bodies))
+    assert [(status, answer["unmatched"]) for status, answer, _ in answers] == [(200, 1)] * 8
+    assert world.aws.certificate_gets == 1
+
+
 async def test_a_bad_sns_signature_is_401_and_changes_nothing(world: World) -> None:
     await world.send("jane@example.com", "ses", "q-1")
     body = ses_notification(world.aws, ses_bounce("q-1", "jane@example.com"))
