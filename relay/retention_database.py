@@ -33,6 +33,8 @@ from relay.tables import (
     idempotency_keys,
     leases,
     messages,
+    provider_events,
+    provider_refs,
     provider_replays,
     recipients,
     stats_rollups,
@@ -225,7 +227,8 @@ class Deleted:
 def delete_finished(
     connection: Connection, status: MessageStatus, before: float, limit: int
 ) -> Deleted:
-    """Delete up to ``limit`` final messages of ``status`` with their recipients and attempts.
+    """Delete up to ``limit`` final messages of ``status`` with their recipients and attempts
+    (and, uncounted, what providers reported of them and the names they knew them by).
 
     The children go by name: SQLite enforces ON DELETE CASCADE only where
     ``PRAGMA foreign_keys`` is on, and a store opened by another tool may not have it.
@@ -247,6 +250,8 @@ def delete_finished(
     gone_attempts = connection.execute(
         attempts.delete().where(attempts.c.message_id.in_(ids))
     ).rowcount
+    connection.execute(provider_events.delete().where(provider_events.c.message_id.in_(ids)))
+    connection.execute(provider_refs.delete().where(provider_refs.c.message_id.in_(ids)))
     gone = connection.execute(
         messages.delete().where(c.id.in_(ids), c.status == status.value, c.updated_at < before)
     ).rowcount

@@ -42,9 +42,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.x509.oid import NameOID
 
 from relay import tls as relay_tls
+from relay.core.model import MessageStatus
 from relay.core.outbound_events import Subscription, Subscriptions
 from relay.core.providers.model import MAX_BODY_BYTES
-from relay.retention_database import delete_expired
+from relay.retention_database import delete_expired, delete_finished
 from relay.tables import (
     messages,
     provider_events,
@@ -592,6 +593,21 @@ async def test_message_rows_untouched_by_unmatched_events(world: World) -> None:
         "provider_replays": 1,
     }
     assert await world.rows(messages) == []
+
+
+async def test_retention_takes_a_messages_provider_rows_with_it(world: World) -> None:
+    _, header = await world.send("alice@example.com", "mailgun", "mailgun-queue")
+    status, _, _ = await world.post(
+        "mailgun", mailgun_post(mailgun_failed(header, "alice@example.com"))
+    )
+    assert status == 200
+    assert len(await world.rows(provider_events)) == 1 and len(await world.rows(provider_refs)) == 2
+
+    def delete(connection: sa.Connection) -> int:
+        return delete_finished(connection, MessageStatus.SENT, time.time() + 1, 100).messages
+
+    assert await world.relay.app.writer.write_apart(delete) == 1
+    assert await world.rows(provider_events) == [] and await world.rows(provider_refs) == []
 
 
 # -- The seen-set across nodes (SQLite and PostgreSQL), and its housekeeping
