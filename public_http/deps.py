@@ -10,6 +10,7 @@ from aiohttp import web
 from relay.config_http import HttpConfig
 from relay.form_controller import FormController
 from relay.metrics import Metrics
+from relay.provider_event_controller import ProviderEventController
 from relay.send_controller import SendController
 
 
@@ -19,6 +20,7 @@ class PublicDeps:
     metrics: Metrics
     forms: FormController | None = None  # landing-page forms (public_http/forms_view.py)
     send: SendController | None = None  # POST /api/v1/send, GET /api/v1/send/{id}
+    provider_events: ProviderEventController | None = None  # POST /api/v1/provider-events/...
 
 
 DEPS = web.AppKey("deps", PublicDeps)

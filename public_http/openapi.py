@@ -24,6 +24,7 @@ from admin_http.openapi_parts import (
 from public_http.forms_view import PREFLIGHT_MAX_AGE_SECONDS
 from relay.core.idempotency import MAX_KEY_CHARS
 from relay.core.model import MessageStatus, RecipientStatus
+from relay.core.providers.model import MAX_BODY_BYTES as MAX_PROVIDER_BODY_BYTES
 from relay.form_controller import MAX_FIELD_CHARS, MAX_FIELDS
 
 _TEXT = {"type": "string"}
@@ -288,6 +289,44 @@ def _status() -> Schema:
     }
 
 
+def _provider_events() -> Schema:
+    return {
+        "summary": "Bounces, complaints and deliveries an upstream's provider reports",
+        "description": "For an upstream with `events: ses | mailgun | sendgrid | postmark`: "
+        "the provider's own request (SES through an SNS HTTPS subscription), verified its "
+        "way: SNS message signature, Mailgun's HMAC and timestamp, SendGrid's ECDSA "
+        "signature and timestamp, Postmark's basic auth. Hard bounces and complaints put the "
+        "recipient on the site's suppression list; every event found is on its message's "
+        "timeline and goes to the webhooks.",
+        "parameters": [path_parameter("upstream")],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {}}, "text/plain": {"schema": _TEXT}},
+        },
+        "responses": {
+            "200": json_answer(
+                {
+                    "oneOf": [
+                        ref("ProviderEventsTaken"),
+                        obj({"status": {"const": "noted"}, "detail": _TEXT}),
+                    ]
+                },
+                "Taken (also when its messages are not ours, or it came before: "
+                "`replayed`), or an SNS subscription message handled",
+            ),
+            "400": _error("Malformed, or a type the provider never documented"),
+            "401": _error(
+                "The signature, credentials or timestamp do not verify",
+                {"WWW-Authenticate": {"schema": _TEXT, "description": "Postmark's: Basic"}},
+            ),
+            "403": _error("An SNS topic that is not among the upstream's `events_topics`"),
+            "404": _error("No upstream of this name takes provider events"),
+            "413": _error(f"The body is over {MAX_PROVIDER_BODY_BYTES} bytes"),
+            "503": _later("The SNS signing certificate could not be fetched; try again"),
+        },
+    }
+
+
 def _unauthorized() -> Schema:
     return _error(
         "No key, or an unknown, revoked or expired one",
@@ -319,6 +358,7 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/v1/send": {"post": _send()},
         "/api/v1/send/{id}": {"get": _status()},
+        "/api/v1/provider-events/{upstream}": {"post": _provider_events()},
     }
 
 
@@ -407,6 +447,15 @@ def _schemas() -> dict[str, Schema]:
             },
             "additionalProperties": False,
         },
+        "ProviderEventsTaken": obj(
+            {
+                "status": {"enum": ["accepted", "replayed"]},
+                "events": {"type": "integer"},
+                "matched": {"type": "integer"},
+                "unmatched": {"type": "integer"},
+                "ignored": {"type": "integer"},
+            }
+        ),
         "SendStatus": obj(
             {
                 "id": _TEXT,

@@ -72,6 +72,7 @@ from relay.login_link_controller import LoginLinkController, login_link_line
 from relay.metrics import Metrics
 from relay.node import gone_owners, lease_owner
 from relay.probe_controller import ProbeController
+from relay.provider_event_controller import ProviderEventController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
 from relay.retention_controller import Housekeeping
@@ -79,6 +80,7 @@ from relay.secret_box import SecretBox, SecretKeyError, load_or_create_key
 from relay.send_controller import SendController
 from relay.smtp_server import SmtpListeners
 from relay.smtp_view import SmtpHandler
+from relay.sns_client import SnsClient
 from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_files
 from relay.suppression_controller import SuppressionController
 from relay.system_events import SystemEvents
@@ -170,6 +172,16 @@ class RelayApp:
             self.writer, self.webhook_subscriptions, str(self.owner), clock
         )
         self.events.subscribe(self.system_events.on_event)
+        self.provider_events = ProviderEventController(
+            self.writer,
+            self.directory,
+            self.metrics,
+            clock,
+            on_listed=self.suppressions.note_listed,
+            sns_client=SnsClient(config.provider_events.sns_test_ca_file),
+            sns_test_host=config.provider_events.sns_test_certificate_host,
+            subscriptions=self.webhook_subscriptions,
+        )
         self.ingress = IngressController(
             self.writer,
             self.directory,
@@ -398,7 +410,11 @@ class RelayApp:
             self._clock,
         )
         deps = PublicDeps(
-            lambda: self.config.http or http, self.metrics, forms=forms, send=self.send
+            lambda: self.config.http or http,
+            self.metrics,
+            forms=forms,
+            send=self.send,
+            provider_events=self.provider_events,
         )
         context = None
         if http.cert_file is not None and http.key_file is not None:
@@ -577,6 +593,7 @@ class RelayApp:
         await self.clients.close()
         if self._http is not None:
             await self._http.cleanup()
+        await self.provider_events.close()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.engine.dispose()

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from relay.config_events import ProviderEventsConfig, parse_provider_events, parse_upstream_events
 from relay.config_http import (
     HttpConfig,
     parse_api_keys,
@@ -201,6 +202,7 @@ class Config:
     templates: tuple[Template, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    provider_events: ProviderEventsConfig = field(default_factory=ProviderEventsConfig)
 
     def directory(self) -> Directory:
         return Directory.of(
@@ -276,6 +278,16 @@ API_FORBIDDEN_KEYS = (
     "credentials",
     "api_keys",
     "allow_plaintext_auth",
+    # Provider events in: their secrets would need sealing beside the password (not yet).
+    "events",
+    "events_key",
+    "events_key_env",
+    "events_key_file",
+    "events_username",
+    "events_password",
+    "events_password_env",
+    "events_password_file",
+    "events_topics",
 )
 
 
@@ -334,6 +346,7 @@ def _parse(path: Path, root: Section) -> Config | None:
         http = parse_http(http_section, is_loopback(http_section.text("host", "127.0.0.1") or ""))
     templates = parse_templates(root)
     _check_form_templates(root, sites, {t.name for t in templates})
+    provider_events = parse_provider_events(root.section("provider_events"))
     root.finish()
     return Config(
         path,
@@ -355,6 +368,7 @@ def _parse(path: Path, root: Section) -> Config | None:
         templates,
         api_keys,
         retention,
+        provider_events,
     )
 
 
@@ -681,6 +695,7 @@ def _parse_upstream(s: Section) -> Upstream | None:
         cost_per_1000=s.cost("cost_per_1000"),
         weight=s.integer("weight", 1, minimum=0),
         spf_include=_spf_includes(s),
+        events=parse_upstream_events(s),
     )
     s.finish()
     return upstream if name is not None else None

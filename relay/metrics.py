@@ -154,8 +154,15 @@ class Metrics:
         )
         self.suppressions = Counter(
             "relay_suppressions_added_total",
-            "Recipients added to a site's suppression list after a hard bounce.",
+            "Recipients added to a site's suppression list: hard bounces, provider complaints.",
             ["site"],
+            registry=self.registry,
+        )
+        self.provider_events = Counter(
+            "relay_provider_events_total",
+            "Provider events in, per upstream: matched, unmatched, ignored; requests refused, "
+            "replayed, unavailable (SNS certificate), subscription (SNS confirmations).",
+            ["upstream", "outcome"],
             registry=self.registry,
         )
         self.suppressed_recipients = Counter(

@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.core.model import (
@@ -421,22 +422,23 @@ _Counted = tuple[str, float, str]  # site, created_at, status before this batch
 
 def _add_refs(connection: Connection, live: list[DeliveryRecord]) -> None:
     """The records' provider refs, once each (a message sent again keeps its Message-ID)."""
-    new = {(upstream, ref, r.message_id): r.now for r in live for upstream, ref in r.refs}
-    if not new:
-        return
-    known = sa.select(
-        provider_refs.c.upstream, provider_refs.c.ref, provider_refs.c.message_id
-    ).where(provider_refs.c.message_id.in_({message_id for _, _, message_id in new}))
-    for row in connection.execute(known):
-        new.pop((row.upstream, row.ref, row.message_id), None)
-    if new:
+    rows = {(upstream, ref, r.message_id): r.now for r in live for upstream, ref in r.refs}
+    if rows:
         connection.execute(
-            provider_refs.insert(),
+            _ADD_REF[connection.dialect.name],
             [
                 {"upstream": u, "ref": ref, "message_id": m, "created_at": now}
-                for (u, ref, m), now in new.items()
+                for (u, ref, m), now in rows.items()
             ],
         )
+
+
+_ADD_REF = {
+    name: dialect.insert(provider_refs).on_conflict_do_nothing(
+        index_elements=["upstream", "ref", "message_id"]
+    )
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 
 
 def _count_deliveries(

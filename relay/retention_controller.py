@@ -10,7 +10,7 @@ the hot writes get at least two thirds of the store's time. A run:
 1. content of final messages older than ``content_hours`` -> their header block,
 2. final messages older than ``log_days``, with recipients and attempts,
 3. audit log, statistics rollups, used form nonces, idempotency keys, AUTH
-   failures past their time,
+   failures, provider requests remembered against replays past their time,
 4. SQLite: free pages beyond a tenth of the file given back (incremental vacuum),
 
 then measures the store for the metrics (its size on every process, every
@@ -188,6 +188,7 @@ class Housekeeping:
             ("idempotency_keys", now),
             ("auth_failures", now - self._auth_window),
             ("suppressions", now),
+            ("provider_replays", now),
         ):
             while True:
                 count = await self._batch(

@@ -35,6 +35,7 @@ from relay.tables import (
     messages,
     provider_events,
     provider_refs,
+    provider_replays,
     recipients,
     stats_rollups,
     suppressions,
@@ -285,6 +286,8 @@ EXPIRING = {
     "auth_failures": Expiring(auth_failures, "at", ("id",)),
     # Soft suppressions past their ``expires_at`` (they already suppress no more).
     "suppressions": Expiring(suppressions, "expires_at", ("site_id", "address")),
+    # Provider requests remembered against replays, past the provider's window.
+    "provider_replays": Expiring(provider_replays, "expires_at", ("key",)),
 }
 
 

@@ -148,6 +148,11 @@ class SuppressionController:
             for entry in event.suppress:
                 self._note_listed(entry.site_id)
 
+    def note_listed(self, site_id: str) -> None:
+        """This process has just put an address of the site on its list (a provider's bounce
+        or complaint): its RCPTs ask the store from now on."""
+        self._note_listed(site_id)
+
     def _note_listed(self, site_id: str) -> None:
         self._has_entries[site_id] = (True, time.monotonic())
 

@@ -11,6 +11,7 @@ redirect is followed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import urllib.request
@@ -81,6 +82,16 @@ class LiveRelay:
 
 def relay_config(tmp_path: Path) -> dict[str, Any]:
     config = base_config(tmp_path, [smtp_upstream("main", closed_port())])
+    config["upstreams"] += [  # provider events in; no site sends through them
+        smtp_upstream("mailgun", closed_port(), events="mailgun", events_key="mailgun-key"),
+        smtp_upstream(
+            "postmark",
+            closed_port(),
+            events="postmark",
+            events_username="hooks",
+            events_password="hooks-password",
+        ),
+    ]
     config["http"] = {"host": "127.0.0.1", "port": 0}
     config["limits"] = {"max_message_bytes": 20_000}
     config["delivery"] = {"retry_first_seconds": 600, "retry_max_seconds": 1200}
@@ -335,3 +346,26 @@ def test_the_send_answers_keep_to_the_document(
     tight = {"Authorization": f"Bearer {TIGHT_KEY}"}
     send(202, headers=tight, body=MESSAGE)
     assert int(header(send(429, headers=tight, body=MESSAGE), "Retry-After")) > 0
+
+
+def test_the_provider_event_answers_keep_to_the_document(
+    api_schema: schemathesis.BaseSchema, live: LiveRelay
+) -> None:
+    def post(status: int, upstream: str, body: Any, **headers: str) -> Any:
+        return call(api_schema, live, "POST", "/api/v1/provider-events/{upstream}", status,
+                    path_parameters={"upstream": upstream}, media_type="application/json",
+                    body=body, headers=headers)  # fmt: skip
+
+    record = {"RecordType": "Delivery", "MessageID": "pm-1", "Recipient": "a@example.org"}
+    hooks = "Basic " + base64.b64encode(b"hooks:hooks-password").decode()
+    answer = post(200, "postmark", record, Authorization=hooks).json()
+    assert answer == {"status": "accepted", "events": 1, "matched": 0, "unmatched": 1, "ignored": 0}
+    wrong = post(
+        401, "postmark", record, Authorization="Basic " + base64.b64encode(b"a:b").decode()
+    )
+    assert header(wrong, "WWW-Authenticate").startswith("Basic")
+    post(400, "mailgun", {"signature": "not an object"})
+    signature = {"timestamp": "1", "token": "t", "signature": "0" * 64}
+    post(401, "mailgun", {"signature": signature, "event-data": {}})
+    post(404, "main", record)  # no events:
+    post(404, "nope", record)

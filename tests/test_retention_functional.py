@@ -51,6 +51,7 @@ KINDS = (
     "idempotency_keys",
     "auth_failures",
     "suppressions",
+    "provider_replays",
 )
 BUSY = "451 4.2.1 mailbox busy, try later"
 

@@ -128,6 +128,18 @@ class Site:
 
 
 @dataclass(frozen=True)
+class UpstreamEvents:
+    """``upstreams[].events``: the provider that reports this upstream's bounces, complaints
+    and deliveries to ``POST /api/v1/provider-events/{upstream}``, and what verifies them."""
+
+    provider: str  # ses | mailgun | sendgrid | postmark (core.providers.model.Provider)
+    key: Secret | None = None  # Mailgun's signing key; SendGrid's verification key (base64 DER)
+    username: str | None = None  # Postmark's basic-auth user name
+    password: Secret | None = None  # Postmark's basic-auth password
+    topics: tuple[str, ...] = ()  # SES: the SNS topic ARNs taken; empty: any
+
+
+@dataclass(frozen=True)
 class Upstream:
     name: str
     kind: UpstreamKind
@@ -150,8 +162,8 @@ class Upstream:
     cost_per_1000: float | None = None  # for `strategy: cost`; unknown cost sorts last
     weight: int = 1  # for `strategy: weighted`
     spf_include: tuple[str, ...] = ()  # what a sender's SPF must include for this upstream
+    events: UpstreamEvents | None = None  # provider events in (relay/config_events.py)
     managed_by_file: bool = True
-    events: str | None = None  # the provider whose events about its mail come in (ses, ...)
 
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")

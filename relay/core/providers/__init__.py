@@ -16,6 +16,6 @@ does with each:
 - Postmark: ``postmark.verify(body, authorization_header, username, password)``.
 
 ``Accepted.replay_key``, when not None, is the caller's to record and refuse when seen
-again (a Mailgun token, a SendGrid signature, an SNS MessageId). Every function answers a
-verdict and never raises on what a request carries.
+again (a Mailgun token, a digest of a SendGrid request, an SNS MessageId). Every function
+answers a verdict and never raises on what a request carries.
 """

@@ -8,8 +8,10 @@ an ECDSA signature (DER) with SHA-256 over the ``X-Twilio-Email-Event-Webhook-Ti
 value followed by the raw body, checked with the verification key SendGrid shows (base64 of
 a DER SubjectPublicKeyInfo; we take only P-256, the curve SendGrid generates). The body is
 verified as bytes before it is parsed. SendGrid documents no replay window: a timestamp
-more than ``window_seconds`` from ``now`` is refused, and ``Accepted.replay_key`` (the
-signature: the same request replayed carries the same one) is the caller's to record.
+more than ``window_seconds`` from ``now`` is refused, and ``Accepted.replay_key`` (a digest
+of the signed bytes, timestamp and body) is the caller's to record. Not the signature: an
+ECDSA signature (r, s) has a twin (r, n - s) that verifies as well, so a captured request
+sent again with the twin would pass a seen-set keyed by signatures.
 
 Events, from the "Event Webhook Reference" (.../tracking-events/event): a JSON array of
 objects with ``email``, ``timestamp``, ``event``, ``sg_event_id``, ``sg_message_id``,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -115,10 +118,11 @@ def verify(
         return Refused(Refusal.BAD_SIGNATURE, "the SendGrid signature does not verify")
     if abs(now - int(signed_at)) > window_seconds:
         return Refused(Refusal.STALE_TIMESTAMP, "the timestamp header is outside the window")
-    return accepted_or_refused(lambda: _batch(body, signature))
+    request_key = hashlib.sha256(signed_at.encode("ascii") + b"\n" + body).hexdigest()
+    return accepted_or_refused(lambda: _batch(body, request_key))
 
 
-def _batch(body: bytes, signature: str) -> Verdict:
+def _batch(body: bytes, request_key: str) -> Verdict:
     events: list[ProviderEvent] = []
     ignored: list[str] = []
     for each in items(load_json(body), "the body"):
@@ -129,7 +133,7 @@ def _batch(body: bytes, signature: str) -> Verdict:
             ignored.append(name)
         else:
             events.append(_event(record, name, kind))
-    return Accepted(events=tuple(events), ignored=tuple(ignored), replay_key=signature)
+    return Accepted(events=tuple(events), ignored=tuple(ignored), replay_key=request_key)
 
 
 def _kind(name: str, record: Mapping[str, Any]) -> EventKind | None:
