@@ -83,11 +83,15 @@ from relay.suppression_controller import SuppressionController
 from relay.template_controller import TemplateController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
+from relay.webhook_client import WebhookClient
+from relay.webhook_controller import WEBHOOKS, WebhookController
+from relay.webhook_dispatch_controller import WebhookDispatcher
 from relay.worker_handoff import READY, Handoff
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
+WEBHOOK_STOP_SECONDS = 5.0
 QUEUE_GAUGE_SECONDS = 15.0
 PERSIST_SECONDS = 2.0  # how often circuits are written and usage counters re-read
 # Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
@@ -148,6 +152,7 @@ class RelayApp:
                 CATALOG: self.load_store,
                 RELOAD: self._reload_from_elsewhere,
                 FLUSH: lambda: self.queue.apply_flush(),
+                WEBHOOKS: lambda: self.webhooks.load(),
             },
             clock,
         )
@@ -174,6 +179,25 @@ class RelayApp:
         except SecretKeyError as error:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
+        # Webhooks: `self.webhooks.subscriptions()` says who wants which event (cheap, cached);
+        # after writing events to the outbox, `self.webhook_dispatcher.wake()` sends them now.
+        self.webhooks = WebhookController(self.writer, self.secrets, lambda: self.config, clock)
+        self.webhooks.attach(self.sync)
+        self.webhook_dispatcher = WebhookDispatcher(
+            self.writer,
+            self.webhooks,
+            lambda: self.config.events,
+            WebhookClient(
+                lambda: (
+                    self.config.events.allow_private_targets,
+                    self.config.events.allowed_networks,
+                )
+            ),
+            self.metrics,
+            owner=str(self.owner),
+            gone=gone_owners(self.owner),
+            clock=clock,
+        )
         self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
         self._session_key = derive_key(secret, b"dashboard-session")
         self._secret = secret
@@ -270,6 +294,7 @@ class RelayApp:
         await self.sync.start()  # before loading: a change in between is loaded again, not lost
         await self.load_store()
         self.writer.start()
+        await self.webhooks.load()
         await self.usage.load()
         await self.health.load()
         self.usage.export(self._directory)
@@ -299,6 +324,7 @@ class RelayApp:
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
             asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
+            asyncio.create_task(self.webhook_dispatcher.run(), name="webhooks"),
             asyncio.create_task(
                 self.sync.run(self.config.cluster.sync_seconds), name="cluster-sync"
             ),
@@ -345,6 +371,7 @@ class RelayApp:
             templates=self.templates,
             api_keys=self.api_keys,
             suppressions=self.suppressions,
+            webhooks=self.webhooks,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
@@ -525,6 +552,7 @@ class RelayApp:
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
         self._admin_tokens = _token_hashes(config)
+        self.webhooks.rebuild()
         warnings = dangling_upstreams(self._directory)
         for warning in warnings:
             log.warning("reload: %s", warning)
@@ -545,6 +573,7 @@ class RelayApp:
         await self.listeners.stop(DRAIN_SECONDS)
         if self._tasks:  # started
             await self.delivery.stop(DELIVERY_STOP_SECONDS)
+            await self.webhook_dispatcher.stop(WEBHOOK_STOP_SECONDS)
         await asyncio.gather(*self._announcing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
@@ -575,6 +604,8 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         api_keys=loaded.api_keys,
         routing=loaded.routing,
         retention=loaded.retention,
+        events=loaded.events,
+        webhooks=loaded.webhooks,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
 

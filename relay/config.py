@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from relay.config_events import EventsConfig, parse_events, parse_webhooks
 from relay.config_http import (
     HttpConfig,
     parse_api_keys,
@@ -69,6 +70,7 @@ from relay.core.retention import RetentionPolicy
 from relay.core.routing import ClassRule, RoutingPolicy
 from relay.core.templates import Template
 from relay.core.tokens import is_token_hash
+from relay.core.webhook_delivery import Endpoint
 
 
 class ConfigError(Exception):
@@ -201,6 +203,8 @@ class Config:
     templates: tuple[Template, ...] = ()
     api_keys: tuple[ApiKey, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)  # how webhooks are sent
+    webhooks: tuple[Endpoint, ...] = ()  # the file's endpoints (the API's are in the store)
 
     def directory(self) -> Directory:
         return Directory.of(
@@ -328,6 +332,8 @@ def _parse(path: Path, root: Section) -> Config | None:
     sites, credentials, api_keys = _parse_sites(root, upstream_names)
     cluster = _parse_cluster(root.section("cluster"))
     retention = _parse_retention(root.section("retention"))
+    events = parse_events(root.section("events"))
+    webhooks = parse_webhooks(root)
     http = None
     if root.has("http"):
         http_section = root.section("http")
@@ -355,6 +361,8 @@ def _parse(path: Path, root: Section) -> Config | None:
         templates,
         api_keys,
         retention,
+        events,
+        webhooks,
     )
 
 

@@ -188,6 +188,8 @@ class Housekeeping:
             ("idempotency_keys", now),
             ("auth_failures", now - self._auth_window),
             ("suppressions", now),
+            ("webhook_outbox", cut.log),
+            ("webhook_attempts", cut.log),
         ):
             while True:
                 count = await self._batch(

@@ -36,6 +36,8 @@ from relay.tables import (
     recipients,
     stats_rollups,
     suppressions,
+    webhook_attempts,
+    webhook_outbox,
 )
 
 HOUSEKEEPING = "housekeeping"
@@ -280,6 +282,10 @@ EXPIRING = {
     "auth_failures": Expiring(auth_failures, "at", ("id",)),
     # Soft suppressions past their ``expires_at`` (they already suppress no more).
     "suppressions": Expiring(suppressions, "expires_at", ("site_id", "address")),
+    # Webhook events delivered or given up, and the log of tries (pending ones have no
+    # finished_at, so they stay whatever their age).
+    "webhook_outbox": Expiring(webhook_outbox, "finished_at", ("id",)),
+    "webhook_attempts": Expiring(webhook_attempts, "at", ("id",)),
 }
 
 
