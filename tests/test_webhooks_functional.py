@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
+import re
+import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -396,3 +400,50 @@ async def test_the_files_endpoints_are_read_only_but_can_be_enabled(
     assert on["enabled"] and relay.app.webhooks.subscriptions().wants_any(EventType.ACCEPTED)
     bad = await admin.call("PATCH", f"{V1}/webhooks/file", {"enabled": "yes"})
     assert "enabled: must be true or false" in " ".join(bad.error(422, "invalid")["problems"])
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_snippet(language: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n### Verifying the signature\n", 1)[1].split("\n### ", 1)[0]
+    (code,) = re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+    return str(code)
+
+
+async def test_readmes_verifiers_accept_the_relays_requests_and_refuse_tampered_ones(
+    tmp_path: Path, start_relay: Any, admin_session: aiohttp.ClientSession
+) -> None:
+    async with receiving() as receiver:
+        relay = await start_relay(config(tmp_path, [hook("app", receiver.url)]))
+        await Admin(admin_session, relay.app.admin_port).ok(
+            "POST", f"{V1}/webhooks/app/test", status=202
+        )
+        (got,) = await receiver.wait_accepted(1)
+    tampered = got.body.replace(b"webhook.test", b"webhook.tesT")
+    python: dict[str, Any] = {}
+    exec(readme_snippet("python"), python)  # noqa: S102  (README's own example)
+    assert python["verify"](SECRET, got.headers, got.body) is True
+    assert python["verify"](SECRET, got.headers, tampered) is False
+    old = {**got.headers, "webhook-timestamp": str(int(time.time()) - 600)}
+    assert python["verify"](SECRET, old, got.body) is False
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH: README's Node.js example not run")
+    script = tmp_path / "verify.js"
+    script.write_text(
+        readme_snippet("js")
+        + "\nconst [secret, headers, body] = process.argv.slice(2);\n"
+        + 'console.log(verify(secret, JSON.parse(headers), Buffer.from(body, "base64")));\n'
+    )
+    for body, expected in ((got.body, "true"), (tampered, "false")):
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [node, str(script), SECRET, json.dumps(got.headers), base64.b64encode(body).decode()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.stdout.strip() == expected, result.stderr
