@@ -198,6 +198,7 @@ class RelayApp:
             gone=gone_owners(self.owner),
             clock=clock,
         )
+        self.webhooks.queued = self.webhook_dispatcher.wake
         self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
         self._session_key = derive_key(secret, b"dashboard-session")
         self._secret = secret

@@ -14,7 +14,6 @@ never an exception.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from relay import __version__
-from relay.core.network import IpAddress
+from relay.core.network import IpAddress, parse_ip
 from relay.core.webhook_targets import literal_refusal, refusal
 
 RESPONSE_HEAD_BYTES = 512
@@ -52,7 +51,8 @@ class GuardedResolver(ThreadedResolver):
         found = await super().resolve(host, port, family)
         allowed, why = [], None
         for result in found:
-            reason = self._rule(ipaddress.ip_address(result["host"]))
+            address = parse_ip(result["host"])  # a link-local one may carry its scope
+            reason = self._rule(address) if address is not None else "an unknown address"
             if reason is None:
                 allowed.append(result)
             else:

@@ -69,6 +69,7 @@ class WebhookController:
         self._config = config
         self._clock = clock
         self._sync: ClusterSync | None = None
+        self.queued: Callable[[], None] = lambda: None  # events were written: send them now
         self._stored: tuple[Endpoint, ...] = ()
         self._states: dict[str, db.State] = {}
         self._endpoints: dict[str, Endpoint] = {}
@@ -198,6 +199,8 @@ class WebhookController:
             await self._audit(c, actor, "update", name, patch)
 
         await self._change(write)
+        if enabled is True:
+            self.queued()
         return await self.get(name)
 
     async def rotate_secret(self, actor: str, name: str) -> str:
@@ -244,7 +247,9 @@ class WebhookController:
             await self._audit(c, actor, "replay", name, {"since": since, "events": count})
             return count
 
-        return await self._writer.write(write)
+        count = await self._writer.write(write)
+        self.queued()
+        return count
 
     async def test(self, actor: str, name: str) -> str:
         """Queue a ``webhook.test`` event for the endpoint; its event id."""
@@ -260,6 +265,7 @@ class WebhookController:
             await self._audit(c, actor, "test", name, {"event": entry.event.id})
 
         await self._writer.write(write)
+        self.queued()
         return entry.event.id
 
     async def disable_failing(self, name: str, failing_since: float, now: float) -> bool:
@@ -267,6 +273,8 @@ class WebhookController:
 
         False when another process disabled it first.
         """
+        if not self.enabled(name):  # disabled already, here or by another process
+            return False
         hours = (now - failing_since) / 3600
         reason = f"failing for {hours:.1f} h without a success"
         others = Subscriptions(tuple(s for s in self._subscriptions.endpoints if s.name != name))
@@ -281,6 +289,7 @@ class WebhookController:
             return True
 
         disabled = await self._change(write)
+        self.queued()
         if disabled:
             log.warning("webhook %s disabled: %s (PATCH enabled: true enables it)", name, reason)
         return disabled

@@ -37,6 +37,7 @@ from relay.tables import webhook_attempts, webhook_outbox, webhook_states, webho
 
 DELIVERED = "delivered"
 FAILED = "failed"
+PARKED = 1e11  # next_attempt_at of a disabled endpoint's waiting events (the year 5138)
 o = webhook_outbox
 
 
@@ -126,24 +127,38 @@ def ensure_states(connection: Connection, names: Sequence[str], now: float) -> N
 
 
 def enable(connection: Connection, name: str, now: float) -> None:
-    """Enabled, and counted as failing from now on only (its past failures forgiven)."""
+    """Enabled, failing from now on only (past failures forgiven); its waiting events due now."""
     ensure_states(connection, [name], now)
     connection.execute(
         webhook_states.update()
         .where(webhook_states.c.name == name)
         .values(disabled_at=None, disabled_reason=None, failing_since=None, updated_at=now)
     )
+    connection.execute(
+        o.update()
+        .where(o.c.webhook == name, o.c.status == PENDING, o.c.next_attempt_at >= PARKED)
+        .values(next_attempt_at=now)
+    )
 
 
 def disable(connection: Connection, name: str, reason: str, now: float) -> bool:
-    """Disable the endpoint; False when it was disabled already (by another process)."""
+    """Disable the endpoint; False when it was disabled already (by another process).
+
+    Its waiting events are parked (due at PARKED): due, they would be read by every claim
+    of every process until it is enabled again.
+    """
     ensure_states(connection, [name], now)
     result = connection.execute(
         webhook_states.update()
         .where(webhook_states.c.name == name, webhook_states.c.disabled_at.is_(None))
         .values(disabled_at=now, disabled_reason=reason, updated_at=now)
     )
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    connection.execute(
+        o.update().where(o.c.webhook == name, o.c.status == PENDING).values(next_attempt_at=PARKED)
+    )
+    return True
 
 
 # -- The outbox

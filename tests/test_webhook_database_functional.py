@@ -156,8 +156,14 @@ async def test_a_disabled_endpoint_is_not_claimed(engine: AsyncEngine) -> None:
     assert not await run(engine, lambda c: db.disable(c, "a", "again", NOW))
     batch = await claim(engine, "n", {"a": 4, "b": 4})
     assert {c.webhook for c in batch} == {"b"}
-    await run(engine, lambda c: db.enable(c, "a", NOW))
-    assert {c.webhook for c in await claim(engine, "n", {"a": 4, "b": 4})} == {"a"}
+    # Parked: not due, so no claim reads them while the endpoint is disabled.
+    async with engine.connect() as c:
+        due = await c.scalars(
+            sa.select(webhook_outbox.c.next_attempt_at).where(webhook_outbox.c.webhook == "a")
+        )
+        assert set(due) == {db.PARKED}
+    await run(engine, lambda c: db.enable(c, "a", NOW + 1))
+    assert {c.webhook for c in await claim(engine, "n", {"a": 4, "b": 4}, now=NOW + 1)} == {"a"}
 
 
 async def test_failing_since_is_kept_until_a_success(engine: AsyncEngine) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 from relay.core.outbound_events import Event, EventType, event, message_event
 from relay.outbox_database import add_to_outbox
-from tests.conftest import FakeClock, RunningRelay, base_config, smtp_upstream
+from tests.conftest import FakeClock, RunningRelay, base_config, smtp_upstream, write_config
 from tests.test_admin_api_functional import TOKEN, Admin
 from tests.test_webhook_signing import Refused, spec_verify
 from tests.webhook_receiver import receiving
@@ -447,3 +447,16 @@ async def test_readmes_verifiers_accept_the_relays_requests_and_refuse_tampered_
             timeout=30,
         )
         assert result.stdout.strip() == expected, result.stderr
+
+
+async def test_a_reload_applies_the_files_endpoints(tmp_path: Path, start_relay: Any) -> None:
+    relay = await start_relay(config(tmp_path, []))
+    assert not relay.app.webhooks.subscriptions().wants_any(EventType.DELIVERED)
+    changed = config(
+        tmp_path, [hook("app", "https://app.example.com/", events=["message.delivered"])]
+    )
+    write_config(tmp_path, changed)
+    result = relay.app.reload()
+    assert result.problems == [] and "events" not in result.restart_needed
+    assert relay.app.webhooks.subscriptions().wants_any(EventType.DELIVERED)
+    assert not relay.app.webhooks.subscriptions().wants_any(EventType.BOUNCED)
