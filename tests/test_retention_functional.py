@@ -51,6 +51,8 @@ KINDS = (
     "idempotency_keys",
     "auth_failures",
     "suppressions",
+    "webhook_outbox",
+    "webhook_attempts",
 )
 BUSY = "451 4.2.1 mailbox busy, try later"
 
