@@ -78,8 +78,6 @@ def put_webhook(connection: Connection, stored: StoredWebhook) -> None:
 
 def delete_webhook(connection: Connection, name: str, now: float) -> None:
     """The endpoint, its state, and its waiting events (failed: nobody will take them)."""
-    connection.execute(webhooks.delete().where(webhooks.c.name == name))
-    connection.execute(webhook_states.delete().where(webhook_states.c.name == name))
     connection.execute(
         o.update()
         .where(o.c.webhook == name, o.c.status == PENDING)
@@ -91,6 +89,8 @@ def delete_webhook(connection: Connection, name: str, now: float) -> None:
             last_error="endpoint deleted",
         )
     )
+    connection.execute(webhook_states.delete().where(webhook_states.c.name == name))
+    connection.execute(webhooks.delete().where(webhooks.c.name == name))
 
 
 # -- Every endpoint's state (the file's too)
@@ -126,18 +126,22 @@ def ensure_states(connection: Connection, names: Sequence[str], now: float) -> N
     )
 
 
+# Lock order, as a try's record takes them: the outbox rows, then the endpoint's state. A
+# change taking them the other way round could deadlock with a try on another node.
+
+
 def enable(connection: Connection, name: str, now: float) -> None:
     """Enabled, failing from now on only (past failures forgiven); its waiting events due now."""
+    connection.execute(
+        o.update()
+        .where(o.c.webhook == name, o.c.status == PENDING, o.c.next_attempt_at >= PARKED)
+        .values(next_attempt_at=now)
+    )
     ensure_states(connection, [name], now)
     connection.execute(
         webhook_states.update()
         .where(webhook_states.c.name == name)
         .values(disabled_at=None, disabled_reason=None, failing_since=None, updated_at=now)
-    )
-    connection.execute(
-        o.update()
-        .where(o.c.webhook == name, o.c.status == PENDING, o.c.next_attempt_at >= PARKED)
-        .values(next_attempt_at=now)
     )
 
 
@@ -147,18 +151,16 @@ def disable(connection: Connection, name: str, reason: str, now: float) -> bool:
     Its waiting events are parked (due at PARKED): due, they would be read by every claim
     of every process until it is enabled again.
     """
+    connection.execute(
+        o.update().where(o.c.webhook == name, o.c.status == PENDING).values(next_attempt_at=PARKED)
+    )
     ensure_states(connection, [name], now)
     result = connection.execute(
         webhook_states.update()
         .where(webhook_states.c.name == name, webhook_states.c.disabled_at.is_(None))
         .values(disabled_at=now, disabled_reason=reason, updated_at=now)
     )
-    if not result.rowcount:
-        return False
-    connection.execute(
-        o.update().where(o.c.webhook == name, o.c.status == PENDING).values(next_attempt_at=PARKED)
-    )
-    return True
+    return bool(result.rowcount)
 
 
 # -- The outbox
