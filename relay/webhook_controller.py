@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,6 +36,7 @@ from relay.config_events import parse_webhook_spec
 from relay.core.outbound_events import EventType, Subscriptions, event, test_entry
 from relay.core.webhook_delivery import Endpoint
 from relay.core.webhook_signing import SECRET_BYTES, new_secret
+from relay.core.webhook_targets import literal_refusal
 from relay.outbox_database import add_to_outbox
 from relay.secret_box import SecretBox
 from relay.store import GroupWriter
@@ -153,6 +155,7 @@ class WebhookController:
         endpoint, problems = parse_webhook_spec({**body, "secret": secret}, secret)
         if endpoint is None:
             raise Invalid(problems)
+        self._refuse_literal_target(endpoint)
         now = self._clock()
 
         async def write(c: AsyncConnection) -> None:
@@ -191,6 +194,7 @@ class WebhookController:
                 changed, problems = parse_webhook_spec({**spec, "secret": secret}, kept)
                 if changed is None:
                     raise Invalid(problems)
+                self._refuse_literal_target(changed)
                 await c.run_sync(db.put_webhook, self._stored_row(changed, stored.created_at, now))
             if enabled is True:
                 await c.run_sync(db.enable, name, now)
@@ -301,6 +305,14 @@ class WebhookController:
         if endpoint is None:
             raise NotFound(f"no webhook {name!r}")
         return endpoint
+
+    def _refuse_literal_target(self, endpoint: Endpoint) -> None:
+        """An IP address in the URL is judged now (a name is judged at each try)."""
+        events = self._config().events
+        host = urlsplit(endpoint.url).hostname or ""
+        why = literal_refusal(host, events.allow_private_targets, events.allowed_networks)
+        if why is not None:
+            raise Invalid([f"webhook.url: {why}"])
 
     def _refuse_file_endpoint(self, name: str) -> None:
         if any(e.name == name for e in self._config().webhooks):

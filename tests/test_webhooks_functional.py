@@ -271,6 +271,20 @@ async def test_loopback_and_metadata_targets_are_refused_by_default(
         assert receiver.got == []
 
 
+async def test_the_api_refuses_a_url_at_a_refused_address_at_once(
+    tmp_path: Path, start_relay: Any, admin_session: aiohttp.ClientSession
+) -> None:
+    relay = await start_relay(config(tmp_path, [], private=False))
+    admin = Admin(admin_session, relay.app.admin_port)
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8025/api/v1/"):
+        reply = await admin.call("POST", f"{V1}/webhooks", {"name": "x", "url": url})
+        (problem,) = reply.error(422, "invalid")["problems"]
+        assert problem.startswith("webhook.url: ") and "address" in problem
+    await admin.ok("POST", f"{V1}/webhooks", {"name": "x", "url": "https://8.8.8.8/"}, status=201)
+    reply = await admin.call("PATCH", f"{V1}/webhooks/x", {"url": "http://[::1]/"})
+    assert "loopback address" in reply.error(422, "invalid")["problems"][0]
+
+
 async def test_the_api_makes_endpoints_and_shows_a_secret_once(
     tmp_path: Path, start_relay: Any, admin_session: aiohttp.ClientSession
 ) -> None:
