@@ -373,11 +373,16 @@ def replay(connection: Connection, webhook: str, since: float, now: float) -> in
     return int(connection.execute(o.insert().from_select(columns, copies)).rowcount or 0)
 
 
-def next_due_at(connection: Connection, now: float) -> float | None:
-    """When the next row not due yet falls due."""
+def next_due_at(connection: Connection, now: float, webhooks: Sequence[str]) -> float | None:
+    """When the first waiting event of these endpoints not leased now is (or was) due."""
+    if not webhooks:
+        return None
     value = connection.scalar(
         sa.select(sa.func.min(o.c.next_attempt_at)).where(
-            o.c.status == PENDING, o.c.next_attempt_at > now
+            o.c.status == PENDING,
+            o.c.webhook.in_(sorted(webhooks)),
+            o.c.next_attempt_at < PARKED,
+            sa.or_(o.c.leased_until.is_(None), o.c.leased_until < now),
         )
     )
     return float(value) if value is not None else None

@@ -78,11 +78,16 @@ class WebhookDispatcher:
         try:
             while not self._stopping:
                 self._wake.clear()
-                claimed = await self._claim()
-                if claimed:
-                    await self._sleep(POLL_SECONDS)  # a finishing try wakes us sooner
-                else:
-                    await self._sleep(await self._seconds_until_due())
+                due = await self._next_due()
+                now = self._clock()
+                if due is not None and due <= now:
+                    # Claimed: a finishing try wakes us. None claimed: what is due waits
+                    # behind a limit or an earlier event, freed by tries here or elsewhere.
+                    await self._claim()
+                    await self._sleep(POLL_SECONDS)
+                else:  # nothing due: no write transaction until something is
+                    wait = POLL_SECONDS if due is None else min(max(due - now, 0.05), POLL_SECONDS)
+                    await self._sleep(wait)
         finally:
             gauge.cancel()
 
@@ -190,14 +195,14 @@ class WebhookDispatcher:
             endpoint.url, headers, claimed.payload, config.timeout_seconds
         )
 
-    async def _seconds_until_due(self) -> float:
+    async def _next_due(self) -> float | None:
+        """When the next claimable event is due (a read: idle, the loop writes nothing)."""
         try:
-            due = await self._writer.read_apart(lambda c: db.next_due_at(c, self._clock()))
-        except Exception:  # the store is away: look again at the next poll
-            return POLL_SECONDS
-        if due is None:
-            return POLL_SECONDS
-        return min(max(due - self._clock(), 0.05), POLL_SECONDS)
+            names = [e.name for e in self._webhooks.endpoints() if self._webhooks.enabled(e.name)]
+            return await self._writer.read_apart(lambda c: db.next_due_at(c, self._clock(), names))
+        except Exception as error:  # the store is away: look again at the next poll
+            log.warning("webhook outbox not read: %s", error)
+            return None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
