@@ -18,6 +18,7 @@ from admin_http import (
     system_view,
     templates_view,
     upstreams_view,
+    webhooks_view,
 )
 from admin_http.dashboard.routes import add_dashboard, dashboard_middlewares
 from admin_http.deps import DEPS, AdminDeps
@@ -92,6 +93,16 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_get(f"{V1}/suppressions", suppressions_view.list_suppressions)
     r.add_post(f"{V1}/suppressions", suppressions_view.add_suppression)
     r.add_delete(f"{V1}/suppressions/{{site}}/{{address}}", suppressions_view.delete_suppression)
+
+    r.add_get(f"{V1}/webhooks", webhooks_view.list_webhooks)
+    r.add_post(f"{V1}/webhooks", webhooks_view.create_webhook)
+    r.add_get(f"{V1}/webhooks/{{name}}", webhooks_view.get_webhook)
+    r.add_patch(f"{V1}/webhooks/{{name}}", webhooks_view.patch_webhook)
+    r.add_delete(f"{V1}/webhooks/{{name}}", webhooks_view.delete_webhook)
+    r.add_post(f"{V1}/webhooks/{{name}}/rotate-secret", webhooks_view.rotate_secret)
+    r.add_get(f"{V1}/webhooks/{{name}}/deliveries", webhooks_view.deliveries)
+    r.add_post(f"{V1}/webhooks/{{name}}/replay", webhooks_view.replay)
+    r.add_post(f"{V1}/webhooks/{{name}}/test", webhooks_view.test)
 
     r.add_get(f"{V1}/messages", messages_view.search)
     r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)

@@ -21,6 +21,7 @@ from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
 from relay.suppression_controller import SuppressionController
 from relay.template_controller import TemplateController
+from relay.webhook_controller import WebhookController
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Api:
     templates: TemplateController | None = None  # the relay always gives it
     api_keys: ApiKeyController | None = None  # /api/v1/sites/{id}/api-keys
     suppressions: SuppressionController | None = None  # /api/v1/suppressions
+    webhooks: WebhookController | None = None  # /api/v1/webhooks
 
 
 @dataclass(frozen=True)

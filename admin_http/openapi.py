@@ -20,6 +20,7 @@ from admin_http.openapi_parts import (
     path_parameter,
     ref,
 )
+from relay.core.outbound_events import SUBSCRIBABLE
 from relay.suppression_controller import SOURCES
 
 
@@ -292,6 +293,33 @@ def _schemas() -> dict[str, Schema]:
                 "message_id": nullable("string"),
                 "created_at": text,
                 "expires_at": nullable("string"),
+            }
+        ),
+        "Webhook": obj(
+            {
+                "name": text,
+                "url": text,
+                "events": {"type": "array", "items": text, "description": "empty: all"},
+                "sites": {"type": "array", "items": text, "description": "empty: all"},
+                "max_in_flight": limit,
+                "secret_set": boolean,
+                "enabled": boolean,
+                "disabled_at": nullable("string"),
+                "disabled_reason": nullable("string"),
+                "failing_since": nullable("string"),
+                "last_success_at": nullable("string"),
+                "managed_by": managed,
+            }
+        ),
+        "WebhookDelivery": obj(
+            {
+                "event_id": text,
+                "event_type": text,
+                "at": text,
+                "duration_ms": number,
+                "status_code": {"type": ["integer", "null"]},
+                "error": nullable("string"),
+                "response": nullable("string", description="the answer's first 512 bytes"),
             }
         ),
         "Check": check,
@@ -892,6 +920,7 @@ def _paths() -> dict[str, Schema]:
                 params=[path_parameter("site"), path_parameter("address")],
             )
         },
+        **_webhook_paths(),
         "/api/v1/messages": {
             "get": _op(
                 "Search the message log, newest first",
@@ -933,6 +962,110 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "Make every waiting message due now and close every open circuit",
                 json_answer(ref("Flush")),
+            )
+        },
+    }
+
+
+def _webhook_paths() -> dict[str, Schema]:
+    name = path_parameter("name")
+    spec: dict[str, Schema] = {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "url": {"type": "string", "description": "http:// or https://"},
+        "events": {
+            "type": "array",
+            "items": {"type": "string", "enum": sorted(SUBSCRIBABLE)},
+            "description": "absent or empty: all",
+        },
+        "sites": {"type": "array", "items": {"type": "string"}, "description": "empty: all"},
+        "secret": {
+            "type": "string",
+            "description": "whsec_ and the base64 of 24 to 64 random bytes; absent: generated",
+        },
+        "max_in_flight": {"type": "integer", "minimum": 1},
+    }
+    with_secret = {**ref("Webhook"), "description": "with `secret`, shown this once"}
+    return {
+        "/api/v1/webhooks": {
+            "get": _op(
+                "Every webhook endpoint, the file's and the API's",
+                json_answer(
+                    obj(
+                        {
+                            "items": {"type": "array", "items": ref("Webhook")},
+                            "total": {"type": "integer"},
+                        }
+                    )
+                ),
+            ),
+            "post": _op(
+                "Make an endpoint; the answer holds its secret, the only time it is shown",
+                json_answer(with_secret, "Created"),
+                "201",
+                body=obj(spec, ["name", "url"]),
+            ),
+        },
+        "/api/v1/webhooks/{name}": {
+            "get": _op(
+                "One endpoint (never its secret)", json_answer(ref("Webhook")), params=[name]
+            ),
+            "patch": _op(
+                "Change an API endpoint; `enabled` (true enables a disabled one, forgiving its "
+                "failures) works for the file's endpoints too",
+                json_answer(ref("Webhook")),
+                params=[name],
+                body=obj({**spec, "enabled": {"type": "boolean"}}, []),
+            ),
+            "delete": _op(
+                "Delete an API endpoint; its waiting events are dropped", None, "204", params=[name]
+            ),
+        },
+        "/api/v1/webhooks/{name}/rotate-secret": {
+            "post": _op(
+                "A new secret for an API endpoint, shown this once; the old one stops at once",
+                json_answer(obj({"name": {"type": "string"}, "secret": {"type": "string"}})),
+                params=[name],
+            )
+        },
+        "/api/v1/webhooks/{name}/deliveries": {
+            "get": _op(
+                "The endpoint's tries, newest first; `next_cursor` (null at the end) passed as "
+                "`cursor` gives the next page",
+                json_answer(
+                    obj(
+                        {
+                            "items": {"type": "array", "items": ref("WebhookDelivery")},
+                            "next_cursor": nullable("string"),
+                        }
+                    )
+                ),
+                params=[
+                    name,
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "page_size",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                ],
+            )
+        },
+        "/api/v1/webhooks/{name}/replay": {
+            "post": _op(
+                "Queue again every event the endpoint was given since a time (same ids and bodies)",
+                json_answer(obj({"name": {"type": "string"}, "queued": {"type": "integer"}})),
+                params=[name],
+                body=obj(
+                    {"since": {"type": ["string", "number"], "description": _TIME["description"]}}
+                ),
+            )
+        },
+        "/api/v1/webhooks/{name}/test": {
+            "post": _op(
+                "Queue a `webhook.test` event for this endpoint; its id",
+                json_answer(obj({"event_id": {"type": "string"}}), "Queued"),
+                "202",
+                params=[name],
             )
         },
     }

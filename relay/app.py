@@ -87,11 +87,15 @@ from relay.system_events import SystemEvents
 from relay.template_controller import TemplateController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
+from relay.webhook_client import WebhookClient
+from relay.webhook_controller import WEBHOOKS, WebhookController
+from relay.webhook_dispatch_controller import WebhookDispatcher
 from relay.worker_handoff import READY, Handoff
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 10.0
 DELIVERY_STOP_SECONDS = 20.0
+WEBHOOK_STOP_SECONDS = 5.0
 QUEUE_GAUGE_SECONDS = 15.0
 PERSIST_SECONDS = 2.0  # how often circuits are written and usage counters re-read
 # Descriptors kept out of the SMTP sessions' reach: the admin listener and its clients,
@@ -133,7 +137,6 @@ class RelayApp:
             self.events,
             clock,
         )
-        self._subscriptions = Subscriptions()  # the webhooks' filters
         engine = Engine(
             self.directory,
             self.routing,
@@ -142,6 +145,7 @@ class RelayApp:
             self.usage,
             self.events,
             self.webhook_subscriptions,
+            self.outbox_written,
         )
         self.delivery = DeliveryController(
             self.writer,
@@ -159,6 +163,7 @@ class RelayApp:
                 CATALOG: self.load_store,
                 RELOAD: self._reload_from_elsewhere,
                 FLUSH: lambda: self.queue.apply_flush(),
+                WEBHOOKS: lambda: self.webhooks.load(),
             },
             clock,
         )
@@ -169,7 +174,7 @@ class RelayApp:
         self.suppressions = SuppressionController(self.writer, self.directory, clock)
         self.events.subscribe(self.suppressions.on_event)
         self.system_events = SystemEvents(
-            self.writer, self.webhook_subscriptions, str(self.owner), clock
+            self.writer, self.webhook_subscriptions, str(self.owner), clock, self.outbox_written
         )
         self.events.subscribe(self.system_events.on_event)
         self.provider_events = ProviderEventController(
@@ -178,6 +183,7 @@ class RelayApp:
             self.metrics,
             clock,
             on_listed=self.suppressions.note_listed,
+            outbox_written=self.outbox_written,
             sns_client=SnsClient(config.provider_events.sns_test_ca_file),
             sns_test_host=config.provider_events.sns_test_certificate_host,
             subscriptions=self.webhook_subscriptions,
@@ -194,12 +200,31 @@ class RelayApp:
             clock=clock,
             suppressions=self.suppressions,
             subscriptions=self.webhook_subscriptions,
+            outbox_written=self.outbox_written,
         )
         try:
             secret = load_or_create_key(config.server.secret_key_file)
         except SecretKeyError as error:
             raise StartupError(str(error)) from None
         self.secrets = SecretBox(secret)
+        self.webhooks = WebhookController(self.writer, self.secrets, lambda: self.config, clock)
+        self.webhooks.attach(self.sync)
+        self.webhook_dispatcher = WebhookDispatcher(
+            self.writer,
+            self.webhooks,
+            lambda: self.config.events,
+            WebhookClient(
+                lambda: (
+                    self.config.events.allow_private_targets,
+                    self.config.events.allowed_networks,
+                )
+            ),
+            self.metrics,
+            owner=str(self.owner),
+            gone=gone_owners(self.owner),
+            clock=clock,
+        )
+        self.webhooks.queued = self.webhook_dispatcher.wake
         self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
         self._session_key = derive_key(secret, b"dashboard-session")
         self._secret = secret
@@ -271,7 +296,12 @@ class RelayApp:
         return self._directory
 
     def webhook_subscriptions(self) -> Subscriptions:
-        return self._subscriptions
+        """Who wants which event (cheap, cached): for the transactions that write events."""
+        return self.webhooks.subscriptions()
+
+    def outbox_written(self) -> None:
+        """Events were committed to the outbox: the webhooks' worker sends them now."""
+        self.webhook_dispatcher.wake()
 
     async def load_store(self) -> None:
         """(Re)read the objects created through the API, secrets unsealed; the file wins a clash."""
@@ -301,6 +331,7 @@ class RelayApp:
         await self.sync.start()  # before loading: a change in between is loaded again, not lost
         await self.load_store()
         self.writer.start()
+        await self.webhooks.load()
         await self.usage.load()
         await self.health.load()
         self.usage.export(self._directory)
@@ -330,6 +361,7 @@ class RelayApp:
             asyncio.create_task(self._update_queue_gauges(), name="queue-gauges"),
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
             asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
+            asyncio.create_task(self.webhook_dispatcher.run(), name="webhooks"),
             asyncio.create_task(
                 self.sync.run(self.config.cluster.sync_seconds), name="cluster-sync"
             ),
@@ -376,6 +408,7 @@ class RelayApp:
             templates=self.templates,
             api_keys=self.api_keys,
             suppressions=self.suppressions,
+            webhooks=self.webhooks,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
@@ -560,6 +593,7 @@ class RelayApp:
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
         self._admin_tokens = _token_hashes(config)
+        self.webhooks.rebuild()
         warnings = dangling_upstreams(self._directory)
         for warning in warnings:
             log.warning("reload: %s", warning)
@@ -580,6 +614,7 @@ class RelayApp:
         await self.listeners.stop(DRAIN_SECONDS)
         if self._tasks:  # started
             await self.delivery.stop(DELIVERY_STOP_SECONDS)
+            await self.webhook_dispatcher.stop(WEBHOOK_STOP_SECONDS)
         await asyncio.gather(*self._announcing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
@@ -612,6 +647,8 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         api_keys=loaded.api_keys,
         routing=loaded.routing,
         retention=loaded.retention,
+        events=loaded.events,
+        webhooks=loaded.webhooks,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
 

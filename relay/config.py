@@ -39,6 +39,7 @@ from relay.config_section import (
     read_name,
     read_networks,
 )
+from relay.config_webhooks import EventsConfig, parse_events, parse_webhooks
 from relay.core.addresses import is_sender_pattern
 from relay.core.backoff import BackoffPolicy
 from relay.core.directory import Directory
@@ -70,6 +71,7 @@ from relay.core.retention import RetentionPolicy
 from relay.core.routing import ClassRule, RoutingPolicy
 from relay.core.templates import Template
 from relay.core.tokens import is_token_hash
+from relay.core.webhook_delivery import Endpoint
 
 
 class ConfigError(Exception):
@@ -203,6 +205,8 @@ class Config:
     api_keys: tuple[ApiKey, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     provider_events: ProviderEventsConfig = field(default_factory=ProviderEventsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)  # how webhooks are sent
+    webhooks: tuple[Endpoint, ...] = ()  # the file's endpoints (the API's are in the store)
 
     def directory(self) -> Directory:
         return Directory.of(
@@ -340,6 +344,8 @@ def _parse(path: Path, root: Section) -> Config | None:
     sites, credentials, api_keys = _parse_sites(root, upstream_names)
     cluster = _parse_cluster(root.section("cluster"))
     retention = _parse_retention(root.section("retention"))
+    events = parse_events(root.section("events"))
+    webhooks = parse_webhooks(root)
     http = None
     if root.has("http"):
         http_section = root.section("http")
@@ -369,6 +375,8 @@ def _parse(path: Path, root: Section) -> Config | None:
         api_keys,
         retention,
         provider_events,
+        events,
+        webhooks,
     )
 
 

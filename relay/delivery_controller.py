@@ -117,6 +117,7 @@ class Engine:
     usage: UsageController
     events: Events
     subscriptions: Callable[[], Subscriptions] = Subscriptions  # the webhooks' filters
+    outbox_written: Callable[[], None] = lambda: None  # the webhooks' worker: send them now
 
 
 Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
@@ -263,6 +264,8 @@ class DeliveryController:
         try:
             record = await self._attempt_route(message)
             verdicts = await self._writer.write_item(record_deliveries, record)
+            if record.outbox:
+                self._engine.outbox_written()
             record = self._counted_notices(message, record, verdicts)
             if record.retry_at is not None or record.notices:
                 self._backlog = True  # due again later, or DSNs to deliver: look again

@@ -119,9 +119,11 @@ class IngressController:
         clock: Callable[[], float] = time.time,
         suppressions: SuppressionController | None = None,
         subscriptions: Callable[[], Subscriptions] = Subscriptions,
+        outbox_written: Callable[[], None] = lambda: None,
     ) -> None:
         self._writer = writer
         self._subscriptions = subscriptions  # the webhooks' filters
+        self._outbox_written = outbox_written  # the webhooks' worker: send them now
         self._suppressions = suppressions
         self._usage = usage
         self._class_header = class_header
@@ -197,6 +199,8 @@ class IngressController:
             await self._writer.write_sync(partial(add_to_outbox, entries=entries))
         except Exception as error:  # the refusal stands; only its report is lost
             log.warning("site %s: message.suppressed not recorded: %s", site_id, error)
+            return
+        self._outbox_written()
 
     async def accept(
         self, submission: Submission, answer: Callable[[str], Answer] | None = None
@@ -275,6 +279,8 @@ class IngressController:
             self._delivery.hand_over(message, stored=False)
             return self._refused(submission.site, refused)
         self._metrics.accepted.labels(message.site_id).inc()
+        if admission.outbox:
+            self._outbox_written()
         log.info(
             "message %s site %s: queued from %s for %d recipients, %d bytes",
             message.id,

@@ -205,7 +205,7 @@ class Metrics:
             "relay_retention_deleted_total",
             "What housekeeping removed, by kind: content (messages whose content went), "
             "messages, recipients, attempts, audit_log, stats_rollups, form_nonces, "
-            "idempotency_keys, auth_failures.",
+            "idempotency_keys, auth_failures, suppressions, webhook_outbox, webhook_attempts.",
             ["kind"],
             registry=self.registry,
         )
@@ -234,6 +234,20 @@ class Metrics:
             "Messages in the store per status, counted every five minutes by the process "
             "holding the housekeeping lease.",
             ["status"],
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+
+        self.webhook_deliveries = Counter(
+            "relay_webhook_deliveries_total",
+            "Tries of webhook events, by endpoint and outcome: delivered (2xx), retry "
+            "(to be tried again), failed (given up after events.retry_hours).",
+            ["webhook", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_outbox_pending = Gauge(
+            "relay_webhook_outbox_pending",
+            "Webhook events waiting to be delivered (every 15 s).",
             registry=self.registry,
             multiprocess_mode="livemostrecent",
         )

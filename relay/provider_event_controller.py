@@ -93,6 +93,7 @@ class ProviderEventController:
         *,
         subscriptions: Callable[[], Subscriptions] = Subscriptions,
         on_listed: Callable[[str], None] = lambda site_id: None,
+        outbox_written: Callable[[], None] = lambda: None,
         sns_client: SnsClient | None = None,
         sns_test_host: str | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -103,6 +104,7 @@ class ProviderEventController:
         self._clock = clock
         self._subscriptions = subscriptions
         self._on_listed = on_listed  # the suppression controller's cache of listed sites
+        self._outbox_written = outbox_written  # the webhooks' worker: send them now
         self._sns = sns_client or SnsClient()
         self._sns_test_host = sns_test_host
         self._random = random_bytes
@@ -220,6 +222,7 @@ class ProviderEventController:
             return self._write(connection, upstream, accepted, subscriptions, now)
 
         applied = await self._writer.write_sync(job)
+        self._outbox_written()
         self._report(upstream, provider, applied)
         return applied
 

@@ -189,6 +189,8 @@ class Housekeeping:
             ("auth_failures", now - self._auth_window),
             ("suppressions", now),
             ("provider_replays", now),
+            ("webhook_outbox", cut.log),
+            ("webhook_attempts", cut.log),
         ):
             while True:
                 count = await self._batch(

@@ -39,6 +39,8 @@ from relay.tables import (
     recipients,
     stats_rollups,
     suppressions,
+    webhook_attempts,
+    webhook_outbox,
 )
 
 HOUSEKEEPING = "housekeeping"
@@ -288,6 +290,10 @@ EXPIRING = {
     "suppressions": Expiring(suppressions, "expires_at", ("site_id", "address")),
     # Provider requests remembered against replays, past the provider's window.
     "provider_replays": Expiring(provider_replays, "expires_at", ("key",)),
+    # Webhook events delivered or given up, and the log of tries (pending ones have no
+    # finished_at, so they stay whatever their age).
+    "webhook_outbox": Expiring(webhook_outbox, "finished_at", ("id",)),
+    "webhook_attempts": Expiring(webhook_attempts, "at", ("id",)),
 }
 
 

@@ -73,8 +73,10 @@ class SystemEvents:
         subscriptions: Callable[[], Subscriptions],
         node: str,
         clock: Callable[[], float] = time.time,
+        outbox_written: Callable[[], None] = lambda: None,
     ) -> None:
         self._writer = writer
+        self._outbox_written = outbox_written
         self._subscriptions = subscriptions
         self._node = node
         self._clock = clock
@@ -95,6 +97,8 @@ class SystemEvents:
             await self._writer.write_sync(partial(add_to_outbox, entries=entries))
         except Exception as error:
             log.warning("%s not recorded for webhooks: %s", reported.type.value, error)
+            return
+        self._outbox_written()
 
     async def drain(self) -> None:
         """Let the writes under way finish (at stop, before the store closes)."""

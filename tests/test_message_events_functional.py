@@ -1,48 +1,95 @@
-"""A message's events reach the webhook outbox in the transactions that record them.
+"""A message's events, written in the transactions that record them, reach a receiver.
 
 Real traffic through a relay in-process (SMTP with STARTTLS + AUTH, the send API)
 to an aiosmtpd sink that takes one recipient, refuses one for good and one for
-now; on SQLite and PostgreSQL. The outbox's rows are read from the store: the
-webhooks' delivery of them is tested on its own.
+now; the relay's webhooks post to a receiver on loopback (``allow_private_targets``
+for the test); on SQLite and PostgreSQL. Signatures are checked by the verifier
+written from the Standard Webhooks spec (tests/test_webhook_signing.py).
 """
 
 from __future__ import annotations
 
-import json
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 
 from relay.core.health import CircuitState
-from relay.core.outbound_events import Subscription, Subscriptions
 from relay.core.quota import QuotaWarning, Scope, Window
 from relay.events import CircuitChange, DnsChange
 from relay.tables import webhook_outbox
-from tests.test_admin_messages_functional import mail, poll
+from tests.conftest import FakeClock
+from tests.test_admin_messages_functional import Admin, mail, poll
 from tests.test_suppressions_functional import (
     GONE_REPLY,
     SENDER,
     World,
     rcpt,
+    relay_config,
     session,
     start_node,
     store_url,
     world,
 )
+from tests.test_webhook_signing import spec_verify
+from tests.test_webhooks_functional import SECRET
+from tests.webhook_receiver import Receiver, receiving
 
 __all__ = ["start_node", "store_url", "world"]  # fixtures
 
 LATER_REPLY = "451 4.2.0 mailbox busy, try later"
-EVERYTHING = Subscription("app")
-BLOG_BOUNCES = Subscription("blog-bounces", frozenset({"message.bounced"}), frozenset({"blog"}))
+
+
+@dataclass
+class Hooked:
+    world: World
+    app: Receiver  # every event
+    blog: Receiver  # the blog site's bounces only
 
 
 @pytest.fixture
-async def subscribed(world: World) -> World:
-    world.sink.handler.replies["rcpt"]["later@example.org"] = LATER_REPLY
-    world.relay.app._subscriptions = Subscriptions((EVERYTHING, BLOG_BOUNCES))
-    return world
+async def hooked(
+    tmp_path: Path,
+    store_url: str,  # before start_relay: the relay stops before its database goes
+    make_sink: Any,
+    start_relay: Any,
+    cert_files: Any,
+    client_tls: ssl.SSLContext,
+) -> AsyncIterator[Hooked]:
+    sink = await make_sink(
+        replies={"rcpt": {"gone@example.org": GONE_REPLY, "later@example.org": LATER_REPLY}}
+    )
+    async with receiving() as app, receiving() as blog:
+        config = relay_config(tmp_path, sink, cert_files)
+        config["store"] = {"url": store_url}
+        config["events"] = {"allow_private_targets": True}
+        config["webhooks"] = [
+            {"name": "app", "url": app.url, "secret": SECRET},
+            {
+                "name": "blog-bounces",
+                "url": blog.url,
+                "secret": SECRET,
+                "events": ["message.bounced"],
+                "sites": ["blog"],
+            },
+        ]
+        clock = FakeClock(time.time())  # signatures carry the relay's time: a real one
+        relay = await start_relay(config, clock=clock)
+        async with aiohttp.ClientSession() as http:
+            world = World(relay, clock, Admin(http, relay.app.admin_port), sink, http, client_tls)
+            yield Hooked(world, app, blog)
+
+
+def events_of(receiver: Receiver, message_id: str | None = None) -> list[dict[str, Any]]:
+    """What the receiver took, in order; of one message when given."""
+    got = [d.event for d in receiver.accepted]
+    return [e for e in got if message_id is None or e["data"].get("message_id") == message_id]
 
 
 async def outbox(world: World) -> list[dict[str, Any]]:
@@ -51,14 +98,14 @@ async def outbox(world: World) -> list[dict[str, Any]]:
         return [row._asdict() for row in rows]
 
 
-def bodies(rows: list[dict[str, Any]], webhook: str = "app") -> list[dict[str, Any]]:
-    return [json.loads(r["payload"]) for r in rows if r["webhook"] == webhook]
+async def _async(value: Any) -> Any:
+    return value
 
 
 async def test_an_smtp_message_gives_accepted_delivered_bounced_and_deferred(
-    subscribed: World,
+    hooked: Hooked,
 ) -> None:
-    world = subscribed
+    world = hooked.world
     client = await session(world)
     try:
         await client.mail(SENDER)
@@ -68,10 +115,12 @@ async def test_an_smtp_message_gives_accepted_delivered_bounced_and_deferred(
         assert (await client.data(mail("Order 8", SENDER, to))).code == 250
     finally:
         await client.quit()
-    rows = await poll(lambda: outbox(world), lambda rows: len(rows) >= 4, "four events")
-    message_id = json.loads(rows[0]["payload"])["data"]["message_id"]
-    rows = [r for r in rows if r["message_id"] == message_id]  # not the bounce's DSN
-    events = bodies(rows)
+    await hooked.app.wait_accepted(4)
+    message_id = events_of(hooked.app)[0]["data"]["message_id"]
+    await poll(
+        lambda: _async(events_of(hooked.app, message_id)), lambda got: len(got) >= 4, "events"
+    )
+    events = events_of(hooked.app, message_id)  # not the bounce's DSN's
     assert [e["type"] for e in events] == [
         "message.accepted",
         "message.delivered",
@@ -113,25 +162,25 @@ async def test_an_smtp_message_gives_accepted_delivered_bounced_and_deferred(
     assert deferred["data"]["reason"] == f"rcpt: {LATER_REPLY}"
     for e in events:
         assert e["id"].startswith("evt_") and e["timestamp"].endswith("Z")
-    # The rows carry what delivery needs: site and message for order, due at once.
-    assert {(r["site_id"], r["message_id"], r["status"]) for r in rows} == {
-        ("shop", message_id, "pending")
-    }
-    assert all(r["event_id"] == json.loads(r["payload"])["id"] for r in rows)
-    assert bodies(rows, "blog-bounces") == []  # another site's bounces only
+    for d in hooked.app.accepted:
+        spec_verify(SECRET, d.headers, d.body, time.time())
+        assert d.headers["webhook-id"] == d.event["id"]
+    assert hooked.blog.got == []  # another site's bounces only
 
     detail = await world.admin.get(f"/api/v1/messages/{message_id}")
-    assert [(e["type"], e["webhook"], e["status"]) for e in detail["webhook_events"]] == [
-        (e["type"], "app", "pending") for e in events
+    assert [(e["type"], e["webhook"]) for e in detail["webhook_events"]] == [
+        (e["type"], "app") for e in events
     ]
     assert detail["webhook_events"][0]["id"] == accepted["id"]
     assert detail["provider_events"] == []
+    rows = [r for r in await outbox(world) if r["message_id"] == message_id]
+    assert {(r["webhook"], r["site_id"]) for r in rows} == {("app", "shop")}
 
 
 async def test_a_recipient_refused_as_suppressed_is_reported_without_a_message(
-    subscribed: World,
+    hooked: Hooked,
 ) -> None:
-    world = subscribed
+    world = hooked.world
     await world.add(site="shop", address="alice@example.org", reason="asked us to stop")
     client = await session(world)
     try:
@@ -143,14 +192,15 @@ async def test_a_recipient_refused_as_suppressed_is_reported_without_a_message(
         {"to": ["alice@example.org", "dave@example.org"], "subject": "Hi", "text": "hello"}
     )
     assert status == 202, answer
-    rows = await poll(lambda: outbox(world), lambda rows: len(rows) >= 3, "three events")
-    suppressed = [e for e in bodies(rows) if e["type"] == "message.suppressed"]
+    await hooked.app.wait_accepted(3)
+    suppressed = [e for e in events_of(hooked.app) if e["type"] == "message.suppressed"]
     assert [e["data"] for e in suppressed] == [
         {"site": "shop", "recipient": "alice@example.org", "reason": "asked us to stop",
          "via": via}
         for via in ("smtp", "api")
     ]  # fmt: skip
-    assert any(e["type"] == "message.accepted" and e["data"]["via"] == "api" for e in bodies(rows))
+    accepted = [e for e in events_of(hooked.app) if e["type"] == "message.accepted"]
+    assert [e["data"]["via"] for e in accepted] == ["api"]
 
 
 async def test_no_webhook_no_events(world: World) -> None:
@@ -161,20 +211,21 @@ async def test_no_webhook_no_events(world: World) -> None:
 
 
 async def test_a_circuit_quota_or_dns_change_is_reported_by_the_process_that_saw_it(
-    subscribed: World,
+    hooked: Hooked,
 ) -> None:
-    app = subscribed.relay.app
+    app = hooked.world.relay.app
     app.events.publish(CircuitChange("main", CircuitState.CLOSED, CircuitState.OPEN, "refused"))
     app.events.publish(QuotaWarning(Scope.SITE, "shop", Window.DAY, 0.8, 80, 100))
     app.events.publish(DnsChange("shop.example.com", "dmarc", "pass", "fail", "no record"))
-    rows = await poll(lambda: outbox(subscribed), lambda rows: len(rows) >= 3, "the events")
+    await hooked.app.wait_accepted(3)
     node = str(app.owner)
-    assert sorted((r["webhook"], r["event_type"]) for r in rows) == [
-        ("app", "domain.dns_changed"),
-        ("app", "quota.warning"),
-        ("app", "upstream.circuit_changed"),
+    got = events_of(hooked.app)
+    assert sorted(e["type"] for e in got) == [
+        "domain.dns_changed",
+        "quota.warning",
+        "upstream.circuit_changed",
     ]
-    data = {r["event_type"]: json.loads(r["payload"])["data"] for r in rows}
+    data = {e["type"]: e["data"] for e in got}
     assert data["upstream.circuit_changed"] == {
         "upstream": "main", "old_state": "closed", "new_state": "open", "reason": "refused",
         "node": node,

@@ -52,6 +52,8 @@ KINDS = (
     "auth_failures",
     "suppressions",
     "provider_replays",
+    "webhook_outbox",
+    "webhook_attempts",
 )
 BUSY = "451 4.2.1 mailbox busy, try later"
 
