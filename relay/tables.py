@@ -345,7 +345,8 @@ webhook_outbox = sa.Table(
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
-    sa.Index("ix_webhook_outbox_due", "status", "next_attempt_at"),
+    # Claims look for one endpoint's due rows at a time (its limit is its own).
+    sa.Index("ix_webhook_outbox_due", "status", "webhook", "next_attempt_at"),
     # A message's events go to an endpoint in order (the earliest pending one first); its page.
     sa.Index("ix_webhook_outbox_message", "message_id", "webhook", "id"),
     sa.Index("ix_webhook_outbox_created", "webhook", "created_at", "id"),  # replay

@@ -192,13 +192,7 @@ def claim_due(
     postgres = connection.dialect.name == "postgresql"
     free = sa.or_(o.c.leased_until.is_(None), o.c.leased_until < now)
     due = sa.and_(o.c.status == PENDING, o.c.next_attempt_at <= now, free)
-    names = list(
-        connection.scalars(
-            sa.select(o.c.webhook).distinct().where(due, o.c.webhook.in_(sorted(limits)))
-        )
-    )
-    if not names:
-        return []
+    names = sorted(limits)  # a handful: one index range each below, never the whole backlog
     ensure_states(connection, names, now)
     open_query = (
         sa.select(webhook_states.c.name)
@@ -375,17 +369,44 @@ def replay(connection: Connection, webhook: str, since: float, now: float) -> in
 
 def next_due_at(connection: Connection, now: float, webhooks: Sequence[str]) -> float | None:
     """When the first waiting event of these endpoints not leased now is (or was) due."""
-    if not webhooks:
-        return None
-    value = connection.scalar(
-        sa.select(sa.func.min(o.c.next_attempt_at)).where(
+    firsts = [
+        connection.scalar(
+            sa.select(o.c.next_attempt_at)
+            .where(
+                o.c.status == PENDING,
+                o.c.webhook == name,
+                o.c.next_attempt_at < PARKED,
+                sa.or_(o.c.leased_until.is_(None), o.c.leased_until < now),
+            )
+            .order_by(o.c.next_attempt_at)
+            .limit(1)
+        )
+        for name in sorted(webhooks)
+    ]  # per endpoint, the index's first rows (the leased ones, at most its limit, skipped)
+    due = [float(first) for first in firsts if first is not None]
+    return min(due) if due else None
+
+
+def fail_orphans(connection: Connection, known: Sequence[str], before: float, now: float) -> int:
+    """Fail the waiting events of endpoints no longer configured (removed from the file)
+    once they are past their retry window, ``before``: nobody would take them, and until
+    then the endpoint may come back (another node may not have reloaded yet)."""
+    result = connection.execute(
+        o.update()
+        .where(
             o.c.status == PENDING,
-            o.c.webhook.in_(sorted(webhooks)),
-            o.c.next_attempt_at < PARKED,
-            sa.or_(o.c.leased_until.is_(None), o.c.leased_until < now),
+            o.c.webhook.not_in(sorted(known)),
+            o.c.created_at < before,
+        )
+        .values(
+            status=FAILED,
+            finished_at=now,
+            leased_until=None,
+            lease_owner=None,
+            last_error="the endpoint is no longer configured",
         )
     )
-    return float(value) if value is not None else None
+    return int(result.rowcount or 0)
 
 
 def pending_count(connection: Connection) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from relay.webhook_controller import WebhookController
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 GAUGE_SECONDS = 15.0
+ORPHAN_ROUNDS = 40  # every 10 min: events of endpoints removed from the file
 CONCURRENCY = 32  # tries at once by one process, over all endpoints
 LEASE_MARGIN_SECONDS = 30.0
 
@@ -209,10 +211,22 @@ class WebhookDispatcher:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _measure(self) -> None:
-        while True:
+        for round in itertools.count():
             try:
                 pending = await self._writer.read_apart(db.pending_count)
                 self._metrics.webhook_outbox_pending.set(pending)
+                if round % ORPHAN_ROUNDS == 0:
+                    await self._fail_orphans()
             except Exception as error:  # a gauge must not stop the dispatcher
                 log.warning("webhook outbox not measured: %s", error)
             await asyncio.sleep(GAUGE_SECONDS)
+
+    async def _fail_orphans(self) -> None:
+        known = [e.name for e in self._webhooks.endpoints()]
+        now = self._clock()
+        before = now - self._events().retry_seconds
+        failed = await self._writer.write_apart(lambda c: db.fail_orphans(c, known, before, now))
+        if failed:
+            log.warning(
+                "%d webhook events failed: their endpoints are no longer configured", failed
+            )

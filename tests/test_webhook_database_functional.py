@@ -231,3 +231,26 @@ async def test_the_log_pages_by_time_and_id(engine: AsyncEngine) -> None:
     seen = [d for page in pages for d in page]
     assert len(seen) == 5 and len({d.id for d in seen}) == 5
     assert [(d.at, d.id) for d in seen] == sorted(((d.at, d.id) for d in seen), reverse=True)
+
+
+async def test_events_of_an_endpoint_no_longer_configured_fail_after_the_retry_window(
+    engine: AsyncEngine,
+) -> None:
+    await add(engine, circuit_events(2))  # to "a" and "b"
+    await add(engine, circuit_events(1, NOW + 100))
+    # "b" left the file: its events wait out the retry window (it may come back), then fail.
+    assert await run(engine, lambda c: db.fail_orphans(c, ["a"], NOW, NOW + 200)) == 0
+    assert await run(engine, lambda c: db.fail_orphans(c, ["a"], NOW + 50, NOW + 200)) == 2
+    async with engine.connect() as c:
+        rows = (await c.execute(sa.select(webhook_outbox).order_by(webhook_outbox.c.id))).all()
+    assert [(r.webhook, r.status) for r in rows] == [
+        ("a", "pending"),
+        ("b", "failed"),
+        ("a", "pending"),
+        ("b", "failed"),
+        ("a", "pending"),
+        ("b", "pending"),
+    ]
+    failed = [r for r in rows if r.status == "failed"]
+    assert all(r.last_error == "the endpoint is no longer configured" for r in failed)
+    assert {r.finished_at for r in failed} == {NOW + 200}  # retention takes them in time

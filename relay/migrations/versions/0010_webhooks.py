@@ -50,7 +50,9 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("finished_at", sa.Float, nullable=True),
     )
-    op.create_index("ix_webhook_outbox_due", "webhook_outbox", ["status", "next_attempt_at"])
+    op.create_index(
+        "ix_webhook_outbox_due", "webhook_outbox", ["status", "webhook", "next_attempt_at"]
+    )
     op.create_index("ix_webhook_outbox_message", "webhook_outbox", ["message_id", "webhook", "id"])
     op.create_index("ix_webhook_outbox_created", "webhook_outbox", ["webhook", "created_at", "id"])
     op.create_index("ix_webhook_outbox_finished", "webhook_outbox", ["finished_at"])
