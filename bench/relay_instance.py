@@ -45,6 +45,7 @@ from relay.core.tokens import hash_token
 SENDER_DOMAIN = "bench.example.com"
 ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 - a throwaway instance's
 API_KEY = "bench-api-key-0123456789abcdef"  # the site's key for the send API (throwaway)
+SECRET = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMzItYnl0ZXMh"  # noqa: S105 - throwaway
 RECIPIENT = "rcpt@example.org"  # the load generators' recipient, and the form's
 
 
@@ -62,6 +63,7 @@ class RelayInstance:
     more_sites: tuple[str, ...] = ()  # sites <name> sending as *@<name>.example.com
     more_upstreams: tuple[str, ...] = ()  # upstreams after "sink", to the same sink
     retention: dict[str, float] | None = None  # the config's retention section, else defaults
+    webhook_url: str | None = None  # a webhook endpoint taking every event (loopback allowed)
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -125,6 +127,9 @@ class RelayInstance:
         }
         if self.retention is not None:
             config["retention"] = self.retention
+        if self.webhook_url is not None:
+            config["events"] = {"allow_private_targets": True}
+            config["webhooks"] = [{"name": "bench", "url": self.webhook_url, "secret": SECRET}]
         if self.http:
             config["http"] = {"host": "127.0.0.1", "port": self.http_port}
             site["api_keys"] = [{"name": "bench", "key_hash": hash_token(API_KEY)}]

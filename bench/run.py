@@ -47,12 +47,14 @@ from bench.loadgen import (
 )
 from bench.relay_instance import API_KEY, SENDER_DOMAIN, RelayInstance
 from bench.sink import Sink, free_port
+from bench.webhook_sink import WebhookSink
 
 USERS = {"bench": "bench-password-0123"}
 RUN_TIME_LIMIT = 600.0
 BACKLOG_SETTLE = 3.0  # seconds between the last 250 and the sink coming back
 EMPTY_QUEUE = "2 KB, 50 sessions"  # the rate a backlog drain is compared with
 SMTP_BASELINE = "2 KB, 50 sessions, STARTTLS+AUTH"  # what the HTTP workloads are compared with
+EVENTS_PER_MESSAGE = 2  # message.accepted, message.delivered
 
 
 class Server(Protocol):
@@ -78,6 +80,18 @@ class Workload:
     smtp_source: bool = False  # Postfix's smtp-source drives it instead of our generator
     reconnect: bool = False  # a new connection per message, as PHPMailer and WordPress send
     http: str = ""  # "send" (the send API) or "form" (token, then post): HTTP clients, relay only
+    webhooks: bool = False  # a webhook takes every event (2 a message), relay only
+
+    @property
+    def relay_only(self) -> bool:
+        return bool(self.http) or self.webhooks
+
+    @property
+    def baseline(self) -> str:
+        """The row its ratios are to: Postfix's of the same workload, or the relay's own."""
+        if self.http:
+            return SMTP_BASELINE
+        return EMPTY_QUEUE if self.webhooks else self.name
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,9 @@ def workloads(quick: bool) -> list[Workload]:
         for clients in (10, 50)
     ]
     found += [
+        Workload(
+            "2 KB, 50 sessions, webhooks (every event)", 2048, 50, 10_000 // scale, webhooks=True
+        ),
         Workload("2 KB backlog drain", 2048, 50, 100_000 // scale, backlog=True),
         Workload("1,000 idle connections", idle=1000),
     ]
@@ -176,7 +193,7 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
     return condition()
 
 
-def measure(server: Server, sink: Sink, w: Workload) -> Measure:
+def measure(server: Server, sink: Sink, w: Workload, hooks: WebhookSink) -> Measure:
     if w.idle:
         return measure_idle(server, w)
     load: Load | HttpLoad
@@ -204,6 +221,7 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
             reconnect=w.reconnect,
         )
     sink.reset()
+    hooks.reset()
     cpu_before = server.cpu_seconds()
     with PeakPss(server) as pss:
         if w.backlog:
@@ -217,6 +235,8 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
                 result = run_in_process(load)
             started = result.started
         delivered = wait_until(lambda: sink.count >= result.sent, RUN_TIME_LIMIT)
+        events = EVENTS_PER_MESSAGE * result.sent if w.webhooks else 0
+        notified = wait_until(lambda: hooks.count >= events, RUN_TIME_LIMIT)
         finished = time.time()
     m = Measure(cpu=server.cpu_seconds() - cpu_before, pss=pss.peak, delivered=sink.count)
     m.problems += result.refused[:3]
@@ -224,6 +244,8 @@ def measure(server: Server, sink: Sink, w: Workload) -> Measure:
         m.problems.append(f"only {result.sent} of {w.messages} accepted")
     if not delivered:
         m.problems.append(f"the sink got {sink.count} of {result.sent}")
+    if not notified:
+        m.problems.append(f"the webhook got {hooks.count} of {events} events")
     m.rate = sink.count / max(finished - started, 1e-9)
     m.p50, m.p99 = _percentiles(result)
     return m
@@ -265,7 +287,12 @@ def _percentiles(result: LoadResult) -> tuple[float, float]:
 
 
 def make_server(
-    system: System, root: Path, sink_port: int, w: Workload, tls: tuple[Path, Path]
+    system: System,
+    root: Path,
+    sink_port: int,
+    w: Workload,
+    tls: tuple[Path, Path],
+    webhook_url: str,
 ) -> Server:
     port = free_port()
     users = USERS if w.secure else None
@@ -282,6 +309,7 @@ def make_server(
         sign=w.sign,
         workers=system.workers,
         http=bool(w.http),
+        webhook_url=webhook_url if w.webhooks else None,
     )
 
 
@@ -339,18 +367,20 @@ def main(argv: list[str] | None = None) -> int:
         tls = certificate(base)
         sink = Sink(free_port())
         sink.start()
+        hooks = WebhookSink(free_port())
+        hooks.start()
         try:
             for repetition in range(args.repetitions):
                 order = measured if repetition % 2 == 0 else measured[::-1]
                 for w in chosen:
                     for system in order:
-                        if w.http and system == POSTFIX:
-                            continue  # Postfix has no HTTP ingress
+                        if w.relay_only and system == POSTFIX:
+                            continue  # Postfix has no HTTP ingress, no webhooks
                         name = f"{system.kind}-w{system.workers}-{repetition}-{chosen.index(w)}"
-                        server = make_server(system, base / name, sink.port, w, tls)
+                        server = make_server(system, base / name, sink.port, w, tls, hooks.url)
                         server.start()
                         try:
-                            m = measure(server, sink, w)
+                            m = measure(server, sink, w, hooks)
                         finally:
                             server.stop()
                         results.setdefault((w.name, system), []).append(m)
@@ -358,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{step}: {_line(w, m)}", flush=True)
         finally:
             sink.stop()
+            hooks.stop()
     table = render(chosen, measured, results)
     print("\n" + table)
     write_results(args, table)
@@ -401,8 +432,8 @@ def render(
     ]
     for w in chosen:
         for i, system in enumerate(s for s in measured if (w.name, s) in results):
-            versus_name = SMTP_BASELINE if w.http else w.name
-            base = _medians(results.get((versus_name, system if w.http else POSTFIX), []))
+            base_system = system if w.relay_only else POSTFIX
+            base = _medians(results.get((w.baseline, base_system), []))
             med = _medians(results[(w.name, system)])
             versus = system != POSTFIX and bool(base["pss"])
             name = w.name if i == 0 else ""
@@ -417,7 +448,8 @@ def render(
                 f"| {med['p50'] * 1000:.1f} | {med['p99'] * 1000:.1f} | {p99 if versus else ''} "
                 f"| {med['cpu']:.1f} | {per_message} | {pss} |"
             )
-    return "\n".join(rows + _drain_shares(chosen, measured, results) + _http_note(chosen))
+    notes = _http_note(chosen) + _webhooks_note(chosen)
+    return "\n".join(rows + _drain_shares(chosen, measured, results) + notes)
 
 
 def _medians(measures: list[Measure]) -> dict[str, float]:
@@ -455,6 +487,17 @@ def _http_note(chosen: list[Workload]) -> list[str]:
         f"ratios are to the same system's {SMTP_BASELINE} row. Plain HTTP on loopback, "
         "keep-alive. Latency is request sent to 202 read; a form post's includes fetching "
         "its token (GET /api/form-token), as a page does before each post."
+    ]
+
+
+def _webhooks_note(chosen: list[Workload]) -> list[str]:
+    if not any(w.webhooks for w in chosen):
+        return []
+    return [
+        f"\nWebhooks: the relay only; its ratios are to the same system's {EMPTY_QUEUE} row. "
+        "One endpoint on loopback takes every event (message.accepted and message.delivered: "
+        "two a message, written with the message and its delivery, signed and POSTed); "
+        "msg/s counts until the last event arrived."
     ]
 
 

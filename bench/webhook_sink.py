@@ -1,0 +1,71 @@
+"""A webhook receiver for the benchmark: answers every POST 204 and counts them.
+
+Its own process (aiohttp, uvloop when there), so its CPU is not the relay's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.synchronize
+from typing import Any
+
+from aiohttp import web
+
+
+def _serve(port: int, count: Any, ready: multiprocessing.synchronize.Event) -> None:
+    async def take(request: web.Request) -> web.Response:
+        await request.read()
+        with count.get_lock():
+            count.value += 1
+        return web.Response(status=204)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/hooks", take)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+class WebhookSink:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._count = multiprocessing.Value("q", 0)
+        self._process: multiprocessing.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+    def reset(self) -> None:
+        with self._count.get_lock():
+            self._count.value = 0
+
+    def start(self) -> None:
+        ready = multiprocessing.Event()
+        self._process = multiprocessing.Process(
+            target=_serve, args=(self.port, self._count, ready), daemon=True
+        )
+        self._process.start()
+        if not ready.wait(10):
+            raise RuntimeError("the webhook sink did not start")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(10)
+            self._process = None
