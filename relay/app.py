@@ -354,6 +354,8 @@ class RelayApp:
                     f"listener {listener.name}: cannot listen on {listener.host}:{listener.port}: "
                     f"{error.strerror or error}"
                 ) from None
+        await self.delivery.release_stale()
+        await self.webhook_dispatcher.release_stale()
         await self._start_admin()
         await self._start_http()
         self._tasks = [

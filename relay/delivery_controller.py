@@ -199,10 +199,14 @@ class DeliveryController:
         self._in_flight[message.id] = task
         task.add_done_callback(functools.partial(self._finished, message.id))
 
-    async def run(self) -> None:
+    async def release_stale(self) -> None:
+        """At start, before serving: the leases of owners gone by then go back to the queue
+        (those of a process that dies later expire, or wait for the next start)."""
         released = await self._writer.write(lambda c: release_stale_leases(c, self._gone))
         for owner, count in released.items():
             log.info("released %d leases of %s (that process is gone)", count, owner)
+
+    async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
             self._backlog = False

@@ -72,10 +72,13 @@ class WebhookDispatcher:
         """Events were written: look for them now rather than at the next poll."""
         self._wake.set()
 
-    async def run(self) -> None:
+    async def release_stale(self) -> None:
+        """At start, before serving, as delivery does: the leases of owners gone by then."""
         released = await self._writer.write_sync(lambda c: db.release_stale_leases(c, self._gone))
         if released:
             log.info("released %d webhook leases of processes that are gone", released)
+
+    async def run(self) -> None:
         gauge = asyncio.create_task(self._measure(), name="webhook-gauge")
         try:
             while not self._stopping:
