@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import RunningRelay, base_config, smtp_upstream
-from tests.test_dashboard_functional import TOKEN, Browser
+from tests.test_dashboard_functional import OUR_SCRIPT, TOKEN, Browser
 from tests.test_webhook_signing import spec_verify
 from tests.webhook_receiver import Receiver, receiving
 
@@ -327,3 +327,27 @@ async def test_the_delivery_log_pages_with_the_controllers_cursor(
     assert 'href="/webhooks/filed">← Newest' in page and 'rel="next"' not in page
     status, page, _ = await browser.get("/webhooks/filed?cursor=forged")
     assert status == 400 and "cursor: not a cursor" in page
+
+
+async def test_the_pages_carry_no_inline_script_and_render_hostile_urls_inert(
+    browser: Browser, receiver: Receiver
+) -> None:
+    await browser.log_in()
+    hostile = receiver.url + '?q="><script>alert(1)</script><img/src=x/onerror=alert(2)>'
+    status, _ = await api(browser, "POST", "", json={"name": "odd", "url": hostile})
+    assert status == 201
+    for path in (
+        "/webhooks",
+        "/webhooks/new",
+        "/webhooks/odd",
+        "/webhooks/odd/edit",
+        "/webhooks/odd/delete",
+        "/webhooks/filed",
+    ):
+        status, page, headers = await browser.get(path)
+        assert status == 200 and headers["Cache-Control"] == "no-store", path
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert "<script" not in page.replace(OUR_SCRIPT, "", 1), path
+        assert " style=" not in page and "<img" not in page, path
+        if "odd" in path or path == "/webhooks":
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
