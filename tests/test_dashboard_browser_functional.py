@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium through Playwright) over a real relay.
 
 An admin logs in with a token, opens every page that is built, tests an
-upstream, adds and removes a suppression and retries nothing by accident;
+upstream, adds and removes a suppression, makes a webhook and sends it a test
+event that a loopback receiver checks, and retries nothing by accident;
 every page loads with no console error (a CSP violation is one), no failed
 request and no script dialog, even with a message whose subject and From
 name are markup. Screenshots go to
@@ -11,8 +12,10 @@ name are markup. Screenshots go to
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,15 @@ from aiohttp import web
 from tests.browser import Tab, browser, tab
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
 from tests.dns_zone import Zone
+from tests.test_webhook_signing import spec_verify
+from tests.webhook_receiver import receiving
 
 __all__ = ["browser", "tab"]  # fixtures
 TOKEN = "dashboard-browser-token-0123456789"
 LATER = "later@example.org"  # primary answers 451, backup is down: the message waits
 SCREENSHOTS = Path(tempfile.gettempdir())
 CertFiles = tuple[Path, Path, Path]
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"relay-webhook-file-secret-32byte").decode()
 pytestmark = pytest.mark.slow
 
 HOSTILE = (
@@ -536,3 +542,97 @@ async def test_a_long_list_of_templates_pages_by_fifty(
     await page.click("a[rel=prev]")
     await page.wait_for_url(base + "/templates?page=1")
     assert "reply-00" in await page.locator("tbody tr").first.inner_text()
+
+
+async def test_webhook_pages_make_an_endpoint_send_a_test_and_show_the_log(
+    tmp_path: Path,
+    start_relay: Callable[..., Awaitable[RunningRelay]],
+    closed_port: int,
+    tab: Tab,
+) -> None:
+    async with receiving() as receiver:
+        config = base_config(tmp_path, [])
+        config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
+        config["events"] = {"allow_private_targets": True}  # the receiver is on loopback
+        down = f"http://127.0.0.1:{closed_port}/hooks/relay/events/with/a/long/path?tenant="
+        config["webhooks"] = [
+            {"name": "billing", "url": down + "x" * 90, "secret": WEBHOOK_SECRET, "sites": ["shop"]}
+        ]
+        relay = await start_relay(config)
+        watch, page = Watch(tab), tab.page
+        base = f"http://127.0.0.1:{relay.app.admin_port}"
+        await page.goto(base + "/login?next=/webhooks")
+        await page.fill("#token", TOKEN)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(base + "/webhooks")
+        # The file's endpoint fails: its try's error shows in its log.
+        await page.click("tr:has(a:text-is('billing')) button:text-is('Send test')")
+        await page.wait_for_selector(".flash-ok")
+
+        await page.click("text=New webhook")
+        await page.fill("#w-name", "crm")
+        await page.fill("#w-url", receiver.url + "?source=relay&" + "k=v&" * 30)
+        await page.check("input[value='message.delivered']")
+        await page.check("input[value='message.bounced']")
+        await page.check("input[name=sites][value=shop]")
+        await watch.shot("webhook-new")
+        await page.click("button:text-is('Add webhook')")
+        await page.wait_for_selector(".secret-once")
+        secret = await page.locator("#new-secret").inner_text()
+        assert secret.startswith("whsec_")
+        assert await page.locator("button.copy").is_visible()  # the script showed it
+        await watch.shot("webhook-created")
+        await page.click("text=Go to crm")
+        await page.wait_for_url(base + "/webhooks/crm")
+        assert secret not in await page.content()
+
+        await page.click("button:text-is('Send test')")
+        await page.wait_for_selector(".flash-ok")
+        flash = await page.locator(".flash-ok").inner_text()
+        (got,) = await receiver.wait_accepted(1)
+        assert got.headers["webhook-id"] in flash
+        spec_verify(secret, got.headers, got.body, time.time())
+        await page.fill("#replay-since", "2001-01-01T00:00")
+        await page.click("button:text-is('Replay')")
+        await page.wait_for_selector(".flash-ok:has-text('1 event given to crm')")
+        await receiver.wait_accepted(2)
+        rows = page.locator("table.deliveries tbody tr")
+        async with asyncio.timeout(10):
+            while await rows.count() < 2:
+                await asyncio.sleep(0.1)
+                await page.reload()
+        await rows.first.locator("summary").click()
+        assert "thanks" in await rows.first.locator("details pre").inner_text()
+        await watch.shot("webhook")
+
+        await page.click("button:text-is('Disable')")
+        await page.wait_for_selector(".flash-ok")
+        await page.click(".sidebar a:text-is('Webhooks')")
+        await page.wait_for_url(base + "/webhooks")
+        assert "disabled by ops" in await page.locator("tr:has(a:text-is('crm'))").inner_text()
+        async with asyncio.timeout(10):  # billing's try was refused: it shows as failing
+            while await page.locator(".state-failing").count() == 0:
+                await asyncio.sleep(0.1)
+                await page.reload()
+        await watch.shot("webhooks")
+        await page.click("a:text-is('billing')")
+        await page.wait_for_url(base + "/webhooks/billing")
+        assert "Read-only here" in await page.content()
+        assert await page.locator(".deliveries .error-text").count() >= 1
+        await watch.shot("webhook-file")
+
+        await page.goto(base + "/webhooks/crm")
+        await page.click("button:text-is('Enable')")
+        await page.wait_for_selector(".flash-ok")
+        await page.click("button:text-is('Rotate secret')")
+        rotated = await page.locator("#new-secret").inner_text()
+        assert rotated.startswith("whsec_") and rotated != secret
+        watch.check("webhook-rotated")
+        await page.click("a:text-is('Delete…')")
+        await page.wait_for_selector(".confirm")
+        await watch.shot("webhook-delete")
+        await page.click("button:text-is('Delete the webhook')")
+        await page.wait_for_url(base + "/webhooks")
+        assert "Webhook crm deleted" in await page.locator(".flash-ok").inner_text()
+        assert await page.locator("tbody tr").count() == 1
+        watch.check("webhook-deleted")

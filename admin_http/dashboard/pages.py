@@ -34,6 +34,7 @@ NAV = (
     ("messages", "Messages", "/messages"),
     ("queue", "Queue", "/queue"),
     ("suppressions", "Suppressions", "/suppressions"),
+    ("webhooks", "Webhooks", "/webhooks"),
     ("templates", "Templates", "/templates"),
     ("audit", "Audit", "/audit"),
 )

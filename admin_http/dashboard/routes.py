@@ -29,6 +29,7 @@ from admin_http.dashboard import (
     suppressions_view,
     templates_view,
     upstreams_view,
+    webhooks_view,
 )
 from admin_http.dashboard.filters import FILTERS
 from admin_http.dashboard.guard import Handler, guard_middleware, is_dashboard
@@ -131,4 +132,16 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/suppressions", suppressions_view.suppression_list)
     r.add_post("/suppressions", suppressions_view.add_suppression)
     r.add_post("/suppressions/remove", suppressions_view.remove_suppression)
+    r.add_get("/webhooks", webhooks_view.webhook_list)
+    r.add_get("/webhooks/new", webhooks_view.new_webhook)
+    r.add_post("/webhooks", webhooks_view.create_webhook)
+    r.add_get("/webhooks/{name}", webhooks_view.webhook_page)
+    r.add_get("/webhooks/{name}/edit", webhooks_view.edit_webhook)
+    r.add_post("/webhooks/{name}/edit", webhooks_view.save_webhook)
+    r.add_post("/webhooks/{name}/{action:enable|disable}", webhooks_view.set_enabled)
+    r.add_post("/webhooks/{name}/test", webhooks_view.send_test)
+    r.add_post("/webhooks/{name}/replay", webhooks_view.replay)
+    r.add_post("/webhooks/{name}/rotate-secret", webhooks_view.rotate_secret)
+    r.add_get("/webhooks/{name}/delete", webhooks_view.confirm_delete)
+    r.add_post("/webhooks/{name}/delete", webhooks_view.delete_webhook)
     r.add_get("/audit", audit_view.audit)
