@@ -23,11 +23,14 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
+import sqlalchemy as sa
 from aiohttp import web
 
+from relay.tables import provider_events, webhook_outbox
 from tests.browser import Tab, browser, tab
 from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
 from tests.dns_zone import Zone
+from tests.test_admin_messages_functional import poll
 from tests.test_webhook_signing import spec_verify
 from tests.webhook_receiver import receiving
 
@@ -438,8 +441,19 @@ async def test_a_new_domain_shows_its_records_and_its_dns_checks(
     await watch.shot("domains")
 
 
+async def delivered_event(relay: RunningRelay) -> bool:
+    async with relay.app.engine.connect() as connection:
+        found = await connection.scalar(
+            sa.select(sa.func.count())
+            .select_from(webhook_outbox)
+            .where(webhook_outbox.c.event_type == "message.delivered")
+        )
+    return bool(found)
+
+
 async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
     tmp_path: Path,
+    closed_port: int,
     start_relay: Callable[..., Awaitable[RunningRelay]],
     make_sink: Callable[..., Awaitable[Sink]],
     cert_files: CertFiles,
@@ -451,6 +465,10 @@ async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
     config = base_config(tmp_path, [], sites=[])
     config["admin"]["tokens"] = [{"name": "ops", "token": TOKEN}]
     config["listeners"][0].update(cert_file=str(cert_files[0]), key_file=str(cert_files[1]))
+    # An app's endpoint that is down: the message's page shows its events waiting.
+    config["events"] = {"allow_private_targets": True}
+    down = f"http://127.0.0.1:{closed_port}/hooks"
+    config["webhooks"] = [{"name": "app", "url": down, "secret": WEBHOOK_SECRET}]
     relay = await start_relay(config)
     watch, page = Watch(tab), tab.page
     base = f"http://127.0.0.1:{relay.app.admin_port}"
@@ -494,22 +512,41 @@ async def test_a_new_admin_sets_up_an_upstream_and_a_site_and_follows_a_message(
         hostname="127.0.0.1", port=relay.port, start_tls=True, tls_context=client_tls, timeout=10
     ) as client:
         await client.login(username, password)
-        await client.sendmail(
+        _, reply = await client.sendmail(
             "form@landing.example.com",
             ["lead@example.org"],
             b"From: Visitor <form@landing.example.com>\r\nTo: lead@example.org\r\n"
             b"Subject: A new lead\r\n\r\nPlease call me back.\r\n",
         )
     await sink.handler.wait_for(1)
+    await poll(lambda: delivered_event(relay), bool, "its delivery's events")  # after the sink
+    async with relay.app.engine.begin() as connection:  # as a provider's report is written
+        await connection.execute(
+            provider_events.insert().values(
+                message_id=reply.split()[-1],
+                upstream="sink",
+                recipient="lead@example.org",
+                kind="complained",
+                raw_type="Complaint/abuse",
+                occurred_at=time.time(),
+                received_at=time.time(),
+                detail="feedback report from the recipient's mailbox provider",
+            )
+        )
 
     await page.goto(base + "/messages?site=landing")
     await page.click("a:text-is('A new lead')")
     await page.wait_for_selector(".timeline")
-    assert "sink" in await page.locator(".timeline").inner_text()
+    assert "sink" in await page.locator(".timeline").first.inner_text()
     diff = await page.locator("table.diff").inner_text()
     assert "Sales Team <sales@example.com>" in diff and "Visitor <form@landing.example.com>" in diff
     # No HTML part: the text part is open on the page.
     assert "Please call me back." in await page.locator(".body-text").inner_text()
+    provider = "section:has(h2:text-is('Reported by the provider'))"
+    reported = await page.locator(provider).inner_text()
+    assert "complained" in reported and "lead@example.org" in reported
+    notified = await page.locator("section:has(h2:text-is('Webhook events'))").inner_text()
+    assert "message.accepted" in notified and "message.delivered" in notified
     await watch.shot("flow-message")
 
 
