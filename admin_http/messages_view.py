@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import math
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +10,17 @@ from aiohttp import web
 from admin_http.deps import api_of
 from admin_http.errors import bad_request, not_found
 from admin_http.middlewares import ACTOR
-from admin_http.schemas import attempt_view, iso, listing, page_of, query_time
+from admin_http.schemas import (
+    attempt_view,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    listing,
+    page_of,
+    query_time,
+)
 from relay.core.model import MessageStatus
-from relay.message_log_database import MessageQuery, MessageSummary, Position
+from relay.message_log_database import MessageQuery, MessageSummary
 from relay.reports_controller import FullMessage
 
 
@@ -103,35 +108,12 @@ def full_view(full: FullMessage) -> dict[str, Any]:
     }
 
 
-def encode_cursor(position: Position) -> str:
-    """Opaque to clients: where the next page starts (a message's created_at and id)."""
-    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> Position:
-    try:
-        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, UnicodeDecodeError):
-        value = None
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[0], int | float)
-        or isinstance(value[0], bool)
-        or not math.isfinite(value[0])
-        or not isinstance(value[1], str)
-        or len(value[1]) > 64
-    ):
-        raise bad_request("cursor: not a cursor this API gave (use next_cursor as it came)")
-    return float(value[0]), value[1]
-
-
 async def search(request: web.Request) -> web.Response:
     """The log newest first; ``cursor`` (a ``next_cursor``) goes on where a page ended."""
     api = api_of(request)
     page, size = page_of(request)
     cursor_text = request.query.get("cursor")
-    cursor = decode_cursor(cursor_text) if cursor_text else None
+    cursor = decode_cursor(cursor_text, str) if cursor_text else None
     if cursor is not None and page != 1:
         raise bad_request("cursor and page: give one of them")
     status_text = request.query.get("status")

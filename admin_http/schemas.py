@@ -6,6 +6,7 @@ upstream says ``has_password``, a credential shows its username only).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import math
@@ -223,3 +224,34 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
         "detail": a.detail,
         "route": a.route,
     }
+
+
+# -- Keyset cursors: where the next page of a list starts, opaque to clients
+
+_NOT_A_CURSOR = "cursor: not a cursor this API gave (use next_cursor as it came)"
+
+
+def encode_cursor(position: tuple[float, str | int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, key: type[str] | type[int]) -> tuple[float, Any]:
+    """A cursor ``encode_cursor`` made: (a finite time, a ``key``: an id or a row number)."""
+    value = None
+    if len(text) <= 200:  # ours are well under 100 characters
+        try:
+            value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (ValueError, UnicodeDecodeError):
+            value = None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], int | float)
+        or isinstance(value[0], bool)
+        or not math.isfinite(value[0])
+        or not isinstance(value[1], key)
+        or isinstance(value[1], bool)
+        or (isinstance(value[1], str) and len(value[1]) > 64)
+    ):
+        raise bad_request(_NOT_A_CURSOR)
+    return float(value[0]), value[1]

@@ -6,9 +6,6 @@ never in any other: GET shows ``secret_set: true`` only.
 
 from __future__ import annotations
 
-import base64
-import json
-import math
 from typing import Any
 
 from aiohttp import web
@@ -16,9 +13,9 @@ from aiohttp import web
 from admin_http.deps import api_of
 from admin_http.errors import bad_request
 from admin_http.middlewares import ACTOR
-from admin_http.schemas import iso, json_body, managed_by, parse_time
+from admin_http.schemas import decode_cursor, encode_cursor, iso, json_body, managed_by, parse_time
 from relay.webhook_controller import EndpointInfo, WebhookController
-from relay.webhook_database import Delivery, Position
+from relay.webhook_database import Delivery
 
 MAX_LOG_PAGE = 200
 
@@ -95,7 +92,7 @@ async def deliveries(request: web.Request) -> web.Response:
     """The tries newest first; ``cursor`` (a ``next_cursor``) goes on where a page ended."""
     size = _limit(request)
     cursor = request.query.get("cursor")
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor, int) if cursor else None
     found = await _controller(request).deliveries(request.match_info["name"], after, size + 1)
     page = found[:size]
     more = len(found) > size
@@ -128,26 +125,3 @@ def _limit(request: web.Request) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LOG_PAGE:
         raise bad_request(f"page_size: a whole number from 1 to {MAX_LOG_PAGE}")
     return int(text)
-
-
-def encode_cursor(position: Position) -> str:
-    """Opaque to clients: where the next page starts (a try's time and id)."""
-    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> Position:
-    value = None
-    if len(text) <= 100:  # ours are about 40 characters
-        try:
-            value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        except (ValueError, UnicodeDecodeError):
-            value = None
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        or not math.isfinite(value[0])
-        or not isinstance(value[1], int)
-    ):
-        raise bad_request("cursor: not a cursor this API gave (use next_cursor as it came)")
-    return float(value[0]), value[1]

@@ -11,6 +11,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.synchronize
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 END_OF_DATA = b"\r\n.\r\n"
@@ -85,8 +86,11 @@ def _serve(port: int, count: Any, ready: multiprocessing.synchronize.Event) -> N
         asyncio.run(main())
 
 
-class Sink:
-    """The sink process: start() it (again after stop() to model an outage); ``count`` grows."""
+class CountingServer:
+    """A server in a process of its own (``serve(port, count, ready)``) that counts what it
+    takes: start() it (again after stop() to model an outage); ``count`` grows."""
+
+    serve: Callable[[int, Any, multiprocessing.synchronize.Event], None]
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -104,17 +108,23 @@ class Sink:
     def start(self) -> None:
         ready = multiprocessing.Event()
         self._process = multiprocessing.Process(
-            target=_serve, args=(self.port, self._count, ready), daemon=True
+            target=type(self).serve, args=(self.port, self._count, ready), daemon=True
         )
         self._process.start()
         if not ready.wait(10):
-            raise RuntimeError("the sink did not start")
+            raise RuntimeError(f"{type(self).__name__} did not start")
 
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()
             self._process.join(10)
             self._process = None
+
+
+class Sink(CountingServer):
+    """The SMTP sink: counts messages."""
+
+    serve = staticmethod(_serve)
 
 
 def free_port() -> int:

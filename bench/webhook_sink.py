@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.sink import CountingServer
+
 
 def _serve(port: int, count: Any, ready: multiprocessing.synchronize.Event) -> None:
     async def take(request: web.Request) -> web.Response:
@@ -37,35 +39,11 @@ def _serve(port: int, count: Any, ready: multiprocessing.synchronize.Event) -> N
         asyncio.run(main())
 
 
-class WebhookSink:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._count = multiprocessing.Value("q", 0)
-        self._process: multiprocessing.Process | None = None
+class WebhookSink(CountingServer):
+    """Counts the webhook requests it answered."""
+
+    serve = staticmethod(_serve)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks"
-
-    @property
-    def count(self) -> int:
-        return int(self._count.value)
-
-    def reset(self) -> None:
-        with self._count.get_lock():
-            self._count.value = 0
-
-    def start(self) -> None:
-        ready = multiprocessing.Event()
-        self._process = multiprocessing.Process(
-            target=_serve, args=(self.port, self._count, ready), daemon=True
-        )
-        self._process.start()
-        if not ready.wait(10):
-            raise RuntimeError("the webhook sink did not start")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.join(10)
-            self._process = None

@@ -22,8 +22,7 @@ from admin_http.dashboard.session import flash
 from admin_http.deps import api_of
 from admin_http.errors import ApiError
 from admin_http.middlewares import ACTOR
-from admin_http.schemas import parse_time
-from admin_http.webhooks_view import decode_cursor, encode_cursor
+from admin_http.schemas import decode_cursor, encode_cursor, parse_time
 from relay.catalog_controller import Conflict, Invalid
 from relay.core.outbound_events import SUBSCRIBABLE
 from relay.webhook_controller import EndpointInfo, WebhookController
@@ -70,7 +69,7 @@ async def _render(request: web.Request, new_secret: str | None) -> web.Response:
     name = info.endpoint.name
     cursor = request.query.get("cursor")
     found = await controller.deliveries(
-        name, decode_cursor(cursor) if cursor else None, LOG_PAGE_SIZE + 1
+        name, decode_cursor(cursor, int) if cursor else None, LOG_PAGE_SIZE + 1
     )
     shown = found[:LOG_PAGE_SIZE]
     older = None
