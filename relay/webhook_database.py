@@ -186,75 +186,102 @@ def claim_due(
     limits: Mapping[str, int],
     limit: int,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due rows of the endpoints in ``limits`` ({name: max_in_flight})."""
+    """Lease up to ``limit`` due rows of the endpoints in ``limits`` ({name: max_in_flight}).
+
+    The statements are built once (below): a claim runs after almost every try.
+    """
     if not limits or limit <= 0:
         return []
     postgres = connection.dialect.name == "postgresql"
-    free = sa.or_(o.c.leased_until.is_(None), o.c.leased_until < now)
-    due = sa.and_(o.c.status == PENDING, o.c.next_attempt_at <= now, free)
     names = sorted(limits)  # a handful: one index range each below, never the whole backlog
     ensure_states(connection, names, now)
-    open_query = (
-        sa.select(webhook_states.c.name)
-        .where(webhook_states.c.name.in_(names), webhook_states.c.disabled_at.is_(None))
-        .order_by(webhook_states.c.name)
-    )
-    if postgres:  # another node claiming for an endpoint: pass it over this round
-        open_query = open_query.with_for_update(skip_locked=True)
-    open_names = list(connection.scalars(open_query))
-    live: dict[str, int] = dict(
-        connection.execute(
-            sa.select(o.c.webhook, sa.func.count())
-            .where(o.c.webhook.in_(open_names), o.c.status == PENDING, o.c.leased_until >= now)
-            .group_by(o.c.webhook)
-        ).all()
-    )
-    earlier = aliased(o)
-    blocked = (
-        sa.select(earlier.c.id)
-        .where(
-            earlier.c.webhook == o.c.webhook,
-            earlier.c.message_id == o.c.message_id,
-            earlier.c.id < o.c.id,
-            earlier.c.status == PENDING,
-        )
-        .exists()
-    )
+    open_names = list(
+        connection.scalars(_OPEN_LOCKED if postgres else _OPEN, {"names": names})
+    )  # PostgreSQL: another node claiming for an endpoint makes us pass it over this round
+    if not open_names:
+        return []
+    live = {
+        name: int(count)
+        for name, count in connection.execute(_LIVE, {"names": open_names, "now": now})
+    }
     ids: list[int] = []
     for name in open_names:
         room = min(limits[name] - int(live.get(name, 0)), limit - len(ids))
-        if room <= 0:
-            continue
-        query = (
-            sa.select(o.c.id)
-            .where(o.c.webhook == name, due, ~blocked)
-            .order_by(o.c.next_attempt_at, o.c.id)
-            .limit(room)
-        )
-        if postgres:
-            query = query.with_for_update(skip_locked=True, of=o)
-        ids += connection.scalars(query)
+        if room > 0:
+            due = _DUE_LOCKED if postgres else _DUE
+            params = {"name": name, "now": now, "room": room, "owner": owner}
+            ids += connection.scalars(due, params)
     if not ids:
         return []
     connection.execute(
-        o.update()
-        .where(o.c.id.in_(ids), free)
-        .values(leased_until=now + lease_seconds, lease_owner=owner)
+        _LEASE, {"ids": ids, "now": now, "until": now + lease_seconds, "owner": owner}
     )
-    rows = connection.execute(
-        sa.select(
-            o.c.id,
-            o.c.webhook,
-            o.c.event_id,
-            o.c.event_type,
-            o.c.payload,
-            o.c.created_at,
-            o.c.attempt_count,
-        )
-        .where(o.c.id.in_(ids), o.c.lease_owner == owner)
-        .order_by(o.c.id)
-    )
+    rows = connection.execute(_LEASED, {"ids": ids, "owner": owner})
     return [Claimed(*row) for row in rows]
+
+
+_names: sa.BindParameter[str] = sa.bindparam("names", expanding=True)
+_now = sa.bindparam("now", type_=sa.Float)
+# Free: never leased, or its lease lapsed and is another's (a dead process's). One of our own
+# is a try still under way here, whatever the clock says: it is never sent twice at once.
+_free = sa.or_(
+    o.c.leased_until.is_(None),
+    sa.and_(o.c.leased_until < _now, o.c.lease_owner != sa.bindparam("owner")),
+)
+_OPEN = (
+    sa.select(webhook_states.c.name)
+    .where(webhook_states.c.name.in_(_names), webhook_states.c.disabled_at.is_(None))
+    .order_by(webhook_states.c.name)
+)
+_OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
+_LIVE = (
+    sa.select(o.c.webhook, sa.func.count())
+    .where(o.c.webhook.in_(_names), o.c.status == PENDING, o.c.leased_until >= _now)
+    .group_by(o.c.webhook)
+)
+_earlier = aliased(o)
+_BLOCKED = (  # an earlier event of the same message still waits for this endpoint
+    sa.select(_earlier.c.id)
+    .where(
+        _earlier.c.webhook == o.c.webhook,
+        _earlier.c.message_id == o.c.message_id,
+        _earlier.c.id < o.c.id,
+        _earlier.c.status == PENDING,
+    )
+    .exists()
+)
+_DUE = (
+    sa.select(o.c.id)
+    .where(
+        o.c.webhook == sa.bindparam("name"),
+        o.c.status == PENDING,
+        o.c.next_attempt_at <= _now,
+        _free,
+        ~_BLOCKED,
+    )
+    .order_by(o.c.next_attempt_at, o.c.id)
+    .limit(sa.bindparam("room", type_=sa.Integer))
+)
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True, of=o)
+_ids: sa.BindParameter[int] = sa.bindparam("ids", expanding=True)
+_LEASE = (
+    o.update()
+    .where(o.c.id.in_(_ids), _free)
+    .values(leased_until=sa.bindparam("until", type_=sa.Float), lease_owner=sa.bindparam("owner"))
+)
+_LEASED = (
+    sa.select(
+        o.c.id,
+        o.c.webhook,
+        o.c.event_id,
+        o.c.event_type,
+        o.c.payload,
+        o.c.created_at,
+        o.c.attempt_count,
+    )
+    .where(o.c.id.in_(_ids), o.c.lease_owner == sa.bindparam("owner"))
+    .order_by(o.c.id)
+)
 
 
 @dataclass(frozen=True)
@@ -271,61 +298,104 @@ class Try:
     verdict: Verdict
 
 
-def record_try(connection: Connection, t: Try) -> float | None:
-    """Log the try, settle its row, update its endpoint; the endpoint's failing-since after."""
-    c = t.claimed
-    connection.execute(
-        webhook_attempts.insert().values(
-            outbox_id=c.id,
-            webhook=c.webhook,
-            event_id=c.event_id,
-            event_type=c.event_type,
-            at=t.at,
-            duration=t.duration,
-            status_code=t.status_code,
-            error=t.error,
-            response_head=t.response_head,
-        )
-    )
-    end = t.at + t.duration
-    values: dict[str, Any] = {
-        "attempt_count": o.c.attempt_count + 1,
-        "leased_until": None,
-        "lease_owner": None,
-        "last_error": t.error or (f"HTTP {t.status_code}" if t.status_code else None),
-    }
-    if t.verdict.outcome is Outcome.RETRY:
-        values["next_attempt_at"] = t.verdict.next_attempt_at
-    else:
-        values["status"] = DELIVERED if t.verdict.outcome is Outcome.DELIVERED else FAILED
-        values["finished_at"] = end
-    connection.execute(
-        o.update().where(o.c.id == c.id, o.c.lease_owner == t.owner).values(**values)
-    )
-    s = webhook_states.c
-    if t.verdict.outcome is Outcome.DELIVERED:
+def record_tries(connection: Connection, tries: Sequence[Try]) -> list[float | None]:
+    """Log the tries, settle their rows, update their endpoints; per try, its endpoint's
+    failing-since after them (None once it succeeded). Tries that finished together are
+    written together: a few statements for the batch, not per try."""
+    connection.execute(webhook_attempts.insert(), [_attempt_row(t) for t in tries])
+    connection.execute(_SETTLE, [_settled_row(t) for t in tries])
+    last = {t.claimed.webhook: t for t in tries}  # each endpoint's latest try decides
+    ok = [t for t in last.values() if t.verdict.outcome is Outcome.DELIVERED]
+    failing = [t for t in last.values() if t.verdict.outcome is not Outcome.DELIVERED]
+    if ok:
         # Written when it changes something (or once in a while): every update locks the
         # row the claims of other nodes lock, and makes them pass the endpoint over.
         connection.execute(
-            webhook_states.update()
-            .where(
-                s.name == c.webhook,
-                sa.or_(
-                    s.failing_since.is_not(None),
-                    s.last_success_at.is_(None),
-                    s.last_success_at < end - 10,
-                ),
-            )
-            .values(failing_since=None, last_success_at=end, updated_at=end)
+            _SUCCEEDED, [{"b_name": t.claimed.webhook, "b_end": t.at + t.duration} for t in ok]
         )
-        return None
-    connection.execute(
-        webhook_states.update()
-        .where(s.name == c.webhook, s.failing_since.is_(None))
-        .values(failing_since=t.at, updated_at=end)
+    since: dict[str, float | None] = {}
+    if failing:
+        connection.execute(
+            _FAILING,
+            [
+                {"b_name": t.claimed.webhook, "b_at": t.at, "b_end": t.at + t.duration}
+                for t in failing
+            ],
+        )
+        names = [t.claimed.webhook for t in failing]
+        since = {name: at for name, at in connection.execute(_FAILING_SINCE, {"names": names})}
+    return [since.get(t.claimed.webhook) for t in tries]
+
+
+def _attempt_row(t: Try) -> dict[str, Any]:
+    c = t.claimed
+    return {
+        "outbox_id": c.id,
+        "webhook": c.webhook,
+        "event_id": c.event_id,
+        "event_type": c.event_type,
+        "at": t.at,
+        "duration": t.duration,
+        "status_code": t.status_code,
+        "error": t.error,
+        "response_head": t.response_head,
+    }
+
+
+def _settled_row(t: Try) -> dict[str, Any]:
+    again = t.verdict.outcome is Outcome.RETRY
+    status = DELIVERED if t.verdict.outcome is Outcome.DELIVERED else FAILED
+    return {
+        "b_id": t.claimed.id,
+        "b_owner": t.owner,
+        "b_status": PENDING if again else status,
+        "b_next": t.verdict.next_attempt_at if again else None,
+        "b_finished": None if again else t.at + t.duration,
+        "b_error": t.error or (f"HTTP {t.status_code}" if t.status_code else None),
+    }
+
+
+_s = webhook_states.c
+_SETTLE = (  # its row: due again (pending, next_attempt_at), or delivered or failed for good
+    o.update()
+    .where(o.c.id == sa.bindparam("b_id"), o.c.lease_owner == sa.bindparam("b_owner"))
+    .values(
+        status=sa.bindparam("b_status"),
+        next_attempt_at=sa.func.coalesce(
+            sa.bindparam("b_next", type_=sa.Float), o.c.next_attempt_at
+        ),
+        finished_at=sa.bindparam("b_finished", type_=sa.Float),
+        attempt_count=o.c.attempt_count + 1,
+        leased_until=None,
+        lease_owner=None,
+        last_error=sa.bindparam("b_error", type_=sa.Text),
     )
-    since: float | None = connection.scalar(sa.select(s.failing_since).where(s.name == c.webhook))
-    return since
+)
+_SUCCEEDED = (
+    webhook_states.update()
+    .where(
+        _s.name == sa.bindparam("b_name"),
+        sa.or_(
+            _s.failing_since.is_not(None),
+            _s.last_success_at.is_(None),
+            _s.last_success_at < sa.bindparam("b_end", type_=sa.Float) - 10,
+        ),
+    )
+    .values(
+        failing_since=None,
+        last_success_at=sa.bindparam("b_end", type_=sa.Float),
+        updated_at=sa.bindparam("b_end", type_=sa.Float),
+    )
+)
+_FAILING = (
+    webhook_states.update()
+    .where(_s.name == sa.bindparam("b_name"), _s.failing_since.is_(None))
+    .values(
+        failing_since=sa.bindparam("b_at", type_=sa.Float),
+        updated_at=sa.bindparam("b_end", type_=sa.Float),
+    )
+)
+_FAILING_SINCE = sa.select(_s.name, _s.failing_since).where(_s.name.in_(_names))
 
 
 def replay(connection: Connection, webhook: str, since: float, now: float) -> int:
@@ -411,6 +481,15 @@ def fail_orphans(connection: Connection, known: Sequence[str], before: float, no
 
 def pending_count(connection: Connection) -> int:
     return int(connection.scalar(sa.select(sa.func.count()).where(o.c.status == PENDING)) or 0)
+
+
+def release_lease(connection: Connection, outbox_id: int, owner: str) -> None:
+    """A try that failed here without a record (our bug): due again, for any process."""
+    connection.execute(
+        o.update()
+        .where(o.c.id == outbox_id, o.c.lease_owner == owner, o.c.status == PENDING)
+        .values(leased_until=None, lease_owner=None)
+    )
 
 
 def release_leases(connection: Connection, owner: str) -> int:

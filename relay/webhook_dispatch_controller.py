@@ -13,7 +13,8 @@ duplicates by ``webhook-id``.
 
 It wakes when a try finishes, when this process wrote events (``wake``), and
 otherwise when the next event falls due or every POLL_SECONDS, to see events
-written by other processes.
+written by other processes. Woken, it claims at once; otherwise it reads when
+the next event is due first, so an idle relay writes nothing.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ class WebhookDispatcher:
         self._jitter = jitter
         self._wake = asyncio.Event()
         self._stopping = False
+        self._backlog = True  # claim without looking first (at start: what waited)
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Events were written: look for them now rather than at the next poll."""
+        self._backlog = True
         self._wake.set()
 
     async def release_stale(self) -> None:
@@ -83,16 +86,20 @@ class WebhookDispatcher:
         try:
             while not self._stopping:
                 self._wake.clear()
-                due = await self._next_due()
-                now = self._clock()
-                if due is not None and due <= now:
-                    # Claimed: a finishing try wakes us. None claimed: what is due waits
-                    # behind a limit or an earlier event, freed by tries here or elsewhere.
+                wait = POLL_SECONDS
+                if self._backlog:  # events written here or a try finished: claim at once
+                    self._backlog = False
                     await self._claim()
-                    await self._sleep(POLL_SECONDS)
-                else:  # nothing due: no write transaction until something is
-                    wait = POLL_SECONDS if due is None else min(max(due - now, 0.05), POLL_SECONDS)
-                    await self._sleep(wait)
+                else:  # look first: nothing due, no write transaction until something is
+                    due = await self._next_due()
+                    now = self._clock()
+                    if due is not None and due <= now:
+                        await self._claim()
+                    elif due is not None:
+                        wait = min(max(due - now, 0.05), POLL_SECONDS)
+                # Claimed: a finishing try wakes us. None claimed: what is due waits behind
+                # a limit or an earlier event, freed by tries here or elsewhere.
+                await self._sleep(wait)
         finally:
             gauge.cancel()
 
@@ -138,6 +145,7 @@ class WebhookDispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._backlog = True  # its slot is free, and more may be due
         self._wake.set()
 
     async def _send(self, claimed: db.Claimed) -> None:
@@ -145,8 +153,12 @@ class WebhookDispatcher:
             await self._try(claimed)
         except asyncio.CancelledError:
             raise
-        except Exception:  # our bug: the lease lapses and the event is tried again
+        except Exception:  # our bug: the event is due again (ours, its lease would not lapse)
             log.exception("webhook %s: event %s not sent", claimed.webhook, claimed.event_id)
+            with contextlib.suppress(Exception):  # else another process takes it in time
+                await self._writer.write_sync(
+                    lambda c: db.release_lease(c, claimed.id, self._owner)
+                )
 
     async def _try(self, claimed: db.Claimed) -> None:
         config = self._events()
@@ -171,9 +183,7 @@ class WebhookDispatcher:
             answer.head,
             verdict,
         )
-        failing_since = await asyncio.shield(
-            self._writer.write_alone(lambda c: db.record_try(c, attempt))
-        )
+        failing_since = await asyncio.shield(self._writer.write_item(db.record_tries, attempt))
         self._metrics.webhook_deliveries.labels(claimed.webhook, verdict.outcome.value).inc()
         if verdict.outcome is not Outcome.DELIVERED:
             log.info(

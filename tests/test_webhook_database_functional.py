@@ -87,7 +87,7 @@ async def settle(
 ) -> float | None:
     code = 200 if verdict.outcome is Outcome.DELIVERED else 503
     attempt = db.Try(claimed, owner, at, 0.01, code, None, "ok", verdict)
-    return await run(engine, lambda c: db.record_try(c, attempt))
+    return (await run(engine, lambda c: db.record_tries(c, [attempt])))[0]
 
 
 async def test_an_endpoints_limit_holds_across_owners(engine: AsyncEngine) -> None:
@@ -254,3 +254,19 @@ async def test_events_of_an_endpoint_no_longer_configured_fail_after_the_retry_w
     failed = [r for r in rows if r.status == "failed"]
     assert all(r.last_error == "the endpoint is no longer configured" for r in failed)
     assert {r.finished_at for r in failed} == {NOW + 200}  # retention takes them in time
+
+
+async def test_a_try_under_way_is_never_claimed_again_by_its_own_process(
+    engine: AsyncEngine,
+) -> None:
+    """Its lease lapsed by the clock (a fake one jumps): another process may take it over,
+    the one sending it may not, and one that failed here is released for anyone."""
+    await add(engine, circuit_events(1), Subscriptions((Subscription("a"),)))
+    (first,) = await claim(engine, "p1", {"a": 4})
+    later = NOW + LEASE + 1
+    assert await claim(engine, "p1", {"a": 4}, now=later) == []
+    (taken,) = await claim(engine, "p2", {"a": 4}, now=later)
+    assert taken.id == first.id
+    await run(engine, lambda c: db.release_lease(c, taken.id, "p2"))
+    (again,) = await claim(engine, "p1", {"a": 4}, now=later)
+    assert again.id == first.id
