@@ -194,10 +194,14 @@ def claim_due(
         return []
     postgres = connection.dialect.name == "postgresql"
     names = sorted(limits)  # a handful: one index range each below, never the whole backlog
-    ensure_states(connection, names, now)
-    open_names = list(
-        connection.scalars(_OPEN_LOCKED if postgres else _OPEN, {"names": names})
-    )  # PostgreSQL: another node claiming for an endpoint makes us pass it over this round
+    # PostgreSQL: another node claiming for an endpoint makes us pass it over this round.
+    read_states = _STATES_LOCKED if postgres else _STATES
+    states = connection.execute(read_states, {"names": names}).all()
+    if len(states) < len(names):  # a new endpoint's state row (or one locked elsewhere)
+        found = {name for name, _ in states}
+        ensure_states(connection, [n for n in names if n not in found], now)
+        states = connection.execute(read_states, {"names": names}).all()
+    open_names = [name for name, disabled_at in states if disabled_at is None]
     if not open_names:
         return []
     live = {
@@ -213,11 +217,9 @@ def claim_due(
             ids += connection.scalars(due, params)
     if not ids:
         return []
-    connection.execute(
-        _LEASE, {"ids": ids, "now": now, "until": now + lease_seconds, "owner": owner}
-    )
-    rows = connection.execute(_LEASED, {"ids": ids, "owner": owner})
-    return [Claimed(*row) for row in rows]
+    until = now + lease_seconds
+    leased = connection.execute(_LEASE, {"ids": ids, "now": now, "until": until, "owner": owner})
+    return sorted((Claimed(*row) for row in leased), key=lambda c: c.id)
 
 
 _names: sa.BindParameter[str] = sa.bindparam("names", expanding=True)
@@ -228,12 +230,12 @@ _free = sa.or_(
     o.c.leased_until.is_(None),
     sa.and_(o.c.leased_until < _now, o.c.lease_owner != sa.bindparam("owner")),
 )
-_OPEN = (
-    sa.select(webhook_states.c.name)
-    .where(webhook_states.c.name.in_(_names), webhook_states.c.disabled_at.is_(None))
+_STATES = (
+    sa.select(webhook_states.c.name, webhook_states.c.disabled_at)
+    .where(webhook_states.c.name.in_(_names))
     .order_by(webhook_states.c.name)
 )
-_OPEN_LOCKED = _OPEN.with_for_update(skip_locked=True)
+_STATES_LOCKED = _STATES.with_for_update(skip_locked=True)
 _LIVE = (
     sa.select(o.c.webhook, sa.func.count())
     .where(o.c.webhook.in_(_names), o.c.status == PENDING, o.c.leased_until >= _now)
@@ -268,9 +270,7 @@ _LEASE = (
     o.update()
     .where(o.c.id.in_(_ids), _free)
     .values(leased_until=sa.bindparam("until", type_=sa.Float), lease_owner=sa.bindparam("owner"))
-)
-_LEASED = (
-    sa.select(
+    .returning(
         o.c.id,
         o.c.webhook,
         o.c.event_id,
@@ -279,8 +279,6 @@ _LEASED = (
         o.c.created_at,
         o.c.attempt_count,
     )
-    .where(o.c.id.in_(_ids), o.c.lease_owner == sa.bindparam("owner"))
-    .order_by(o.c.id)
 )
 
 
