@@ -11,12 +11,10 @@ disabled. A crash between the POST and its record means the event is sent
 again after its lease: delivery is at least once, and receivers drop
 duplicates by ``webhook-id``.
 
-A try's record claims, in its transaction, the events due next for the slots
-it frees, so a steady stream needs no other claims. The loop wakes when this
-process wrote events (``wake``: it claims at once), and otherwise when the
-next event falls due or every POLL_SECONDS, to see events written by other
-processes: it reads when the next event is due first, so an idle relay writes
-nothing.
+It wakes when a try finishes, when this process wrote events (``wake``), and
+otherwise when the next event falls due or every POLL_SECONDS, to see events
+written by other processes. Woken, it claims at once; otherwise it reads when
+the next event is due first, so an idle relay writes nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +25,6 @@ import itertools
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-
-from sqlalchemy import Connection
 
 from relay import webhook_database as db
 from relay.config_webhooks import EventsConfig
@@ -46,12 +41,6 @@ GAUGE_SECONDS = 15.0
 ORPHAN_ROUNDS = 40  # every 10 min: events of endpoints removed from the file
 CONCURRENCY = 32  # tries at once by one process, over all endpoints
 LEASE_MARGIN_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Recorded:
-    failing_since: float | None  # the endpoint's, after the try
-    claimed: list[db.Claimed]  # what the try's transaction leased next, to send now
 
 
 class WebhookDispatcher:
@@ -108,8 +97,8 @@ class WebhookDispatcher:
                         await self._claim()
                     elif due is not None:
                         wait = min(max(due - now, 0.05), POLL_SECONDS)
-                # A finishing try claims what is due next itself. None claimed: what is due
-                # waits behind a limit or an earlier event, freed by tries here or elsewhere.
+                # Claimed: a finishing try wakes us. None claimed: what is due waits behind
+                # a limit or an earlier event, freed by tries here or elsewhere.
                 await self._sleep(wait)
         finally:
             gauge.cancel()
@@ -131,18 +120,6 @@ class WebhookDispatcher:
         free = CONCURRENCY - len(self._in_flight)
         if free <= 0 or self._stopping:
             return 0
-        try:
-            batch = await self._writer.write_alone(lambda c: self._claim_in(c, free))
-        except Exception as error:  # the store is away: the next round tries again
-            log.warning("webhook events not claimed: %s", error)
-            return 0
-        self._start(batch)
-        return len(batch)
-
-    def _claim_in(self, connection: Connection, free: int) -> list[db.Claimed]:
-        """Lease up to ``free`` due events, in the caller's transaction."""
-        if free <= 0 or self._stopping:
-            return []
         config = self._events()
         limits = {
             e.name: e.max_in_flight or config.max_in_flight
@@ -151,28 +128,25 @@ class WebhookDispatcher:
         }
         now = self._clock()
         lease = 2 * config.timeout_seconds + LEASE_MARGIN_SECONDS
-        return db.claim_due(
-            connection, owner=self._owner, now=now, lease_seconds=lease, limits=limits, limit=free
-        )
-
-    def _record_and_claim(self, connection: Connection, tries: list[db.Try]) -> list[Recorded]:
-        """Tries that finished together, recorded in one batch, and the events due next claimed
-        in the same transaction for the slots they free (handed to the first try's caller):
-        a steady stream costs one transaction per batch of tries, not two per try."""
-        failing_since = db.record_tries(connection, tries)
-        claimed = self._claim_in(connection, CONCURRENCY - len(self._in_flight) + len(tries))
-        return [Recorded(f, claimed if i == 0 else []) for i, f in enumerate(failing_since)]
-
-    def _start(self, batch: list[db.Claimed]) -> None:
+        try:
+            batch = await self._writer.write_alone(
+                lambda c: db.claim_due(
+                    c, owner=self._owner, now=now, lease_seconds=lease, limits=limits, limit=free
+                )
+            )
+        except Exception as error:  # the store is away: the next round tries again
+            log.warning("webhook events not claimed: %s", error)
+            return 0
         for claimed in batch:
             task = asyncio.create_task(self._send(claimed), name=f"webhook-{claimed.id}")
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
+        return len(batch)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._stopping:
-            self._wake.set()
+        self._backlog = True  # its slot is free, and more may be due
+        self._wake.set()
 
     async def _send(self, claimed: db.Claimed) -> None:
         try:
@@ -209,11 +183,7 @@ class WebhookDispatcher:
             answer.head,
             verdict,
         )
-        recorded: Recorded = await asyncio.shield(
-            self._writer.write_item(self._record_and_claim, attempt)
-        )
-        self._start(recorded.claimed)
-        failing_since = recorded.failing_since
+        failing_since = await asyncio.shield(self._writer.write_item(db.record_tries, attempt))
         self._metrics.webhook_deliveries.labels(claimed.webhook, verdict.outcome.value).inc()
         if verdict.outcome is not Outcome.DELIVERED:
             log.info(
