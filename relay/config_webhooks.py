@@ -31,7 +31,7 @@ class EventsConfig:
     retry_hours: float = 24.0  # an event is tried again this long after it was written
     disable_after_hours: float = 72.0  # an endpoint failing this long without a success
     timeout_seconds: float = 10.0  # one try, connection to the end of the answer's first bytes
-    max_in_flight: int = 4  # tries at once to one endpoint, across the cluster (its default)
+    max_in_flight: int = 16  # tries at once to one endpoint, across the cluster (its default)
 
     @property
     def retry_seconds(self) -> float:

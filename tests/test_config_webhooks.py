@@ -32,7 +32,7 @@ def problems(tmp_path: Path, **sections: Any) -> list[str]:
 
 def test_defaults(tmp_path: Path) -> None:
     config = load(tmp_path)
-    assert config.events == EventsConfig(False, (), 24.0, 72.0, 10.0, 4)
+    assert config.events == EventsConfig(False, (), 24.0, 72.0, 10.0, 16)
     assert config.webhooks == ()
 
 

@@ -106,6 +106,7 @@ async def test_a_relay_killed_with_events_in_flight_sends_them_all_after_restart
     async with receiving(gate=gate) as receiver:
         config = node_config(tmp_path / "node", receiver.url)
         config["listeners"][0].update(tls="none", allow_plaintext_auth=True)
+        config["events"]["max_in_flight"] = 4
         (tmp_path / "node").mkdir()
         path = write_config(tmp_path / "node", config)
         engine = create_engine(config["store"]["url"])
