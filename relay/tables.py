@@ -409,3 +409,28 @@ provider_replays = sa.Table(
     sa.Column("key", sa.String(300), primary_key=True),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
+
+
+# Issue 19 (migration 0011).
+# A message as SMTP took it, to answer a client's retry (our 250 lost) with the first queue id
+# instead of queueing it again: the site, and a digest of what makes it the same message.
+message_fingerprints = sa.Table(
+    "message_fingerprints",
+    metadata,
+    sa.Column("site_id", sa.String(64), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("message_id", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+# Each upstream's recent success rate and attempt time (exponentially weighted), shared by
+# every node: the ``performance`` routing strategy orders by them.
+upstream_performance = sa.Table(
+    "upstream_performance",
+    metadata,
+    sa.Column("upstream", sa.String(64), primary_key=True),
+    sa.Column("success_rate", sa.Float, nullable=False),
+    sa.Column("latency_seconds", sa.Float, nullable=False),
+    sa.Column("samples", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
