@@ -7,7 +7,8 @@ plus the test CA when configured), has a timeout, follows no redirect, and reads
 ``MAX_CERT_BYTES``. Certificates are cached per process, at most ``CACHE_ENTRIES`` of them
 for ``CACHE_SECONDS`` each, least recently used first out; a failure is not cached, and
 requests that want one URL at the same time share one fetch (a burst of notifications
-after a start fetches the certificate once). Errors become None / False: the caller
+after a start fetches the certificate once), and at most ``MAX_FETCHING`` URLs are fetched
+at a time. Errors become None / False: the caller
 answers the provider so that it tries again.
 """
 
@@ -29,6 +30,9 @@ MAX_CONFIRM_BYTES = 64 * 1024  # the confirmation's XML answer, read and dropped
 TIMEOUT_SECONDS = 10.0
 CACHE_ENTRIES = 64  # AWS uses one certificate per region at a time
 CACHE_SECONDS = 24 * 3600.0
+# Certificates are fetched before a message's signature can be checked: posts naming made-up
+# certificate URLs (on an SNS host) cost at most this many fetches at a time; more wait 503.
+MAX_FETCHING = 8
 
 
 class TooLarge(Exception):
@@ -60,6 +64,9 @@ class SnsClient:
         self._cache.pop(url, None)
         task = self._fetching.get(url)
         if task is None:
+            if len(self._fetching) >= MAX_FETCHING:  # a flood of made-up URLs: fetched before
+                log.info("SNS certificate not fetched: %d fetches under way", MAX_FETCHING)
+                return None  # any signature is checked; the caller answers 503
             task = self._fetching[url] = asyncio.create_task(self._fetch(url, now))
             task.add_done_callback(lambda _: self._fetching.pop(url, None))
         return await asyncio.shield(task)  # one caller's cancellation leaves the others'

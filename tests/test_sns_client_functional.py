@@ -3,6 +3,7 @@ followed, a size cap, and a cache bounded in entries and time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,43 @@ async def test_the_cache_is_bounded_in_entries_and_time(
         assert seen[-1] == "/b.pem" and len(seen) == 5  # too old: fetched again
     finally:
         await client.close()
+
+
+async def test_made_up_certificate_urls_cost_a_bounded_number_of_fetches(
+    cert_files: tuple[Path, Path, Path],
+) -> None:
+    """Fetched before any signature can be checked: a flood of URLs that hang waits for at
+    most MAX_FETCHING fetches; the rest are refused at once (the caller answers 503)."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def hang(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await release.wait()
+        return web.Response(body=PEM)
+
+    app = web.Application()
+    app.router.add_get("/{name}", hang)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(
+        runner, "127.0.0.1", 0, ssl_context=tls.server_context(*cert_files[:2])
+    ).start()
+    base = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    client = SnsClient(cert_files[2])
+    try:
+        flood = [
+            asyncio.create_task(client.certificate(f"{base}/{n}.pem"))
+            for n in range(sns_client.MAX_FETCHING + 20)
+        ]
+        await asyncio.sleep(0.5)
+        refused = [t for t in flood if t.done()]
+        assert len(refused) == 20 and all(t.result() is None for t in refused)
+        release.set()
+        answered = await asyncio.gather(*flood)
+        assert answered.count(PEM) == sns_client.MAX_FETCHING
+        assert len(seen) == sns_client.MAX_FETCHING
+    finally:
+        release.set()
+        await client.close()
+        await runner.cleanup()
