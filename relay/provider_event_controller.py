@@ -167,6 +167,9 @@ class ProviderEventController:
         envelope = sns.parse_envelope(body, loopback_host=self._sns_test_host)
         if isinstance(envelope, Refused):
             return envelope
+        if settings.topics and envelope.topic_arn not in settings.topics:
+            # Before the certificate: another topic's posts never make us fetch anything.
+            return Refused(Refusal.UNEXPECTED_TOPIC, "TopicArn is not a configured topic")
         pem = await self._sns.certificate(envelope.signing_cert_url)
         if pem is None:
             self._count(upstream, "unavailable")

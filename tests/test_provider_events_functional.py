@@ -119,7 +119,7 @@ async def aws(cert_files: tuple[Path, Path, Path]) -> AsyncIterator[Aws]:
         return web.Response(text="<ConfirmSubscriptionResponse/>", content_type="text/xml")
 
     app = web.Application()
-    app.router.add_get("/SimpleNotificationService-test.pem", certificate)
+    app.router.add_get("/{name}.pem", certificate)
     app.router.add_get("/", confirm)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -486,12 +486,15 @@ async def test_subscription_confirmation_visits_the_subscribe_url(world: World) 
     assert (status, answer) == (200, {"status": "noted", "detail": "subscription confirmed"})
     assert world.aws.confirmations == [f"Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc"]
 
-    # Another account's topic: not visited.
+    # Another account's topic: not visited, and its certificate URL not even fetched.
     other = {**confirmation, "SubscribeURL": subscribe.replace(TOPIC, OTHER_TOPIC)}
-    fields = sns_post(world.aws, {**other, "TopicArn": OTHER_TOPIC})
-    status, answer, _ = await world.post("ses", fields)
+    posted = json.loads(sns_post(world.aws, {**other, "TopicArn": OTHER_TOPIC}))
+    posted["SigningCertURL"] = world.aws.cert_url.replace("-test.pem", "-other.pem")
+    fetched = world.aws.certificate_gets
+    status, answer, _ = await world.post("ses", json.dumps(posted).encode())
     assert (status, answer["error"]["code"]) == (403, "unexpected_topic")
     assert len(world.aws.confirmations) == 1
+    assert world.aws.certificate_gets == fetched
 
     goodbye = {**confirmation, "Type": "UnsubscribeConfirmation"}
     status, answer, _ = await world.post("ses", sns_post(world.aws, goodbye))
