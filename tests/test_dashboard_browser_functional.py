@@ -652,6 +652,11 @@ async def test_webhook_pages_make_an_endpoint_send_a_test_and_show_the_log(
                 await asyncio.sleep(0.1)
                 await page.reload()
         await watch.shot("webhooks")
+        await page.goto(base + "/")  # the overview lists the two not delivering
+        troubled = page.locator("section:has(h2:text-is('Webhooks not delivering'))")
+        assert {"crm", "billing"} <= set(await troubled.locator("tbody a").all_inner_texts())
+        await watch.shot("overview-webhooks")
+        await page.goto(base + "/webhooks")
         await page.click("a:text-is('billing')")
         await page.wait_for_url(base + "/webhooks/billing")
         assert "Read-only here" in await page.content()

@@ -186,6 +186,7 @@ async def test_disable_enable_and_a_test_while_disabled(
     browser: Browser, receiver: Receiver
 ) -> None:
     await browser.log_in()
+    assert "Webhooks not delivering" not in (await browser.get("/"))[1]
     csrf = await browser.csrf("/webhooks")
     form = {"_csrf": csrf, "back": "/webhooks"}
     assert (await browser.post("/webhooks/filed/disable", {"back": "/webhooks"}))[0] == 403
@@ -198,6 +199,8 @@ async def test_disable_enable_and_a_test_while_disabled(
     _, page, _ = await browser.get("/webhooks")
     assert "state-disabled" in page and "disabled by ops" in page
     assert "Send test" not in page and "/webhooks/filed/enable" in page
+    _, overview, _ = await browser.get("/")  # the overview says so
+    assert "Webhooks not delivering" in overview and 'href="/webhooks/filed"' in overview
     await browser.post("/webhooks/filed/test", form)
     kind, text = await flash_after(browser, "/webhooks")
     assert kind == "error" and text.startswith("No test sent:") and "is disabled" in text

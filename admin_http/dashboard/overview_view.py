@@ -35,6 +35,12 @@ async def overview(request: web.Request) -> web.Response:
         MessageQuery(status=MessageStatus.FAILED, page_size=RECENT_FAILURES)
     )
     failures, failed_total = failed.items, failed.total
+    # Endpoints an app is not hearing from: disabled, or failing since some time.
+    troubled = [
+        info
+        for info in (await api.webhooks.listing() if api.webhooks else [])
+        if not info.state.enabled or info.state.failing_since is not None
+    ]
     totals = {
         "accepted": sum(s.accepted for s, _ in stats.sites),
         "sent": sum(s.sent for s, _ in stats.sites),
@@ -71,6 +77,7 @@ async def overview(request: web.Request) -> web.Response:
             "upstreams": upstreams,
             "failures": failures,
             "failed_total": failed_total,
+            "troubled_webhooks": troubled,
             "chart": hourly_chart(hours),
             "now": now,
         },
