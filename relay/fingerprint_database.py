@@ -57,10 +57,12 @@ def record_fingerprints(connection: Connection, prints: Sequence[Fingerprint]) -
         }
         for _, p in sorted(first.items())
     ]
-    recorded = {
-        (r.site_id, r.fingerprint)
-        for r in connection.execute(_RECORD[connection.dialect.name], rows)
-    }
+    dialect = connection.dialect.name
+    if len(rows) == 1:  # the usual batch: its row count says it all, without a fetch
+        inserted = connection.execute(_INSERT[dialect], rows[0]).rowcount == 1
+        recorded = set(first) if inserted else set()
+    else:
+        recorded = {(r.site_id, r.fingerprint) for r in connection.execute(_RECORD[dialect], rows)}
     holders = {k: None if k in recorded else _holder(connection, p) for k, p in first.items()}
     answers = []
     for p in prints:
@@ -92,7 +94,7 @@ def _holder(connection: Connection, p: Fingerprint) -> str | None:
             "message_id": p.message_id,
             "expires_at": p.expires_at,
         }
-        if connection.execute(_RECORD[connection.dialect.name], [row]).first() is not None:
+        if connection.execute(_INSERT[connection.dialect.name], row).rowcount == 1:
             return None
     raise RuntimeError(f"fingerprint {p.fingerprint} of site {p.site_id}: no stable holder")
 
@@ -111,9 +113,10 @@ def forget_fingerprints(connection: Connection, prints: Sequence[Fingerprint]) -
 
 # Built once, with the rows as parameters (see form_database._RECORD: a statement holding
 # them has no cache key and is compiled for every message).
-_RECORD = {
-    name: dialect.insert(message_fingerprints)
-    .on_conflict_do_nothing(index_elements=["site_id", "fingerprint"])
-    .returning(c.site_id, c.fingerprint)
+_INSERT = {
+    name: dialect.insert(message_fingerprints).on_conflict_do_nothing(
+        index_elements=["site_id", "fingerprint"]
+    )
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
+_RECORD = {name: insert.returning(c.site_id, c.fingerprint) for name, insert in _INSERT.items()}
