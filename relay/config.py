@@ -123,6 +123,9 @@ class LimitsConfig:
     max_connections_per_ip: int = 50  # per client address (IPv6: per /64); trusted exempt
     auth_max_failures: int = 5
     auth_failure_window_seconds: int = 300
+    # An SMTP client's retry of a message stored this recently is answered with its id, not
+    # queued again; 0 = off.
+    duplicate_window_seconds: int = 86_400
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))  # quota days and months
 
 
@@ -519,6 +522,9 @@ def _parse_limits(s: Section) -> LimitsConfig:
         auth_max_failures=s.integer("auth_max_failures", d.auth_max_failures, minimum=1),
         auth_failure_window_seconds=s.integer(
             "auth_failure_window_seconds", d.auth_failure_window_seconds, minimum=1
+        ),
+        duplicate_window_seconds=s.integer(
+            "duplicate_window_seconds", d.duplicate_window_seconds, minimum=0
         ),
         timezone=_timezone(s, "timezone", d.timezone),
     )

@@ -22,6 +22,7 @@ from relay.core.addresses import domain_of
 from relay.core.compose import Composed
 from relay.core.directory import Directory
 from relay.core.dkim import SigningKey
+from relay.core.fingerprint import fingerprint
 from relay.core.ids import new_message_id
 from relay.core.model import NewMessage, Site, SmtpReply
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
@@ -42,6 +43,7 @@ from relay.core.policy import (
     suppressed_recipient,
 )
 from relay.core.quota import Claim, OverLimit
+from relay.fingerprint_database import Fingerprint
 from relay.form_database import FormGate
 from relay.idempotency_database import Answer
 from relay.metrics import Metrics
@@ -234,11 +236,12 @@ class IngressController:
                 return verdict
         key = self._directory().signing_key(domain_of(submission.site.from_email))
         if key is None and len(submission.content) <= _ON_LOOP_BYTES:
-            message = self._prepare(submission, key)
+            prepared = self._prepare(submission, key)
         else:  # one hand-off for the rewrite and the signature (OpenSSL runs without the GIL)
-            message = await asyncio.to_thread(self._prepare, submission, key)
-        if isinstance(message, Reject):
-            return message
+            prepared = await asyncio.to_thread(self._prepare, submission, key)
+        if isinstance(prepared, Reject):
+            return prepared
+        message, retry_print = prepared
         # Checked again on the cache (cheap): other sessions may have used the last messages.
         over = self._check_site_limits(submission.site)
         if over is not None:
@@ -255,6 +258,7 @@ class IngressController:
             answer(message.id) if answer else None,
             gate,
             self._accepted_events(message, submission.via),
+            self._fingerprint(message, retry_print),
         )
         stored = asyncio.ensure_future(self._writer.write_item(admit_messages, admission))
         try:
@@ -272,6 +276,17 @@ class IngressController:
         if admitted.gate is False or isinstance(admitted.gate, OverLimit):  # kept out by it
             self._delivery.hand_over(message, stored=False)
             return Barred(admitted.gate if isinstance(admitted.gate, OverLimit) else None)
+        if admitted.duplicate_of is not None:  # a retry: answered as the first was
+            self._delivery.hand_over(message, stored=False)
+            self._metrics.smtp_duplicates.labels(message.site_id).inc()
+            log.info(
+                "message %s site %s: a retry of message %s from %s, not queued again",
+                message.id,
+                message.site_id,
+                admitted.duplicate_of,
+                submission.client_ip,
+            )
+            return Queued(admitted.duplicate_of)
         refused = None
         if claim is not None and admitted.verdict is not None:
             refused = self._usage.settle(claim, admitted.verdict)
@@ -291,6 +306,13 @@ class IngressController:
         )
         self._delivery.hand_over(message, stored=True, suppressed=admitted.suppressed)
         return Queued(message.id)
+
+    def _fingerprint(self, message: NewMessage, retry_print: str | None) -> Fingerprint | None:
+        window = self._limits.duplicate_window_seconds
+        if retry_print is None or window <= 0:
+            return None
+        now = message.created_at
+        return Fingerprint(message.site_id, retry_print, message.id, now, now + window)
 
     def _accepted_events(self, message: NewMessage, via: str) -> tuple[OutboxEntry, ...]:
         subscriptions = self._subscriptions()
@@ -335,8 +357,11 @@ class IngressController:
             via=via,
         )
 
-    def _prepare(self, s: Submission, key: SigningKey | None) -> NewMessage | Reject:
-        """The message as it is stored and sent: rewritten, then signed with ``key``."""
+    def _prepare(
+        self, s: Submission, key: SigningKey | None
+    ) -> tuple[NewMessage, str | None] | Reject:
+        """The message as it is stored and sent: rewritten, then signed with ``key``; and,
+        for SMTP within a duplicate window, the fingerprint that tells a client's retry."""
         now = self._clock()
         message_id = new_message_id(now, os.urandom(10))
         received = headers.received_field(
@@ -364,7 +389,17 @@ class IngressController:
         if key is not None:  # after the rewrite: the signature covers what goes out
             content = dkim.sign(content, key, now)
         subject = headers.first(original, "subject")
-        return NewMessage(
+        retry_print = None
+        if s.via == "smtp" and self._limits.duplicate_window_seconds > 0:
+            client_id = headers.first(original, "message-id")
+            retry_print = fingerprint(
+                s.site.id,
+                client_id.value if client_id else None,
+                s.sender,
+                s.recipients,
+                s.content,
+            )
+        message = NewMessage(
             id=message_id,
             site_id=s.site.id,
             username=s.username,
@@ -378,3 +413,4 @@ class IngressController:
             created_at=now,
             message_class=kind,
         )
+        return message, retry_print

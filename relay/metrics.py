@@ -171,6 +171,13 @@ class Metrics:
             ["site", "via"],
             registry=self.registry,
         )
+        self.smtp_duplicates = Counter(
+            "relay_smtp_duplicates_total",
+            "SMTP messages answered with the id of the same message stored within "
+            "limits.duplicate_window_seconds: a client's retry, not queued again.",
+            ["site"],
+            registry=self.registry,
+        )
 
         self.domain_check_state = Gauge(
             "relay_domain_check_state",

@@ -36,6 +36,7 @@ from relay.core.outcome import message_status
 from relay.core.quota import Claim, Granted, OverLimit
 from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
+from relay.fingerprint_database import Fingerprint, forget_fingerprints, record_fingerprints
 from relay.form_database import FormGate, Passage, forget_nonces, pass_gates
 from relay.idempotency_database import Answer, record_answers
 from relay.outbox_database import add_to_outbox
@@ -58,13 +59,15 @@ class Admission:
     """A message to store, its site's claim when the site has limits, the answer of its
     request's Idempotency-Key and its events for webhooks, recorded only when the message is
     stored, and a form post's gate, which decides before anything else whether the message
-    may be stored."""
+    may be stored; an SMTP message's ``fingerprint``, which keeps out a client's retry of a
+    message stored within the duplicate window."""
 
     message: NewMessage
     claim: Claim | None = None
     answer: Answer | None = None
     gate: FormGate | None = None
     outbox: tuple[OutboxEntry, ...] = ()
+    fingerprint: Fingerprint | None = None
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,22 @@ class Admitted:
     leased to its writer, its recipients on the site's suppression list with the reasons.
 
     ``gate``: a form post's passage (``form_database.pass_gates``); the site's claim is only
-    decided (``verdict``) for a post that passed it."""
+    decided (``verdict``) for a post that passed it.
+
+    ``duplicate_of``: the message whose retry this is (nothing stored, nothing counted)."""
 
     verdict: Granted | OverLimit | None
     suppressed: dict[str, str]
     gate: Passage | None = None
+    duplicate_of: str | None = None
 
     @property
     def stored(self) -> bool:
-        return _passed(self.gate) and not isinstance(self.verdict, OverLimit)
+        return (
+            _passed(self.gate)
+            and self.duplicate_of is None
+            and not isinstance(self.verdict, OverLimit)
+        )
 
 
 def _passed(gate: Passage | None) -> bool:
@@ -98,10 +108,27 @@ def admit_messages(connection: Connection, batch: Sequence[Admission]) -> list[A
     """
     passages = iter(pass_gates(connection, [a.gate for a in batch if a.gate is not None]))
     gates = [next(passages) if a.gate is not None else None for a in batch]
-    decided = iter(
-        store_messages(connection, [a for a, g in zip(batch, gates, strict=True) if _passed(g)])
+    # Before the site's count: a retry is neither stored nor counted.
+    prints = [a.fingerprint for a, g in zip(batch, gates, strict=True) if _passed(g)]
+    holders = iter(record_fingerprints(connection, [p for p in prints if p is not None]))
+    duplicates = [
+        next(holders) if _passed(g) and a.fingerprint is not None else None
+        for a, g in zip(batch, gates, strict=True)
+    ]
+    new = [_passed(g) and d is None for g, d in zip(gates, duplicates, strict=True)]
+    decided = iter(store_messages(connection, [a for a, n in zip(batch, new, strict=True) if n]))
+    results = [
+        Admitted(next(decided) if n else None, {}, g, d)
+        for g, d, n in zip(gates, duplicates, new, strict=True)
+    ]
+    forget_fingerprints(
+        connection,
+        [
+            a.fingerprint
+            for a, n, r in zip(batch, new, results, strict=True)
+            if n and a.fingerprint is not None and not r.stored
+        ],
     )
-    results = [Admitted(next(decided) if _passed(g) else None, {}, g) for g in gates]
     stored = [a for a, r in zip(batch, results, strict=True) if r.stored]
     forget_nonces(
         connection,

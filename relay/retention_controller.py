@@ -186,6 +186,7 @@ class Housekeeping:
             ("stats_rollups", float(cut.stats_minute)),
             ("form_nonces", now),
             ("idempotency_keys", now),
+            ("message_fingerprints", now),
             ("auth_failures", now - self._auth_window),
             ("suppressions", now),
             ("provider_replays", now),

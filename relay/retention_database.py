@@ -32,6 +32,7 @@ from relay.tables import (
     form_nonces,
     idempotency_keys,
     leases,
+    message_fingerprints,
     messages,
     provider_events,
     provider_refs,
@@ -285,6 +286,10 @@ EXPIRING = {
     "stats_rollups": Expiring(stats_rollups, "minute", ("scope", "name", "minute", "metric")),
     "form_nonces": Expiring(form_nonces, "expires_at", ("nonce",)),
     "idempotency_keys": Expiring(idempotency_keys, "expires_at", ("site_id", "key")),
+    # SMTP messages' fingerprints past the duplicate window (a retry now is new mail).
+    "message_fingerprints": Expiring(
+        message_fingerprints, "expires_at", ("site_id", "fingerprint")
+    ),
     "auth_failures": Expiring(auth_failures, "at", ("id",)),
     # Soft suppressions past their ``expires_at`` (they already suppress no more).
     "suppressions": Expiring(suppressions, "expires_at", ("site_id", "address")),

@@ -110,6 +110,7 @@ def test_example_config_validates() -> None:
     (credential,) = config.credentials
     assert (credential.username, credential.site_id) == ("product-page-1", "product-page-1")
     assert config.limits.max_recipients == 100
+    assert config.limits.duplicate_window_seconds == 86_400
     assert config.directory().credential("product-page-1") == credential
 
 
@@ -705,6 +706,13 @@ ERROR_CASES: list[Any] = [
     pytest.param(
         case(_set(["limits"], {"max_recipients": 0}), "limits.max_recipients: must be at least 1"),
         id="limit-too-small",
+    ),
+    pytest.param(
+        case(
+            _set(["limits"], {"duplicate_window_seconds": -1}),
+            "limits.duplicate_window_seconds: must be at least 0",
+        ),
+        id="duplicate-window-negative",
     ),
     pytest.param(
         case(

@@ -49,6 +49,7 @@ KINDS = (
     "stats_rollups",
     "form_nonces",
     "idempotency_keys",
+    "message_fingerprints",
     "auth_failures",
     "suppressions",
     "provider_replays",
