@@ -215,6 +215,21 @@ def _schemas() -> dict[str, Schema]:
                 "spf_include": {"type": "array", "items": text},
                 "managed_by": managed,
                 "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
+                "performance": {
+                    **obj(
+                        {
+                            "score": number,
+                            "success_rate": number,
+                            "latency_seconds": number,
+                            "samples": integer,
+                            "updated_at": text,
+                        }
+                    ),
+                    "type": ["object", "null"],
+                    "description": "Measured over recent attempts (exponentially weighted), "
+                    "shared by every node; null until an upstream is measured. The "
+                    "performance strategy orders by score.",
+                },
             }
         ),
         "UpstreamPatch": upstream_input,

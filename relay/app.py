@@ -415,6 +415,7 @@ class RelayApp:
             api_keys=self.api_keys,
             suppressions=self.suppressions,
             webhooks=self.webhooks,
+            performance=self.performance,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
