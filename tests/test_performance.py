@@ -115,7 +115,10 @@ def test_performance_strategy_orders_and_explains() -> None:
         "performance: fast 0.93 (99% ok, 120 ms) > slow 0.23 (45% ok, 1.9 s); try fast, slow"
     )
     explored = next(r for r in routes if r.upstreams[0].name == "slow")
-    assert "; exploring slow; try slow, fast" in explored.explain()
+    assert explored.explain() == (
+        "performance: fast 0.93 (99% ok, 120 ms) > slow 0.23 (45% ok, 1.9 s); "
+        "exploring slow; try slow, fast"
+    )
 
 
 def test_cost_ties_go_to_the_better_performer() -> None:

@@ -109,7 +109,7 @@ def describe_ranking(
     names: Sequence[str], performance: Mapping[str, Performance], explored: str | None
 ) -> str:
     """e.g. "fast 0.97 (99% ok, 120 ms) > slow 0.41 (45% ok, 1.9 s)"."""
-    ordered = [n for n in names if n != explored] if explored else list(names)
+    ordered = sorted(names, key=lambda n: -score_of(performance, n))  # the explored too
     text = " > ".join(f"{n} {_figures(performance, n)}" for n in ordered)
     return text + (f"; exploring {explored}" if explored else "")
 
