@@ -20,6 +20,7 @@ from admin_http.openapi_parts import (
     path_parameter,
     ref,
 )
+from relay.core.model import Strategy
 from relay.core.outbound_events import SUBSCRIBABLE
 from relay.suppression_controller import SOURCES
 
@@ -173,7 +174,7 @@ def _schemas() -> dict[str, Schema]:
             "rate_per_minute": limit,
             "daily_limit": limit,
             "monthly_limit": limit,
-            "strategy": {"type": "string", "enum": ["priority", "cost", "weighted"]},
+            "strategy": {"type": "string", "enum": [s.value for s in Strategy]},
             "message_class": {"type": "string", "enum": ["transactional", "bulk"]},
         },
     }

@@ -34,7 +34,7 @@ def record_performance(connection: Connection, batches: list[Batch], now: float)
                 "p_samples": b.samples,
                 "p_now": now,
             }
-            for b in batches
+            for b in sorted(batches, key=lambda b: b.upstream)  # one lock order: no deadlock
         ],
     )
 
