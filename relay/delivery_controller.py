@@ -57,7 +57,7 @@ from relay.core.model import (
     Upstream,
 )
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
-from relay.core.performance import Sample
+from relay.core.performance import Sample, worked
 from relay.core.policy import NULL_SENDER
 from relay.core.quota import Claim
 from relay.core.routing import (
@@ -389,10 +389,9 @@ class DeliveryController:
             p.message.envelope_sender, p.pending, p.message.content, p.message.id
         )
         duration = time.monotonic() - timer
-        failed = upstream_failed(result)
-        self._engine.health.record(upstream.name, failed, result.summary)
+        self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
         if p.samples is not None:
-            p.samples.append(Sample(upstream.name, not failed, duration))
+            p.samples.append(Sample(upstream.name, worked(result), duration))
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
         if claim is not None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from relay.core.classify import Stage, TransactionResult
 from relay.core.directory import Directory
 from relay.core.health import HealthPolicy
-from relay.core.model import MessageClass, Strategy, Upstream, UpstreamKind
+from relay.core.model import MessageClass, SmtpReply, Strategy, Upstream, UpstreamKind
 from relay.core.performance import (
     ALPHA,
     EXPLORE,
@@ -19,6 +20,7 @@ from relay.core.performance import (
     Sample,
     batches,
     rank,
+    worked,
 )
 from relay.core.quota import UsageBook
 from relay.core.routing import Conditions, RoutingPolicy, choose_route
@@ -133,3 +135,35 @@ def test_cost_ties_go_to_the_better_performer() -> None:
     unmeasured = choose_route(None, MessageClass.TRANSACTIONAL, directory, policy,
                               conditions({}), seeded(0))  # fmt: skip
     assert [u.name for u in unmeasured.upstreams] == ["c", "a", "b"]  # list order, as before
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        pytest.param(TransactionResult(Stage.DATA, SmtpReply(250, "2.0.0 ok")), True, id="sent"),
+        pytest.param(TransactionResult(Stage.MAIL, SmtpReply(550, "5.7.1 no")), True, id="5xx"),
+        pytest.param(
+            TransactionResult(Stage.RCPT, None, {"a@x.org": SmtpReply(450, "4.1.1 later")}),
+            True,
+            id="rcpt-4xx-is-about-the-recipient",
+        ),
+        pytest.param(
+            TransactionResult(Stage.DATA, SmtpReply(452, "4.2.2 mailbox full")),
+            True,
+            id="mailbox-full",
+        ),
+        pytest.param(
+            TransactionResult(Stage.MAIL, SmtpReply(451, "4.7.1 slow down")),
+            False,
+            id="mail-4xx-throttled",
+        ),
+        pytest.param(TransactionResult(Stage.DATA, SmtpReply(421, "4.3.2 bye")), False, id="421"),
+        pytest.param(TransactionResult(Stage.CONNECT, None, {}, "refused"), False, id="connect"),
+        pytest.param(TransactionResult(Stage.DATA, None, {}, "timed out"), False, id="timeout"),
+        pytest.param(TransactionResult(Stage.AUTH, SmtpReply(535, "5.7.8 no")), False, id="auth"),
+    ],
+)
+def test_which_attempts_count_as_the_upstream_working(
+    result: TransactionResult, expected: bool
+) -> None:
+    assert worked(result) is expected

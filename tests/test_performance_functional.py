@@ -102,7 +102,7 @@ async def test_traffic_shifts_to_the_faster_upstream_and_the_route_says_why(
 async def test_a_failing_upstream_loses_traffic_and_regains_it_once_it_recovers(
     tmp_path: Path, make_sink: MakeSink, start_relay: StartRelay
 ) -> None:
-    flaky = await make_sink(replies={"mail": "421 4.3.2 try again later"})
+    flaky = await make_sink(replies={"mail": "451 4.7.1 slow down, try again later"})
     steady = await make_sink()
     relay = await start_relay(config(tmp_path, flaky.port, steady.port, ("flaky", "steady")))
 

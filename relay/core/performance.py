@@ -1,12 +1,14 @@
 """Each upstream's measured performance: an exponentially weighted success rate and time.
 
-Only attempts that reached a verdict about the upstream count
-(``classify.upstream_failed``): a refusal of a recipient shows a working
-upstream; a failed connection, TLS or AUTH, a dropped connection or a 421
-shows a failing one. Each sample weighs ``ALPHA``, so the last few dozen
-attempts decide. Samples are merged per upstream per batch
-(``Batch``): the store applies ``old * keep + add`` in one upsert, so every
-node's samples add up and every node reads the same figures.
+Every attempt is a sample (``worked``): a refusal of a recipient or of the
+message shows a working upstream (another would refuse it too); a failed
+connection, TLS or AUTH, a timeout, a dropped connection, a 421
+(``classify.upstream_failed``) or a 4xx to the whole transaction (MAIL or
+DATA: it is not taking mail now, say throttling) shows a failing one. Each
+sample weighs ``ALPHA``, so the last few dozen attempts decide. Samples are
+merged per upstream per batch (``Batch``): the store applies
+``old * keep + add`` in one upsert, so every node's samples add up and every
+node reads the same figures.
 
 The score is the success rate discounted by the attempt time; an upstream
 never measured scores like a perfect one, so it is tried. Ordering by score
@@ -20,6 +22,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from relay.core.classify import Stage, TransactionResult, upstream_failed
 
 ALPHA = 0.1  # the weight of one sample
 LATENCY_SCALE_SECONDS = 2.0  # an attempt this long halves the score
@@ -39,6 +43,16 @@ class Performance:
 
     def describe(self) -> str:
         return f"{self.score:.2f} ({self.success_rate:.0%} ok, {_duration(self.latency_seconds)})"
+
+
+def worked(result: TransactionResult) -> bool:
+    """Did the upstream take mail from us, or give a verdict on it?"""
+    if upstream_failed(result):
+        return False
+    reply = result.reply
+    if reply is None or result.stage not in (Stage.MAIL, Stage.DATA) or not reply.is_transient:
+        return True
+    return (reply.enhanced or "").startswith("4.2.")  # the mailbox is full or busy, not it
 
 
 @dataclass(frozen=True)
