@@ -132,9 +132,13 @@ def test_cost_ties_go_to_the_better_performer() -> None:
     found = choose_route(None, MessageClass.TRANSACTIONAL, directory, policy,
                          conditions(figures), seeded(0))  # fmt: skip
     assert [u.name for u in found.upstreams] == ["c", "b", "a"]
+    assert found.explain() == (
+        "cost: tie by score: b 0.95 (100% ok, 100 ms) > a 0.33 (50% ok, 1.0 s); try c, b, a"
+    )
     unmeasured = choose_route(None, MessageClass.TRANSACTIONAL, directory, policy,
                               conditions({}), seeded(0))  # fmt: skip
     assert [u.name for u in unmeasured.upstreams] == ["c", "a", "b"]  # list order, as before
+    assert unmeasured.explain() == "cost: try c, a, b"
 
 
 @pytest.mark.parametrize(

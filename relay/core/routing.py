@@ -125,6 +125,8 @@ def choose_route(
         ranking = describe_ranking(ranked, measured, explored)
     else:
         ordered = order(candidates, strategy, rng, conditions.performance)
+        if strategy is Strategy.COST and conditions.performance:
+            ranking = _cost_ties(ordered, conditions.performance)
     for upstream in ordered:
         skip = availability(upstream, conditions, needed)
         if skip is None:
@@ -132,6 +134,19 @@ def choose_route(
         else:
             skipped.append(skip)
     return Route(tuple(chosen), tuple(skipped), strategy, ranking)
+
+
+def _cost_ties(ordered: Sequence[Upstream], measured: Mapping[str, Performance]) -> str:
+    """How the measured scores broke ties of equal cost, e.g. "tie by score: b 0.93 (...) > a"."""
+    groups: dict[float | None, list[str]] = {}
+    for upstream in ordered:
+        groups.setdefault(upstream.cost_per_1000, []).append(upstream.name)
+    ties = [
+        describe_ranking(names, measured, None)
+        for names in groups.values()
+        if len(names) > 1 and any(n in measured for n in names)
+    ]
+    return f"tie by score: {'; '.join(ties)}" if ties else ""
 
 
 def order(
