@@ -547,7 +547,7 @@ class RelayApp:
             await self.health.flush()
             await self.performance.refresh()
         except Exception as error:  # kept for the next flush; never stops the relay
-            log.warning("usage counters not read or circuits not saved: %s", error)
+            log.warning("usage counters or performance not read, or circuits not saved: %s", error)
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin
