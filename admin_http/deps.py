@@ -16,6 +16,7 @@ from relay.domain_monitor import DomainMonitor
 from relay.health_controller import HealthController
 from relay.login_link_controller import LoginLinkController
 from relay.metrics import Metrics
+from relay.performance_controller import PerformanceController
 from relay.probe_controller import ProbeController
 from relay.queue_controller import QueueController
 from relay.reports_controller import ReportsController
@@ -42,6 +43,7 @@ class Api:
     api_keys: ApiKeyController | None = None  # /api/v1/sites/{id}/api-keys
     suppressions: SuppressionController | None = None  # /api/v1/suppressions
     webhooks: WebhookController | None = None  # /api/v1/webhooks
+    performance: PerformanceController | None = None  # the upstreams' measured figures
 
 
 @dataclass(frozen=True)

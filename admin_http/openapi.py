@@ -20,6 +20,7 @@ from admin_http.openapi_parts import (
     path_parameter,
     ref,
 )
+from relay.core.model import Strategy
 from relay.core.outbound_events import SUBSCRIBABLE
 from relay.suppression_controller import SOURCES
 
@@ -173,7 +174,7 @@ def _schemas() -> dict[str, Schema]:
             "rate_per_minute": limit,
             "daily_limit": limit,
             "monthly_limit": limit,
-            "strategy": {"type": "string", "enum": ["priority", "cost", "weighted"]},
+            "strategy": {"type": "string", "enum": [s.value for s in Strategy]},
             "message_class": {"type": "string", "enum": ["transactional", "bulk"]},
         },
     }
@@ -215,6 +216,21 @@ def _schemas() -> dict[str, Schema]:
                 "spf_include": {"type": "array", "items": text},
                 "managed_by": managed,
                 "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]},
+                "performance": {
+                    **obj(
+                        {
+                            "score": number,
+                            "success_rate": number,
+                            "latency_seconds": number,
+                            "samples": integer,
+                            "updated_at": text,
+                        }
+                    ),
+                    "type": ["object", "null"],
+                    "description": "Measured over recent attempts (exponentially weighted), "
+                    "shared by every node; null until an upstream is measured. The "
+                    "performance strategy orders by score.",
+                },
             }
         ),
         "UpstreamPatch": upstream_input,

@@ -21,6 +21,7 @@ from relay.core.domains import Domain
 from relay.core.health import Circuit
 from relay.core.model import Attempt, Credential, Site, Upstream
 from relay.core.outbound_events import iso_time
+from relay.core.performance import Performance
 
 MAX_PAGE_SIZE = 500
 _YEAR_10000 = 253_402_300_800.0  # UNIX seconds
@@ -138,7 +139,9 @@ def managed_by(managed_by_file: bool) -> str:
     return "file" if managed_by_file else "api"
 
 
-def upstream_view(u: Upstream, circuit: Circuit | None) -> dict[str, Any]:
+def upstream_view(
+    u: Upstream, circuit: Circuit | None, performance: Performance | None = None
+) -> dict[str, Any]:
     return {
         "name": u.name,
         "kind": u.kind.value,
@@ -160,6 +163,17 @@ def upstream_view(u: Upstream, circuit: Circuit | None) -> dict[str, Any]:
         "spf_include": list(u.spf_include),
         "managed_by": managed_by(u.managed_by_file),
         "circuit": (circuit or Circuit()).state.value,
+        "performance": performance_view(performance) if performance else None,
+    }
+
+
+def performance_view(p: Performance) -> dict[str, Any]:
+    return {
+        "score": round(p.score, 4),
+        "success_rate": round(p.success_rate, 4),
+        "latency_seconds": round(p.latency_seconds, 4),
+        "samples": p.samples,
+        "updated_at": iso(p.updated_at),
     }
 
 

@@ -24,7 +24,16 @@ from relay.probe_controller import ProbeReport
 
 
 def _view(api: Api, upstream: Upstream) -> dict[str, Any]:
-    return upstream_view(upstream, api.health.circuits.get(upstream.name))
+    measured = api.performance.figures if api.performance else {}
+    return upstream_view(
+        upstream, api.health.circuits.get(upstream.name), measured.get(upstream.name)
+    )
+
+
+async def _measured(api: Api) -> None:
+    """Fresh figures from the store (the cache is kept fresh only while routing reads it)."""
+    if api.performance is not None:
+        await api.performance.refresh(always=True)
 
 
 def _upstream(api: Api, request: web.Request) -> Upstream:
@@ -38,6 +47,7 @@ def _upstream(api: Api, request: web.Request) -> Upstream:
 async def list_upstreams(request: web.Request) -> web.Response:
     api = api_of(request)
     page, size = page_of(request)
+    await _measured(api)
     items = [_view(api, u) for u in api.directory().upstreams]
     return web.json_response(paged(items, page, size))
 
@@ -50,7 +60,9 @@ async def create_upstream(request: web.Request) -> web.Response:
 
 async def get_upstream(request: web.Request) -> web.Response:
     api = api_of(request)
-    return web.json_response(_view(api, _upstream(api, request)))
+    upstream = _upstream(api, request)
+    await _measured(api)
+    return web.json_response(_view(api, upstream))
 
 
 async def patch_upstream(request: web.Request) -> web.Response:

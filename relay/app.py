@@ -71,6 +71,7 @@ from relay.ingress_controller import IngressController
 from relay.login_link_controller import LoginLinkController, login_link_line
 from relay.metrics import Metrics
 from relay.node import gone_owners, lease_owner
+from relay.performance_controller import PerformanceController
 from relay.probe_controller import ProbeController
 from relay.provider_event_controller import ProviderEventController
 from relay.queue_controller import QueueController
@@ -128,6 +129,7 @@ class RelayApp:
         self.usage = UsageController(
             UsageBook(config.limits.timezone), self.writer, self.metrics, self.events, clock
         )
+        self.performance = PerformanceController(self.engine)
         self.health = HealthController(
             config.health.policy,
             self.writer,
@@ -146,6 +148,7 @@ class RelayApp:
             self.events,
             self.webhook_subscriptions,
             self.outbox_written,
+            self.performance,
         )
         self.delivery = DeliveryController(
             self.writer,
@@ -334,6 +337,7 @@ class RelayApp:
         await self.webhooks.load()
         await self.usage.load()
         await self.health.load()
+        await self.performance.refresh(always=True)
         self.usage.export(self._directory)
         self.health.export()
         for listener in self.config.listeners:
@@ -411,6 +415,7 @@ class RelayApp:
             api_keys=self.api_keys,
             suppressions=self.suppressions,
             webhooks=self.webhooks,
+            performance=self.performance,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
@@ -540,8 +545,9 @@ class RelayApp:
             self.health.export()
             await self.usage.refresh()
             await self.health.flush()
+            await self.performance.refresh()
         except Exception as error:  # kept for the next flush; never stops the relay
-            log.warning("usage counters not read or circuits not saved: %s", error)
+            log.warning("usage counters or performance not read, or circuits not saved: %s", error)
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply sites, credentials, upstreams, domains, routing and admin

@@ -53,9 +53,11 @@ from relay.core.model import (
     RecipientStatus,
     Site,
     SmtpReply,
+    Strategy,
     Upstream,
 )
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
+from relay.core.performance import Sample, worked
 from relay.core.policy import NULL_SENDER
 from relay.core.quota import Claim
 from relay.core.routing import (
@@ -71,6 +73,7 @@ from relay.engine_database import Suppression
 from relay.events import Events
 from relay.health_controller import HealthController
 from relay.metrics import Metrics
+from relay.performance_controller import PerformanceController
 from relay.queue_database import (
     DeliveryRecord,
     NoticeVerdicts,
@@ -87,6 +90,7 @@ from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 5.0
+_MEASURED = frozenset({Strategy.PERFORMANCE, Strategy.COST})  # strategies that read the figures
 
 
 @dataclass
@@ -104,6 +108,7 @@ class _Pass:
     skipped: list[Skip] = field(default_factory=list)
     route: str = ""  # Route.explain(), kept with every attempt
     refs: list[tuple[str, str]] = field(default_factory=list)  # (upstream, its name for it)
+    samples: list[Sample] | None = None  # when the route orders by measured performance
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class Engine:
     events: Events
     subscriptions: Callable[[], Subscriptions] = Subscriptions  # the webhooks' filters
     outbox_written: Callable[[], None] = lambda: None  # the webhooks' worker: send them now
+    performance: PerformanceController | None = None  # measured figures (performance, cost)
 
 
 Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
@@ -318,8 +324,14 @@ class DeliveryController:
         return replace(record, notices=tuple(kept), notice_claims=())
 
     def _conditions(self) -> Conditions:
-        health = self._engine.health
-        return Conditions(health.circuits, health.policy, self._engine.usage.book, self._clock())
+        health, performance = self._engine.health, self._engine.performance
+        return Conditions(
+            health.circuits,
+            health.policy,
+            self._engine.usage.book,
+            self._clock(),
+            performance.figures if performance is not None else {},
+        )
 
     async def _attempt_route(self, message: QueuedMessage) -> DeliveryRecord:
         directory = self._engine.directory()
@@ -337,6 +349,9 @@ class DeliveryController:
         )
         p.skipped += route.skipped
         p.route = route.explain()
+        if route.strategy in _MEASURED and self._engine.performance is not None:
+            self._engine.performance.wanted()
+            p.samples = []
         log.debug("message %s: route %s", message.id, p.route)
         for upstream in route.upstreams:
             if not p.pending:
@@ -375,6 +390,8 @@ class DeliveryController:
         )
         duration = time.monotonic() - timer
         self._engine.health.record(upstream.name, upstream_failed(result), result.summary)
+        if p.samples is not None:
+            p.samples.append(Sample(upstream.name, worked(result), duration))
         outcomes = classify(result, p.pending)
         sent = sum(1 for o in outcomes.values() if o.outcome is Outcome.SENT)
         if claim is not None:
@@ -497,6 +514,7 @@ class DeliveryController:
             counted=counted,
             outbox=tuple(self._events(p, waiting if retry_at is not None else [], retry_at, now)),
             refs=tuple(dict.fromkeys(p.refs)),
+            samples=tuple(p.samples or ()),
         )
 
     def _events(

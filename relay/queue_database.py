@@ -33,6 +33,7 @@ from relay.core.model import (
 )
 from relay.core.outbound_events import OutboxEntry
 from relay.core.outcome import message_status
+from relay.core.performance import Sample, batches
 from relay.core.quota import Claim, Granted, OverLimit
 from relay.core.rollups import Deltas
 from relay.engine_database import Suppression, add_suppressions, suppressed
@@ -40,6 +41,7 @@ from relay.fingerprint_database import Fingerprint, forget_fingerprints, record_
 from relay.form_database import FormGate, Passage, forget_nonces, pass_gates
 from relay.idempotency_database import Answer, record_answers
 from relay.outbox_database import add_to_outbox
+from relay.performance_database import record_performance
 from relay.rollup_database import record_rollups, record_rollups_async
 from relay.tables import (
     attempts,
@@ -376,6 +378,8 @@ class DeliveryRecord:
     outbox: tuple[OutboxEntry, ...] = ()  # its events for webhooks
     # (upstream, ref): how an upstream whose events come in names the message it took
     refs: tuple[tuple[str, str], ...] = ()
+    # the attempts' verdicts on the upstreams, when a route orders by them (core.performance)
+    samples: tuple[Sample, ...] = ()
 
 
 NoticeVerdicts = tuple[Granted | OverLimit | None, ...]  # per notice of a record, in order
@@ -418,6 +422,9 @@ def record_deliveries(
     add_suppressions(connection, [e for r in live for e in r.suppress])
     add_to_outbox(connection, [e for r in live for e in r.outbox])
     _add_refs(connection, live)
+    samples = [s for r in records for s in r.samples]  # about the upstreams: all count
+    if samples:
+        record_performance(connection, batches(samples), records[-1].now)
     tries = [_attempt_row(r, a) for r in live for a in r.attempts]
     if tries:
         connection.execute(attempts.insert(), tries)

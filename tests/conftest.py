@@ -65,7 +65,8 @@ class Received:
 @dataclass
 class SinkHandler:
     messages: list[Received] = field(default_factory=list)
-    # Scripted replies: "mail", "data" -> reply line; "rcpt" -> {address: reply line}.
+    # Scripted replies: "mail", "data" -> reply line; "rcpt" -> {address: reply line};
+    # "delay" -> seconds to wait before the DATA reply.
     replies: dict[str, Any] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     ehlo_count: int = 0  # one per connection on a plaintext sink: counts connections
@@ -96,6 +97,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        if "delay" in self.replies:  # seconds before answering DATA: a slow upstream
+            await asyncio.sleep(float(self.replies["delay"]))
         if "data" in self.replies:
             return str(self.replies["data"])
         self.messages.append(

@@ -1,4 +1,4 @@
-"""Upstreams: circuit state, quota use, success rate and latency; the connection test.
+"""Upstreams: circuit state, score, quota use, success rate and latency; the connection test.
 
 Upstreams declared in the config file are shown read-only with the reason
 (the file is their source: change it there and reload); testing one changes
@@ -38,6 +38,9 @@ async def _rows(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, A
     by_name = {s.upstream: (s, quota) for s, quota in stats.upstreams}
     first_hour = (now // 3600 - CHART_HOURS + 1) * 3600
     hourly = await api.reports.upstream_hourly(first_hour, CHART_HOURS)
+    if api.performance is not None:  # fresh figures: routing may not be reading them
+        await api.performance.refresh(always=True)
+    measured = api.performance.figures if api.performance else {}
     ordered = sorted(api.directory().upstreams, key=lambda u: (u.priority, u.name))
     upstreams, pages = page_of(request, ordered, "/upstreams")
     rows = []
@@ -47,6 +50,7 @@ async def _rows(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, A
             {
                 "upstream": upstream,
                 "circuit": api.health.circuits.get(upstream.name) or Circuit(),
+                "performance": measured.get(upstream.name),
                 "stats": found[0] if found else None,
                 "usage": usage_bars(found[1]) if found else [],
                 "chart": upstream_chart(hourly[upstream.name]) if upstream.name in hourly else None,

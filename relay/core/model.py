@@ -57,6 +57,7 @@ class Strategy(enum.StrEnum):
     PRIORITY = "priority"  # the site's list in order, else by `priority`
     COST = "cost"  # cheapest `cost_per_1000` first
     WEIGHTED = "weighted"  # random order, each upstream first in proportion to `weight`
+    PERFORMANCE = "performance"  # best measured success rate and attempt time first
 
 
 class MessageClass(enum.StrEnum):

@@ -9,7 +9,10 @@ the class rule's, else the default) orders them:
 - priority: the list in order (by `priority` when no list is given);
 - cost: cheapest `cost_per_1000` first (no cost given sorts last), ties in list order;
 - weighted: a random order in which each upstream comes first in proportion
-  to its `weight` (weight 0: only after all the others).
+  to its `weight` (weight 0: only after all the others);
+- performance: best measured score first (``core.performance``), but a share
+  of messages lead with another so a recovered upstream gets traffic again;
+- cost breaks its ties by that score too.
 
 Then each candidate that is inactive, whose circuit is open, or that is over
 a rate or quota is left out with its reason, and with the time it may be
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from relay.core.directory import Directory
 from relay.core.health import Circuit, HealthPolicy
 from relay.core.model import MessageClass, Site, Strategy, Upstream
+from relay.core.performance import Performance, describe_ranking, rank, score_of
 from relay.core.quota import Scope, UsageBook, limits_of
 
 
@@ -53,6 +57,7 @@ class Route:
     upstreams: tuple[Upstream, ...]
     skipped: tuple[Skip, ...]
     strategy: Strategy = Strategy.PRIORITY
+    ranking: str = ""  # the scores it was ordered by (performance)
 
     @property
     def available_at(self) -> float | None:
@@ -61,7 +66,10 @@ class Route:
     def explain(self) -> str:
         chosen = ", ".join(u.name for u in self.upstreams) or "none"
         left = describe_skips(self.skipped)
-        return f"{self.strategy.value}: try {chosen}" + (f"; skipped {left}" if left else "")
+        ranking = f"{self.ranking}; " if self.ranking else ""
+        return f"{self.strategy.value}: {ranking}try {chosen}" + (
+            f"; skipped {left}" if left else ""
+        )
 
 
 def earliest_opening(skips: Iterable[Skip]) -> float | None:
@@ -81,6 +89,7 @@ class Conditions:
     health: HealthPolicy
     usage: UsageBook
     now: float
+    performance: Mapping[str, Performance] = field(default_factory=dict)
 
 
 def choose_route(
@@ -107,20 +116,54 @@ def choose_route(
         candidates = sorted(directory.upstreams, key=lambda u: (u.priority, u.name))
     strategy = (site.strategy if site else None) or rule.strategy or policy.strategy
     chosen = []
-    for upstream in order(candidates, strategy, rng):
+    ranking = ""
+    if strategy is Strategy.PERFORMANCE:
+        measured = conditions.performance
+        ranked, explored = rank([u.name for u in candidates], measured, rng)
+        by_name = {u.name: u for u in candidates}
+        ordered = [by_name[n] for n in ranked]
+        ranking = describe_ranking(ranked, measured, explored)
+    else:
+        ordered = order(candidates, strategy, rng, conditions.performance)
+        if strategy is Strategy.COST and conditions.performance:
+            ranking = _cost_ties(ordered, conditions.performance)
+    for upstream in ordered:
         skip = availability(upstream, conditions, needed)
         if skip is None:
             chosen.append(upstream)
         else:
             skipped.append(skip)
-    return Route(tuple(chosen), tuple(skipped), strategy)
+    return Route(tuple(chosen), tuple(skipped), strategy, ranking)
 
 
-def order(candidates: Sequence[Upstream], strategy: Strategy, rng: random.Random) -> list[Upstream]:
+def _cost_ties(ordered: Sequence[Upstream], measured: Mapping[str, Performance]) -> str:
+    """How the measured scores broke ties of equal cost, e.g. "tie by score: b 0.93 (...) > a"."""
+    groups: dict[float | None, list[str]] = {}
+    for upstream in ordered:
+        groups.setdefault(upstream.cost_per_1000, []).append(upstream.name)
+    ties = [
+        describe_ranking(names, measured, None)
+        for names in groups.values()
+        if len(names) > 1 and any(n in measured for n in names)
+    ]
+    return f"tie by score: {'; '.join(ties)}" if ties else ""
+
+
+def order(
+    candidates: Sequence[Upstream],
+    strategy: Strategy,
+    rng: random.Random,
+    performance: Mapping[str, Performance] | None = None,
+) -> list[Upstream]:
     if strategy is Strategy.COST:
+        measured = performance or {}
         return sorted(
             candidates,
-            key=lambda u: (u.cost_per_1000 is None, u.cost_per_1000 or 0.0),
+            key=lambda u: (
+                u.cost_per_1000 is None,
+                u.cost_per_1000 or 0.0,
+                -score_of(measured, u.name),  # equal costs: the better performer first
+            ),
         )
     if strategy is Strategy.WEIGHTED:
         # Efraimidis-Spirakis: sorting by u ** (1 / weight) draws a weighted order
