@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import multiprocessing
 import ssl
@@ -71,10 +72,15 @@ class LoadResult:
     finished: float = 0.0  # when the last 250 arrived
 
 
+NUMBER = b"000000000000"  # in each message's Message-ID, replaced by its own number
+
+
 def message(size: int, sender: str) -> bytes:
+    """A message of ``size`` bytes. Its Message-ID holds NUMBER: each message sent gets its own,
+    as an app's do (the relay answers a resent message with the first one's queue id)."""
     header = (
         f"From: <{sender}>\r\nTo: <rcpt@example.org>\r\nSubject: bench\r\n"
-        "Message-ID: <bench@bench.example.com>\r\n\r\n"
+        f"Message-ID: <bench-{NUMBER.decode()}@bench.example.com>\r\n\r\n"
     ).encode()
     line = b"x" * 76 + b"\r\n"
     return header + line * max(1, (size - len(header)) // len(line))
@@ -127,6 +133,8 @@ async def run(load: Load) -> LoadResult:
     result = LoadResult(started=time.time())
     body = message(load.size, load.sender)
     data = body + b".\r\n" if body.endswith(b"\r\n") else body + b"\r\n.\r\n"
+    before, after = data.split(NUMBER, 1)
+    numbers = itertools.count()
     # One command at a time, as the apps that use a relay send (PHPMailer, Nodemailer, Django).
     commands = (
         (f"MAIL FROM:<{load.sender}>\r\n".encode(), b"250"),
@@ -147,7 +155,7 @@ async def run(load: Load) -> LoadResult:
                 result.refused.append(answer.decode(errors="replace").strip())
                 await s.command(b"RSET", b"250")
                 return
-        s.writer.write(data)
+        s.writer.write(before + b"%012d" % next(numbers) + after)
         dot = time.perf_counter()
         answer = await s.reply()
         result.latencies.append(time.perf_counter() - dot)
