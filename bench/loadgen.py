@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import multiprocessing
+import os
 import ssl
 import subprocess
 import time
@@ -72,7 +73,7 @@ class LoadResult:
     finished: float = 0.0  # when the last 250 arrived
 
 
-NUMBER = b"000000000000"  # in each message's Message-ID, replaced by its own number
+NUMBER = b"0" * 20  # in each message's Message-ID: the run's token and the message's number
 
 
 def message(size: int, sender: str) -> bytes:
@@ -134,6 +135,7 @@ async def run(load: Load) -> LoadResult:
     body = message(load.size, load.sender)
     data = body + b".\r\n" if body.endswith(b"\r\n") else body + b"\r\n.\r\n"
     before, after = data.split(NUMBER, 1)
+    before += os.urandom(4).hex().encode()  # runs against one store do not repeat ids
     numbers = itertools.count()
     # One command at a time, as the apps that use a relay send (PHPMailer, Nodemailer, Django).
     commands = (
