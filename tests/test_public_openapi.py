@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,6 +345,9 @@ def test_the_send_answers_keep_to_the_document(
     send(415, media_type="text/plain", body="hello")
     send(413, body={**MESSAGE, "text": "x" * 30_000})  # over limits.max_message_bytes
     tight = {"Authorization": f"Bearer {TIGHT_KEY}"}
+    into_minute = time.time() % 60
+    if into_minute > 50:  # the site's limit is per minute: both sends in the same one
+        time.sleep(61 - into_minute)
     send(202, headers=tight, body=MESSAGE)
     assert int(header(send(429, headers=tight, body=MESSAGE), "Retry-After")) > 0
 
