@@ -525,6 +525,7 @@ class DeliveryController:
         if not any(subscriptions.wants_any(t) for t in message_events.DELIVERY_TYPES):
             return []
         suppressed = p.message.suppressed
+        upstream_of = _last_upstreams(p)
         outcomes = [
             message_events.Outcome(u.address, EventType.DELIVERED, u.upstream, _reply(u))
             for u in p.updates
@@ -533,7 +534,7 @@ class DeliveryController:
         why = {u.address: u.reply_text for u in p.updates if u.status is RecipientStatus.FAILED}
         outcomes += [
             message_events.failure(
-                a, reply, _upstream_of(p, a), suppressed=suppressed.get(a), why=why.get(a)
+                a, reply, upstream_of.get(a), suppressed=suppressed.get(a), why=why.get(a)
             )
             for a, reply, _ in p.failed
         ]
@@ -541,7 +542,7 @@ class DeliveryController:
             message_events.Outcome(
                 a,
                 EventType.DEFERRED,
-                _upstream_of(p, a),
+                upstream_of.get(a),
                 p.last[a].reply if a in p.last else None,
                 reason=p.last[a].detail if a in p.last else self._last_error(p, waiting),
             )
@@ -660,13 +661,11 @@ def _reply(update: RecipientState) -> SmtpReply | None:
     return SmtpReply(update.reply_code, update.reply_text or "")
 
 
-def _upstream_of(p: _Pass, recipient: str) -> str | None:
-    """The upstream of the recipient's last try in this pass."""
-    for update in reversed(p.updates):
-        if update.address == recipient and update.upstream is not None:
-            return update.upstream
-    tried = [a.upstream for a in p.attempts if recipient in a.recipients]
-    return tried[-1] if tried else None
+def _last_upstreams(p: _Pass) -> dict[str, str]:
+    """Each recipient's upstream of its last try in this pass (one walk, not one per recipient)."""
+    found = {r: a.upstream for a in p.attempts for r in a.recipients}
+    found.update((u.address, u.upstream) for u in p.updates if u.upstream is not None)
+    return found
 
 
 def _refs(
