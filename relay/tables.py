@@ -35,7 +35,12 @@ messages = sa.Table(
     sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false()),
     # Set when retention replaced ``content`` by its header block (migration 0007).
     sa.Column("content_deleted_at", sa.Float, nullable=True),
+    # A campaign's message (migration 0012): its content holds the campaign's attachments
+    # by reference, spliced in when it is delivered.
+    sa.Column("campaign_id", sa.String(32), nullable=True),
     sa.Index("ix_messages_due", "status", "next_attempt_at"),
+    # Transactional mail is claimed before bulk (migration 0012).
+    sa.Index("ix_messages_class_due", "message_class", "status", "next_attempt_at"),
     sa.Index("ix_messages_finished", "status", "updated_at"),
     # The message log, newest first (migration 0008): all, per site, per status.
     sa.Index("ix_messages_created_id", "created_at", "id"),
@@ -433,4 +438,116 @@ upstream_performance = sa.Table(
     sa.Column("latency_seconds", sa.Float, nullable=False),
     sa.Column("samples", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+# Issue 18 (migration 0012): contacts and campaigns.
+# A site's contact; ``email`` is stored lower-cased, unique per site. ``tags`` is the list as
+# shown; ``contact_tags`` holds the same tags one row each, for choosing an audience.
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("site_id", sa.String(64), nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("first_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("last_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("company", sa.Text, nullable=False, server_default=""),
+    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("unsubscribed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("unsubscribed_at", sa.Float),
+    sa.Column("last_email_sent", sa.Float),
+    sa.Column("email_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("site_id", "email", name="uq_contacts_site_email"),
+    sa.Index("ix_contacts_site_id", "site_id", "id"),
+)
+
+contact_tags = sa.Table(
+    "contact_tags",
+    metadata,
+    sa.Column(
+        "contact_id",
+        sa.Integer,
+        sa.ForeignKey("contacts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Column("site_id", sa.String(64), nullable=False),
+    sa.Index("ix_contact_tags_site_tag", "site_id", "tag", "contact_id"),
+)
+
+# A campaign. ``cursor`` is the last contact id whose recipient row exists: generation resumes
+# after it. The lease says which process is generating now (one at a time).
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("site_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("template", sa.String(128)),
+    sa.Column("subject", sa.Text),
+    sa.Column("text", sa.Text),
+    sa.Column("html", sa.Text),
+    sa.Column("audience", sa.JSON, nullable=False),
+    sa.Column("rate_per_minute", sa.Integer),
+    sa.Column("schedule_at", sa.Float),
+    sa.Column("cursor", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("generated", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("total_contacts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("queued_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sent_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skipped_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("leased_until", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Index("ix_campaigns_status", "status"),
+    sa.Index("ix_campaigns_site_created", "site_id", "created_at", "id"),
+)
+
+# A campaign's attachment, stored once: its messages hold a reference to it.
+campaign_attachments = sa.Table(
+    "campaign_attachments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "campaign_id",
+        sa.String(32),
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+)
+
+# One row per contact a campaign reached (queued, sent, failed or skipped). Its key is what
+# makes "a contact never gets the same campaign twice" exact across crashes and nodes.
+campaign_recipients = sa.Table(
+    "campaign_recipients",
+    metadata,
+    sa.Column(
+        "campaign_id",
+        sa.String(32),
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("contact_id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("message_id", sa.String(32), index=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_campaign_recipients_status", "campaign_id", "status", "contact_id"),
 )
