@@ -328,7 +328,7 @@ def _provider_events() -> Schema:
     }
 
 
-_PAGE = {"text/html": {"schema": _TEXT}}
+_HTML_PAGE = {"text/html": {"schema": _TEXT}}
 _NOT_AN_UNSUBSCRIBE_LINK = (
     "A forged or altered token, or one whose campaign or contact is gone: nothing changed "
     "(a page saying so to a browser that asks for text/html)"
@@ -346,7 +346,7 @@ def _unsubscribe_link() -> dict[str, Schema]:
             "URL, or say they are already unsubscribed (RFC 8058 section 3.2).",
             "parameters": [token],
             "responses": {
-                "200": {"description": "The confirmation page", "content": _PAGE},
+                "200": {"description": "The confirmation page", "content": _HTML_PAGE},
                 "404": _error_or_page(_NOT_AN_UNSUBSCRIBE_LINK),
             },
         },
@@ -367,7 +367,7 @@ def _unsubscribe_link() -> dict[str, Schema]:
                 },
             },
             "responses": {
-                "200": {"description": "Unsubscribed (now or before)", "content": _PAGE},
+                "200": {"description": "Unsubscribed (now or before)", "content": _HTML_PAGE},
                 "404": _error_or_page(_NOT_AN_UNSUBSCRIBE_LINK),
                 "413": _error_or_page(f"The body is over {MAX_UNSUBSCRIBE_BODY_BYTES} bytes"),
             },
@@ -378,7 +378,7 @@ def _unsubscribe_link() -> dict[str, Schema]:
 def _error_or_page(description: str) -> Schema:
     """The error envelope, or a page saying the same to a browser."""
     answer = _error(description)
-    answer["content"] = {**answer["content"], **_PAGE}
+    answer["content"] = {**answer["content"], **_HTML_PAGE}
     return answer
 
 
