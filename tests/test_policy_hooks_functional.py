@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import pytest
 import yaml
@@ -31,6 +32,7 @@ from tests.test_delivery_functional import (
     plaintext_listener,
     submit,
 )
+from tests.test_send_api_functional import Api, send_config
 
 KINDS = ["def", "async def"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -281,6 +283,25 @@ async def test_on_data_adds_headers_and_refuses(
     assert header.startswith(b"Received: from ")  # the relay's own, one only
     assert header.count(b"Received:") == 1
     assert body == b"hello\r\n"
+
+
+async def test_on_data_sees_the_send_api_too(
+    tmp_path: Path, make_sink: Any, start_relay: Any
+) -> None:
+    sink = await make_sink()
+    config = send_config(tmp_path, sink.port)
+    config["policy"] = {"module": str(write_module(tmp_path, DATA, "async def"))}
+    relay = await start_relay(config)
+    async with aiohttp.ClientSession() as http:
+        api = Api(relay, http)
+        status, answer, _ = await api.send(
+            {"to": ["a@example.org"], "subject": "spam", "text": "x"}
+        )
+        assert status == 422 and answer["error"]["problems"][0].startswith("5.7.1 No spam (")
+        status, answer, _ = await api.send({"to": ["b@example.org"], "subject": "hi", "text": "x"})
+        assert status == 202, answer
+    content = await arrival(sink, "b@example.org")
+    assert b"\r\nX-Policy: api shop rcpts=1 subject=hi\r\n" in content
 
 
 # -- Failures: a raise or a timeout is 451 and a log line naming the hook.
