@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from relay.core.policy import Accept, Reject, TempFail
 from relay.core.policy_hooks import (
     AddHeaders,
     HookError,
+    MailFacts,
     RecentBounces,
     RouteChoice,
     apply_choice,
@@ -286,3 +288,17 @@ def test_policy_section(tmp_path: Path) -> None:
     policy = load_config(write_config(tmp_path, config)).policy
     assert policy == PolicyConfig("pkg.site_policy", 2.0)
     assert policy.path is None
+
+
+def test_readme_example_module_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Policy hooks\n") :]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme_policy.py"
+    path.write_text(source)
+    on_mail = load_policy(PolicyConfig(str(path))).hooks["on_mail"]
+    facts = MailFacts("shop", "test@shop.example.com", "shop", "127.0.0.1", "submission", "h")
+    assert check_verdict(on_mail(facts)) == Reject(
+        SmtpReply(550, "5.7.1 Test senders may not send")
+    )
+    assert check_verdict(on_mail(replace(facts, sender="orders@shop.example.com"))) == Accept()
