@@ -11,7 +11,10 @@ session goes on; the two examples in examples/ do what they say.
 from __future__ import annotations
 
 import asyncio
+import signal
+import smtplib
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,21 @@ from relay.app import RelayApp
 from relay.cli import main as relay_main
 from relay.config import ConfigError, load_config
 from relay.core.model import MessageStatus
-from tests.conftest import SITE_PASSWORD, RunningRelay, Sink, base_config, smtp_upstream
+from tests.conftest import (
+    SITE_PASSWORD,
+    RunningRelay,
+    Sink,
+    base_config,
+    smtp_upstream,
+    write_config,
+)
 from tests.test_delivery_functional import (
     FINAL,
     delivery_pass,
     plaintext_listener,
     submit,
 )
+from tests.test_process_functional import RelayProcess
 from tests.test_send_api_functional import Api, send_config
 
 KINDS = ["def", "async def"]
@@ -550,3 +561,47 @@ async def test_no_policy_means_no_hooks(tmp_path: Path, make_sink: Any, start_re
     ) * 5
     await submit(relay, ["a@example.org"], MESSAGE)
     await arrival(sink, "a@example.org")
+
+
+# -- `relay serve` as a real process: SIGHUP, and a module that does not load at start
+
+
+@pytest.fixture
+def relays() -> Any:
+    started: list[RelayProcess] = []
+
+    def start(config_path: Path) -> RelayProcess:
+        started.append(RelayProcess(config_path))
+        return started[-1]
+
+    yield start
+    for relay in started:
+        relay.stop(signal.SIGKILL)
+
+
+def test_sighup_reloads_the_module_under_an_open_session(tmp_path: Path, relays: Any) -> None:
+    module = tmp_path / "site_policy.py"
+    module.write_text(textwrap.dedent(RELOADED.replace("VERSION", "first version")))
+    config = policy_config(tmp_path, [smtp_upstream("s", 9)], module)
+    relay = relays(write_config(tmp_path, config))
+    port = relay.wait_ready()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:  # opened before the reload
+        client.login("shop", SITE_PASSWORD)
+        assert client.mail(SENDER) == (550, b"5.7.1 first version")
+        module.write_text(textwrap.dedent(RELOADED.replace("VERSION", "after SIGHUP")))
+        relay.process.send_signal(signal.SIGHUP)
+        for _ in range(50):  # SIGHUP is asynchronous: the reload line says it is done
+            if relay.log_has("reloaded"):
+                break
+            threading.Event().wait(0.1)
+        assert client.mail(SENDER) == (550, b"5.7.1 after SIGHUP")
+    assert relay.stop(signal.SIGTERM) == 0
+
+
+def test_serve_with_a_broken_module_is_one_clear_config_error(tmp_path: Path, relays: Any) -> None:
+    module = tmp_path / "site_policy.py"
+    module.write_text("def on_mail(facts)\n    return None\n")
+    relay = relays(write_config(tmp_path, policy_config(tmp_path, [smtp_upstream("s", 9)], module)))
+    assert relay.process.wait(30) == 2
+    relay.stop()
+    assert relay.log_has(f"policy.module: cannot load {module}: SyntaxError: expected ':'")
