@@ -109,6 +109,11 @@ def test_unusable_additions_are_the_hooks_failure(pair: Any, problem: str) -> No
         check_data_answer(AddHeaders([pair]), "X-Class")
 
 
+def test_additions_not_a_list() -> None:
+    with pytest.raises(HookError, match="a list of"):
+        check_data_answer(AddHeaders(5), "X-Class")  # type: ignore[arg-type]
+
+
 def test_additions_are_bounded() -> None:
     with pytest.raises(HookError, match="at most 20"):
         check_data_answer(AddHeaders([(f"X-{i}", "v") for i in range(21)]), "X-Class")
@@ -151,7 +156,14 @@ def test_keep_reorder_drop() -> None:
 
 
 @pytest.mark.parametrize(
-    "answer", [RouteChoice("abc"), RouteChoice([1, 2]), ["a"], Reject(SmtpReply(550, "5.0.0 x"))]
+    "answer",
+    [
+        RouteChoice("abc"),
+        RouteChoice([1, 2]),
+        RouteChoice(3),  # type: ignore[arg-type]
+        ["a"],
+        Reject(SmtpReply(550, "5.0.0 x")),
+    ],
 )
 def test_unusable_routes_are_the_hooks_failure(answer: Any) -> None:
     with pytest.raises(HookError):

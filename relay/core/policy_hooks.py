@@ -166,7 +166,10 @@ def check_data_answer(answer: object, class_header: str) -> Verdict | tuple[Head
     """``on_data``'s answer: a verdict, or the header fields to add (validated), or HookError."""
     if not isinstance(answer, AddHeaders):
         return check_verdict(answer)
-    added = list(answer.fields)
+    try:
+        added = list(answer.fields)
+    except TypeError:
+        raise HookError("AddHeaders takes a list of (name, value) pairs") from None
     if len(added) > _MAX_ADDED:
         raise HookError(f"at most {_MAX_ADDED} headers may be added")
     owned = RELAY_OWNED | {class_header.lower()}
@@ -237,13 +240,18 @@ def apply_choice(route: Route, answer: object) -> Route:
         return route
     if not isinstance(answer, RouteChoice):
         raise HookError(f"returned {type(answer).__name__}, not a RouteChoice, Accept or None")
-    names = list(answer.upstreams)
+    names: list[object] = []
+    try:
+        names = list(answer.upstreams)
+    except TypeError:
+        names = [None]  # refused just below
     if isinstance(answer.upstreams, str) or not all(isinstance(n, str) for n in names):
         raise HookError("RouteChoice.upstreams must be a list of upstream names")
+    wanted = [str(n) for n in names]
     reason = answer.reason if isinstance(answer.reason, str) else ""
     by_name = {u.name: u for u in route.upstreams}
-    chosen = list(dict.fromkeys(n for n in names if n in by_name))
-    ignored = [n for n in dict.fromkeys(names) if n not in by_name]
+    chosen = list(dict.fromkeys(n for n in wanted if n in by_name))
+    ignored = [n for n in dict.fromkeys(wanted) if n not in by_name]
     dropped = [Skip(n, "dropped by policy") for n in by_name if n not in chosen]
     text = " ".join(reason.split())[:200] or ("reordered" if not dropped else "narrowed")
     if ignored:
