@@ -153,6 +153,9 @@ def test_keep_reorder_drop() -> None:
     assert narrowed.available_at is None  # dropped by policy: waiting does not bring them back
     nothing = apply_choice(ROUTE, RouteChoice([], "none today"))
     assert nothing.upstreams == ()
+    same = apply_choice(ROUTE, RouteChoice(["a", "b", "c"], "gr\u00fcn\x00\n ok"))
+    assert same.upstreams == ROUTE.upstreams and same.policy == "gr\u00fcn  ok"
+    assert apply_choice(ROUTE, RouteChoice(["a", "b", "c"])).policy == "same order"
 
 
 @pytest.mark.parametrize(

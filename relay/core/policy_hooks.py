@@ -240,7 +240,7 @@ def apply_choice(route: Route, answer: object) -> Route:
         return route
     if not isinstance(answer, RouteChoice):
         raise HookError(f"returned {type(answer).__name__}, not a RouteChoice, Accept or None")
-    names: list[object] = []
+    names: list[object]
     try:
         names = list(answer.upstreams)
     except TypeError:
@@ -253,15 +253,22 @@ def apply_choice(route: Route, answer: object) -> Route:
     chosen = list(dict.fromkeys(n for n in wanted if n in by_name))
     ignored = [n for n in dict.fromkeys(wanted) if n not in by_name]
     dropped = [Skip(n, "dropped by policy") for n in by_name if n not in chosen]
-    text = " ".join(reason.split())[:200] or ("reordered" if not dropped else "narrowed")
+    text = _shown(reason, 200) or (
+        "narrowed" if dropped else "same order" if chosen == list(by_name) else "reordered"
+    )
     if ignored:
-        text += f" (ignored, not candidates: {', '.join(ignored)[:100]})"
+        text += f" (ignored, not candidates: {_shown(', '.join(ignored), 100)})"
     return replace(
         route,
         upstreams=tuple(by_name[n] for n in chosen),
         skipped=(*route.skipped, *dropped),
         policy=text,
     )
+
+
+def _shown(text: str, most: int) -> str:
+    """One line of printable text for the route column (PostgreSQL refuses NUL in text)."""
+    return "".join(c if c.isprintable() else " " for c in " ".join(text.split()))[:most]
 
 
 def route_kept(route: Route, why: str) -> Route:
