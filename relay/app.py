@@ -72,6 +72,7 @@ from relay.login_link_controller import LoginLinkController, login_link_line
 from relay.metrics import Metrics
 from relay.node import gone_owners, lease_owner
 from relay.performance_controller import PerformanceController
+from relay.policy_hooks_controller import PolicyHooks, PolicyLoadError, load_policy
 from relay.probe_controller import ProbeController
 from relay.provider_event_controller import ProviderEventController
 from relay.queue_controller import QueueController
@@ -123,6 +124,11 @@ class RelayApp:
         self._store = StoreObjects()  # created through the admin API
         self._directory: Directory = config.directory()
         self.metrics = Metrics()
+        self.policy = PolicyHooks(self.metrics, config.routing.class_header, clock)
+        try:
+            self.policy.use(load_policy(config.policy) if config.policy else None)
+        except PolicyLoadError as error:  # `relay serve` says it as a config problem
+            raise ConfigError([f"policy.module: {error}"]) from None
         self.events = Events()
         self.engine = create_engine(config.store_url)
         self.writer = GroupWriter(self.engine)
@@ -150,6 +156,7 @@ class RelayApp:
             self.webhook_subscriptions,
             self.outbox_written,
             self.performance,
+            self.policy,
         )
         self.delivery = DeliveryController(
             self.writer,
@@ -205,6 +212,7 @@ class RelayApp:
             suppressions=self.suppressions,
             subscriptions=self.webhook_subscriptions,
             outbox_written=self.outbox_written,
+            policy=self.policy,
         )
         try:
             secret = load_or_create_key(config.server.secret_key_file)
@@ -354,7 +362,7 @@ class RelayApp:
         self.usage.export(self._directory)
         self.health.export()
         for listener in self.config.listeners:
-            handler = SmtpHandler(listener, self.ingress, self.auth, self.metrics)
+            handler = SmtpHandler(listener, self.ingress, self.auth, self.metrics, self.policy)
             try:
                 await self.listeners.start(
                     listener,
@@ -608,6 +616,11 @@ class RelayApp:
             restart_needed.append("admin")  # its tokens apply at once; the rest at a restart
         if config.routing.class_header != self.config.routing.class_header:
             restart_needed.append("routing.class_header")
+        try:  # before anything applies: a module that does not load refuses the whole reload
+            policy = load_policy(config.policy) if config.policy else None
+        except PolicyLoadError as error:
+            log.error("reload refused, keeping the running configuration: policy.module: %s", error)
+            return ReloadResult([f"policy.module: {error}"], [], [])
         if restart_needed:
             log.warning(
                 "reload: changes to %s take effect at the next restart", ", ".join(restart_needed)
@@ -615,6 +628,7 @@ class RelayApp:
         self._directory = merged_directory(config, self._store)
         self.config = _with_directory_parts(self.config, config)
         self._admin_tokens = _token_hashes(config)
+        self.policy.use(policy)
         self.webhooks.rebuild()
         warnings = dangling_upstreams(self._directory)
         for warning in warnings:
@@ -646,6 +660,7 @@ class RelayApp:
             await self.housekeeping.stop()
         await self.system_events.drain()
         self.auth.close()
+        self.policy.close()
         await self.writer.close()
         await self.clients.close()
         if self._http is not None:
@@ -671,6 +686,7 @@ def _with_directory_parts(running: Config, loaded: Config) -> Config:
         retention=loaded.retention,
         events=loaded.events,
         webhooks=loaded.webhooks,
+        policy=loaded.policy,
         admin=replace(running.admin, tokens=loaded.admin.tokens),
     )
 

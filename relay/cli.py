@@ -119,6 +119,14 @@ def _check_config(path: Path) -> int:
     config = _load_or_report(path)
     if config is None:
         return EXIT_CONFIG
+    if config.policy is not None:  # imported as `relay serve` will: its code runs
+        from relay.policy_hooks_controller import PolicyLoadError, load_policy
+
+        try:
+            load_policy(config.policy)
+        except PolicyLoadError as error:
+            _report(ConfigError([f"policy.module: {error}"]))
+            return EXIT_CONFIG
     print(
         f"{path}: OK ({len(config.sites)} sites, {len(config.upstreams)} upstreams, "
         f"{len(config.listeners)} listeners)"

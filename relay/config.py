@@ -29,6 +29,7 @@ from relay.config_http import (
     parse_http,
     parse_templates,
 )
+from relay.config_policy import PolicyConfig, parse_policy
 from relay.config_section import (
     IpNetwork,
     Section,
@@ -210,6 +211,7 @@ class Config:
     provider_events: ProviderEventsConfig = field(default_factory=ProviderEventsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)  # how webhooks are sent
     webhooks: tuple[Endpoint, ...] = ()  # the file's endpoints (the API's are in the store)
+    policy: PolicyConfig | None = None  # the operator's hooks (relay/policy_hooks_controller.py)
 
     def directory(self) -> Directory:
         return Directory.of(
@@ -356,6 +358,7 @@ def _parse(path: Path, root: Section) -> Config | None:
     templates = parse_templates(root)
     _check_form_templates(root, sites, {t.name for t in templates})
     provider_events = parse_provider_events(root.section("provider_events"))
+    policy = parse_policy(root)
     root.finish()
     return Config(
         path,
@@ -380,6 +383,7 @@ def _parse(path: Path, root: Section) -> Config | None:
         provider_events,
         events,
         webhooks,
+        policy,
     )
 
 

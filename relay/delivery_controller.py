@@ -74,6 +74,7 @@ from relay.events import Events
 from relay.health_controller import HealthController
 from relay.metrics import Metrics
 from relay.performance_controller import PerformanceController
+from relay.policy_hooks_controller import PolicyHooks
 from relay.queue_database import (
     DeliveryRecord,
     NoticeVerdicts,
@@ -124,6 +125,7 @@ class Engine:
     subscriptions: Callable[[], Subscriptions] = Subscriptions  # the webhooks' filters
     outbox_written: Callable[[], None] = lambda: None  # the webhooks' worker: send them now
     performance: PerformanceController | None = None  # measured figures (performance, cost)
+    policy: PolicyHooks | None = None  # the operator's on_route, after the relay's routing
 
 
 Suppressed = dict[tuple[str, str], str]  # (site id, lower-case address) -> why
@@ -347,6 +349,11 @@ class DeliveryController:
             self._rng,
             needed=max(len(p.pending), 1),
         )
+        policy = self._engine.policy
+        if policy is not None and policy.on_route is not None and route.upstreams and p.pending:
+            route = await policy.narrow_route(
+                message.id, message.site_id, p.pending, message.message_class.value, route
+            )
         p.skipped += route.skipped
         p.route = route.explain()
         if route.strategy in _MEASURED and self._engine.performance is not None:
@@ -424,6 +431,8 @@ class DeliveryController:
             p.failed.append((recipient, outcome.reply, upstream.host or upstream.name))
             if is_hard_bounce(outcome.reply):
                 assert outcome.reply is not None
+                if self._engine.policy is not None:
+                    self._engine.policy.note_bounce(upstream.name, recipient)
                 reason = f"{outcome.reply.render()} (upstream {upstream.name})"
                 p.suppress.append(
                     Suppression(p.message.site_id, recipient, reason, p.message.id, self._clock())

@@ -42,12 +42,14 @@ from relay.core.policy import (
     site_over_limit,
     suppressed_recipient,
 )
+from relay.core.policy_hooks import DataFacts, header_pairs
 from relay.core.quota import Claim, OverLimit
 from relay.fingerprint_database import Fingerprint
 from relay.form_database import FormGate
 from relay.idempotency_database import Answer
 from relay.metrics import Metrics
 from relay.outbox_database import add_to_outbox
+from relay.policy_hooks_controller import PolicyHooks
 from relay.queue_database import Admission, Admitted, admit_messages
 from relay.store import GroupWriter
 from relay.suppression_controller import SuppressionController
@@ -90,6 +92,7 @@ class Submission:
     recipients: tuple[str, ...]
     content: bytes
     via: str = "smtp"  # smtp, api or form: in message.accepted
+    added: tuple[headers.HeaderField, ...] = ()  # by the policy's on_data
 
 
 class Handover(Protocol):
@@ -122,7 +125,9 @@ class IngressController:
         suppressions: SuppressionController | None = None,
         subscriptions: Callable[[], Subscriptions] = Subscriptions,
         outbox_written: Callable[[], None] = lambda: None,
+        policy: PolicyHooks | None = None,
     ) -> None:
+        self._policy = policy
         self._writer = writer
         self._subscriptions = subscriptions  # the webhooks' filters
         self._outbox_written = outbox_written  # the webhooks' worker: send them now
@@ -234,6 +239,12 @@ class IngressController:
         ):
             if isinstance(verdict, Reject | TempFail):
                 return verdict
+        if self._policy is not None and self._policy.on_data is not None:
+            added = await self._policy.check_data(_data_facts(submission))
+            if isinstance(added, Reject | TempFail):
+                return added
+            if isinstance(added, tuple):
+                submission = replace(submission, added=added)
         key = self._directory().signing_key(domain_of(submission.site.from_email))
         if key is None and len(submission.content) <= _ON_LOOP_BYTES:
             prepared = self._prepare(submission, key)
@@ -380,6 +391,7 @@ class IngressController:
                 headers.RemoveField(self._class_header),
                 headers.RewriteFrom(s.site),
                 headers.AddMissing(message_id, self._hostname, now),
+                *([headers.Append(s.added)] if s.added else []),
                 headers.PrependReceived(received),
             ],
         )
@@ -414,3 +426,18 @@ class IngressController:
             message_class=kind,
         )
         return message, retry_print
+
+
+def _data_facts(s: Submission) -> DataFacts:
+    end = s.content.find(b"\r\n\r\n")  # the header block alone: the body is not copied
+    fields, _ = headers.split_message(s.content if end < 0 else s.content[: end + 2])
+    return DataFacts(
+        s.site.id,
+        s.sender,
+        s.recipients,
+        header_pairs(fields),
+        len(s.content),
+        s.username,
+        s.client_ip,
+        s.via,
+    )

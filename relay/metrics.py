@@ -178,6 +178,21 @@ class Metrics:
             ["site"],
             registry=self.registry,
         )
+        self.policy_hook_failures = Counter(
+            "relay_policy_hook_failures_total",
+            "Calls of the policy module's hooks that raised, answered something unusable "
+            "(exception) or ran past policy.timeout_seconds (timeout): answered 451, or the "
+            "relay's route kept.",
+            ["hook", "reason"],
+            registry=self.registry,
+        )
+        self.policy_verdicts = Counter(
+            "relay_policy_verdicts_total",
+            "What the policy module's hooks answered: accept, reject, tempfail, add_headers, "
+            "route (reordered or dropped upstreams).",
+            ["hook", "verdict"],
+            registry=self.registry,
+        )
 
         self.domain_check_state = Gauge(
             "relay_domain_check_state",

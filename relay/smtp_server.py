@@ -117,6 +117,20 @@ class RelaySMTP(SMTP):
         self._client = None
         super().connection_lost(error)
 
+    async def _handle_client(self) -> None:
+        """aiosmtpd's session, after the policy's on_connect (it has no hook before the
+        greeting): a refusal is said instead of the greeting, and the connection closed."""
+        handler = self.event_handler
+        if isinstance(handler, SmtpHandler) and handler.screens_connections:
+            assert self.session is not None
+            refusal = await handler.connect_refusal(self.session)
+            if refusal is not None:
+                await self.push(refusal)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         await super().smtp_MAIL(arg)
         if self.envelope is not None and self.envelope.mail_from is not None:

@@ -24,8 +24,10 @@ from relay.core.policy import (
     SessionFacts,
     TempFail,
 )
+from relay.core.policy_hooks import ConnectFacts, MailFacts, RcptFacts
 from relay.ingress_controller import IngressController, Queued, Submission
 from relay.metrics import Metrics
+from relay.policy_hooks_controller import PolicyHooks
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,28 @@ class SmtpHandler:
         ingress: IngressController,
         auth: AuthController,
         metrics: Metrics,
+        policy: PolicyHooks,
     ) -> None:
         self._listener = listener
         self._ingress = ingress
         self._auth = auth
         self._metrics = metrics
+        self._policy = policy
+
+    # -- The connection, before the greeting: the policy's on_connect, when it has one.
+
+    @property
+    def screens_connections(self) -> bool:
+        return self._policy.on_connect is not None
+
+    async def connect_refusal(self, session: Session) -> str | None:
+        """The reply line that refuses the connection instead of the greeting, or None."""
+        ip = _client_ip(session)
+        facts = ConnectFacts(ip, self._listener.name, self._listener.is_trusted(ip))
+        verdict = await self._policy.check_connect(facts)
+        if isinstance(verdict, Accept):
+            return None
+        return self._refuse("connect", verdict.reply)
 
     # -- EHLO: AUTH is never advertised on an `auth: none` listener.
 
@@ -158,6 +177,19 @@ class SmtpHandler:
             ):  # removed or changed: may AUTH again
                 session.authenticated, session.auth_data = False, None
             return self._refuse("mail", site.reply)
+        if self._policy.on_mail is not None:
+            verdict = await self._policy.check_mail(
+                MailFacts(
+                    site.id,
+                    address,
+                    credential.username if credential else None,
+                    _client_ip(session),
+                    self._listener.name,
+                    session.host_name or "",
+                )
+            )
+            if not isinstance(verdict, Accept):
+                return self._refuse("mail", verdict.reply)
         assert isinstance(envelope, RelayEnvelope)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -169,11 +201,26 @@ class SmtpHandler:
     ) -> str:
         assert isinstance(envelope, RelayEnvelope) and envelope.site is not None
         verdict = await self._ingress.add_recipient(envelope.site, address, len(envelope.rcpt_tos))
+        if isinstance(verdict, Accept) and self._policy.on_rcpt is not None:
+            verdict = await self._policy.check_rcpt(self._rcpt_facts(session, envelope, address))
         if not isinstance(verdict, Accept):
             return self._refuse("rcpt", verdict.reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
+
+    def _rcpt_facts(self, session: Session, envelope: RelayEnvelope, address: str) -> RcptFacts:
+        assert envelope.site is not None and envelope.mail_from is not None
+        credential = session.auth_data if session.authenticated else None
+        return RcptFacts(
+            envelope.site.id,
+            envelope.mail_from,
+            address,
+            tuple(envelope.rcpt_tos),
+            credential.username if isinstance(credential, Credential) else None,
+            _client_ip(session),
+            self._listener.name,
+        )
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope, RelayEnvelope)

@@ -237,6 +237,16 @@ class AddMissing:
         return (*fields, *added)
 
 
+class Append:
+    """Fields added after the message's own (the policy's on_data: checked by the core)."""
+
+    def __init__(self, added: Sequence[HeaderField]) -> None:
+        self._added = tuple(added)
+
+    def __call__(self, fields: Fields) -> Fields:
+        return (*fields, *self._added)
+
+
 class PrependReceived:
     """Our trace field, first in the block as RFC 5321 section 4.4 requires."""
 

@@ -58,6 +58,7 @@ class Route:
     skipped: tuple[Skip, ...]
     strategy: Strategy = Strategy.PRIORITY
     ranking: str = ""  # the scores it was ordered by (performance)
+    policy: str = ""  # what the operator's on_route hook did (core.policy_hooks)
 
     @property
     def available_at(self) -> float | None:
@@ -67,8 +68,10 @@ class Route:
         chosen = ", ".join(u.name for u in self.upstreams) or "none"
         left = describe_skips(self.skipped)
         ranking = f"{self.ranking}; " if self.ranking else ""
-        return f"{self.strategy.value}: {ranking}try {chosen}" + (
-            f"; skipped {left}" if left else ""
+        return (
+            f"{self.strategy.value}: {ranking}try {chosen}"
+            + (f"; skipped {left}" if left else "")
+            + (f"; policy: {self.policy}" if self.policy else "")
         )
 
 
