@@ -54,6 +54,7 @@ from relay.config import (
     is_loopback,
     load_config,
 )
+from relay.contact_controller import ContactController
 from relay.core.directory import Directory
 from relay.core.form_token import derive_key
 from relay.core.model import TlsMode
@@ -416,6 +417,7 @@ class RelayApp:
             suppressions=self.suppressions,
             webhooks=self.webhooks,
             performance=self.performance,
+            contacts=ContactController(self.writer, self.directory, self._clock),
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
