@@ -155,9 +155,9 @@ class ContactController:
             async for chunk in chunks:
                 for record in stream.feed(chunk):
                     header = self._take(record, header, batch, tally)
-                if len(batch) >= BATCH_ROWS:
-                    await self._write(site_id, batch, tally)
-                    batch = []
+                    if len(batch) >= BATCH_ROWS:
+                        await self._write(site_id, batch, tally)
+                        batch = []
             for record in stream.end():
                 header = self._take(record, header, batch, tally)
             if header is None:

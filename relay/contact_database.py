@@ -169,7 +169,7 @@ def upsert(connection: Connection, site_id: str, batch: Sequence[Fields], now: f
     problems: dict[str, str] = {}
     tagged: dict[str, tuple[str, ...]] = {}  # emails whose tags change -> their tags
     for email, fields in given.items():
-        before = stored.get(email)
+        before = stored[email][1] if email in stored else None
         after = merged(before, fields, now)
         if isinstance(after, str):
             problems[email] = after
@@ -177,28 +177,36 @@ def upsert(connection: Connection, site_id: str, batch: Sequence[Fields], now: f
         values.append(_values(site_id, email, after, now))
         if before is None or before.tags != after.tags:
             tagged[email] = after.tags
+    ids: dict[str, int] = {}
     if values:
-        connection.execute(_upsert_statement(connection), values)
-    _retag(connection, site_id, tagged)
+        # RETURNING (SQLite 3.35+, PostgreSQL) names the new contacts' ids for their tags.
+        ids = dict(connection.execute(_upsert_statement(connection), values).all())
+    _retag(connection, site_id, {ids[e]: tags for e, tags in tagged.items()}, stored)
     created = frozenset(e for e in given if e not in stored and e not in problems)
     updated = sum(1 for f in batch if f.email not in problems) - len(created)
     return Upserted(len(created), updated, problems, created)
 
 
-def _stored(connection: Connection, site_id: str, emails: list[str]) -> dict[str, Stored]:
+def _stored(
+    connection: Connection, site_id: str, emails: list[str]
+) -> dict[str, tuple[int, Stored]]:
+    """The stored contacts among ``emails``, with their ids."""
     query = sa.select(contacts).where(contacts.c.site_id == site_id, contacts.c.email.in_(emails))
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()  # a PATCH of these waits for this transaction
     return {
-        r.email: Stored(
-            r.first_name,
-            r.last_name,
-            r.company,
-            dict(r.attributes),
-            tuple(r.tags),
-            bool(r.unsubscribed),
-            r.unsubscribed_at,
-            r.created_at,
+        r.email: (
+            r.id,
+            Stored(
+                r.first_name,
+                r.last_name,
+                r.company,
+                dict(r.attributes),
+                tuple(r.tags),
+                bool(r.unsubscribed),
+                r.unsubscribed_at,
+                r.created_at,
+            ),
         )
         for r in connection.execute(query)
     }
@@ -224,7 +232,7 @@ def _upsert_statement(connection: Connection) -> Any:
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     insert = dialect.insert(contacts)
     new = insert.excluded
-    return insert.on_conflict_do_update(
+    return insert.returning(contacts.c.email, contacts.c.id).on_conflict_do_update(
         index_elements=["site_id", "email"],
         set_={
             "first_name": new.first_name,
@@ -240,21 +248,22 @@ def _upsert_statement(connection: Connection) -> Any:
     )
 
 
-def _retag(connection: Connection, site_id: str, tagged: Mapping[str, Iterable[str]]) -> None:
-    """Rewrite the contact_tags rows of the contacts ``tagged`` names."""
+def _retag(
+    connection: Connection,
+    site_id: str,
+    tagged: Mapping[int, Iterable[str]],
+    had_rows: Iterable[Any] = (None,),
+) -> None:
+    """Rewrite the contact_tags rows of the contacts ``tagged`` (by id) names; with no
+    ``had_rows`` (none of them existed before) there are none to delete."""
     if not tagged:
         return
-    ids = dict(
-        connection.execute(
-            sa.select(contacts.c.email, contacts.c.id).where(
-                contacts.c.site_id == site_id, contacts.c.email.in_(list(tagged))
-            )
-        ).tuples()
-    )
-    connection.execute(contact_tags.delete().where(contact_tags.c.contact_id.in_(ids.values())))
+    if had_rows:
+        delete = contact_tags.delete().where(contact_tags.c.contact_id.in_(list(tagged)))
+        connection.execute(delete)
     rows = [
-        {"contact_id": ids[email], "tag": tag, "site_id": site_id}
-        for email, tags in tagged.items()
+        {"contact_id": contact_id, "tag": tag, "site_id": site_id}
+        for contact_id, tags in tagged.items()
         for tag in tags
     ]
     if rows:
@@ -278,7 +287,7 @@ def update(
         changes["unsubscribed_at"] = now if values["unsubscribed"] else None
     connection.execute(contacts.update().where(contacts.c.id == row.id).values(**changes))
     if "tags" in values:
-        _retag(connection, site_id, {email: values["tags"]})
+        _retag(connection, site_id, {row.id: values["tags"]})
     after = connection.execute(sa.select(contacts).where(contacts.c.id == row.id)).one()
     return _row(after)
 

@@ -327,14 +327,17 @@ def combined(first: Fields, then: Fields) -> Fields:
 def merged(before: Stored | None, given: Fields, now: float) -> Stored | str:
     """The contact after the import of ``given``, or why it cannot be (too many tags or
     attributes once added to the stored ones)."""
-    if before is None:
+    if before is None:  # ``given`` is within the bounds already
         before = Stored("", "", "", {}, (), False, None, now)
-    tags = tuple(dict.fromkeys((*before.tags, *given.tags)))
-    if len(tags) > MAX_TAGS:
-        return f"tags: at most {MAX_TAGS}, with the {len(before.tags)} the contact has"
-    attributes = check_attributes({**before.attributes, **given.attributes})
-    if isinstance(attributes, str):
-        return f"{attributes}, with the ones the contact has"
+        tags, attributes = given.tags, given.attributes
+    else:
+        tags = tuple(dict.fromkeys((*before.tags, *given.tags)))
+        if len(tags) > MAX_TAGS:
+            return f"tags: at most {MAX_TAGS}, with the {len(before.tags)} the contact has"
+        checked = check_attributes({**before.attributes, **given.attributes})
+        if isinstance(checked, str):
+            return f"{checked}, with the ones the contact has"
+        attributes = checked
     unsubscribed = before.unsubscribed or given.unsubscribed
     return Stored(
         given.first_name if given.first_name is not None else before.first_name,
