@@ -22,6 +22,7 @@ from admin_http.middlewares import ACTOR
 from admin_http.schemas import iso, json_body, listing, page_of
 from relay.contact_controller import MAX_CSV_BYTES, ContactController, Tally, TooLarge
 from relay.contact_database import ContactRow, Search
+from relay.core.addresses import control_character
 
 CHUNK_BYTES = 16 * 1024  # about 200 rows: parsed and checked between two turns of the loop
 
@@ -58,10 +59,13 @@ async def list_contacts(request: web.Request) -> web.Response:
     flag = request.query.get("unsubscribed")
     if flag not in (None, "", "true", "false"):
         raise bad_request("unsubscribed: true or false")
+    tag, q = request.query.get("tag") or None, request.query.get("q") or None
+    if any(len(t) > 256 or control_character(t) for t in (tag or "", q or "")):
+        raise bad_request("tag, q: at most 256 characters, no control characters")
     search = Search(
         site_id=request.match_info["id"],
-        tag=request.query.get("tag") or None,
-        q=request.query.get("q") or None,
+        tag=tag,
+        q=q,
         unsubscribed=None if not flag else flag == "true",
         offset=(page - 1) * size,
         limit=size,

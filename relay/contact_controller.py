@@ -27,7 +27,15 @@ from sqlalchemy import Connection
 from relay import contact_database as db
 from relay.catalog_controller import Invalid, NotFound
 from relay.catalog_database import AuditEntry
-from relay.core.contacts import Fields, Header, check_contact, check_header, check_patch, check_row
+from relay.core.contacts import (
+    Fields,
+    Header,
+    check_contact,
+    check_email,
+    check_header,
+    check_patch,
+    check_row,
+)
 from relay.core.csv_stream import CsvStream, Record
 from relay.core.directory import Directory
 from relay.store import GroupWriter
@@ -86,6 +94,14 @@ class ContactController:
             raise NotFound(f"no site {site_id!r}")
         return site_id
 
+    def _email(self, site_id: str, email: str) -> str:
+        """The contact's key in a URL, lower-cased; 404 when it cannot be one."""
+        self._site(site_id)
+        checked = check_email(email)
+        if checked is None:
+            raise NotFound(f"site {site_id!r} has no contact {email[:256]!r}")
+        return checked
+
     # -- reads
 
     async def search(self, search: db.Search) -> tuple[list[db.ContactRow], int]:
@@ -94,11 +110,11 @@ class ContactController:
             return await db.list_contacts(connection, search)
 
     async def get(self, site_id: str, email: str) -> db.ContactRow:
-        self._site(site_id)
+        email = self._email(site_id, email)
         async with self._writer.engine.connect() as connection:
-            found = await db.get_contact(connection, site_id, email.lower())
+            found = await db.get_contact(connection, site_id, email)
         if found is None:
-            raise NotFound(f"site {site_id!r} has no contact {email.lower()!r}")
+            raise NotFound(f"site {site_id!r} has no contact {email!r}")
         return found
 
     # -- writes
@@ -204,8 +220,7 @@ class ContactController:
     ) -> db.ContactRow:
         """A PATCH: names, ``attributes`` and ``tags`` replaced, ``unsubscribed`` set or
         cleared (an admin re-subscribing someone)."""
-        self._site(site_id)
-        email = email.lower()
+        email = self._email(site_id, email)
         patch = check_patch(body, email)
         if isinstance(patch, list):
             raise Invalid(patch)
@@ -230,8 +245,7 @@ class ContactController:
         return after
 
     async def delete(self, actor: str, site_id: str, email: str) -> None:
-        self._site(site_id)
-        email = email.lower()
+        email = self._email(site_id, email)
 
         def job(c: Connection) -> None:
             if not db.delete(c, site_id, email):

@@ -161,7 +161,7 @@ def upsert(connection: Connection, site_id: str, batch: Sequence[Fields], now: f
     values win, tags and attributes add up). What an import stores is
     relay/core/contacts.py's ``merged`` of what was there."""
     given: dict[str, Fields] = {}
-    for fields in batch:
+    for fields in batch:  # in the file's order: ids, and so lists, follow it
         earlier = given.get(fields.email)
         given[fields.email] = fields if earlier is None else combined(earlier, fields)
     stored = _stored(connection, site_id, list(given))
@@ -193,7 +193,8 @@ def _stored(
     """The stored contacts among ``emails``, with their ids."""
     query = sa.select(contacts).where(contacts.c.site_id == site_id, contacts.c.email.in_(emails))
     if connection.dialect.name == "postgresql":
-        query = query.with_for_update()  # a PATCH of these waits for this transaction
+        # A PATCH of these waits; locked in id order, as any other import locks them.
+        query = query.order_by(contacts.c.id).with_for_update()
     return {
         r.email: (
             r.id,

@@ -453,3 +453,35 @@ async def test_a_20000_row_import_in_bounded_memory(
     found = await api.get(f"{CONTACTS}?tag=b7&page_size=1")
     assert found["total"] == 2000
     assert found["items"][0]["attributes"] == {"plan": "plan1"}
+
+
+# -- SQLite and PostgreSQL
+
+
+@pytest.fixture
+async def any_store(tmp_path: Path, store_url: str, start_relay: Any) -> RunningRelay:
+    config = relay_config(tmp_path, closed_port())
+    config["store"] = {"url": store_url}
+    relay: RunningRelay = await start_relay(config)
+    return relay
+
+
+async def test_the_upsert_on_sqlite_and_postgresql(
+    any_store: RunningRelay, admin: AdminFactory
+) -> None:
+    api = admin(any_store)
+    await api.ok("POST", CONTACTS, {"email": "u0@example.com", "unsubscribed": True}, status=201)
+    # 1,200 rows in three batches; u0..u199 come twice (the second time in a later batch).
+    lines = [f"u{n}@example.com,N{n},{'t' if n % 2 else 's'}\n" for n in range(1000)]
+    lines += [f"u{n}@example.com,M{n},again\n" for n in range(200)]
+    answer = await csv_import(api, "email,first_name,tags\n" + "".join(lines))
+    assert (answer["added"], answer["updated"], answer["rejected"]) == (999, 201, 0)
+    u0 = await api.get(f"{CONTACTS}/u0@example.com")
+    assert (u0["first_name"], u0["tags"], u0["unsubscribed"]) == ("M0", ["s", "again"], True)
+    assert (await api.get(f"{CONTACTS}?tag=again&page_size=1"))["total"] == 200
+    assert (await api.get(f"{CONTACTS}?tag=t&page_size=1"))["total"] == 500
+    assert (await api.get(f"{CONTACTS}?unsubscribed=true"))["total"] == 1
+
+    await api.ok("PATCH", f"{CONTACTS}/u201@example.com", {"tags": ["again"]})
+    assert (await api.get(f"{CONTACTS}?tag=again&page_size=1"))["total"] == 201
+    assert (await api.get(f"{CONTACTS}?tag=t&page_size=1"))["total"] == 499
