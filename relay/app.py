@@ -176,6 +176,7 @@ class RelayApp:
             self.directory, config.limits, self.metrics, self.writer, clock=clock
         )
         self.suppressions = SuppressionController(self.writer, self.directory, clock)
+        self.contacts = ContactController(self.writer, self.directory, clock)
         self.events.subscribe(self.suppressions.on_event)
         self.system_events = SystemEvents(
             self.writer, self.webhook_subscriptions, str(self.owner), clock, self.outbox_written
@@ -417,7 +418,7 @@ class RelayApp:
             suppressions=self.suppressions,
             webhooks=self.webhooks,
             performance=self.performance,
-            contacts=ContactController(self.writer, self.directory, self._clock),
+            contacts=self.contacts,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from admin_http import contacts_view
+from relay import contact_database
 from tests.conftest import RunningRelay
 from tests.test_admin_api_functional import (
     _NOTHING,
@@ -485,3 +486,15 @@ async def test_the_upsert_on_sqlite_and_postgresql(
     await api.ok("PATCH", f"{CONTACTS}/u201@example.com", {"tags": ["again"]})
     assert (await api.get(f"{CONTACTS}?tag=again&page_size=1"))["total"] == 201
     assert (await api.get(f"{CONTACTS}?tag=t&page_size=1"))["total"] == 499
+
+    # What a campaign reads: the audience in id order, a page at a time.
+    async with any_store.app.writer.engine.connect() as connection:
+        first = await contact_database.contacts_after(connection, "shop", 0, ["again", "x"], 150)
+        rest = await contact_database.contacts_after(
+            connection, "shop", first[-1].id, ["again"], 150
+        )
+        everyone = await contact_database.contacts_after(connection, "shop", 0, None, 5000)
+    emails_in_order = [c.email for c in first + rest]
+    assert emails_in_order == [f"u{n}@example.com" for n in (*range(200), 201)]
+    assert len(everyone) == 1000 and [c.id for c in everyone] == sorted(c.id for c in everyone)
+    assert first[0].unsubscribed and first[0].tags == ["s", "again"]
