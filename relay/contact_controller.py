@@ -41,7 +41,7 @@ from relay.core.directory import Directory
 from relay.store import GroupWriter
 
 log = logging.getLogger(__name__)
-BATCH_ROWS = 500  # rows per transaction: ~20 ms of SQLite's write lock
+BATCH_ROWS = 500  # a transaction's rows: it holds SQLite's write lock ~50 ms (median, busy box)
 MAX_PROBLEMS = 1000  # problems listed in an import's answer; the rest are counted
 MAX_CSV_BYTES = 64 * 1024 * 1024
 
