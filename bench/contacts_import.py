@@ -12,7 +12,7 @@ Reported for each: wall time and rows per second, the process's CPU time
 peak RSS growth during the import, the event loop's longest stall (a 10 ms
 ticker's worst lateness: what other admin, SMTP and HTTP work waited), and,
 with ``--tracemalloc`` (slower), the peak of Python allocations during the
-import above what was allocated before.
+import above what was allocated before. Then a few list requests are timed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import yaml
 from relay.app import RelayApp
 from relay.config import load_config
 
+# List requests timed after the imports: the first and a deep page, a tag, a search.
+LISTS = ("page_size=50", "page=1999&page_size=50", "tag=group3", "q=user99999&unsubscribed=false")
 TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 -- a throwaway relay's admin token
 
 
@@ -110,8 +112,12 @@ async def run(rows: int, trace: bool, store: str | None) -> None:
             async with aiohttp.ClientSession() as http:
                 for _ in ("add", "update"):
                     await import_once(http, url, headers, csv_path, rows, trace)
-                async with http.get(f"{url}?tag=group3&page_size=1", headers=headers) as reply:
-                    print(f"contacts tagged group3: {(await reply.json())['total']}")
+                for query in LISTS:
+                    started = time.perf_counter()
+                    async with http.get(f"{url}?{query}", headers=headers) as reply:
+                        total = (await reply.json())["total"]
+                    took = (time.perf_counter() - started) * 1000
+                    print(f"GET ?{query}: total {total}, {took:.0f} ms")
         finally:
             await app.stop()
     print(f"rows {rows}, CSV {size / 1e6:.1f} MB")
