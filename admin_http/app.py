@@ -10,6 +10,7 @@ from aiohttp import web
 
 from admin_http import (
     api_keys_view,
+    contacts_view,
     domains_view,
     messages_view,
     sites_view,
@@ -72,6 +73,11 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_get(f"{V1}/sites/{{id}}/api-keys", api_keys_view.list_keys)
     r.add_post(f"{V1}/sites/{{id}}/api-keys", api_keys_view.create_key)
     r.add_delete(f"{V1}/sites/{{id}}/api-keys/{{name}}", api_keys_view.delete_key)
+    r.add_get(f"{V1}/sites/{{id}}/contacts", contacts_view.list_contacts)
+    r.add_post(f"{V1}/sites/{{id}}/contacts", contacts_view.add_contacts)
+    r.add_get(f"{V1}/sites/{{id}}/contacts/{{email}}", contacts_view.get_contact)
+    r.add_patch(f"{V1}/sites/{{id}}/contacts/{{email}}", contacts_view.patch_contact)
+    r.add_delete(f"{V1}/sites/{{id}}/contacts/{{email}}", contacts_view.delete_contact)
 
     r.add_get(f"{V1}/domains", domains_view.list_domains)
     r.add_post(f"{V1}/domains", domains_view.create_domain)

@@ -11,6 +11,7 @@ from aiohttp import web
 from relay.api_key_controller import ApiKeyController
 from relay.catalog_controller import CatalogController
 from relay.config import Config, ReloadResult
+from relay.contact_controller import ContactController
 from relay.core.directory import Directory
 from relay.domain_monitor import DomainMonitor
 from relay.health_controller import HealthController
@@ -44,6 +45,7 @@ class Api:
     suppressions: SuppressionController | None = None  # /api/v1/suppressions
     webhooks: WebhookController | None = None  # /api/v1/webhooks
     performance: PerformanceController | None = None  # the upstreams' measured figures
+    contacts: ContactController | None = None  # /api/v1/sites/{id}/contacts
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,7 @@ def _schemas() -> dict[str, Schema]:
                 "expires_at": nullable("string"),
             }
         ),
+        **_contact_schemas(),
         "Suppression": obj(
             {
                 "site": text,
@@ -800,6 +801,7 @@ def _paths() -> dict[str, Schema]:
                 params=[site_id, path_parameter("name")],
             )
         },
+        **_contact_paths(),
         "/api/v1/domains": {
             "get": _op("Sending domains", json_answer(_list_of("Domain")), params=_PAGING),
             "post": _op(
@@ -979,6 +981,145 @@ def _paths() -> dict[str, Schema]:
                 "Make every waiting message due now and close every open circuit",
                 json_answer(ref("Flush")),
             )
+        },
+    }
+
+
+def _contact_schemas() -> dict[str, Schema]:
+    moment = nullable("string")
+    scalar = {"type": ["string", "number", "boolean", "null"]}
+    tags = {
+        "type": "array",
+        "maxItems": 50,
+        "items": {"type": "string", "minLength": 1, "maxLength": 64},
+        "description": "no ';', '|' or ','",
+    }
+    attributes = {
+        "type": "object",
+        "maxProperties": 50,
+        "additionalProperties": scalar,
+        "description": "texts of at most 1,000 characters, numbers, true, false or null; "
+        "8,192 characters of keys and texts in all",
+    }
+    names = {
+        n: {"type": "string", "maxLength": 200} for n in ("first_name", "last_name", "company")
+    }
+    problem = {
+        "type": "object",
+        "properties": {
+            "row": {"type": "integer", "description": "CSV: the row in the file (header = 1)"},
+            "index": {"type": "integer", "description": "JSON: the position in `contacts`"},
+            "email": {"type": "string"},
+            "problem": {"type": "string"},
+        },
+        "required": ["email", "problem"],
+    }
+    counts: dict[str, Schema] = {
+        "added": {"type": "integer"},
+        "updated": {"type": "integer"},
+        "rejected": {"type": "integer"},
+        "problems": {"type": "array", "items": problem, "description": "the first 1,000"},
+        "more_problems": {"type": "integer", "description": "rejected rows not listed"},
+    }
+    return {
+        "Contact": obj(
+            {
+                "email": {"type": "string", "description": "lower case"},
+                **names,
+                "attributes": attributes,
+                "tags": tags,
+                "unsubscribed": {"type": "boolean"},
+                "unsubscribed_at": moment,
+                "last_email_sent": moment,
+                "email_count": {"type": "integer", "minimum": 0},
+                "created_at": {"type": "string"},
+                "updated_at": {"type": "string"},
+            }
+        ),
+        "ContactInput": obj(
+            {
+                "email": {"type": "string"},
+                **names,
+                "attributes": {**attributes, "description": "merged into the stored ones"},
+                "tags": {**tags, "description": "added to the stored ones"},
+                "unsubscribed": {
+                    "type": "boolean",
+                    "description": "true marks the contact unsubscribed; false changes nothing",
+                },
+            },
+            ["email"],
+        ),
+        "ContactPatch": obj(
+            {
+                **names,
+                "attributes": {**attributes, "description": "replaces them all"},
+                "tags": {**tags, "description": "replaces them all"},
+                "unsubscribed": {
+                    "type": "boolean",
+                    "description": "false re-subscribes (an admin's decision; audited)",
+                },
+            },
+            [],
+        ),
+        "ContactImport": obj(counts),
+        "ContactAdded": obj({**counts, "contact": ref("Contact")}),
+    }
+
+
+def _contact_paths() -> dict[str, Schema]:
+    site_id, email = path_parameter("id"), path_parameter("email")
+    one_or_many = {"oneOf": [ref("ContactInput"), obj({"contacts": {"type": "array"}})]}
+    post = _op(
+        'Add or update contacts: one object, `{"contacts": [...]}` or a `text/csv` body',
+        json_answer(ref("ContactImport"), "Many or CSV: how many were added, updated, rejected"),
+        params=[site_id],
+        body=one_or_many,
+        description=(
+            "Upsert by email (lower-cased). Absent keys and empty CSV cells change nothing; "
+            "tags are added and attributes merged; nothing here re-subscribes anyone. A CSV "
+            "has a header row with an `email` column; `first_name`, `last_name`, `company`, "
+            "`tags` (separated by `;` or `|`) and `unsubscribed` (true/yes/1) are known, "
+            "read-only columns are ignored, any other column is an attribute. It is read as "
+            "it arrives and stored in batches of 500, up to 64 MiB (413 beyond); when the "
+            "body breaks off, the batches stored before stay."
+        ),
+    )
+    post["requestBody"]["content"]["text/csv"] = {"schema": {"type": "string"}}
+    post["responses"]["201"] = json_answer(ref("ContactAdded"), "One new contact")
+    post["responses"]["413"] = ERROR_ANSWER
+    return {
+        "/api/v1/sites/{id}/contacts": {
+            "get": _op(
+                "The site's contacts in the order they were added",
+                json_answer(_list_of("Contact")),
+                params=[
+                    site_id,
+                    {"name": "tag", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "description": "A substring of the email, names or company, any case",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "unsubscribed",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                    *_PAGING,
+                ],
+            ),
+            "post": post,
+        },
+        "/api/v1/sites/{id}/contacts/{email}": {
+            "get": _op("One contact", json_answer(ref("Contact")), params=[site_id, email]),
+            "patch": _op(
+                "Change a contact (tags and attributes replaced whole)",
+                json_answer(ref("Contact")),
+                params=[site_id, email],
+                body=ref("ContactPatch"),
+            ),
+            "delete": _op("Delete a contact", None, "204", params=[site_id, email]),
         },
     }
 

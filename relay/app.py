@@ -54,6 +54,7 @@ from relay.config import (
     is_loopback,
     load_config,
 )
+from relay.contact_controller import ContactController
 from relay.core.directory import Directory
 from relay.core.form_token import derive_key
 from relay.core.model import TlsMode
@@ -183,6 +184,7 @@ class RelayApp:
             self.directory, config.limits, self.metrics, self.writer, clock=clock
         )
         self.suppressions = SuppressionController(self.writer, self.directory, clock)
+        self.contacts = ContactController(self.writer, self.directory, clock)
         self.events.subscribe(self.suppressions.on_event)
         self.system_events = SystemEvents(
             self.writer, self.webhook_subscriptions, str(self.owner), clock, self.outbox_written
@@ -437,6 +439,7 @@ class RelayApp:
             suppressions=self.suppressions,
             webhooks=self.webhooks,
             performance=self.performance,
+            contacts=self.contacts,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)

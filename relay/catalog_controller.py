@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay import api_key_database, domain_database, template_database
+from relay import api_key_database, contact_database, domain_database, template_database
 from relay import catalog_database as db
 from relay.cluster_controller import CATALOG, ClusterSync
 from relay.config import Config, parse_site_spec, parse_upstream_spec
@@ -362,6 +362,7 @@ class CatalogController:
             if not await db.delete_site(c, site_id):
                 raise NotFound(f"no site {site_id!r}")
             await api_key_database.delete_site_keys(c, site_id)  # a new site of that id has none
+            await contact_database.delete_site_contacts(c, site_id)  # ... and no contacts
             await self._audit(c, actor, "delete", "site", site_id, {})
 
         await self._write(write)

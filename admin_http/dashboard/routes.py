@@ -20,6 +20,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from admin_http.dashboard import (
     audit_view,
+    contacts_view,
     domains_view,
     login_view,
     messages_view,
@@ -98,6 +99,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get("/sites/new", sites_view.new_site)
     r.add_post("/sites", sites_view.create_site)
     r.add_get("/sites/{id}", sites_view.site_page)
+    r.add_get("/sites/{id}/contacts", contacts_view.contact_list)
     r.add_get("/sites/{id}/edit", sites_view.edit_site)
     r.add_post("/sites/{id}/edit", sites_view.save_site)
     r.add_post("/sites/{id}/delete", sites_view.delete_site)
