@@ -17,7 +17,9 @@ the class rule's, else the default) orders them:
 Then each candidate that is inactive, whose circuit is open, or that is over
 a rate or quota is left out with its reason, and with the time it may be
 usable again, so a message that nobody may take now waits until then
-instead of backing off blindly.
+instead of backing off blindly. Bulk mail is over a limit sooner: the top
+``Conditions.reserve`` share of each rate and quota is kept for
+transactional mail (``quota.allowance``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from relay.core.directory import Directory
 from relay.core.health import Circuit, HealthPolicy
 from relay.core.model import MessageClass, Site, Strategy, Upstream
 from relay.core.performance import Performance, describe_ranking, rank, score_of
-from relay.core.quota import Scope, UsageBook, limits_of
+from relay.core.quota import Scope, UsageBook, allowance, limits_of
+
+KEPT = "the rest is kept for transactional mail"
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Conditions:
     usage: UsageBook
     now: float
     performance: Mapping[str, Performance] = field(default_factory=dict)
+    reserve: float = 0.0  # the share of each upstream limit bulk mail leaves to transactional
 
 
 def choose_route(
@@ -128,7 +133,7 @@ def choose_route(
         if strategy is Strategy.COST and conditions.performance:
             ranking = _cost_ties(ordered, conditions.performance)
     for upstream in ordered:
-        skip = availability(upstream, conditions, needed)
+        skip = availability(upstream, conditions, needed, message_class)
         if skip is None:
             chosen.append(upstream)
         else:
@@ -176,7 +181,12 @@ def order(
     return list(candidates)
 
 
-def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) -> Skip | None:
+def availability(
+    upstream: Upstream,
+    conditions: Conditions,
+    needed: int = 1,
+    message_class: MessageClass = MessageClass.TRANSACTIONAL,
+) -> Skip | None:
     """Why the upstream may not take a message now (and until when), or None when it may."""
     if not upstream.active:
         return Skip(upstream.name, "inactive")
@@ -186,9 +196,12 @@ def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) ->
         if circuit.last_error:
             reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
         return Skip(upstream.name, reason, circuit.reopens_at(conditions.health, conditions.now))
-    over = conditions.usage.over(
-        Scope.UPSTREAM, upstream.name, limits_of(upstream), conditions.now, needed
-    )
+    limits = limits_of(upstream)
+    bulk = message_class is MessageClass.BULK and conditions.reserve > 0
+    if bulk:
+        limits = allowance(limits, conditions.reserve)
+    over = conditions.usage.over(Scope.UPSTREAM, upstream.name, limits, conditions.now, needed)
     if over is not None:
-        return Skip(upstream.name, over.describe("recipients"), over.reopens_at)
+        reason = over.describe("recipients") + (f" for bulk mail, {KEPT}" if bulk else "")
+        return Skip(upstream.name, reason, over.reopens_at)
     return None
