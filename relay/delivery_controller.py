@@ -79,6 +79,7 @@ from relay.core.routing import (
     choose_route,
     describe_skips,
     earliest_opening,
+    transactional_upstreams,
 )
 from relay.engine_database import Suppression
 from relay.events import Events
@@ -170,6 +171,7 @@ class DeliveryController:
         self._reserved_bulk = 0  # of _reserved
         self._bulk_slots = max(math.floor(config.concurrency * config.bulk_share), 1)
         self._gauges = {c: metrics.in_flight.labels(c.value) for c in MessageClass}
+        self._shared: tuple[Directory, RoutingPolicy, frozenset[str]] | None = None
         # Mail may be waiting in the queue (not handed over, deferred, a DSN): a slot that
         # frees up looks for it. Without it, finished deliveries do not query the queue.
         self._backlog = True
@@ -376,7 +378,17 @@ class DeliveryController:
             self._clock(),
             performance.figures if performance is not None else {},
             self._config.transactional_reserve,
+            self._reserved_upstreams(),
         )
+
+    def _reserved_upstreams(self) -> frozenset[str]:
+        """Where bulk mail leaves a reserve (``transactional_upstreams``), worked out again
+        only when the directory or the routing changed."""
+        directory, policy = self._engine.directory(), self._engine.routing()
+        known = self._shared
+        if known is None or known[0] is not directory or known[1] is not policy:
+            known = self._shared = (directory, policy, transactional_upstreams(directory, policy))
+        return known[2]
 
     async def _attempt_route(self, message: QueuedMessage) -> DeliveryRecord:
         directory = self._engine.directory()
@@ -424,7 +436,8 @@ class DeliveryController:
         usage = self._engine.usage
         started = self._clock()
         bulk = kind is MessageClass.BULK
-        reserve = self._config.transactional_reserve if bulk else 0.0
+        kept = bulk and upstream.name in self._reserved_upstreams()
+        reserve = self._config.transactional_reserve if kept else 0.0
         # Reserved in the store before the send: no passes of any process together overshoot.
         claim = usage.claim_for(upstream, needed, started, reserve)
         over = await usage.claim(claim) if claim is not None else None

@@ -19,7 +19,9 @@ a rate or quota is left out with its reason, and with the time it may be
 usable again, so a message that nobody may take now waits until then
 instead of backing off blindly. Bulk mail is over a limit sooner: the top
 ``Conditions.reserve`` share of each rate and quota is kept for
-transactional mail (``quota.allowance``).
+transactional mail (``quota.allowance``) on the upstreams transactional mail
+may be routed to (``transactional_upstreams``); one that only bulk mail
+reaches is bulk mail's to the last message.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class Conditions:
     now: float
     performance: Mapping[str, Performance] = field(default_factory=dict)
     reserve: float = 0.0  # the share of each upstream limit bulk mail leaves to transactional
+    shared: frozenset[str] | None = None  # where it is left (transactional_upstreams); None: all
 
 
 def choose_route(
@@ -139,6 +142,14 @@ def choose_route(
         else:
             skipped.append(skip)
     return Route(tuple(chosen), tuple(skipped), strategy, ranking)
+
+
+def transactional_upstreams(directory: Directory, policy: RoutingPolicy) -> frozenset[str]:
+    """The upstreams some transactional message may be routed to: every site's own list, else
+    the transactional class rule's, else all (any site may send transactional mail)."""
+    rule = policy.classes.get(MessageClass.TRANSACTIONAL, ClassRule())
+    fallback = rule.upstreams or tuple(u.name for u in directory.upstreams)
+    return frozenset(name for site in directory.sites for name in site.upstreams or fallback)
 
 
 def _cost_ties(ordered: Sequence[Upstream], measured: Mapping[str, Performance]) -> str:
@@ -197,7 +208,9 @@ def availability(
             reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
         return Skip(upstream.name, reason, circuit.reopens_at(conditions.health, conditions.now))
     limits = limits_of(upstream)
+    shared = conditions.shared
     bulk = message_class is MessageClass.BULK and conditions.reserve > 0
+    bulk = bulk and (shared is None or upstream.name in shared)
     if bulk:
         limits = allowance(limits, conditions.reserve)
     over = conditions.usage.over(Scope.UPSTREAM, upstream.name, limits, conditions.now, needed)
