@@ -249,9 +249,11 @@ def claim_due(
     """
     free = sa.or_(messages.c.leased_until.is_(None), messages.c.leased_until < now)
     excluded = set(exclude)
+    locked = connection.dialect.name == "postgresql"
 
     def take(kind: MessageClass, room: int) -> int:
-        found = [row.id for row in connection.execute(_due(connection, kind, now, free, room))]
+        query = _DUE[kind, locked]
+        found = [row.id for row in connection.execute(query, {"now": now, "limit": room})]
         ids.extend(i for i in found if i not in excluded)
         return len(found)
 
@@ -310,30 +312,34 @@ def claim_due(
     ]
 
 
-def _due(
-    connection: Connection, kind: MessageClass, now: float, free: sa.ColumnElement[bool], limit: int
-) -> sa.Select[Any]:
-    """Up to ``limit`` due, unleased messages of one class, the earliest due first."""
+def _due(kind: MessageClass, locked: bool) -> sa.Select[Any]:
+    """Up to ``:limit`` messages of one class due and unleased at ``:now``, earliest first."""
+    now = sa.bindparam("now")
     due = (
         sa.select(messages.c.id)
         .where(
             messages.c.message_class == kind.value,
             messages.c.status.in_(_WAITING),
             messages.c.next_attempt_at <= now,
-            free,
+            sa.or_(messages.c.leased_until.is_(None), messages.c.leased_until < now),
             # Only final messages lose their content; one that did is never sent, whatever
             # its status says.
             messages.c.content_deleted_at.is_(None),
         )
         .order_by(messages.c.next_attempt_at)
-        .limit(limit)
+        .limit(sa.bindparam("limit"))
     )
-    if connection.dialect.name == "postgresql":
+    if locked:
         # Rows another node is claiming in its open transaction are passed over, not waited
         # for: without it both read the same due rows, one waits on the other's update and
         # gets nothing, or the two lock them in different orders and one is aborted.
         due = due.with_for_update(skip_locked=True)
     return due
+
+
+# Built once: the claim is on the hot path, and building a statement costs as much as running
+# it on SQLite. Locked on PostgreSQL.
+_DUE = {(kind, locked): _due(kind, locked) for kind in MessageClass for locked in (False, True)}
 
 
 def _pending_recipients(connection: Connection, ids: list[str]) -> dict[str, list[str]]:
