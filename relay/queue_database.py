@@ -314,7 +314,7 @@ def claim_due(
 
 def _due(kind: MessageClass, locked: bool) -> sa.Select[Any]:
     """Up to ``:limit`` messages of one class due and unleased at ``:now``, earliest first."""
-    now = sa.bindparam("now")
+    now: sa.BindParameter[float] = sa.bindparam("now")
     due = (
         sa.select(messages.c.id)
         .where(
