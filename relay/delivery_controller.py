@@ -69,13 +69,13 @@ from relay.core.model import (
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.performance import Sample, worked
 from relay.core.policy import NULL_SENDER
-from relay.core.quota import Claim
+from relay.core.quota import Claim, limits_of
 from relay.core.routing import (
-    KEPT,
     Conditions,
     RoutingPolicy,
     Skip,
     availability,
+    bulk_over,
     choose_route,
     describe_skips,
     earliest_opening,
@@ -442,7 +442,9 @@ class DeliveryController:
         claim = usage.claim_for(upstream, needed, started, reserve)
         over = await usage.claim(claim) if claim is not None else None
         if over is not None:
-            reason = over.describe("recipients") + (f" for bulk mail, {KEPT}" if reserve else "")
+            full = limits_of(upstream)[over.window]
+            share = reserve > 0 and over.used + needed <= full  # room left, but not bulk's
+            reason = bulk_over(over) if share else over.describe("recipients")
             self._skip(p, Skip(upstream.name, reason, over.reopens_at))
             return
         self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe

@@ -70,6 +70,9 @@ def test_bulk_mail_is_over_an_upstream_limit_at_its_allowance() -> None:
     assert availability(limited, conditions(book), 2, TRANSACTIONAL) is None
     # An upstream no transactional mail may use keeps nothing back.
     assert availability(limited, conditions(book, frozenset({"b"})), 1, BULK) is None
+    book.add(Scope.UPSTREAM, "a", 2, {Window.MINUTE: 10}, NOW)  # full: for everyone
+    skip = availability(limited, conditions(book), 1, BULK)
+    assert skip is not None and skip.reason == "over minute limit (10/10 recipients per minute)"
 
 
 def test_transactional_upstreams_are_the_sites_lists_else_the_class_rule_else_all() -> None:

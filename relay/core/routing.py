@@ -34,9 +34,7 @@ from relay.core.directory import Directory
 from relay.core.health import Circuit, HealthPolicy
 from relay.core.model import MessageClass, Site, Strategy, Upstream
 from relay.core.performance import Performance, describe_ranking, rank, score_of
-from relay.core.quota import Scope, UsageBook, allowance, limits_of
-
-KEPT = "the rest is kept for transactional mail"
+from relay.core.quota import OverLimit, Scope, UsageBook, allowance, limits_of
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,12 @@ def earliest_opening(skips: Iterable[Skip]) -> float | None:
 
 def describe_skips(skips: Iterable[Skip]) -> str:
     return "; ".join(f"{s.upstream}: {s.reason}" for s in skips)
+
+
+def bulk_over(over: OverLimit) -> str:
+    """Why a bulk message may not use an upstream whose limit has room left: the rest is
+    transactional mail's."""
+    return f"{over.describe('recipients')} for bulk mail, the rest is kept for transactional mail"
 
 
 @dataclass(frozen=True)
@@ -208,13 +212,23 @@ def availability(
             reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
         return Skip(upstream.name, reason, circuit.reopens_at(conditions.health, conditions.now))
     limits = limits_of(upstream)
-    shared = conditions.shared
-    bulk = message_class is MessageClass.BULK and conditions.reserve > 0
-    bulk = bulk and (shared is None or upstream.name in shared)
-    if bulk:
-        limits = allowance(limits, conditions.reserve)
-    over = conditions.usage.over(Scope.UPSTREAM, upstream.name, limits, conditions.now, needed)
+    usage, now = conditions.usage, conditions.now
+    over = usage.over(Scope.UPSTREAM, upstream.name, limits, now, needed)
+    if over is None and _keeps_reserve(upstream, conditions, message_class):
+        kept = allowance(limits, conditions.reserve)
+        over = usage.over(Scope.UPSTREAM, upstream.name, kept, now, needed)
+        if over is not None:
+            return Skip(upstream.name, bulk_over(over), over.reopens_at)
     if over is not None:
-        reason = over.describe("recipients") + (f" for bulk mail, {KEPT}" if bulk else "")
-        return Skip(upstream.name, reason, over.reopens_at)
+        return Skip(upstream.name, over.describe("recipients"), over.reopens_at)
     return None
+
+
+def _keeps_reserve(upstream: Upstream, conditions: Conditions, message_class: MessageClass) -> bool:
+    """Whether a message of this class leaves the upstream's reserve to transactional mail."""
+    shared = conditions.shared
+    return (
+        message_class is MessageClass.BULK
+        and conditions.reserve > 0
+        and (shared is None or upstream.name in shared)
+    )
