@@ -154,6 +154,10 @@ class DeliveryConfig:
     lease_seconds: int = 600
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     delay_notice_seconds: float | None = None  # send a "delayed" DSN once after this long
+    # Transactional first: bulk mail holds at most this share of the slots, and leaves this
+    # share of each upstream rate and quota to transactional mail (README "Transactional first").
+    bulk_share: float = 0.75
+    transactional_reserve: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -604,9 +608,21 @@ def _parse_delivery(s: Section) -> DeliveryConfig:
         delay_notice_seconds=(
             s.number("delay_notice_seconds", 1.0) if s.has("delay_notice_seconds") else None
         ),
+        bulk_share=_share(s, "bulk_share", d.bulk_share, zero_ok=False),
+        transactional_reserve=_share(s, "transactional_reserve", d.transactional_reserve),
     )
     s.finish()
     return config
+
+
+def _share(s: Section, key: str, default: float, zero_ok: bool = True) -> float:
+    """A fraction from 0 to 1 (``zero_ok`` False: more than 0, e.g. a share of the slots)."""
+    value = s.raw(key, default)
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or value > 1 or value < 0 or (value == 0 and not zero_ok):
+        s.problem(f"must be a number from 0 to 1{'' if zero_ok else ', more than 0'}", key)
+        return default
+    return float(value)
 
 
 def _parse_health(s: Section) -> HealthConfig:

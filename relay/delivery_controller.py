@@ -19,6 +19,14 @@ limits like a message it sent, in that job: over them, or for a site that
 is gone, none is made (logged, counted in ``relay_dsn_dropped_total``), so a flood of
 bounces costs the flooder and nobody else. Nothing is ever delivered inside
 an SMTP session's DATA.
+
+Transactional first: the claim takes due transactional mail before bulk
+mail; bulk mail holds at most ``delivery.bulk_share`` of the slots (a burst
+of slow bulk sends leaves slots for transactional mail), waits behind
+transactional sends for an upstream's connections (``upstream_client.Slots``),
+and stops short of the top ``delivery.transactional_reserve`` of each upstream
+rate and quota: a bulk message that finds no upstream under that waits for
+the next window, as any message over a limit does.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -48,6 +57,7 @@ from relay.core.directory import Directory
 from relay.core.ids import new_message_id
 from relay.core.model import (
     Attempt,
+    MessageClass,
     NewMessage,
     QueuedMessage,
     RecipientStatus,
@@ -59,15 +69,17 @@ from relay.core.model import (
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.performance import Sample, worked
 from relay.core.policy import NULL_SENDER
-from relay.core.quota import Claim
+from relay.core.quota import Claim, limits_of
 from relay.core.routing import (
     Conditions,
     RoutingPolicy,
     Skip,
     availability,
+    bulk_over,
     choose_route,
     describe_skips,
     earliest_opening,
+    transactional_upstreams,
 )
 from relay.engine_database import Suppression
 from relay.events import Events
@@ -157,6 +169,11 @@ class DeliveryController:
         self._stopping = False
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # slots promised to messages the ingress is storing
+        self._bulk: set[str] = set()  # the bulk messages in flight
+        self._reserved_bulk = 0  # of _reserved
+        self._bulk_slots = max(math.floor(config.concurrency * config.bulk_share), 1)
+        self._gauges = {c: metrics.in_flight.labels(c.value) for c in MessageClass}
+        self._shared: tuple[Directory, RoutingPolicy, frozenset[str]] | None = None
         # Mail may be waiting in the queue (not handed over, deferred, a DSN): a slot that
         # frees up looks for it. Without it, finished deliveries do not query the queue.
         self._backlog = True
@@ -165,12 +182,21 @@ class DeliveryController:
         """New mail was queued: look for due messages now rather than at the next poll."""
         self._wake.set()
 
-    def reserve(self, now: float) -> tuple[str, float] | None:
+    def reserve(
+        self, now: float, message_class: MessageClass = MessageClass.TRANSACTIONAL
+    ) -> tuple[str, float] | None:
         """A slot for a message the ingress is storing: the lease to store it with, or None."""
         if self._stopping or len(self._in_flight) + self._reserved >= self._config.concurrency:
             return None
+        if message_class is MessageClass.BULK:
+            if self._bulk_free() <= 0:
+                return None
+            self._reserved_bulk += 1
         self._reserved += 1
         return self._owner, now + self._config.lease_seconds
+
+    def _bulk_free(self) -> int:
+        return self._bulk_slots - len(self._bulk) - self._reserved_bulk
 
     def hand_over(
         self, message: NewMessage, stored: bool, suppressed: Mapping[str, str] = {}
@@ -182,6 +208,8 @@ class DeliveryController:
         """
         if message.lease is not None:
             self._reserved -= 1
+            if message.message_class is MessageClass.BULK:
+                self._reserved_bulk -= 1
         if not stored:
             return
         if message.lease is None or self._stopping:  # a stopping node's leases are released
@@ -205,7 +233,15 @@ class DeliveryController:
     def _start(self, message: QueuedMessage, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"deliver-{message.id}")
         self._in_flight[message.id] = task
+        if message.message_class is MessageClass.BULK:
+            self._bulk.add(message.id)
+        self._count_in_flight()
         task.add_done_callback(functools.partial(self._finished, message.id))
+
+    def _count_in_flight(self) -> None:
+        bulk = len(self._bulk)
+        self._gauges[MessageClass.BULK].set(bulk)
+        self._gauges[MessageClass.TRANSACTIONAL].set(len(self._in_flight) - bulk)
 
     async def release_stale(self) -> None:
         """At start, before serving: the leases of owners gone by then go back to the queue
@@ -219,15 +255,22 @@ class DeliveryController:
             self._wake.clear()
             self._backlog = False
             free = self._config.concurrency - len(self._in_flight) - self._reserved
-            claimed = await self._claim(free) if free > 0 else 0
-            if claimed == free:
+            bulk_free = min(self._bulk_free(), free)
+            claimed, bulk = await self._claim(free, bulk_free) if free > 0 else (0, 0)
+            bulk_full = bulk >= bulk_free  # bulk mail may be waiting for its slots
+            if claimed == free or bulk_full:
                 self._backlog = True  # there may be more than the slots took
             if (claimed and claimed == free) or self._stopping:
                 await self._sleep(None)  # all slots busy: a finishing delivery wakes us
             elif not claimed:
-                await self._sleep(await self._seconds_until_due())
+                # While bulk mail waits for its slots, only transactional mail coming due
+                # (or a finishing delivery) is a reason to look again.
+                only = MessageClass.TRANSACTIONAL if bulk_full else None
+                await self._sleep(await self._seconds_until_due(only))
 
-    async def _claim(self, free: int) -> int:
+    async def _claim(self, free: int, bulk_free: int) -> tuple[int, int]:
+        """Claim up to ``free`` due messages, at most ``bulk_free`` of them bulk: how many
+        in all, and how many bulk."""
         now = self._clock()
         batch = await self._writer.write_sync(
             lambda c: claim_due(
@@ -237,20 +280,23 @@ class DeliveryController:
                 lease_seconds=self._config.lease_seconds,
                 limit=min(free, 256),
                 exclude=list(self._in_flight),
+                bulk_limit=bulk_free,
             )
         )
         for message in batch:
             self._start(message, self._deliver(message))
-        return len(batch)
+        return len(batch), sum(1 for m in batch if m.message_class is MessageClass.BULK)
 
     def _finished(self, message_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(message_id, None)
+        self._bulk.discard(message_id)
+        self._count_in_flight()
         if self._backlog:  # a freed slot matters only when mail waits in the queue
             self._wake.set()
 
-    async def _seconds_until_due(self) -> float:
+    async def _seconds_until_due(self, message_class: MessageClass | None = None) -> float:
         async with self._writer.engine.connect() as connection:
-            due = await next_due_at(connection)
+            due = await next_due_at(connection, message_class)
         if due is None:
             return IDLE_POLL_SECONDS
         return min(max(due - self._clock(), 0.05), IDLE_POLL_SECONDS)
@@ -333,7 +379,18 @@ class DeliveryController:
             self._engine.usage.book,
             self._clock(),
             performance.figures if performance is not None else {},
+            self._config.transactional_reserve,
+            self._reserved_upstreams(),
         )
+
+    def _reserved_upstreams(self) -> frozenset[str]:
+        """Where bulk mail leaves a reserve (``transactional_upstreams``), worked out again
+        only when the directory or the routing changed."""
+        directory, policy = self._engine.directory(), self._engine.routing()
+        known = self._shared
+        if known is None or known[0] is not directory or known[1] is not policy:
+            known = self._shared = (directory, policy, transactional_upstreams(directory, policy))
+        return known[2]
 
     async def _attempt_route(self, message: QueuedMessage) -> DeliveryRecord:
         directory = self._engine.directory()
@@ -378,22 +435,29 @@ class DeliveryController:
     async def _try(self, upstream: Upstream, p: _Pass) -> None:
         """Hand the pending recipients to one upstream, unless it may not take them right now."""
         needed = len(p.pending)
-        skip = availability(upstream, self._conditions(), needed)  # on the cached counts
+        kind = p.message.message_class
+        skip = availability(upstream, self._conditions(), needed, kind)  # on the cached counts
         if skip is not None:
             self._skip(p, skip)
             return
         usage = self._engine.usage
         started = self._clock()
+        bulk = kind is MessageClass.BULK
+        kept = bulk and upstream.name in self._reserved_upstreams()
+        reserve = self._config.transactional_reserve if kept else 0.0
         # Reserved in the store before the send: no passes of any process together overshoot.
-        claim = usage.claim_for(upstream, needed, started)
+        claim = usage.claim_for(upstream, needed, started, reserve)
         over = await usage.claim(claim) if claim is not None else None
         if over is not None:
-            self._skip(p, Skip(upstream.name, over.describe("recipients"), over.reopens_at))
+            full = limits_of(upstream)[over.window]
+            share = reserve > 0 and over.used + needed <= full  # room left, but not bulk's
+            reason = bulk_over(over) if share else over.describe("recipients")
+            self._skip(p, Skip(upstream.name, reason, over.reopens_at))
             return
         self._engine.health.begin(upstream.name)  # past an open circuit's cooldown: the probe
         timer = time.monotonic()  # a wall-clock step must not skew durations
         result = await self._engine.clients.get(upstream).send(
-            p.message.envelope_sender, p.pending, p.message.content, p.message.id
+            p.message.envelope_sender, p.pending, p.message.content, p.message.id, bulk
         )
         duration = time.monotonic() - timer
         self._engine.health.record(upstream.name, upstream_failed(result), result.summary)

@@ -24,7 +24,7 @@ from relay.core.directory import Directory
 from relay.core.dkim import SigningKey
 from relay.core.fingerprint import fingerprint
 from relay.core.ids import new_message_id
-from relay.core.model import NewMessage, Site, SmtpReply
+from relay.core.model import MessageClass, NewMessage, Site, SmtpReply
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.policy import (
     LOCAL_ERROR,
@@ -98,8 +98,11 @@ class Submission:
 class Handover(Protocol):
     """Where stored messages go: delivery (relay.delivery_controller.DeliveryController)."""
 
-    def reserve(self, now: float) -> tuple[str, float] | None:
-        """A delivery slot for a message about to be stored: its lease, or None when busy."""
+    def reserve(
+        self, now: float, message_class: MessageClass = MessageClass.TRANSACTIONAL
+    ) -> tuple[str, float] | None:
+        """A delivery slot for a message about to be stored: its lease, or None when busy
+        (bulk mail: when its share of the slots is busy)."""
 
     def hand_over(
         self, message: NewMessage, stored: bool, suppressed: Mapping[str, str] = {}
@@ -261,7 +264,7 @@ class IngressController:
         claim = self._usage.claim_for(submission.site, 1, message.created_at)
         # With a free delivery slot the message is stored already leased and handed over:
         # delivery starts without looking for it in the queue.
-        lease = self._delivery.reserve(message.created_at)
+        lease = self._delivery.reserve(message.created_at, message.message_class)
         message = replace(message, lease=lease)
         admission = Admission(
             message,

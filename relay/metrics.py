@@ -96,6 +96,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemostrecent",
         )
+        self.in_flight = Gauge(
+            "relay_delivery_in_flight",
+            "Messages being delivered now, by class (bulk mail holds at most "
+            "delivery.bulk_share of delivery.concurrency).",
+            ["class"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.held = Gauge(
             "relay_queue_held",
             "Messages held by an operator.",

@@ -14,17 +14,22 @@ address (TLS still verifies the name), so a DNS answer that changed since the
 upstream was saved cannot lead it into the relay's own network. A peer that
 does not speak SMTP is described as such, never quoted: its first bytes
 (an SSH or database banner) are not ours to show.
+
+A send that waits for one of an upstream's ``max_connections`` waits behind
+the other transactional sends, never behind bulk ones (``Slots``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,8 +73,14 @@ class CheckResult:
 
 class UpstreamClient(Protocol):
     async def send(
-        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
-    ) -> TransactionResult: ...
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        content: bytes,
+        message_id: str,
+        bulk: bool = False,
+    ) -> TransactionResult:
+        """``bulk``: the message is bulk mail, which lets transactional mail go first."""
 
     async def check(self) -> CheckResult: ...
 
@@ -201,6 +212,49 @@ def _describe(error: BaseException, timeout: float) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+class Slots:
+    """At most ``size`` holders at a time; a waiting transactional send goes before every
+    bulk one (a semaphore with two queues), so a campaign's backlog at an upstream's
+    connection limit never holds up a password reset by more than one send."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, bulk: bool = False) -> None:
+        if self._free > 0 and not any(self._waiting):
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        queue = self._waiting[bulk]
+        queue.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed a slot as it was cancelled: pass it on
+            elif granted in queue:
+                queue.remove(granted)
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                granted = queue.popleft()
+                if not granted.done():
+                    granted.set_result(None)  # the slot passes straight to the waiter
+                    return
+        self._free += 1
+
+    @contextlib.asynccontextmanager
+    async def held(self, bulk: bool) -> AsyncIterator[None]:
+        await self.acquire(bulk)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class SmtpUpstreamClient:
     """Connections to one SMTP upstream, at most ``max_connections``, reused while fresh."""
 
@@ -212,7 +266,7 @@ class SmtpUpstreamClient:
         self.upstream = upstream
         self._local_hostname = local_hostname
         self._resolve = resolve
-        self._slots = asyncio.Semaphore(upstream.max_connections)
+        self._slots = Slots(upstream.max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._tls_context = self._make_tls_context()
 
@@ -224,9 +278,14 @@ class SmtpUpstreamClient:
         return context
 
     async def send(
-        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        content: bytes,
+        message_id: str,
+        bulk: bool = False,
     ) -> TransactionResult:
-        async with self._slots:
+        async with self._slots.held(bulk):
             smtp = self._take_idle()
             if smtp is not None:
                 result = await self._transaction(smtp, sender, recipients, content)
@@ -466,7 +525,12 @@ class FileUpstreamClient:
         self._directory = Path(upstream.path)
 
     async def send(
-        self, sender: str, recipients: Sequence[str], content: bytes, message_id: str
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        content: bytes,
+        message_id: str,
+        bulk: bool = False,
     ) -> TransactionResult:
         envelope = f"Return-Path: <{sender}>\r\nX-Relay-Recipients: {', '.join(recipients)}\r\n"
         try:

@@ -32,6 +32,7 @@ from relay.core.quota import (
     Scope,
     UsageBook,
     Window,
+    allowance,
     limits_of,
     period,
 )
@@ -85,13 +86,20 @@ class UsageController:
         """The early check (cached counts): the store decides again when the message is stored."""
         return self.book.over(Scope.SITE, site.id, limits_of(site), self._clock())
 
-    def claim_for(self, owner: Site | Upstream, count: int, at: float) -> Claim | None:
-        """What counting ``count`` for the owner at ``at`` asks of the store; None: no limits."""
+    def claim_for(
+        self, owner: Site | Upstream, count: int, at: float, reserve: float = 0.0
+    ) -> Claim | None:
+        """What counting ``count`` for the owner at ``at`` asks of the store; None: no limits.
+
+        ``reserve``: the share of each limit to leave free (bulk mail leaves it to
+        transactional mail).
+        """
         limits = limits_of(owner)
         if not limits:
             return None
         scope, name = _scope(owner)
-        return Claim(scope, name, limits, count, at, self.book.zone)
+        ceiling = allowance(limits, reserve) if reserve > 0 else None
+        return Claim(scope, name, limits, count, at, self.book.zone, ceiling)
 
     async def claim(self, claim: Claim) -> OverLimit | None:
         """Count in the store now (recipients before a send); the limit in the way, if any."""

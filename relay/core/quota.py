@@ -46,6 +46,12 @@ def limits_of(owner: Site | Upstream) -> dict[Window, int]:
     return {window: limit for window, limit in limits.items() if limit is not None}
 
 
+def allowance(limits: Mapping[Window, int], reserve: float) -> dict[Window, int]:
+    """What bulk mail may use of ``limits``: all but the top ``reserve`` share of each, which
+    is kept for transactional mail (at least 1 of a limit of 1 or more, so bulk still moves)."""
+    return {w: max(math.floor(limit * (1 - reserve)), min(limit, 1)) for w, limit in limits.items()}
+
+
 def period(window: Window, now: float, zone: ZoneInfo) -> str:
     """The name of the period ``now`` falls in: 2026-11-21T10:05 (UTC), 2026-11-21, 2026-11."""
     return _period(window, math.floor(now), zone)
@@ -116,6 +122,9 @@ class Claim:
     count: int
     at: float
     zone: ZoneInfo
+    # Admitted up to these instead of ``limits`` (bulk mail: ``allowance``); ``limits`` still
+    # set the warnings and gauges.
+    ceiling: Mapping[Window, int] | None = None
 
     @functools.cached_property
     def counter_keys(self) -> tuple[Key, ...]:
@@ -163,8 +172,9 @@ def admit(
 
 
 def _first_over(claim: Claim, keys: tuple[Key, ...], counts: Mapping[Key, int]) -> OverLimit | None:
+    limits = claim.limits if claim.ceiling is None else claim.ceiling
     for key in keys:
-        limit = claim.limits.get(key[2])
+        limit = limits.get(key[2])
         used = counts.get(key, 0)
         if limit is not None and used + claim.count > limit:
             return OverLimit(key[2], limit, used, period_end(key[2], claim.at, claim.zone))

@@ -17,7 +17,11 @@ the class rule's, else the default) orders them:
 Then each candidate that is inactive, whose circuit is open, or that is over
 a rate or quota is left out with its reason, and with the time it may be
 usable again, so a message that nobody may take now waits until then
-instead of backing off blindly.
+instead of backing off blindly. Bulk mail is over a limit sooner: the top
+``Conditions.reserve`` share of each rate and quota is kept for
+transactional mail (``quota.allowance``) on the upstreams transactional mail
+may be routed to (``transactional_upstreams``); one that only bulk mail
+reaches is bulk mail's to the last message.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from relay.core.directory import Directory
 from relay.core.health import Circuit, HealthPolicy
 from relay.core.model import MessageClass, Site, Strategy, Upstream
 from relay.core.performance import Performance, describe_ranking, rank, score_of
-from relay.core.quota import Scope, UsageBook, limits_of
+from relay.core.quota import OverLimit, Scope, UsageBook, allowance, limits_of
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,12 @@ def describe_skips(skips: Iterable[Skip]) -> str:
     return "; ".join(f"{s.upstream}: {s.reason}" for s in skips)
 
 
+def bulk_over(over: OverLimit) -> str:
+    """Why a bulk message may not use an upstream whose limit has room left: the rest is
+    transactional mail's."""
+    return f"{over.describe('recipients')} for bulk mail, the rest is kept for transactional mail"
+
+
 @dataclass(frozen=True)
 class Conditions:
     """What routing reads about the upstreams at one moment."""
@@ -93,6 +103,8 @@ class Conditions:
     usage: UsageBook
     now: float
     performance: Mapping[str, Performance] = field(default_factory=dict)
+    reserve: float = 0.0  # the share of each upstream limit bulk mail leaves to transactional
+    shared: frozenset[str] | None = None  # where it is left (transactional_upstreams); None: all
 
 
 def choose_route(
@@ -131,12 +143,20 @@ def choose_route(
         if strategy is Strategy.COST and conditions.performance:
             ranking = _cost_ties(ordered, conditions.performance)
     for upstream in ordered:
-        skip = availability(upstream, conditions, needed)
+        skip = availability(upstream, conditions, needed, message_class)
         if skip is None:
             chosen.append(upstream)
         else:
             skipped.append(skip)
     return Route(tuple(chosen), tuple(skipped), strategy, ranking)
+
+
+def transactional_upstreams(directory: Directory, policy: RoutingPolicy) -> frozenset[str]:
+    """The upstreams some transactional message may be routed to: every site's own list, else
+    the transactional class rule's, else all (any site may send transactional mail)."""
+    rule = policy.classes.get(MessageClass.TRANSACTIONAL, ClassRule())
+    fallback = rule.upstreams or tuple(u.name for u in directory.upstreams)
+    return frozenset(name for site in directory.sites for name in site.upstreams or fallback)
 
 
 def _cost_ties(ordered: Sequence[Upstream], measured: Mapping[str, Performance]) -> str:
@@ -179,7 +199,12 @@ def order(
     return list(candidates)
 
 
-def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) -> Skip | None:
+def availability(
+    upstream: Upstream,
+    conditions: Conditions,
+    needed: int = 1,
+    message_class: MessageClass = MessageClass.TRANSACTIONAL,
+) -> Skip | None:
     """Why the upstream may not take a message now (and until when), or None when it may."""
     if not upstream.active:
         return Skip(upstream.name, "inactive")
@@ -189,9 +214,24 @@ def availability(upstream: Upstream, conditions: Conditions, needed: int = 1) ->
         if circuit.last_error:
             reason += f" after {circuit.failures} failures (last: {circuit.last_error})"
         return Skip(upstream.name, reason, circuit.reopens_at(conditions.health, conditions.now))
-    over = conditions.usage.over(
-        Scope.UPSTREAM, upstream.name, limits_of(upstream), conditions.now, needed
-    )
+    limits = limits_of(upstream)
+    usage, now = conditions.usage, conditions.now
+    over = usage.over(Scope.UPSTREAM, upstream.name, limits, now, needed)
+    if over is None and _keeps_reserve(upstream, conditions, message_class):
+        kept = allowance(limits, conditions.reserve)
+        over = usage.over(Scope.UPSTREAM, upstream.name, kept, now, needed)
+        if over is not None:
+            return Skip(upstream.name, bulk_over(over), over.reopens_at)
     if over is not None:
         return Skip(upstream.name, over.describe("recipients"), over.reopens_at)
     return None
+
+
+def _keeps_reserve(upstream: Upstream, conditions: Conditions, message_class: MessageClass) -> bool:
+    """Whether a message of this class leaves the upstream's reserve to transactional mail."""
+    shared = conditions.shared
+    return (
+        message_class is MessageClass.BULK
+        and conditions.reserve > 0
+        and (shared is None or upstream.name in shared)
+    )
