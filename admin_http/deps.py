@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.api_key_controller import ApiKeyController
+from relay.campaign_controller import CampaignController
 from relay.catalog_controller import CatalogController
 from relay.config import Config, ReloadResult
 from relay.core.directory import Directory
@@ -44,6 +45,7 @@ class Api:
     suppressions: SuppressionController | None = None  # /api/v1/suppressions
     webhooks: WebhookController | None = None  # /api/v1/webhooks
     performance: PerformanceController | None = None  # the upstreams' measured figures
+    campaigns: CampaignController | None = None  # /api/v1/campaigns
 
 
 @dataclass(frozen=True)

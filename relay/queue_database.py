@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.campaign_delivery_database import record_campaign_results, splice_attachments
 from relay.core.model import (
     Attempt,
     MessageClass,
@@ -202,8 +203,9 @@ def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None
                 "original_sender": m.original_sender,
                 "envelope_sender": m.envelope_sender,
                 "subject": m.subject,
-                "size": len(m.content),
+                "size": m.size if m.size is not None else len(m.content),
                 "content": m.content,
+                "campaign_id": m.campaign_id,
                 "original_headers": m.original_headers,
                 "status": MessageStatus.QUEUED.value,
                 "created_at": m.created_at,
@@ -281,6 +283,7 @@ def claim_due(
                 messages.c.attempt_count,
                 messages.c.message_class,
                 messages.c.delay_notified,
+                messages.c.campaign_id,
             ).where(messages.c.id.in_(ids), messages.c.lease_owner == owner)
         )
     ).all()
@@ -294,9 +297,11 @@ def claim_due(
             site_id=row.site_id,
             envelope_sender=row.envelope_sender,
             pending_recipients=tuple(pending.get(row.id, ())),
-            content=row.content,
+            # A campaign's attachments are stored once: put back in what goes out.
+            content=splice_attachments(connection, row.content) if row.campaign_id else row.content,
             created_at=row.created_at,
             attempt_count=row.attempt_count,
+            campaign_id=row.campaign_id,
             original_sender=row.original_sender,
             message_class=MessageClass(row.message_class),
             delay_notified=row.delay_notified,
@@ -405,9 +410,12 @@ def record_deliveries(
     statuses: dict[str, list[RecipientStatus]] = {}
     counted: dict[str, _Counted] = {}  # where each message is counted in the statistics
     ids = list({r.message_id for r in records})
+    campaign_messages: set[str] = set()
     for row in connection.execute(_recipient_statuses(connection), {"ids": ids}):
         statuses.setdefault(row.message_id, []).append(RecipientStatus(row.status))
         counted[row.message_id] = (row.site_id, row.created_at, row.message_status)
+        if row.campaign_id is not None:
+            campaign_messages.add(row.message_id)
     live = [r for r in records if r.message_id in statuses]  # others: deleted meanwhile
     admissions = [
         Admission(n, claim)
@@ -433,6 +441,9 @@ def record_deliveries(
             r.message_id: message_status(statuses[r.message_id], retry=True) for r in live
         }
         _count_deliveries(connection, live, new_status, counted)
+        _record_campaigns(
+            connection, [r for r in live if r.message_id in campaign_messages], new_status
+        )
         connection.execute(
             _UPDATE_MESSAGE,
             [
@@ -452,6 +463,30 @@ def record_deliveries(
 
 
 _Counted = tuple[str, float, str]  # site, created_at, status before this batch
+_FINAL = (MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.PARTIAL)
+
+
+def _record_campaigns(
+    connection: Connection, records: list[DeliveryRecord], new_status: dict[str, MessageStatus]
+) -> None:
+    """Campaign messages that became final: their campaign's recipient rows and counts."""
+    outcomes: dict[str, tuple[bool, str | None]] = {}
+    for r in records:
+        status = new_status[r.message_id]
+        if status not in _FINAL:
+            continue
+        failed = [u for u in r.recipients if u.status is RecipientStatus.FAILED]
+        reason = None
+        if status is not MessageStatus.SENT:
+            u = failed[0] if failed else None
+            reason = (
+                f"{u.reply_code} {u.reply_text}".strip()
+                if u is not None and u.reply_code is not None
+                else (u.reply_text if u is not None and u.reply_text else r.last_error)
+            ) or "failed"
+        outcomes[r.message_id] = (status is MessageStatus.SENT, reason)
+    if outcomes:
+        record_campaign_results(connection, outcomes, records[-1].now)
 
 
 def _add_refs(connection: Connection, live: list[DeliveryRecord]) -> None:
@@ -513,6 +548,7 @@ _RECIPIENT_STATUSES = (
         messages.c.site_id,
         messages.c.created_at,
         messages.c.status.label("message_status"),
+        messages.c.campaign_id,
     )
     .join_from(recipients, messages, recipients.c.message_id == messages.c.id)
     .where(recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)))

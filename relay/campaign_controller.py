@@ -1,0 +1,531 @@
+"""Campaigns: the admin API's use cases and the generator loop every process runs.
+
+Generation (``run``): each process looks once a second (or when woken) for work: scheduled
+campaigns whose time has come start; a campaign in progress is leased to one process at a
+time and generated in batches: the audience's next contacts after the campaign's cursor;
+unsubscribed and suppressed ones are skipped (with the reason); every other one gets its own
+message, rendered with its variables off the event loop, built as the send API builds one
+(the site's From, rewrite, DKIM) with ``List-Unsubscribe`` and ``List-Unsubscribe-Post``
+(RFC 8058), in the ``bulk`` class; each attachment stored once and referenced. A batch is
+one transaction (``campaign_database.commit_batch``): a crash resumes at the cursor and a
+contact never gets the campaign twice.
+
+Backpressure and pace:
+
+- at most ``window`` of the campaign's messages wait for delivery at once (queued_count);
+- ``rate_per_minute``: a token bucket in the process that holds the lease
+  (``core.campaigns.Pace``, at most one second of burst): the lease moves between
+  processes only when one stops or dies, and a new holder starts with one token;
+- the site's limits: campaign messages count in the site's windows like its other mail,
+  but claim against limits lowered by ``SITE_RESERVE`` (10 %): when a window is within
+  10 % of its limit generation waits (``last_error`` says which and until when) and the
+  rest is left to the site's own forms and transactional mail. The count is the store's,
+  in the batch's transaction: exact across nodes.
+
+Completion: a campaign whose contacts are all reached and whose messages are all final is
+completed, and ``campaign.finished`` written to the outbox in that transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from relay import campaign_database as db
+from relay.catalog_controller import Conflict, Invalid, NotFound
+from relay.config import Config
+from relay.core import message_events, unsubscribe
+from relay.core.campaigns import (
+    DELETABLE,
+    Action,
+    Audience,
+    Campaign,
+    CampaignRequest,
+    CampaignStatus,
+    Pace,
+    RecipientState,
+    encoded_block,
+    finished_event,
+    parse_campaign,
+    replace_blocks,
+    variables,
+)
+from relay.core.compose import Rendered, compose
+from relay.core.directory import Directory
+from relay.core.ids import new_message_id
+from relay.core.model import MessageClass, Site
+from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions, iso_time
+from relay.core.policy import Reject
+from relay.core.quota import Claim, OverLimit, Scope, limits_of
+from relay.core.send_request import Attachment, SendRequest, address_problem
+from relay.core.templates import Deadline, Template, check_template, render
+from relay.engine_database import suppressed
+from relay.ingress_controller import IngressController
+from relay.store import GroupWriter
+
+log = logging.getLogger(__name__)
+WINDOW = 1000  # a campaign's messages waiting for delivery at most
+BATCH = 200  # contacts per transaction
+LEASE_SECONDS = 30.0
+TICK_SECONDS = 1.0
+SITE_RESERVE = 0.10  # of each site limit, kept for the site's other mail
+RENDER_SECONDS = 2.0
+
+
+def public_base_url(config: Config) -> str:
+    """Where recipients reach the public HTTP listener (``/u/{token}``): ``http.public_url``
+    when configured, else the listener's own address."""
+    http = config.http
+    if http is None:
+        return f"http://{config.server.hostname}"
+    url = getattr(http, "public_url", None)
+    return str(url) if url else f"http://{http.host}:{http.port}"
+
+
+class CampaignController:
+    def __init__(
+        self,
+        writer: GroupWriter,
+        directory: Callable[[], Directory],
+        ingress: IngressController,
+        config: Callable[[], Config],
+        unsubscribe_key: bytes,
+        owner: str,
+        gone: Callable[[str], bool],
+        zone: Any,
+        class_header: str,
+        clock: Callable[[], float] = time.time,
+        wake_delivery: Callable[[], None] = lambda: None,
+        outbox_written: Callable[[], None] = lambda: None,
+        subscriptions: Callable[[], Subscriptions] = Subscriptions,
+        window: int = WINDOW,
+        batch: int = BATCH,
+    ) -> None:
+        self._writer = writer
+        self._directory = directory
+        self._ingress = ingress
+        self._config = config
+        self._key = unsubscribe_key
+        self._owner = owner
+        self._gone = gone
+        self._zone = zone
+        self._class_header = class_header
+        self._clock = clock
+        self._wake_delivery = wake_delivery
+        self._outbox_written = outbox_written
+        self._subscriptions = subscriptions
+        self.window = window
+        self.batch = batch
+        self._paces: dict[str, Pace] = {}
+        self._attachments: dict[str, tuple[tuple[Attachment, ...], dict[int, bytes]]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- the admin API
+
+    async def create(self, body: Mapping[str, Any]) -> Campaign:
+        limit = self._config().limits.max_message_bytes
+        parsed = await asyncio.to_thread(parse_campaign, body, max_attachment_bytes=limit)
+        if isinstance(parsed, list):
+            raise Invalid(parsed)
+        site = self._directory().site(parsed.site_id)
+        if site is None:
+            raise Invalid([f"site: no site named {parsed.site_id!r}"])
+        template = await self._template(parsed)
+        now = self._clock()
+        campaign_id = "cmp_" + new_message_id(now, os.urandom(10))
+        status = CampaignStatus.SCHEDULED if parsed.schedule_at else CampaignStatus.DRAFT
+        campaign = Campaign(
+            id=campaign_id,
+            site_id=site.id,
+            name=parsed.name,
+            status=status,
+            template=parsed.template,
+            subject=template.subject,
+            text=template.text,
+            html=template.html,
+            audience=parsed.audience,
+            rate_per_minute=parsed.rate_per_minute,
+            schedule_at=parsed.schedule_at,
+            cursor=0,
+            generated=False,
+            total_contacts=0,
+            queued_count=0,
+            sent_count=0,
+            failed_count=0,
+            skipped_count=0,
+            lease_owner=None,
+            leased_until=None,
+            last_error=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
+
+        def write(c: Any) -> Campaign:
+            total = db.count_audience(c, site.id, parsed.audience)
+            db.insert_campaign(c, replace(campaign, total_contacts=total), parsed.attachments)
+            stored = db.load_campaign(c, campaign_id)
+            assert stored is not None
+            return stored
+
+        stored = await self._writer.write_apart(write)
+        log.info("campaign %s site %s: created (%s)", campaign_id, site.id, status.value)
+        self.wake()
+        return stored
+
+    async def _template(self, request: CampaignRequest) -> Template:
+        """The parts the campaign renders (a named template's, copied now: a later change of
+        the template does not change a campaign under way); 422 when they do not compile."""
+        if request.template is not None:
+            template = self._directory().template(request.template)
+            if template is None:
+                raise Invalid([f"template: no template named {request.template!r}"])
+            return template
+        template = Template("campaign", request.subject, request.text, request.html)
+        problems = await asyncio.to_thread(check_template, template)
+        if problems:
+            raise Invalid(problems)
+        return template
+
+    async def get(self, campaign_id: str) -> Campaign:
+        found = await self._writer.read_apart(partial(db.load_campaign, campaign_id=campaign_id))
+        if found is None:
+            raise NotFound(f"no campaign {campaign_id}")
+        return found
+
+    async def listing(
+        self, site_id: str | None, status: str | None, offset: int, limit: int
+    ) -> tuple[list[Campaign], int]:
+        if status is not None and status not in tuple(CampaignStatus):
+            raise Invalid([f"status: one of {', '.join(CampaignStatus)}"])
+        return await self._writer.read_apart(
+            lambda c: db.list_campaigns(c, site_id, status, offset, limit)
+        )
+
+    async def recipients(
+        self, campaign_id: str, status: str | None, offset: int, limit: int
+    ) -> tuple[list[db.RecipientRow], int]:
+        if status is not None and status not in tuple(RecipientState):
+            raise Invalid([f"status: one of {', '.join(RecipientState)}"])
+        await self.get(campaign_id)
+        return await self._writer.read_apart(
+            lambda c: db.list_recipients(c, campaign_id, status, offset, limit)
+        )
+
+    async def act(self, campaign_id: str, action: Action) -> Campaign:
+        now = self._clock()
+        try:
+            changed = await self._writer.write_apart(
+                lambda c: db.change_status(c, campaign_id, action, now, self._finished_entries)
+            )
+        except db.StatusConflict as error:
+            raise Conflict(str(error)) from None
+        if changed is None:
+            raise NotFound(f"no campaign {campaign_id}")
+        log.info("campaign %s: %s, now %s", campaign_id, action.value, changed.status.value)
+        if action in (Action.RESUME, Action.START):
+            self._wake_delivery()
+        if changed.status is CampaignStatus.CANCELLED:
+            self._outbox_written()
+        self.wake()
+        return changed
+
+    async def delete(self, campaign_id: str) -> None:
+        campaign = await self.get(campaign_id)
+        deletable = [s.value for s in DELETABLE]
+        gone = await self._writer.write_apart(
+            lambda c: db.delete_campaign(c, campaign_id, deletable)
+        )
+        if not gone:
+            raise Conflict(
+                f"campaign {campaign_id} is {campaign.status.value}"
+                f"{' with messages still queued' if campaign.queued_count else ''}: "
+                "only a draft, scheduled or finished campaign with nothing queued is deleted"
+                " (cancel it first)"
+            )
+
+    def _finished_entries(self, campaign: Campaign, status: CampaignStatus) -> list[OutboxEntry]:
+        subscriptions = self._subscriptions()
+        if not subscriptions.wants_any(EventType.CAMPAIGN_FINISHED):
+            return []
+        return subscriptions.fan_out(
+            [finished_event(campaign, status, self._clock(), os.urandom(10))]
+        )
+
+    # -- the generator loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def release_stale(self) -> None:
+        released = await self._writer.write_apart(partial(db.release_gone_leases, gone=self._gone))
+        if released:
+            log.info("campaigns: released %d leases of processes that are gone", released)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()  # a wake during the step cuts the wait after it short
+            try:
+                delay = await self.step()
+            except Exception:  # the loop must outlive any one failure; the store may be back
+                log.exception("campaigns: generation step failed")
+                delay = TICK_SECONDS * 5
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def step(self) -> float:
+        """One look for work; the seconds to wait before the next (0: go on at once)."""
+        now = self._clock()
+        pending = await self._writer.read_apart(partial(db.pending_work, now=now))
+        if pending.start:
+            started = await self._writer.write_apart(partial(db.start_due, now=now))
+            for campaign_id in started:
+                log.info("campaign %s: its scheduled time came: started", campaign_id)
+        for campaign_id in pending.sweep:
+            await self._writer.write_apart(
+                partial(db.cancel_waiting, campaign_id=campaign_id, now=now)
+            )
+        if pending.finish:
+            done = await self._writer.write_apart(
+                lambda c: db.finish_campaigns(c, self._clock(), self._finished_entries)
+            )
+            for campaign_id in done:
+                log.info("campaign %s: completed", campaign_id)
+            if done:
+                self._outbox_written()
+        if not (pending.generate or pending.start):
+            return TICK_SECONDS
+        campaign = await self._writer.write_apart(
+            lambda c: db.lease_next(c, self._owner, self._clock(), LEASE_SECONDS)
+        )
+        if campaign is None:
+            return TICK_SECONDS
+        return await self._generate(campaign)
+
+    async def _generate(self, campaign: Campaign) -> float:
+        site = self._directory().site(campaign.site_id)
+        if site is None:
+            reason = f"site {campaign.site_id} no longer exists"
+            await self._writer.write_apart(
+                lambda c: db.fail_campaign(c, campaign.id, reason, self._clock())
+            )
+            log.warning("campaign %s: failed: %s", campaign.id, reason)
+            return 0.0
+        room = self.window - campaign.queued_count
+        if room <= 0:
+            return TICK_SECONDS / 2  # deliveries make room
+        wanted = min(self.batch, room)
+        now = self._clock()
+        pace = None
+        if campaign.rate_per_minute:
+            pace = self._paces.setdefault(campaign.id, Pace(campaign.rate_per_minute, now))
+            available = pace.available(now)
+            if available < 1:
+                return pace.wait()
+            wanted = min(wanted, available)
+        contacts = await self._writer.read_apart(
+            lambda c: db.next_contacts(
+                c, campaign.site_id, campaign.audience, campaign.cursor, wanted + 1
+            )
+        )
+        exhausted = len(contacts) <= wanted
+        contacts = contacts[:wanted]
+        listed = await self._writer.read_apart(
+            lambda c: suppressed(c, [(site.id, x.email) for x in contacts], now)
+        )
+        attachments, blocks = await self._attachments_of(campaign.id)
+        items = await asyncio.to_thread(
+            self._build, site, campaign, contacts, listed, attachments, blocks, now
+        )
+        batch = db.Batch(
+            campaign.id, self._owner, campaign.cursor, tuple(items), exhausted, now, LEASE_SECONDS
+        )
+        try:
+            committed = await self._writer.write_apart(partial(db.commit_batch, batch=batch))
+        except db.LostLease:
+            log.info(
+                "campaign %s: moved on meanwhile (paused, cancelled or taken over)", campaign.id
+            )
+            return 0.0
+        if pace is not None:
+            pace.take(committed.queued)
+        if committed.queued:
+            self._wake_delivery()
+            if any(i.outbox for i in items):
+                self._outbox_written()
+        log.info(
+            "campaign %s site %s: %d contacts, %d messages queued%s",
+            campaign.id,
+            site.id,
+            len(items),
+            committed.queued,
+            ", all contacts reached" if committed.generated else "",
+        )
+        if committed.over is not None:
+            return await self._wait_for_site(campaign, site, committed.over)
+        if campaign.last_error:
+            await self._writer.write_apart(lambda c: db.note(c, campaign.id, self._owner, None))
+        if committed.generated:
+            self._paces.pop(campaign.id, None)
+            self._attachments.pop(campaign.id, None)
+            return 0.0
+        return 0.0
+
+    async def _wait_for_site(self, campaign: Campaign, site: Site, over: OverLimit) -> float:
+        text = (
+            f"waiting: site {site.id} is within {SITE_RESERVE:.0%} of its {over.window.value} "
+            f"limit ({over.used}/{round(over.limit / (1 - SITE_RESERVE))}), kept for its other "
+            f"mail; generation goes on at {iso_time(over.reopens_at)}"
+        )
+        await self._writer.write_apart(lambda c: db.note(c, campaign.id, self._owner, text))
+        log.info("campaign %s: %s", campaign.id, text)
+        return max(min(over.reopens_at - self._clock(), 5.0), 0.5)
+
+    async def _attachments_of(
+        self, campaign_id: str
+    ) -> tuple[tuple[Attachment, ...], dict[int, bytes]]:
+        cached = self._attachments.get(campaign_id)
+        if cached is None:
+            loaded = await self._writer.read_apart(
+                partial(db.load_attachments, campaign_id=campaign_id)
+            )
+            cached = (
+                tuple(a for _, a in loaded),
+                {i: encoded_block(a.content) for i, a in loaded},
+            )
+            if len(self._attachments) > 16:
+                self._attachments.clear()
+            self._attachments[campaign_id] = cached
+        return cached
+
+    # -- building a batch (in a thread: rendering and signing are CPU)
+
+    def _build(
+        self,
+        site: Site,
+        campaign: Campaign,
+        contacts: list[db.Contact],
+        listed: Mapping[tuple[str, str], str],
+        attachments: tuple[Attachment, ...],
+        blocks: dict[int, bytes],
+        now: float,
+    ) -> list[db.Item]:
+        template = Template("campaign", campaign.subject, campaign.text, campaign.html)
+        base_url = public_base_url(self._config())
+        wants_accepted = self._subscriptions().wants_any(EventType.ACCEPTED)
+        claim_limits = {
+            window: math.floor(limit * (1 - SITE_RESERVE))
+            for window, limit in limits_of(site).items()
+        }
+        items = []
+        for contact in contacts:
+            reason = listed.get((site.id, contact.email.lower()))
+            if contact.unsubscribed:
+                items.append(
+                    db.Item(contact.id, contact.email, RecipientState.SKIPPED, "unsubscribed")
+                )
+            elif reason is not None:
+                items.append(
+                    db.Item(
+                        contact.id, contact.email, RecipientState.SKIPPED, f"suppressed: {reason}"
+                    )
+                )
+            else:
+                items.append(
+                    self._message(
+                        site, campaign, template, contact, attachments, blocks, base_url, now
+                    )
+                )
+        return [
+            replace(
+                i,
+                claim=Claim(Scope.SITE, site.id, claim_limits, 1, now, self._zone)
+                if claim_limits
+                else None,
+                outbox=self._accepted(i) if wants_accepted else (),
+            )
+            if i.message is not None
+            else i
+            for i in items
+        ]
+
+    def _message(
+        self,
+        site: Site,
+        campaign: Campaign,
+        template: Template,
+        contact: db.Contact,
+        attachments: tuple[Attachment, ...],
+        blocks: dict[int, bytes],
+        base_url: str,
+        now: float,
+    ) -> db.Item:
+        def failed(reason: str) -> db.Item:
+            return db.Item(contact.id, contact.email, RecipientState.FAILED, reason)
+
+        if problem := address_problem(contact.email):
+            return failed(f"address: {problem}")
+        token = unsubscribe.issue(self._key, campaign.id, contact.id)
+        url = f"{base_url.rstrip('/')}/u/{token}"
+        rendered = render(
+            template,
+            variables(contact.fields(), url),
+            deadline=Deadline.after(RENDER_SECONDS, time.monotonic),
+        )
+        if isinstance(rendered, list):
+            return failed("template: " + "; ".join(rendered))
+        request = SendRequest(
+            from_email=site.from_email,
+            from_name=site.from_name,
+            to=(contact.email,),
+            headers=(
+                *unsubscribe.headers(token, base_url=base_url, mailto=None),
+                (self._class_header, MessageClass.BULK.value),
+            ),
+            attachments=attachments,
+        )
+        hostname = self._config().server.hostname
+        composed = compose(
+            request,
+            message_id=f"{uuid.uuid4().hex}@{hostname}",
+            now=now,
+            rendered=rendered if isinstance(rendered, Rendered) else None,
+        )
+        prepared = self._ingress.prepare_composed(site, composed, via="campaign")
+        if isinstance(prepared, Reject):
+            return failed(prepared.reply.render())
+        # Signed over the whole message first; then each attachment's block is stored once.
+        content = replace_blocks(prepared.content, blocks)
+        message = replace(
+            prepared,
+            content=content,
+            size=len(prepared.content),
+            campaign_id=campaign.id,
+            message_class=MessageClass.BULK,
+        )
+        return db.Item(contact.id, contact.email, RecipientState.QUEUED, message=message)
+
+    def _accepted(self, item: db.Item) -> tuple[OutboxEntry, ...]:
+        assert item.message is not None
+        event = message_events.accepted(item.message, "campaign", os.urandom)
+        return tuple(self._subscriptions().fan_out([event]))
+
+
+def audience_view(audience: Audience) -> Any:
+    return audience.to_json()
