@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.campaign_world import (
     text_of,
     wait_until,
 )
+from tests.postgres import throwaway_database
 from tests.test_delivery_functional import plaintext_listener, submit
 from tests.test_webhooks_functional import SECRET
 from tests.webhook_receiver import receiving
@@ -205,13 +207,21 @@ async def test_create_refuses_what_is_wrong_with_every_problem(
         assert [c["id"] for c in listed["items"]] == [created["id"]]
 
 
-@pytest.mark.parametrize("unused", [None])
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"
+        return
+    async with throwaway_database() as url:
+        yield url
+
+
 async def test_two_relays_on_one_store_generate_each_contact_once(
-    tmp_path: Path, make_sink: Any, start_relay: Any, unused: None
+    tmp_path: Path, store_url: str, make_sink: Any, start_relay: Any
 ) -> None:
-    """Two processes' worth of relays (two apps, one SQLite file) share one campaign."""
+    """Two nodes (two apps on one SQLite file or one PostgreSQL database) share one campaign."""
     sink = await make_sink()
-    config = campaign_config(tmp_path, sink)
+    config = campaign_config(tmp_path, sink, store={"url": store_url})
     first = await start_relay(config)
     config["http"] = {"host": "127.0.0.1", "port": 0}
     second = await start_relay(config)
