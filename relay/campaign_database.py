@@ -341,6 +341,9 @@ def change_status(
     connection: Connection, campaign_id: str, action: Action, now: float, finished: Entries
 ) -> Campaign | None:
     """Apply ``action``; None when there is no such campaign. Raises StatusConflict."""
+    if action is not Action.START:
+        # Its messages' rows before the campaign's: the order a delivery pass takes them in.
+        _campaign_messages(connection, campaign_id, (*_WAITING, MessageStatus.HELD.value))
     campaign = load_campaign(connection, campaign_id, lock=True)
     if campaign is None:
         return None
@@ -674,6 +677,11 @@ class Committed:
 
 
 def commit_batch(connection: Connection, batch: Batch) -> Committed:
+    items = _recheck_unsubscribed(connection, list(batch.items))
+    claims = [i.claim for i in items if i.message is not None and i.claim is not None]
+    # The site's counts before the campaign's row: a delivery pass takes them in this order
+    # too (a DSN's count, then its campaign's counts), so two nodes never wait on each other.
+    verdicts = iter(claim_usage(connection, claims))
     campaign = load_campaign(connection, batch.campaign_id, lock=True)
     if (
         campaign is None
@@ -681,10 +689,7 @@ def commit_batch(connection: Connection, batch: Batch) -> Committed:
         or campaign.cursor != batch.cursor
         or campaign.lease_owner != batch.owner
     ):
-        raise LostLease(batch.campaign_id)
-    items = _recheck_unsubscribed(connection, list(batch.items))
-    claims = [i.claim for i in items if i.message is not None and i.claim is not None]
-    verdicts = iter(claim_usage(connection, claims))
+        raise LostLease(batch.campaign_id)  # rolled back: the claims with the rest
     kept: list[Item] = []
     over: OverLimit | None = None
     for item in items:  # site limits: stop at the first message over the reserve

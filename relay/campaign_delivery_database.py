@@ -1,11 +1,12 @@
 """SQL on the delivery path for campaign messages: attachments spliced back, results recorded.
 
 - ``splice_attachments``: a campaign message's stored content holds each attachment of its
-  campaign by reference (``core.campaigns.reference``); the exact encoded block is put back
-  when the message is loaded for delivery or served. Encoded blocks are kept in a small
-  per-process LRU by attachment id: an attachment never changes once stored, so the cache
-  is never stale (a deleted campaign's ids are never reused by SQLite's AUTOINCREMENT-less
-  integer keys while the row of a higher id exists; PostgreSQL's sequences never reuse).
+  campaign by reference (``core.campaigns.reference``: its id and a digest of its encoded
+  block); the exact encoded block is put back when the message is loaded for delivery or
+  served. Blocks are kept in a small per-process LRU by (id, digest): an attachment never
+  changes once stored, and the digest tells apart two with one id (two stores in one
+  process, or an id SQLite reused after a campaign was deleted), so the cache is never
+  stale. A reference whose block is gone (its campaign deleted) is spliced as nothing.
 - ``record_campaign_results``: in the transaction that records a delivery pass, the final
   outcome of each campaign message moves its recipient row from ``queued`` to ``sent`` or
   ``failed`` (with the reply as the reason), the campaign's counts with it, and the
@@ -25,11 +26,18 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.core.campaigns import RecipientState, encoded_block, referenced, splice
+from relay.core.campaigns import (
+    RecipientState,
+    Ref,
+    block_digest,
+    encoded_block,
+    referenced,
+    splice,
+)
 from relay.tables import campaign_attachments, campaign_recipients, campaigns, contacts
 
 _CACHE_ENTRIES = 32
-_cache: OrderedDict[int, bytes] = OrderedDict()
+_cache: OrderedDict[Ref, bytes] = OrderedDict()
 
 
 def splice_attachments(connection: Connection, content: bytes) -> bytes:
@@ -48,27 +56,29 @@ async def splice_attachments_async(connection: AsyncConnection, content: bytes) 
     return splice(content, loaded)
 
 
-def _blocks(ids: set[int], load: Any) -> dict[int, bytes]:
+def _blocks(ids: set[Ref], load: Any) -> dict[Ref, bytes]:
     found = {i: _cache[i] for i in ids if i in _cache}
     for i in found:
         _cache.move_to_end(i)
     missing = ids - found.keys()
     if missing:
-        for attachment_id, block in load(missing).items():
-            found[attachment_id] = block
-            _cache[attachment_id] = block
-            while len(_cache) > _CACHE_ENTRIES:
-                _cache.popitem(last=False)
+        for ref, block in load({i for i, _ in missing}).items():
+            if ref in missing:
+                found[ref] = block
+                _cache[ref] = block
+        while len(_cache) > _CACHE_ENTRIES:
+            _cache.popitem(last=False)
     return found
 
 
-def _load(connection: Connection, ids: Iterable[int]) -> dict[int, bytes]:
+def _load(connection: Connection, ids: Iterable[int]) -> dict[Ref, bytes]:
     rows = connection.execute(
         sa.select(campaign_attachments.c.id, campaign_attachments.c.content).where(
             campaign_attachments.c.id.in_(sorted(ids))
         )
     )
-    return {row.id: encoded_block(bytes(row.content)) for row in rows}
+    blocks = [(row.id, encoded_block(bytes(row.content))) for row in rows]
+    return {(i, block_digest(block)): block for i, block in blocks}
 
 
 def record_campaign_results(

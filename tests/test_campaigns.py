@@ -14,6 +14,7 @@ from relay.core.campaigns import (
     CampaignStatus,
     NotAllowed,
     Pace,
+    block_digest,
     encoded_block,
     eta_seconds,
     parse_campaign,
@@ -155,9 +156,13 @@ def test_references_round_trip_the_exact_signed_bytes() -> None:
     block = encoded_block(content)
     assert block in message
     stored = replace_blocks(message, {7: block})
-    assert block not in stored and reference(7) in stored and referenced(stored) == {7}
-    assert splice(stored, {7: block}) == message
+    assert block not in stored and reference(7, block) in stored
+    [ref] = referenced(stored)
+    assert ref[0] == 7
+    assert splice(stored, {ref: block}) == message
     assert referenced(message) == set() and splice(message, {}) == message
+    other = encoded_block(bytes(2000))
+    assert splice(stored, {(7, block_digest(other)): other}) != message  # another id 7
 
 
 def test_small_attachments_are_not_referenced() -> None:

@@ -40,16 +40,25 @@ from tests.test_webhooks_functional import SECRET
 from tests.webhook_receiver import receiving
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"
+        return
+    async with throwaway_database() as url:
+        yield url
+
+
 def tagged(i: int) -> list[str]:
     return ["news", "vip"] if i % 5 < 3 else ([] if i % 2 else ["other"])
 
 
 async def test_a_thousand_contacts_campaign_reaches_each_tagged_contact_once(
-    tmp_path: Path, make_sink: Any, start_relay: Any
+    tmp_path: Path, store_url: str, make_sink: Any, start_relay: Any
 ) -> None:
     sink = await make_sink()
     async with receiving() as hooks:
-        config = campaign_config(tmp_path, sink)
+        config = campaign_config(tmp_path, sink, store={"url": store_url})
         config["events"] = {"allow_private_targets": True}
         config["webhooks"] = [
             {"name": "app", "url": hooks.url, "secret": SECRET, "events": ["campaign.finished"]}
@@ -126,10 +135,10 @@ async def test_a_thousand_contacts_campaign_reaches_each_tagged_contact_once(
 
 
 async def test_pause_holds_resume_goes_on_cancel_ends(
-    tmp_path: Path, make_sink: Any, start_relay: Any
+    tmp_path: Path, store_url: str, make_sink: Any, start_relay: Any
 ) -> None:
     sink = await make_sink()
-    relay = await start_relay(campaign_config(tmp_path, sink))
+    relay = await start_relay(campaign_config(tmp_path, sink, store={"url": store_url}))
     await add_contacts(relay.app.engine, "shop", 400, lambda i: ["news"])
     async with aiohttp.ClientSession() as http:
         admin = Admin(http, relay.app.admin_port)
@@ -251,15 +260,6 @@ async def test_a_large_attachment_goes_past_the_admin_body_cap_and_arrives_whole
             )
         ).one()
     assert stored[0] > len(large) > 100 * stored[1]  # the real size; stored once, not per message
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"
-        return
-    async with throwaway_database() as url:
-        yield url
 
 
 async def test_two_relays_on_one_store_generate_each_contact_once(

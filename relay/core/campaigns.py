@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -41,7 +42,8 @@ _KEYS = frozenset(
     | {"schedule_at", "rate_per_minute"}
 )
 _YEAR_10000 = 253_402_300_800.0
-_REFERENCE = re.compile(rb"\x00relay-attachment:([0-9]{1,18})\x00")
+_DIGEST_CHARS = 16
+_REFERENCE = re.compile(rb"\x00relay-attachment:([0-9]{1,18}):([0-9a-f]{16})\x00")
 MIN_REFERENCED_BYTES = 1024  # a smaller attachment is stored in each message as it is
 
 
@@ -262,36 +264,47 @@ def measured_rate(sent: int, started_at: float | None, now: float) -> float | No
 # -- attachments by reference
 
 
+Ref = tuple[int, str]  # (attachment id, digest of its encoded block)
+
+
 def encoded_block(content: bytes) -> bytes:
     """An attachment's body exactly as ``core.compose`` writes it: base64, CRLF line ends."""
     return base64.encodebytes(content).replace(b"\n", b"\r\n")
 
 
-def reference(attachment_id: int) -> bytes:
-    return b"\x00relay-attachment:%d\x00" % attachment_id
+def block_digest(block: bytes) -> str:
+    """Names a block beside its id: a cache shared by stores (or an id reused after a delete)
+    can never put another attachment's bytes in its place."""
+    return hashlib.sha256(block).hexdigest()[:_DIGEST_CHARS]
+
+
+def reference(attachment_id: int, block: bytes) -> bytes:
+    return b"\x00relay-attachment:%d:%s\x00" % (attachment_id, block_digest(block).encode())
 
 
 def replace_blocks(content: bytes, blocks: Mapping[int, bytes]) -> bytes:
     """``content`` with each attachment's encoded block replaced by its reference."""
     for attachment_id, block in blocks.items():
         if len(block) >= MIN_REFERENCED_BYTES:
-            content = content.replace(block, reference(attachment_id))
+            content = content.replace(block, reference(attachment_id, block))
     return content
 
 
-def referenced(content: bytes) -> set[int]:
-    """The attachment ids ``content`` refers to (cheap when it refers to none)."""
+def referenced(content: bytes) -> set[Ref]:
+    """The attachments ``content`` refers to (cheap when it refers to none)."""
     if b"\x00" not in content:
         return set()
-    return {int(m.group(1)) for m in _REFERENCE.finditer(content)}
+    return {(int(m.group(1)), m.group(2).decode()) for m in _REFERENCE.finditer(content)}
 
 
-def splice(content: bytes, blocks: Mapping[int, bytes]) -> bytes:
+def splice(content: bytes, blocks: Mapping[Ref, bytes]) -> bytes:
     """``content`` with every reference replaced by its block (an unknown one by nothing: its
     campaign was deleted)."""
     if b"\x00" not in content:
         return content
-    return _REFERENCE.sub(lambda m: blocks.get(int(m.group(1)), b""), content)
+    return _REFERENCE.sub(
+        lambda m: blocks.get((int(m.group(1)), m.group(2).decode()), b""), content
+    )
 
 
 def _string(
