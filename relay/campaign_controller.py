@@ -75,7 +75,7 @@ from relay.store import GroupWriter
 
 log = logging.getLogger(__name__)
 WINDOW = 1000  # a campaign's messages waiting for delivery at most
-BATCH = 200  # contacts per transaction
+BATCH = 100  # contacts per transaction (about half a second of rendering and signing)
 LEASE_SECONDS = 30.0
 TICK_SECONDS = 1.0
 SITE_RESERVE = 0.10  # of each site limit, kept for the site's other mail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
 import io
 import json
 import os
@@ -260,6 +261,9 @@ async def test_a_large_attachment_goes_past_the_admin_body_cap_and_arrives_whole
             )
         ).one()
     assert stored[0] > len(large) > 100 * stored[1]  # the real size; stored once, not per message
+    served = await relay.app.reports.content(message_id)  # the dashboard's preview and .eml
+    assert served is not None and len(served.content) == stored[0]
+    assert attachment_of(email.message_from_bytes(served.content)) == large
 
 
 async def test_two_relays_on_one_store_generate_each_contact_once(
