@@ -96,7 +96,7 @@ class QueueController:
         return status
 
     async def delete(self, message_id: str) -> bool:
-        deleted = await self._writer.write(lambda c: delete_message(c, message_id))
+        deleted = await self._writer.write(lambda c: delete_message(c, message_id, self._clock()))
         if deleted:
             log.info("message %s: deleted by an operator", message_id)
         return deleted

@@ -786,14 +786,22 @@ async def release(connection: AsyncConnection, message_id: str, now: float) -> M
     return new
 
 
-async def delete_message(connection: AsyncConnection, message_id: str) -> bool:
+async def delete_message(
+    connection: AsyncConnection, message_id: str, now: float | None = None
+) -> bool:
     """Remove a message with its recipients and attempts; a pass in flight records nothing.
 
     The site's statistics forget the message; the upstreams' keep its attempts (they happened).
+    A campaign's message still waiting fails for its campaign ("deleted"), so the campaign
+    can still complete.
     """
     state = await _state(connection, message_id)
     if state is not None:
         await _count_change(connection, state, None)
+        if state.status in (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.HELD):
+            outcome = {message_id: (False, "message deleted by an operator")}
+            when = now if now is not None else state.created_at
+            await connection.run_sync(lambda c: record_campaign_results(c, outcome, when))
     await connection.execute(recipients.delete().where(recipients.c.message_id == message_id))
     await connection.execute(attempts.delete().where(attempts.c.message_id == message_id))
     result = await connection.execute(messages.delete().where(messages.c.id == message_id))

@@ -326,3 +326,42 @@ async def test_a_campaign_leaves_the_sites_last_tenth_to_its_other_mail(
             )
         await sink.handler.wait_for(100, 30)
         assert (await admin.campaign(campaign_id))["sent_count"] == 90
+
+
+async def test_a_deleted_or_cancelled_waiting_message_is_counted_failed(
+    tmp_path: Path, make_sink: Any, start_relay: Any
+) -> None:
+    sink = await make_sink(replies={"data": "451 4.3.0 try again later"})
+    relay = await start_relay(campaign_config(tmp_path, sink))
+    await add_contacts(relay.app.engine, "shop", 5, lambda i: ["news"])
+    async with aiohttp.ClientSession() as http:
+        admin = Admin(http, relay.app.admin_port)
+        campaign_id = (await admin.ok("POST", "/api/v1/campaigns", campaign_body(), 201))["id"]
+        await admin.ok("POST", f"/api/v1/campaigns/{campaign_id}/start")
+        await wait_until(
+            lambda: admin.campaign(campaign_id),
+            lambda c: c["all_contacts_reached"] and c["queued_count"] == 5,
+            "five messages wait (the upstream defers)",
+            20,
+        )
+        rows = await admin.ok("GET", f"/api/v1/campaigns/{campaign_id}/recipients")
+        assert await relay.app.queue.delete(rows["items"][0]["message_id"])
+        shown = await admin.campaign(campaign_id)
+        assert (shown["queued_count"], shown["failed_count"]) == (4, 1)
+        await admin.ok("POST", f"/api/v1/campaigns/{campaign_id}/pause")
+        held = await admin.ok("GET", "/api/v1/messages?status=held")
+        assert held["total"] <= 4
+        await admin.ok("POST", f"/api/v1/campaigns/{campaign_id}/cancel")
+        final = await wait_until(
+            lambda: admin.campaign(campaign_id),
+            lambda c: c["queued_count"] == 0,
+            "the rest fails as cancelled (passes in flight end first)",
+            20,
+        )
+        assert final["status"] == "cancelled"
+        assert (final["failed_count"], final["sent_count"]) == (5, 0)
+        cancelled = await admin.ok(
+            "GET", f"/api/v1/campaigns/{campaign_id}/recipients?status=cancelled"
+        )
+        assert cancelled["total"] == 4
+        assert not sink.messages
