@@ -286,6 +286,7 @@ class RelayApp:
             outbox_written=self.outbox_written,
             subscriptions=self.webhook_subscriptions,
             metrics=self.metrics,
+            usage=self.usage,
         )
         self.probes = ProbeController(
             self.health,

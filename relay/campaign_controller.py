@@ -65,13 +65,14 @@ from relay.core.ids import new_message_id
 from relay.core.model import MessageClass, Site
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions, iso_time
 from relay.core.policy import Reject
-from relay.core.quota import Claim, OverLimit, Scope, limits_of
+from relay.core.quota import Claim, OverLimit, Scope, Window, limits_of
 from relay.core.send_request import Attachment, SendRequest, address_problem
 from relay.core.templates import Deadline, Template, check_template, render
 from relay.engine_database import suppressed
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
 from relay.store import GroupWriter
+from relay.usage_controller import UsageController
 
 log = logging.getLogger(__name__)
 WINDOW = 1000  # a campaign's messages waiting for delivery at most
@@ -99,6 +100,13 @@ def attachment_budget(max_message_bytes: int) -> int:
     return max(int((max_message_bytes - 400_000) * 3 / 4 * 76 / 78), 0)
 
 
+def reserved_limits(site: Site) -> dict[Window, int]:
+    """The site's limits less ``SITE_RESERVE``: what its campaigns may use of each window."""
+    return {
+        window: math.floor(limit * (1 - SITE_RESERVE)) for window, limit in limits_of(site).items()
+    }
+
+
 class CampaignController:
     def __init__(
         self,
@@ -118,8 +126,10 @@ class CampaignController:
         window: int = WINDOW,
         batch: int = BATCH,
         metrics: Metrics | None = None,
+        usage: UsageController | None = None,
     ) -> None:
         self._metrics = metrics
+        self._usage = usage
         self._writer = writer
         self._directory = directory
         self._ingress = ingress
@@ -354,6 +364,11 @@ class CampaignController:
             if available < 1:
                 return pace.wait()
             wanted = min(wanted, available)
+        headroom = self._headroom(site, now)
+        if isinstance(headroom, OverLimit):  # the cached counts: nothing built to be refused
+            return await self._wait_for_site(campaign, site, headroom)
+        if headroom is not None:
+            wanted = min(wanted, headroom)
         contacts = await self._writer.read_apart(
             lambda c: db.next_contacts(
                 c, campaign.site_id, campaign.audience, campaign.cursor, wanted + 1
@@ -380,6 +395,10 @@ class CampaignController:
             return 0.0
         if pace is not None:
             pace.take(committed.queued)
+        if self._usage is not None and committed.queued and limits_of(site):
+            # This process's cache counts them now (others' at their next refresh); the
+            # thresholds' warnings are left to the site's own claims.
+            self._usage.book.add(Scope.SITE, site.id, committed.queued, limits_of(site), now)
         if self._metrics is not None:
             for outcome, count in committed.outcomes.items():
                 self._metrics.campaign_contacts.labels(site.id, outcome).inc(count)
@@ -397,13 +416,26 @@ class CampaignController:
         )
         if committed.over is not None:
             return await self._wait_for_site(campaign, site, committed.over)
-        if campaign.last_error:
-            await self._writer.write_apart(lambda c: db.note(c, campaign.id, self._owner, None))
-        if committed.generated:
+        if committed.generated:  # the batch cleared any note: the site had room again
             self._paces.pop(campaign.id, None)
             self._attachments.pop(campaign.id, None)
-            return 0.0
         return 0.0
+
+    def _headroom(self, site: Site, now: float) -> int | OverLimit | None:
+        """Messages the site's reserved limits leave room for by this process's cached counts
+        (the store decides again in the batch); None when the site has no limits."""
+        if self._usage is None:
+            return None
+        reserved = reserved_limits(site)
+        if not reserved:
+            return None
+        over = self._usage.book.over(Scope.SITE, site.id, reserved, now)
+        if over is not None:
+            return over
+        return min(
+            limit - self._usage.book.used(Scope.SITE, site.id, window, now)
+            for window, limit in reserved.items()
+        )
 
     async def _wait_for_site(self, campaign: Campaign, site: Site, over: OverLimit) -> float:
         text = (
@@ -413,7 +445,7 @@ class CampaignController:
         )
         await self._writer.write_apart(lambda c: db.note(c, campaign.id, self._owner, text))
         log.info("campaign %s: %s", campaign.id, text)
-        return max(min(over.reopens_at - self._clock(), 5.0), 0.5)
+        return max(min(over.reopens_at - self._clock(), 10.0), 0.5)
 
     async def _attachments_of(
         self, campaign_id: str
@@ -447,10 +479,7 @@ class CampaignController:
         template = Template("campaign", campaign.subject, campaign.text, campaign.html)
         base_url = public_base_url(self._config())
         wants_accepted = self._subscriptions().wants_any(EventType.ACCEPTED)
-        claim_limits = {
-            window: math.floor(limit * (1 - SITE_RESERVE))
-            for window, limit in limits_of(site).items()
-        }
+        claim_limits = reserved_limits(site)
         items = []
         for contact in contacts:
             reason = listed.get((site.id, contact.email.lower()))
