@@ -18,7 +18,7 @@ from admin_http.errors import ApiError, bad_request
 from admin_http.schemas import iso, listing, page_of, parse_json
 from relay.campaign_controller import CampaignController
 from relay.campaign_database import RecipientRow
-from relay.core.campaigns import Action, Campaign, eta_seconds, measured_rate
+from relay.core.campaigns import Action, Campaign, CampaignStatus, eta_seconds, measured_rate
 
 MAX_CAMPAIGN_BODY_BYTES = 40 * 1024 * 1024  # the send API's (public_http/send_view.py)
 
@@ -59,7 +59,7 @@ def campaign_view(c: Campaign, now: float) -> dict[str, Any]:
         ],
         "rate_per_minute_measured": round(measured, 1) if measured is not None else None,
         "eta_seconds": eta_seconds(remaining, c.rate_per_minute, measured)
-        if c.status.value == "in_progress"
+        if c.status is CampaignStatus.IN_PROGRESS
         else None,
     }
 

@@ -39,15 +39,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from relay import campaign_database as db
+from relay import campaign_generation_database as gen
 from relay.catalog_controller import Conflict, Invalid, NotFound
 from relay.config import Config
 from relay.core import message_events, unsubscribe
 from relay.core.campaigns import (
     DELETABLE,
     Action,
-    Audience,
     Campaign,
     CampaignRequest,
     CampaignStatus,
@@ -117,7 +118,7 @@ class CampaignController:
         unsubscribe_key: bytes,
         owner: str,
         gone: Callable[[str], bool],
-        zone: Any,
+        zone: ZoneInfo,
         class_header: str,
         clock: Callable[[], float] = time.time,
         wake_delivery: Callable[[], None] = lambda: None,
@@ -289,7 +290,7 @@ class CampaignController:
         self._wake.set()
 
     async def release_stale(self) -> None:
-        released = await self._writer.write_apart(partial(db.release_gone_leases, gone=self._gone))
+        released = await self._writer.write_apart(partial(gen.release_gone_leases, gone=self._gone))
         if released:
             log.info("campaigns: released %d leases of processes that are gone", released)
 
@@ -310,16 +311,16 @@ class CampaignController:
         self._stopping = True
         self._wake.set()
         try:
-            await self._writer.write_apart(partial(db.release_leases_of, owner=self._owner))
+            await self._writer.write_apart(partial(gen.release_leases_of, owner=self._owner))
         except Exception as error:  # they lapse after LEASE_SECONDS anyway
             log.warning("campaigns: leases not given back at stop: %s", error)
 
     async def step(self) -> float:
         """One look for work; the seconds to wait before the next (0: go on at once)."""
         now = self._clock()
-        pending = await self._writer.read_apart(partial(db.pending_work, now=now))
+        pending = await self._writer.read_apart(partial(gen.pending_work, now=now))
         if pending.start:
-            started = await self._writer.write_apart(partial(db.start_due, now=now))
+            started = await self._writer.write_apart(partial(gen.start_due, now=now))
             for campaign_id in started:
                 log.info("campaign %s: its scheduled time came: started", campaign_id)
         for campaign_id in pending.sweep:
@@ -328,7 +329,7 @@ class CampaignController:
             )
         if pending.finish:
             done = await self._writer.write_apart(
-                lambda c: db.finish_campaigns(c, self._clock(), self._finished_entries)
+                lambda c: gen.finish_campaigns(c, self._clock(), self._finished_entries)
             )
             for campaign_id in done:
                 log.info("campaign %s: completed", campaign_id)
@@ -337,7 +338,7 @@ class CampaignController:
         if not (pending.generate or pending.start) or self._stopping:
             return TICK_SECONDS
         campaign = await self._writer.write_apart(
-            lambda c: db.lease_next(c, self._owner, self._clock(), LEASE_SECONDS)
+            lambda c: gen.lease_next(c, self._owner, self._clock(), LEASE_SECONDS)
         )
         if campaign is None:
             return TICK_SECONDS
@@ -348,7 +349,7 @@ class CampaignController:
         if site is None:
             reason = f"site {campaign.site_id} no longer exists"
             await self._writer.write_apart(
-                lambda c: db.fail_campaign(c, campaign.id, reason, self._clock())
+                lambda c: gen.fail_campaign(c, campaign.id, reason, self._clock())
             )
             log.warning("campaign %s: failed: %s", campaign.id, reason)
             return 0.0
@@ -383,12 +384,12 @@ class CampaignController:
         items = await asyncio.to_thread(
             self._build, site, campaign, contacts, listed, attachments, blocks, now
         )
-        batch = db.Batch(
+        batch = gen.Batch(
             campaign.id, self._owner, campaign.cursor, tuple(items), exhausted, now, LEASE_SECONDS
         )
         try:
-            committed = await self._writer.write_apart(partial(db.commit_batch, batch=batch))
-        except db.LostLease:
+            committed = await self._writer.write_apart(partial(gen.commit_batch, batch=batch))
+        except gen.LostLease:
             log.info(
                 "campaign %s: moved on meanwhile (paused, cancelled or taken over)", campaign.id
             )
@@ -443,7 +444,7 @@ class CampaignController:
             f"limit ({over.used}/{round(over.limit / (1 - SITE_RESERVE))}), kept for its other "
             f"mail; generation goes on at {iso_time(over.reopens_at)}"
         )
-        await self._writer.write_apart(lambda c: db.note(c, campaign.id, self._owner, text))
+        await self._writer.write_apart(lambda c: gen.note(c, campaign.id, self._owner, text))
         log.info("campaign %s: %s", campaign.id, text)
         return max(min(over.reopens_at - self._clock(), 10.0), 0.5)
 
@@ -475,7 +476,7 @@ class CampaignController:
         attachments: tuple[Attachment, ...],
         blocks: dict[int, bytes],
         now: float,
-    ) -> list[db.Item]:
+    ) -> list[gen.Item]:
         template = Template("campaign", campaign.subject, campaign.text, campaign.html)
         base_url = public_base_url(self._config())
         wants_accepted = self._subscriptions().wants_any(EventType.ACCEPTED)
@@ -485,11 +486,11 @@ class CampaignController:
             reason = listed.get((site.id, contact.email.lower()))
             if contact.unsubscribed:
                 items.append(
-                    db.Item(contact.id, contact.email, RecipientState.SKIPPED, "unsubscribed")
+                    gen.Item(contact.id, contact.email, RecipientState.SKIPPED, "unsubscribed")
                 )
             elif reason is not None:
                 items.append(
-                    db.Item(
+                    gen.Item(
                         contact.id, contact.email, RecipientState.SKIPPED, f"suppressed: {reason}"
                     )
                 )
@@ -522,9 +523,9 @@ class CampaignController:
         blocks: dict[int, bytes],
         base_url: str,
         now: float,
-    ) -> db.Item:
-        def failed(reason: str) -> db.Item:
-            return db.Item(contact.id, contact.email, RecipientState.FAILED, reason)
+    ) -> gen.Item:
+        def failed(reason: str) -> gen.Item:
+            return gen.Item(contact.id, contact.email, RecipientState.FAILED, reason)
 
         if problem := address_problem(contact.email):
             return failed(f"address: {problem}")
@@ -566,13 +567,9 @@ class CampaignController:
             campaign_id=campaign.id,
             message_class=MessageClass.BULK,
         )
-        return db.Item(contact.id, contact.email, RecipientState.QUEUED, message=message)
+        return gen.Item(contact.id, contact.email, RecipientState.QUEUED, message=message)
 
-    def _accepted(self, item: db.Item) -> tuple[OutboxEntry, ...]:
+    def _accepted(self, item: gen.Item) -> tuple[OutboxEntry, ...]:
         assert item.message is not None
         event = message_events.accepted(item.message, "campaign", os.urandom)
         return tuple(self._subscriptions().fan_out([event]))
-
-
-def audience_view(audience: Audience) -> Any:
-    return audience.to_json()

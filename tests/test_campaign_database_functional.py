@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from relay import campaign_database as db
+from relay import campaign_generation_database as gen
 from relay.core.campaigns import Audience, Campaign, CampaignStatus, RecipientState
 from relay.store import create_engine, migrate
 from relay.tables import campaign_recipients
@@ -22,9 +23,11 @@ def campaign() -> Campaign:
     )  # fmt: skip
 
 
-def batch(owner: str, cursor: int, ids: list[int], now: float, exhausted: bool = False) -> db.Batch:
-    items = tuple(db.Item(i, f"c{i}@x.org", RecipientState.SKIPPED, "test") for i in ids)
-    return db.Batch("cmp_1", owner, cursor, items, exhausted, now, 30.0)
+def batch(
+    owner: str, cursor: int, ids: list[int], now: float, exhausted: bool = False
+) -> gen.Batch:
+    items = tuple(gen.Item(i, f"c{i}@x.org", RecipientState.SKIPPED, "test") for i in ids)
+    return gen.Batch("cmp_1", owner, cursor, items, exhausted, now, 30.0)
 
 
 async def test_a_batch_after_its_lease_was_taken_over_writes_nothing(tmp_path: Path) -> None:
@@ -39,15 +42,15 @@ async def test_a_batch_after_its_lease_was_taken_over_writes_nothing(tmp_path: P
             async with engine.begin() as c:
                 return await c.run_sync(job)
 
-        assert (await run(lambda c: db.lease_next(c, "A", 0.0, 30.0))) is not None
-        assert (await run(lambda c: db.lease_next(c, "B", 10.0, 30.0))) is None  # A holds it
-        assert (await run(lambda c: db.lease_next(c, "B", 31.0, 30.0))) is not None  # lapsed
-        await run(lambda c: db.commit_batch(c, batch("B", 0, ids[:5], 31.0)))
-        with pytest.raises(db.LostLease):  # A comes back with the batch it read at cursor 0
-            await run(lambda c: db.commit_batch(c, batch("A", 0, ids[:5], 32.0)))
-        with pytest.raises(db.LostLease):  # even at the right cursor: not A's lease
-            await run(lambda c: db.commit_batch(c, batch("A", ids[4], ids[5:], 32.0)))
-        done = await run(lambda c: db.commit_batch(c, batch("B", ids[4], ids[5:], 33.0, True)))
+        assert (await run(lambda c: gen.lease_next(c, "A", 0.0, 30.0))) is not None
+        assert (await run(lambda c: gen.lease_next(c, "B", 10.0, 30.0))) is None  # A holds it
+        assert (await run(lambda c: gen.lease_next(c, "B", 31.0, 30.0))) is not None  # lapsed
+        await run(lambda c: gen.commit_batch(c, batch("B", 0, ids[:5], 31.0)))
+        with pytest.raises(gen.LostLease):  # A comes back with the batch it read at cursor 0
+            await run(lambda c: gen.commit_batch(c, batch("A", 0, ids[:5], 32.0)))
+        with pytest.raises(gen.LostLease):  # even at the right cursor: not A's lease
+            await run(lambda c: gen.commit_batch(c, batch("A", ids[4], ids[5:], 32.0)))
+        done = await run(lambda c: gen.commit_batch(c, batch("B", ids[4], ids[5:], 33.0, True)))
         assert done.generated
         with pytest.raises(sa.exc.IntegrityError):  # the key is the last guard
             await run(
