@@ -4,10 +4,8 @@ Generation (``run``): each process looks once a second (or when woken) for work:
 campaigns whose time has come start; a campaign in progress is leased to one process at a
 time and generated in batches: the audience's next contacts after the campaign's cursor;
 unsubscribed and suppressed ones are skipped (with the reason); every other one gets its own
-message, rendered with its variables off the event loop, built as the send API builds one
-(the site's From, rewrite, DKIM) with ``List-Unsubscribe`` and ``List-Unsubscribe-Post``
-(RFC 8058), in the ``bulk`` class; each attachment stored once and referenced. A batch is
-one transaction (``campaign_database.commit_batch``): a crash resumes at the cursor and a
+message, built in a thread (``campaign_messages``). A batch is one transaction
+(``campaign_generation_database.commit_batch``): a crash resumes at the cursor and a
 contact never gets the campaign twice.
 
 Backpressure and pace:
@@ -31,10 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -43,9 +39,9 @@ from zoneinfo import ZoneInfo
 
 from relay import campaign_database as db
 from relay import campaign_generation_database as gen
+from relay.campaign_messages import SITE_RESERVE, MessageBuilder, reserved_limits
 from relay.catalog_controller import Conflict, Invalid, NotFound
 from relay.config import Config
-from relay.core import message_events, unsubscribe
 from relay.core.campaigns import (
     DELETABLE,
     Action,
@@ -57,18 +53,14 @@ from relay.core.campaigns import (
     encoded_block,
     finished_event,
     parse_campaign,
-    replace_blocks,
-    variables,
 )
-from relay.core.compose import Rendered, compose
 from relay.core.directory import Directory
 from relay.core.ids import new_message_id
-from relay.core.model import MessageClass, Site
+from relay.core.model import Site
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions, iso_time
-from relay.core.policy import Reject
-from relay.core.quota import Claim, OverLimit, Scope, Window, limits_of
-from relay.core.send_request import Attachment, SendRequest, address_problem
-from relay.core.templates import Deadline, Template, check_template, render
+from relay.core.quota import OverLimit, Scope, limits_of
+from relay.core.send_request import Attachment
+from relay.core.templates import Template, check_template
 from relay.engine_database import suppressed
 from relay.ingress_controller import IngressController
 from relay.metrics import Metrics
@@ -80,18 +72,6 @@ WINDOW = 1000  # a campaign's messages waiting for delivery at most
 BATCH = 100  # contacts per transaction (about half a second of rendering and signing)
 LEASE_SECONDS = 30.0
 TICK_SECONDS = 1.0
-SITE_RESERVE = 0.10  # of each site limit, kept for the site's other mail
-RENDER_SECONDS = 2.0
-
-
-def public_base_url(config: Config) -> str:
-    """Where recipients reach the public HTTP listener (``/u/{token}``): ``http.public_url``
-    when configured, else the listener's own address."""
-    http = config.http
-    if http is None:
-        return f"http://{config.server.hostname}"
-    url = getattr(http, "public_url", None)
-    return str(url) if url else f"http://{http.host}:{http.port}"
 
 
 def attachment_budget(max_message_bytes: int) -> int:
@@ -99,13 +79,6 @@ def attachment_budget(max_message_bytes: int) -> int:
     a CRLF per 76 characters is 4/3 x 78/76 of them, and the rest of the message needs room
     (a 100,000-character template part may grow in the rendering)."""
     return max(int((max_message_bytes - 400_000) * 3 / 4 * 76 / 78), 0)
-
-
-def reserved_limits(site: Site) -> dict[Window, int]:
-    """The site's limits less ``SITE_RESERVE``: what its campaigns may use of each window."""
-    return {
-        window: math.floor(limit * (1 - SITE_RESERVE)) for window, limit in limits_of(site).items()
-    }
 
 
 class CampaignController:
@@ -146,6 +119,9 @@ class CampaignController:
         self._subscriptions = subscriptions
         self.window = window
         self.batch = batch
+        self._builder = MessageBuilder(
+            ingress, config, unsubscribe_key, zone, class_header, subscriptions
+        )
         self._paces: dict[str, Pace] = {}
         self._attachments: dict[str, tuple[tuple[Attachment, ...], dict[int, bytes]]] = {}
         self._wake = asyncio.Event()
@@ -382,7 +358,7 @@ class CampaignController:
         )
         attachments, blocks = await self._attachments_of(campaign.id)
         items = await asyncio.to_thread(
-            self._build, site, campaign, contacts, listed, attachments, blocks, now
+            self._builder.build, site, campaign, contacts, listed, attachments, blocks, now
         )
         batch = gen.Batch(
             campaign.id, self._owner, campaign.cursor, tuple(items), exhausted, now, LEASE_SECONDS
@@ -464,112 +440,3 @@ class CampaignController:
                 self._attachments.clear()
             self._attachments[campaign_id] = cached
         return cached
-
-    # -- building a batch (in a thread: rendering and signing are CPU)
-
-    def _build(
-        self,
-        site: Site,
-        campaign: Campaign,
-        contacts: list[db.Contact],
-        listed: Mapping[tuple[str, str], str],
-        attachments: tuple[Attachment, ...],
-        blocks: dict[int, bytes],
-        now: float,
-    ) -> list[gen.Item]:
-        template = Template("campaign", campaign.subject, campaign.text, campaign.html)
-        base_url = public_base_url(self._config())
-        wants_accepted = self._subscriptions().wants_any(EventType.ACCEPTED)
-        claim_limits = reserved_limits(site)
-        items = []
-        for contact in contacts:
-            reason = listed.get((site.id, contact.email.lower()))
-            if contact.unsubscribed:
-                items.append(
-                    gen.Item(contact.id, contact.email, RecipientState.SKIPPED, "unsubscribed")
-                )
-            elif reason is not None:
-                items.append(
-                    gen.Item(
-                        contact.id, contact.email, RecipientState.SKIPPED, f"suppressed: {reason}"
-                    )
-                )
-            else:
-                items.append(
-                    self._message(
-                        site, campaign, template, contact, attachments, blocks, base_url, now
-                    )
-                )
-        return [
-            replace(
-                i,
-                claim=Claim(Scope.SITE, site.id, claim_limits, 1, now, self._zone)
-                if claim_limits
-                else None,
-                outbox=self._accepted(i) if wants_accepted else (),
-            )
-            if i.message is not None
-            else i
-            for i in items
-        ]
-
-    def _message(
-        self,
-        site: Site,
-        campaign: Campaign,
-        template: Template,
-        contact: db.Contact,
-        attachments: tuple[Attachment, ...],
-        blocks: dict[int, bytes],
-        base_url: str,
-        now: float,
-    ) -> gen.Item:
-        def failed(reason: str) -> gen.Item:
-            return gen.Item(contact.id, contact.email, RecipientState.FAILED, reason)
-
-        if problem := address_problem(contact.email):
-            return failed(f"address: {problem}")
-        token = unsubscribe.issue(self._key, campaign.id, contact.id)
-        url = f"{base_url.rstrip('/')}/u/{token}"
-        rendered = render(
-            template,
-            variables(contact.fields(), url),
-            deadline=Deadline.after(RENDER_SECONDS, time.monotonic),
-        )
-        if isinstance(rendered, list):
-            return failed("template: " + "; ".join(rendered))
-        request = SendRequest(
-            from_email=site.from_email,
-            from_name=site.from_name,
-            to=(contact.email,),
-            headers=(
-                *unsubscribe.headers(token, base_url=base_url, mailto=None),
-                (self._class_header, MessageClass.BULK.value),
-            ),
-            attachments=attachments,
-        )
-        hostname = self._config().server.hostname
-        composed = compose(
-            request,
-            message_id=f"{uuid.uuid4().hex}@{hostname}",
-            now=now,
-            rendered=rendered if isinstance(rendered, Rendered) else None,
-        )
-        prepared = self._ingress.prepare_composed(site, composed, via="campaign")
-        if isinstance(prepared, Reject):
-            return failed(prepared.reply.render())
-        # Signed over the whole message first; then each attachment's block is stored once.
-        content = replace_blocks(prepared.content, blocks)
-        message = replace(
-            prepared,
-            content=content,
-            size=len(prepared.content),
-            campaign_id=campaign.id,
-            message_class=MessageClass.BULK,
-        )
-        return gen.Item(contact.id, contact.email, RecipientState.QUEUED, message=message)
-
-    def _accepted(self, item: gen.Item) -> tuple[OutboxEntry, ...]:
-        assert item.message is not None
-        event = message_events.accepted(item.message, "campaign", os.urandom)
-        return tuple(self._subscriptions().fan_out([event]))
