@@ -362,16 +362,26 @@ def change_status(
 
 
 def _campaign_messages(connection: Connection, campaign_id: str, statuses: Sequence[str]) -> Any:
-    query = sa.select(
-        messages.c.id,
-        messages.c.site_id,
-        messages.c.created_at,
-        messages.c.status,
-        messages.c.attempt_count,
-        messages.c.leased_until,
-    ).where(messages.c.campaign_id == campaign_id, messages.c.status.in_(statuses))
+    """The campaign's waiting messages, found by its recipient rows still ``queued`` (indexed;
+    ``messages.campaign_id`` is not), locked on PostgreSQL."""
+    query = (
+        sa.select(
+            messages.c.id,
+            messages.c.site_id,
+            messages.c.created_at,
+            messages.c.status,
+            messages.c.attempt_count,
+            messages.c.leased_until,
+        )
+        .join_from(campaign_recipients, messages, campaign_recipients.c.message_id == messages.c.id)
+        .where(
+            campaign_recipients.c.campaign_id == campaign_id,
+            campaign_recipients.c.status == RecipientState.QUEUED.value,
+            messages.c.status.in_(statuses),
+        )
+    )
     if connection.dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.with_for_update(of=messages)
     return connection.execute(query).all()
 
 
