@@ -10,6 +10,7 @@ from aiohttp import web
 
 from admin_http import (
     api_keys_view,
+    campaigns_view,
     contacts_view,
     domains_view,
     messages_view,
@@ -109,6 +110,16 @@ def create_app(deps: AdminDeps) -> web.Application:
     r.add_get(f"{V1}/webhooks/{{name}}/deliveries", webhooks_view.deliveries)
     r.add_post(f"{V1}/webhooks/{{name}}/replay", webhooks_view.replay)
     r.add_post(f"{V1}/webhooks/{{name}}/test", webhooks_view.test)
+
+    r.add_get(f"{V1}/campaigns", campaigns_view.list_campaigns)
+    r.add_post(f"{V1}/campaigns", campaigns_view.create_campaign)
+    r.add_get(f"{V1}/campaigns/{{id}}", campaigns_view.get_campaign)
+    r.add_delete(f"{V1}/campaigns/{{id}}", campaigns_view.delete_campaign)
+    r.add_post(f"{V1}/campaigns/{{id}}/start", campaigns_view.start_campaign)
+    r.add_post(f"{V1}/campaigns/{{id}}/pause", campaigns_view.pause_campaign)
+    r.add_post(f"{V1}/campaigns/{{id}}/resume", campaigns_view.resume_campaign)
+    r.add_post(f"{V1}/campaigns/{{id}}/cancel", campaigns_view.cancel_campaign)
+    r.add_get(f"{V1}/campaigns/{{id}}/recipients", campaigns_view.recipients)
 
     r.add_get(f"{V1}/messages", messages_view.search)
     r.add_get(f"{V1}/messages/{{id}}", messages_view.get_message)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.api_key_controller import ApiKeyController
+from relay.campaign_controller import CampaignController
 from relay.catalog_controller import CatalogController
 from relay.config import Config, ReloadResult
 from relay.contact_controller import ContactController
@@ -46,6 +47,7 @@ class Api:
     webhooks: WebhookController | None = None  # /api/v1/webhooks
     performance: PerformanceController | None = None  # the upstreams' measured figures
     contacts: ContactController | None = None  # /api/v1/sites/{id}/contacts
+    campaigns: CampaignController | None = None  # /api/v1/campaigns
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from admin_http.openapi_campaigns import campaign_paths, campaign_schemas
 from admin_http.openapi_parts import (
     ERROR_ANSWER,
     ERROR_SCHEMA,
@@ -939,6 +940,7 @@ def _paths() -> dict[str, Schema]:
             )
         },
         **_webhook_paths(),
+        **campaign_paths(_op, _list_of, _PAGING),
         "/api/v1/messages": {
             "get": _op(
                 "Search the message log, newest first",
@@ -1247,7 +1249,7 @@ def document() -> Schema:
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **campaign_schemas()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -37,6 +37,7 @@ from public_http.deps import PublicDeps
 from relay import tls
 from relay.api_key_controller import ApiKeyController
 from relay.auth_controller import AuthController
+from relay.campaign_controller import CampaignController
 from relay.catalog_controller import (
     CatalogController,
     StoreObjects,
@@ -293,6 +294,23 @@ class RelayApp:
             clock,
             suppressions=self.suppressions,
         )
+        self.campaigns = CampaignController(
+            self.writer,
+            self.directory,
+            self.ingress,
+            lambda: self.config,
+            self.unsubscribe_key,
+            str(self.owner),
+            gone_owners(self.owner),
+            config.limits.timezone,
+            config.routing.class_header,
+            clock,
+            wake_delivery=self.delivery.wake,
+            outbox_written=self.outbox_written,
+            subscriptions=self.webhook_subscriptions,
+            metrics=self.metrics,
+            usage=self.usage,
+        )
         self.probes = ProbeController(
             self.health,
             self.directory,
@@ -383,6 +401,7 @@ class RelayApp:
                 ) from None
         await self.delivery.release_stale()
         await self.webhook_dispatcher.release_stale()
+        await self.campaigns.release_stale()
         await self._start_admin()
         await self._start_http()
         self._tasks = [
@@ -391,6 +410,7 @@ class RelayApp:
             asyncio.create_task(self._persist(), name="persist-usage-and-health"),
             asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
             asyncio.create_task(self.webhook_dispatcher.run(), name="webhooks"),
+            asyncio.create_task(self.campaigns.run(), name="campaigns"),
             asyncio.create_task(
                 self.sync.run(self.config.cluster.sync_seconds), name="cluster-sync"
             ),
@@ -440,6 +460,7 @@ class RelayApp:
             webhooks=self.webhooks,
             performance=self.performance,
             contacts=self.contacts,
+            campaigns=self.campaigns,
         )
         context = self._admin_tls_context()
         dashboard = DashboardDeps(self._session_key, context is not None, self.login_links)
@@ -652,6 +673,7 @@ class RelayApp:
         log.info("stopping: no new connections; finishing work in progress")
         await self.listeners.stop(DRAIN_SECONDS)
         if self._tasks:  # started
+            await self.campaigns.stop()  # no new batch; one being committed ends or rolls back
             await self.delivery.stop(DELIVERY_STOP_SECONDS)
             await self.webhook_dispatcher.stop(WEBHOOK_STOP_SECONDS)
         await asyncio.gather(*self._announcing, return_exceptions=True)

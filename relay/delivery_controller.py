@@ -588,6 +588,7 @@ class DeliveryController:
             outbox=tuple(self._events(p, waiting if retry_at is not None else [], retry_at, now)),
             refs=tuple(dict.fromkeys(p.refs)),
             samples=tuple(p.samples or ()),
+            campaign_id=message.campaign_id,
         )
 
     def _events(

@@ -355,6 +355,21 @@ class IngressController:
         submission = self._composed(site, composed, client_ip, "form", None)
         return await self._accept(submission, None, gate)
 
+    def prepare_composed(self, site: Site, composed: Composed, via: str) -> NewMessage | Reject:
+        """A message built here (a campaign's, ``via`` "campaign") as it would be stored: size
+        checks, rewrite and DKIM signature; synchronous (signing costs CPU: call it in a
+        thread). The caller stores it (``queue_database.insert_messages``)."""
+        submission = self._composed(site, composed, "127.0.0.1", via, None)
+        for verdict in (
+            check_content(submission.content, self._limits.max_message_bytes),
+            check_header_size(submission.content, self._limits.max_header_bytes),
+        ):
+            if isinstance(verdict, Reject):
+                return verdict
+        key = self._directory().signing_key(domain_of(site.from_email))
+        prepared = self._prepare(submission, key)
+        return prepared if isinstance(prepared, Reject) else prepared[0]
+
     @staticmethod
     def _composed(
         site: Site, composed: Composed, client_ip: str, via: str, username: str | None

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.campaign_delivery_database import splice_attachments_async
 from relay.core import rollups
 from relay.core.header_diff import header_block
 from relay.core.model import MessageClass, MessageStatus
@@ -519,4 +520,8 @@ async def message_content(connection: AsyncConnection, message_id: str) -> Messa
             )
         )
     ).first()
-    return None if row is None else MessageContent(bytes(row.content), row.content_deleted_at)
+    if row is None:
+        return None
+    # A campaign's message holds its attachments by reference: served as it went out.
+    content = await splice_attachments_async(connection, bytes(row.content))
+    return MessageContent(content, row.content_deleted_at)

@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.campaign_delivery_database import record_campaign_results
 from relay.cluster_controller import FLUSH, ClusterSync
 from relay.core.model import MessageStatus
 from relay.health_controller import HealthController
@@ -96,7 +99,15 @@ class QueueController:
         return status
 
     async def delete(self, message_id: str) -> bool:
-        deleted = await self._writer.write(lambda c: delete_message(c, message_id))
+        now = self._clock()
+
+        async def delete(c: AsyncConnection) -> bool:
+            # A campaign's message still waiting fails for its campaign: it can still complete.
+            outcome = {message_id: (False, "message deleted by an operator")}
+            await c.run_sync(lambda s: record_campaign_results(s, outcome, now))
+            return await delete_message(c, message_id)
+
+        deleted = await self._writer.write(delete)
         if deleted:
             log.info("message %s: deleted by an operator", message_id)
         return deleted

@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.campaign_delivery_database import record_campaign_results, splice_attachments
 from relay.core.model import (
     Attempt,
     MessageClass,
@@ -191,6 +192,7 @@ def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None
     for m in batch:
         deltas.message(m.site_id, m.created_at, None, MessageStatus.QUEUED.value)
     record_rollups(connection, deltas)
+    campaign = any(m.campaign_id is not None for m in batch)
     connection.execute(
         messages.insert(),
         [
@@ -202,8 +204,11 @@ def insert_messages(connection: Connection, batch: Sequence[NewMessage]) -> None
                 "original_sender": m.original_sender,
                 "envelope_sender": m.envelope_sender,
                 "subject": m.subject,
-                "size": len(m.content),
+                "size": m.size if m.size is not None else len(m.content),
                 "content": m.content,
+                # Named only in a campaign's batch, so that the code writes to a store from
+                # before migration 0012 as it did (the migration tests do).
+                **({"campaign_id": m.campaign_id} if campaign else {}),
                 "original_headers": m.original_headers,
                 "status": MessageStatus.QUEUED.value,
                 "created_at": m.created_at,
@@ -281,6 +286,7 @@ def claim_due(
                 messages.c.attempt_count,
                 messages.c.message_class,
                 messages.c.delay_notified,
+                messages.c.campaign_id,
             ).where(messages.c.id.in_(ids), messages.c.lease_owner == owner)
         )
     ).all()
@@ -296,9 +302,11 @@ def claim_due(
             site_id=row.site_id,
             envelope_sender=row.envelope_sender,
             pending_recipients=tuple(pending.get(row.id, ())),
-            content=row.content,
+            # A campaign's attachments are stored once: put back in what goes out.
+            content=splice_attachments(connection, row.content) if row.campaign_id else row.content,
             created_at=row.created_at,
             attempt_count=row.attempt_count,
+            campaign_id=row.campaign_id,
             original_sender=row.original_sender,
             message_class=MessageClass(row.message_class),
             delay_notified=row.delay_notified,
@@ -412,6 +420,7 @@ class DeliveryRecord:
     refs: tuple[tuple[str, str], ...] = ()
     # the attempts' verdicts on the upstreams, when a route orders by them (core.performance)
     samples: tuple[Sample, ...] = ()
+    campaign_id: str | None = None  # a campaign's message: its final outcome counts there
 
 
 NoticeVerdicts = tuple[Granted | OverLimit | None, ...]  # per notice of a record, in order
@@ -465,6 +474,7 @@ def record_deliveries(
             r.message_id: message_status(statuses[r.message_id], retry=True) for r in live
         }
         _count_deliveries(connection, live, new_status, counted)
+        _record_campaigns(connection, [r for r in live if r.campaign_id], new_status)
         connection.execute(
             _UPDATE_MESSAGE,
             [
@@ -484,6 +494,30 @@ def record_deliveries(
 
 
 _Counted = tuple[str, float, str]  # site, created_at, status before this batch
+_FINAL = (MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.PARTIAL)
+
+
+def _record_campaigns(
+    connection: Connection, records: list[DeliveryRecord], new_status: dict[str, MessageStatus]
+) -> None:
+    """Campaign messages that became final: their campaign's recipient rows and counts."""
+    outcomes: dict[str, tuple[bool, str | None]] = {}
+    for r in records:
+        status = new_status[r.message_id]
+        if status not in _FINAL:
+            continue
+        failed = [u for u in r.recipients if u.status is RecipientStatus.FAILED]
+        reason = None
+        if status is not MessageStatus.SENT:
+            u = failed[0] if failed else None
+            reason = (
+                f"{u.reply_code} {u.reply_text}".strip()
+                if u is not None and u.reply_code is not None
+                else (u.reply_text if u is not None and u.reply_text else r.last_error)
+            ) or "failed"
+        outcomes[r.message_id] = (status is MessageStatus.SENT, reason)
+    if outcomes:
+        record_campaign_results(connection, outcomes, records[-1].now)
 
 
 def _add_refs(connection: Connection, live: list[DeliveryRecord]) -> None:

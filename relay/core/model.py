@@ -231,6 +231,8 @@ class NewMessage:
     created_at: float
     message_class: MessageClass = MessageClass.TRANSACTIONAL
     lease: tuple[str, float] | None = None  # (owner, until): stored already claimed by delivery
+    campaign_id: str | None = None  # a campaign's: ``content`` may hold attachment references
+    size: int | None = None  # the size as delivered, when ``content`` holds references
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,7 @@ class QueuedMessage:
     message_class: MessageClass = MessageClass.TRANSACTIONAL
     delay_notified: bool = False
     suppressed: dict[str, str] = field(default_factory=dict)  # recipient -> why
+    campaign_id: str | None = None  # a campaign's message (its attachments spliced back in)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def parse_send_request(
     variables = body.get("variables")
     if variables is not None and not isinstance(variables, dict):
         problems.append("variables: must be an object")
-    attachments = _attachments(body.get("attachments"), files, problems)
+    attachments = parse_attachments(body.get("attachments"), files, problems)
     headers = _headers(body.get("headers"), problems)
     message_class = body.get("message_class")
     if message_class is not None and message_class not in tuple(MessageClass):
@@ -234,9 +234,10 @@ def _recipients(
     return tuple(tuple(items) for items in lists.values())
 
 
-def _attachments(
+def parse_attachments(
     value: object, files: Sequence[Upload], problems: list[str]
 ) -> tuple[Attachment, ...]:
+    """Attachments from JSON (base64 content) and multipart files; problems recorded."""
     if value is not None and not isinstance(value, list):
         problems.append("attachments: must be a list")
         value = None
