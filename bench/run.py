@@ -3,6 +3,7 @@
     python -m bench [--quick] [--repetitions 3] [--only NAME ...] [--workers 1 2]
                     [--results bench/RESULTS.md]
     python -m bench --store-scale [--messages N] [--store-cache [DIR]]  (see store_scale.py)
+    python -m bench --campaign [--contacts N] [--transactional N]  (see campaign.py)
 
 Per run: a fresh server (own directory, own queue), the sink in its own
 process, the load generator in its own process. The relay runs once per
@@ -27,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from typing import Protocol
 
 import trustme
 
-from bench import postfix, store_scale
+from bench import campaign, postfix, store_scale
 from bench.loadgen import (
     HttpLoad,
     Load,
@@ -45,6 +45,7 @@ from bench.loadgen import (
     run_in_process,
     run_smtp_source,
 )
+from bench.peak import PeakPss
 from bench.relay_instance import API_KEY, SENDER_DOMAIN, RelayInstance
 from bench.sink import Sink, free_port
 from bench.webhook_sink import WebhookSink
@@ -156,32 +157,6 @@ class Measure:
     pss: int = 0  # peak bytes
     delivered: int = 0  # messages the sink got
     problems: list[str] = field(default_factory=list)
-
-
-class PeakPss:
-    """Samples a server's PSS in a thread while a run lasts."""
-
-    def __init__(self, server: Server) -> None:
-        self.peak = 0
-        self._server = server
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakPss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sample()
-
-    def _sample(self) -> None:
-        self.peak = max(self.peak, self._server.pss_bytes())
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self._sample()
 
 
 def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
@@ -348,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the relay's server.workers; one row per value (default 1)",
     )
     store_scale.add_arguments(parser)
+    campaign.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.store_scale:
         return store_scale.main(args)  # the relay alone: no Postfix, no root
+    if args.campaign:
+        return campaign.main(args)  # the relay alone too
     if any(n < 1 for n in args.workers):
         parser.error("--workers takes counts of 1 or more")
     if os.geteuid() != 0:

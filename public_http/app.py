@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_http.middlewares import error_middleware
-from public_http import forms_view, provider_events_view, send_view
+from public_http import forms_view, provider_events_view, send_view, unsubscribe_view
 from public_http.deps import DEPS, PublicDeps
 from public_http.openapi import document
 
@@ -35,6 +35,8 @@ def create_app(deps: PublicDeps) -> web.Application:
     app.router.add_post("/api/v1/send", send_view.send)
     app.router.add_get("/api/v1/send/{id}", send_view.status)
     app.router.add_post("/api/v1/provider-events/{upstream}", provider_events_view.receive)
+    app.router.add_get("/u/{token}", unsubscribe_view.confirm)  # and HEAD: both only show
+    app.router.add_post("/u/{token}", unsubscribe_view.unsubscribe)
     return app
 
 

@@ -12,6 +12,7 @@ from relay.form_controller import FormController
 from relay.metrics import Metrics
 from relay.provider_event_controller import ProviderEventController
 from relay.send_controller import SendController
+from relay.unsubscribe_controller import UnsubscribeController
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class PublicDeps:
     forms: FormController | None = None  # landing-page forms (public_http/forms_view.py)
     send: SendController | None = None  # POST /api/v1/send, GET /api/v1/send/{id}
     provider_events: ProviderEventController | None = None  # POST /api/v1/provider-events/...
+    unsubscribe: UnsubscribeController | None = None  # GET|POST /u/{token}
 
 
 DEPS = web.AppKey("deps", PublicDeps)

@@ -22,6 +22,7 @@ from admin_http.openapi_parts import (
     ref,
 )
 from public_http.forms_view import PREFLIGHT_MAX_AGE_SECONDS
+from public_http.unsubscribe_view import MAX_BODY_BYTES as MAX_UNSUBSCRIBE_BODY_BYTES
 from relay.core.idempotency import MAX_KEY_CHARS
 from relay.core.model import MessageStatus, RecipientStatus
 from relay.core.providers.model import MAX_BODY_BYTES as MAX_PROVIDER_BODY_BYTES
@@ -327,6 +328,60 @@ def _provider_events() -> Schema:
     }
 
 
+_HTML_PAGE = {"text/html": {"schema": _TEXT}}
+_NOT_AN_UNSUBSCRIBE_LINK = (
+    "A forged or altered token, or one whose campaign or contact is gone: nothing changed "
+    "(a page saying so to a browser that asks for text/html)"
+)
+
+
+def _unsubscribe_link() -> dict[str, Schema]:
+    token = path_parameter("token")
+    token["description"] = "The signed token of a campaign message's List-Unsubscribe link"
+    return {
+        "get": {
+            "summary": "The page of a campaign message's unsubscribe link (changes nothing)",
+            "description": "Mail scanners open every link of a message, so GET (and HEAD) "
+            "only show whom the link would unsubscribe, with a form that posts to the same "
+            "URL, or say they are already unsubscribed (RFC 8058 section 3.2).",
+            "parameters": [token],
+            "responses": {
+                "200": {"description": "The confirmation page", "content": _HTML_PAGE},
+                "404": _error_or_page(_NOT_AN_UNSUBSCRIBE_LINK),
+            },
+        },
+        "post": {
+            "summary": "One-click unsubscribe (RFC 8058)",
+            "description": "Unsubscribes the contact from the site's campaign mail at once: "
+            "no cookie, redirect or confirmation. The body RFC 8058 sends is "
+            "`List-Unsubscribe=One-Click`; any other body (or none) under "
+            f"{MAX_UNSUBSCRIBE_BODY_BYTES} bytes is taken too. Answers 200 again for a "
+            "contact already unsubscribed, and reports `message.unsubscribed` once.",
+            "parameters": [token],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": obj({"List-Unsubscribe": {"const": "One-Click"}})
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "Unsubscribed (now or before)", "content": _HTML_PAGE},
+                "404": _error_or_page(_NOT_AN_UNSUBSCRIBE_LINK),
+                "413": _error_or_page(f"The body is over {MAX_UNSUBSCRIBE_BODY_BYTES} bytes"),
+            },
+        },
+    }
+
+
+def _error_or_page(description: str) -> Schema:
+    """The error envelope, or a page saying the same to a browser."""
+    answer = _error(description)
+    answer["content"] = {**answer["content"], **_HTML_PAGE}
+    return answer
+
+
 def _unauthorized() -> Schema:
     return _error(
         "No key, or an unknown, revoked or expired one",
@@ -359,6 +414,7 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/send": {"post": _send()},
         "/api/v1/send/{id}": {"get": _status()},
         "/api/v1/provider-events/{upstream}": {"post": _provider_events()},
+        "/u/{token}": _unsubscribe_link(),
     }
 
 

@@ -87,6 +87,7 @@ from relay.store import GroupWriter, create_engine, migrate, restrict_sqlite_fil
 from relay.suppression_controller import SuppressionController
 from relay.system_events import SystemEvents
 from relay.template_controller import TemplateController
+from relay.unsubscribe_controller import UnsubscribeController
 from relay.upstream_client import UpstreamClients
 from relay.usage_controller import UsageController
 from relay.webhook_client import WebhookClient
@@ -231,6 +232,18 @@ class RelayApp:
         self.webhooks.queued = self.webhook_dispatcher.wake
         self._form_key = derive_key(secret, b"form-token")  # every node's: one secret file
         self._session_key = derive_key(secret, b"dashboard-session")
+        # Signs the List-Unsubscribe links of campaign messages (relay/core/unsubscribe.py):
+        # the campaign engine issues with it, the public listener's /u/{token} reads with it.
+        self.unsubscribe_key = derive_key(secret, b"unsubscribe")
+        self.unsubscribes = UnsubscribeController(
+            self.writer,
+            self.directory,
+            self.unsubscribe_key,
+            self.metrics,
+            clock,
+            subscriptions=self.webhook_subscriptions,
+            outbox_written=self.outbox_written,
+        )
         self._secret = secret
         self.login_links = (
             LoginLinkController(self.writer, secret, clock)
@@ -474,6 +487,7 @@ class RelayApp:
             forms=forms,
             send=self.send,
             provider_events=self.provider_events,
+            unsubscribe=self.unsubscribes,
         )
         context = None
         if http.cert_file is not None and http.key_file is not None:

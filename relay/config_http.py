@@ -30,6 +30,11 @@ from relay.core.templates import Template, check_template
 from relay.core.tokens import is_token_hash
 
 _FIELD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# What a link inside List-Unsubscribe's <...> carries as written: RFC 3986's unreserved and a
+# few sub-delims (never ",", which separates the header's links), ":", "/", "@", "%", and
+# "[]" for an IPv6 host.
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~&+;=:/@%\[\]-]+")
+_MAILTO = re.compile(r"[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+")  # nothing to escape inside mailto:
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,23 @@ class HttpConfig:
     allow_plaintext: bool = False  # plain HTTP beyond loopback, behind the operator's own TLS
     max_form_bytes: int = 65_536  # a form post's body; over it 413
     form_token_max_age_seconds: int = 7_200  # a page left open longer must fetch a new token
+    # The listener's address as recipients reach it (https://relay.example.com, a path prefix
+    # allowed): the base of campaign messages' List-Unsubscribe links. None: host and port.
+    public_url: str | None = None
+    # A mailbox an operator reads, offered beside the link in List-Unsubscribe (the relay
+    # receives no mail): mail to it carries the link's token in its subject.
+    unsubscribe_mailto: str | None = None
+
+
+def unsubscribe_base_url(http: HttpConfig) -> str:
+    """Where recipients reach the public listener: ``public_url``, else derived from the
+    listener's own host and port (right only when recipients reach it there directly)."""
+    if http.public_url is not None:
+        return http.public_url
+    scheme = "https" if http.cert_file is not None else "http"
+    host = f"[{http.host}]" if ":" in http.host else http.host
+    default_port = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}" if http.port == default_port else f"{scheme}://{host}:{http.port}"
 
 
 def parse_http(s: Section, is_loopback: bool) -> HttpConfig:
@@ -65,6 +87,11 @@ def parse_http(s: Section, is_loopback: bool) -> HttpConfig:
         )
     max_form_bytes = s.integer("max_form_bytes", d.max_form_bytes, minimum=1024)
     max_age = s.integer("form_token_max_age_seconds", d.form_token_max_age_seconds, minimum=60)
+    public_url = _public_url(s)
+    mailto = s.text("unsubscribe_mailto", None)
+    if mailto is not None and not (_MAILTO.fullmatch(mailto) and is_address(mailto)):
+        s.problem("not a plain address such as unsubscribe@example.com", "unsubscribe_mailto")
+        mailto = None
     s.finish()
     return HttpConfig(
         host,
@@ -75,7 +102,28 @@ def parse_http(s: Section, is_loopback: bool) -> HttpConfig:
         plaintext,
         max_form_bytes or d.max_form_bytes,
         max_age or d.form_token_max_age_seconds,
+        public_url,
+        mailto,
     )
+
+
+def _public_url(s: Section) -> str | None:
+    """``public_url`` without a trailing slash: http(s), a host, maybe a path; nothing that
+    would not survive ``/u/{token}`` appended to it."""
+    value: str | None = s.text("public_url", None)
+    if value is None:
+        return None
+    parts = urlsplit(value) if _is_web_url(value) else None
+    if parts is None or parts.query or parts.fragment or "?" in value or "#" in value:
+        s.problem("not an http:// or https:// URL without query or fragment", "public_url")
+        return None
+    if parts.username is not None or parts.password is not None:
+        s.problem("must not carry a user name or password", "public_url")
+        return None
+    if not _URL_SAFE.fullmatch(value):
+        s.problem("has characters a link in a mail header cannot carry", "public_url")
+        return None
+    return value.rstrip("/")
 
 
 def parse_form(s: Section) -> FormSettings | None:

@@ -207,6 +207,20 @@ class Metrics:
             ["site", "outcome"],
             registry=self.registry,
         )
+        self.unsubscribes = Counter(
+            "relay_unsubscribes_total",
+            "Contacts unsubscribed from campaign mail through the link of a campaign message "
+            "(POST /u/{token}); a post for a contact already unsubscribed is not counted.",
+            ["site"],
+            registry=self.registry,
+        )
+        self.unsubscribe_refusals = Counter(
+            "relay_unsubscribe_refusals_total",
+            "Unsubscribe links refused (404): forged (the token's signature does not verify: "
+            "no store access) or unknown (a genuine token whose campaign or contact is gone).",
+            ["reason"],
+            registry=self.registry,
+        )
 
         self.retention_deleted = Counter(
             "relay_retention_deleted_total",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from relay.config import ConfigError, load_config
+from relay.config_http import HttpConfig, unsubscribe_base_url
 from relay.core.model import FormSettings
 from relay.core.templates import Template
 from relay.core.tokens import hash_token
@@ -190,3 +191,63 @@ def test_template_parts_may_span_lines(tmp_path: Path) -> None:
     assert config.templates[0].text == "Hello {{ name }},\n\nThanks.\n"
     data["templates"] = [{"name": "t", "text": ["not", "text"]}]
     assert "templates[0].text: must be a string" in problems_of(write(tmp_path, data))
+
+
+# -- http.public_url and http.unsubscribe_mailto: the List-Unsubscribe links
+
+
+def test_public_url_and_mailto_load(tmp_path: Path) -> None:
+    data = with_http()
+    data["http"].update(
+        public_url="https://relay.example.com/mail/", unsubscribe_mailto="unsub@example.com"
+    )
+    config = load_config(write(tmp_path, data))
+    assert config.http is not None
+    assert config.http.public_url == "https://relay.example.com/mail"  # no trailing slash
+    assert config.http.unsubscribe_mailto == "unsub@example.com"
+    assert unsubscribe_base_url(config.http) == "https://relay.example.com/mail"
+
+
+def test_without_public_url_the_base_is_the_listeners_own_address(
+    tmp_path: Path, cert_pair: tuple[Path, Path]
+) -> None:
+    assert HttpConfig().public_url is None and HttpConfig().unsubscribe_mailto is None
+    assert unsubscribe_base_url(HttpConfig()) == "http://127.0.0.1:8080"
+    assert unsubscribe_base_url(HttpConfig(host="::1", port=80)) == "http://[::1]"
+    cert, key = cert_pair
+    tls = HttpConfig(host="relay.example.com", port=443, cert_file=cert, key_file=key)
+    assert unsubscribe_base_url(tls) == "https://relay.example.com"
+    assert unsubscribe_base_url(HttpConfig(host="h.example", port=8443, cert_file=cert)) == (
+        "https://h.example:8443"
+    )
+
+
+@pytest.fixture
+def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Paths only: unsubscribe_base_url reads no file."""
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("public_url", "relay.example.com", "not an http:// or https:// URL"),
+        ("public_url", "ftp://relay.example.com", "not an http:// or https:// URL"),
+        ("public_url", "https://relay.example.com/?a=1", "without query or fragment"),
+        ("public_url", "https://relay.example.com/#x", "without query or fragment"),
+        ("public_url", "https://user:pw@relay.example.com", "user name or password"),
+        ("public_url", "https://relay.example.com/a,b", "cannot carry"),
+        ("public_url", "https://relay.example.com/a>b", "cannot carry"),
+        ("public_url", "https://relay.example.com:99999", "not an http:// or https:// URL"),
+        ("unsubscribe_mailto", "not an address", "not a plain address"),
+        ("unsubscribe_mailto", "a>b@example.com", "not a plain address"),
+        ("unsubscribe_mailto", "a@example.com?subject=x", "not a plain address"),
+    ],
+)
+def test_bad_links_are_refused_with_their_path(
+    tmp_path: Path, key: str, value: str, problem: str
+) -> None:
+    data = with_http()
+    data["http"][key] = value
+    problems = problems_of(write(tmp_path, data))
+    assert any(p.startswith(f"http.{key}: ") and problem in p for p in problems), problems

@@ -24,6 +24,7 @@ from typing import Any
 import openapi_spec_validator
 import pytest
 import schemathesis
+import sqlalchemy as sa
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -39,8 +40,10 @@ from public_http.openapi import document
 from relay.app import RelayApp
 from relay.config import load_config
 from relay.config_http import HttpConfig
+from relay.core import unsubscribe
 from relay.core.tokens import hash_token
 from relay.metrics import Metrics
+from relay.tables import campaign_recipients, campaigns, contacts
 from tests.conftest import base_config, smtp_upstream, write_config
 from tests.test_admin_openapi import closed_port, documented_operations
 
@@ -373,3 +376,42 @@ def test_the_provider_event_answers_keep_to_the_document(
     post(401, "mailgun", {"signature": signature, "event-data": {}})
     post(404, "main", record)  # no events:
     post(404, "nope", record)
+
+
+def test_the_unsubscribe_answers_keep_to_the_document(
+    api_schema: schemathesis.BaseSchema, live: LiveRelay
+) -> None:
+    now = time.time()
+    store = sa.create_engine(str(live.app.engine.url).replace("+aiosqlite", ""))
+    with store.begin() as connection:  # what the campaign engine writes
+        contact_id = connection.execute(
+            contacts.insert()
+            .values(site_id="shop", email="kim@example.org", attributes={}, tags=[],
+                    created_at=now, updated_at=now)
+            .returning(contacts.c.id)
+        ).scalar_one()  # fmt: skip
+        connection.execute(
+            campaigns.insert().values(id="news", site_id="shop", name="News", status="completed",
+                                      audience="all", created_at=now, updated_at=now)
+        )  # fmt: skip
+        connection.execute(
+            campaign_recipients.insert().values(campaign_id="news", contact_id=contact_id,
+                                                email="kim@example.org", status="sent",
+                                                updated_at=now)
+        )  # fmt: skip
+    store.dispose()
+    token = unsubscribe.issue(live.app.unsubscribe_key, "news", contact_id)
+    one_click = {"List-Unsubscribe": "One-Click"}
+
+    def answer(method: str, status: int, link: str, **case: Any) -> Any:
+        return call(api_schema, live, method, "/u/{token}", status,
+                    path_parameters={"token": link}, **case)  # fmt: skip
+
+    assert "Unsubscribe?" in answer("GET", 200, token).text
+    form = {"media_type": "application/x-www-form-urlencoded"}
+    assert "You are unsubscribed" in answer("POST", 200, token, body=one_click, **form).text
+    assert "Already unsubscribed" in answer("GET", 200, token).text
+    answer("POST", 200, token, body=one_click, **form)
+    answer("GET", 404, token[:-2])
+    answer("POST", 404, token[:-2], body=one_click, **form)
+    answer("POST", 413, token, body={"List-Unsubscribe": "x" * 2048}, **form)

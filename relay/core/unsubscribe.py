@@ -22,6 +22,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from relay.core.outbound_events import Event, EventType, message_event
+
 _VERSION = 1
 _HEAD = struct.Struct(">BQ")  # version, contact id
 _TAG_BYTES = 16
@@ -73,6 +75,39 @@ def headers(token: str, *, base_url: str, mailto: str | None) -> list[tuple[str,
     if mailto:
         links.append(f"<mailto:{mailto}?subject=unsubscribe%20{token}>")
     return [("List-Unsubscribe", ", ".join(links)), ("List-Unsubscribe-Post", ONE_CLICK)]
+
+
+def unsubscribed_event(
+    now: float,
+    random_bytes: bytes,
+    *,
+    site: str,
+    recipient: str,
+    campaign_id: str,
+    message_id: str | None,
+) -> Event:
+    """``message.unsubscribed``: ``recipient`` (a contact of ``site``) asked for no more campaign
+    mail through the link of campaign ``campaign_id``'s message ``message_id`` (None when the
+    campaign's row for them names no message)."""
+    return message_event(
+        EventType.UNSUBSCRIBED,
+        now,
+        random_bytes,
+        message_id=message_id,
+        site=site,
+        recipient=recipient,
+        campaign_id=campaign_id,
+    )
+
+
+def masked(address: str) -> str:
+    """An address as the confirmation page shows it to whoever holds the link: the first
+    character of the mailbox and the whole domain (``j***@example.com``), enough for its owner
+    to recognise and too little to harvest from a forwarded link."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        return "***"
+    return f"{local[0]}***@{domain}"
 
 
 def _tag(key: bytes, body: bytes) -> bytes:
