@@ -286,8 +286,13 @@ class CampaignController:
                     await asyncio.wait_for(self._wake.wait(), delay)
 
     async def stop(self) -> None:
+        """No new batch; this process's leases are given back, so another node goes on now."""
         self._stopping = True
         self._wake.set()
+        try:
+            await self._writer.write_apart(partial(db.release_leases_of, owner=self._owner))
+        except Exception as error:  # they lapse after LEASE_SECONDS anyway
+            log.warning("campaigns: leases not given back at stop: %s", error)
 
     async def step(self) -> float:
         """One look for work; the seconds to wait before the next (0: go on at once)."""
@@ -309,7 +314,7 @@ class CampaignController:
                 log.info("campaign %s: completed", campaign_id)
             if done:
                 self._outbox_written()
-        if not (pending.generate or pending.start):
+        if not (pending.generate or pending.start) or self._stopping:
             return TICK_SECONDS
         campaign = await self._writer.write_apart(
             lambda c: db.lease_next(c, self._owner, self._clock(), LEASE_SECONDS)

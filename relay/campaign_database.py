@@ -583,6 +583,16 @@ def release_lease(connection: Connection, campaign_id: str, owner: str) -> None:
     )
 
 
+def release_leases_of(connection: Connection, owner: str) -> int:
+    return int(
+        connection.execute(
+            campaigns.update()
+            .where(campaigns.c.lease_owner == owner)
+            .values(lease_owner=None, leased_until=None)
+        ).rowcount
+    )
+
+
 def release_gone_leases(connection: Connection, gone: Callable[[str], bool]) -> int:
     """Free the leases of owners that are gone (a restart after a crash resumes at once)."""
     owners = connection.scalars(
