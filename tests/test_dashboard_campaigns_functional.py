@@ -247,3 +247,21 @@ async def test_the_new_campaign_form_makes_a_draft_and_names_its_problems(
     assert (made["status"], made["schedule_at"]) == ("scheduled", "2099-01-01T08:00:00.000Z")
     status, page, _ = await browser.get("/campaigns?status=scheduled")
     assert "Later" in page and "Spring" not in page
+
+
+async def test_the_list_pages_by_fifty_newest_first_and_filters_by_site(
+    browser: Browser, admin: Admin
+) -> None:
+    for n in range(52):
+        await admin.ok("POST", "/api/v1/campaigns", campaign_body(name=f"Issue {n:02d}"), 201)
+    await browser.log_in(TOKEN)
+    _, first, _ = await browser.get("/campaigns")
+    names = re.findall(r'<a href="/campaigns/cmp_[^"]+">(Issue \d+)</a>', first)
+    assert names == [f"Issue {n:02d}" for n in range(51, 1, -1)]
+    assert "1\u201350 of 52" in first and 'href="/campaigns?page=2"' in first
+    _, second, _ = await browser.get("/campaigns?page=2")
+    assert re.findall(r">(Issue \d+)</a>", second) == ["Issue 01", "Issue 00"]
+    _, none, _ = await browser.get("/campaigns?site=blog")
+    assert "No campaign matches these filters." in none
+    _, shop, _ = await browser.get("/campaigns?site=shop&status=draft&page=2")
+    assert 'href="/campaigns?site=shop&amp;status=draft&amp;page=1"' in shop

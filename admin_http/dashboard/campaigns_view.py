@@ -95,11 +95,15 @@ def progress(c: Campaign, now: float) -> dict[str, Any]:
         "rate_measured_text": "—" if measured is None else f"{number(measured)} / min",
         "eta_seconds": eta,
         "eta_text": _eta_text(c, eta),
-        "started_at": when(c.started_at) if c.started_at else "—",
-        "finished_at": when(c.finished_at) if c.finished_at else "—",
+        "started_at": f"{when(c.started_at)} UTC" if c.started_at else "—",
+        "finished_at": f"{when(c.finished_at)} UTC" if c.finished_at else "—",
         "note": c.last_error,
         "now": now,
     }
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _eta_text(c: Campaign, eta: int | None) -> str:
@@ -177,7 +181,7 @@ async def campaign_page(request: web.Request) -> web.Response:
             "pager": pager(here, kept, page_no, PAGE_SIZE, len(rows), total),
         },
         section="campaigns",
-        title=f"Campaign {campaign.name}",
+        title=_short(f"Campaign {campaign.name}"),
     )
 
 
