@@ -298,6 +298,7 @@ class RelayApp:
             wake_delivery=self.delivery.wake,
             outbox_written=self.outbox_written,
             subscriptions=self.webhook_subscriptions,
+            metrics=self.metrics,
         )
         self.probes = ProbeController(
             self.health,

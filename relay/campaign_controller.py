@@ -70,6 +70,7 @@ from relay.core.send_request import Attachment, SendRequest, address_problem
 from relay.core.templates import Deadline, Template, check_template, render
 from relay.engine_database import suppressed
 from relay.ingress_controller import IngressController
+from relay.metrics import Metrics
 from relay.store import GroupWriter
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ class CampaignController:
         subscriptions: Callable[[], Subscriptions] = Subscriptions,
         window: int = WINDOW,
         batch: int = BATCH,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._writer = writer
         self._directory = directory
         self._ingress = ingress
@@ -370,6 +373,9 @@ class CampaignController:
             return 0.0
         if pace is not None:
             pace.take(committed.queued)
+        if self._metrics is not None:
+            for outcome, count in committed.outcomes.items():
+                self._metrics.campaign_contacts.labels(site.id, outcome).inc(count)
         if committed.queued:
             self._wake_delivery()
             if any(i.outbox for i in items):

@@ -670,6 +670,7 @@ class Committed:
     queued: int
     over: OverLimit | None  # the site's reserve stopped the batch at this limit
     generated: bool
+    outcomes: dict[str, int]  # contacts written per recipient status
 
 
 def commit_batch(connection: Connection, batch: Batch) -> Committed:
@@ -740,7 +741,7 @@ def commit_batch(connection: Connection, batch: Batch) -> Committed:
     ).rowcount
     if not done:
         raise LostLease(batch.campaign_id)
-    return Committed(len(sent), over, generated)
+    return Committed(len(sent), over, generated, {s.value: n for s, n in counts.items() if n})
 
 
 def _recheck_unsubscribed(connection: Connection, items: list[Item]) -> list[Item]:

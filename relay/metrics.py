@@ -171,6 +171,12 @@ class Metrics:
             ["site", "via"],
             registry=self.registry,
         )
+        self.campaign_contacts = Counter(
+            "relay_campaign_contacts_total",
+            "Campaign contacts reached by generation: queued (a message), skipped or failed.",
+            ["site", "outcome"],
+            registry=self.registry,
+        )
         self.smtp_duplicates = Counter(
             "relay_smtp_duplicates_total",
             "SMTP messages answered with the id of the same message stored within "

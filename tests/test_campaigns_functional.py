@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from tests.campaign_world import (
     text_of,
     wait_until,
 )
+from tests.postgres import throwaway_database
+from tests.test_delivery_functional import plaintext_listener, submit
 from tests.test_webhooks_functional import SECRET
 from tests.webhook_receiver import receiving
 
@@ -204,13 +207,21 @@ async def test_create_refuses_what_is_wrong_with_every_problem(
         assert [c["id"] for c in listed["items"]] == [created["id"]]
 
 
-@pytest.mark.parametrize("unused", [None])
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'relay.db'}"
+        return
+    async with throwaway_database() as url:
+        yield url
+
+
 async def test_two_relays_on_one_store_generate_each_contact_once(
-    tmp_path: Path, make_sink: Any, start_relay: Any, unused: None
+    tmp_path: Path, store_url: str, make_sink: Any, start_relay: Any
 ) -> None:
-    """Two processes' worth of relays (two apps, one SQLite file) share one campaign."""
+    """Two nodes (two apps on one SQLite file or one PostgreSQL database) share one campaign."""
     sink = await make_sink()
-    config = campaign_config(tmp_path, sink)
+    config = campaign_config(tmp_path, sink, store={"url": store_url})
     first = await start_relay(config)
     config["http"] = {"host": "127.0.0.1", "port": 0}
     second = await start_relay(config)
@@ -234,3 +245,34 @@ async def test_two_relays_on_one_store_generate_each_contact_once(
     got = Counter(r for m in sink.messages for r in m.rcpt_tos)
     assert len(got) == 300
     assert max(got.values()) <= 2  # at least once: a pass in flight at the stop may repeat
+
+
+async def test_a_campaign_leaves_the_sites_last_tenth_to_its_other_mail(
+    tmp_path: Path, make_sink: Any, start_relay: Any
+) -> None:
+    sink = await make_sink()
+    config = plaintext_listener(campaign_config(tmp_path, sink))
+    config["sites"][0]["daily_limit"] = 100
+    relay = await start_relay(config)
+    await add_contacts(relay.app.engine, "shop", 150, lambda i: ["news"])
+    async with aiohttp.ClientSession() as http:
+        admin = Admin(http, relay.app.admin_port)
+        campaign_id = (await admin.ok("POST", "/api/v1/campaigns", campaign_body(), 201))["id"]
+        await admin.ok("POST", f"/api/v1/campaigns/{campaign_id}/start")
+        waiting = await wait_until(
+            lambda: admin.campaign(campaign_id),
+            lambda c: c["note"] is not None,
+            "generation waits for the site's day",
+            30,
+        )
+        assert "within 10% of its day limit" in waiting["note"]
+        assert waiting["status"] == "in_progress"
+        await sink.handler.wait_for(90, 30)
+        reached = waiting["queued_count"] + waiting["sent_count"]
+        assert reached == 90
+        for n in range(10):  # the site's own mail still goes
+            await submit(
+                relay, ["someone@example.org"], f"Subject: order {n}\r\n\r\nhi\r\n".encode()
+            )
+        await sink.handler.wait_for(100, 30)
+        assert (await admin.campaign(campaign_id))["sent_count"] == 90

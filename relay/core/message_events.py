@@ -40,7 +40,7 @@ def accepted(message: NewMessage, via: str, random: Random) -> Event:
         message_id=message.id,
         site=message.site_id,
         recipients=len(message.recipients),
-        size=len(message.content),
+        size=message.size if message.size is not None else len(message.content),
         message_class=message.message_class.value,
         via=via,
     )
