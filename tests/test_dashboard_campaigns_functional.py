@@ -133,7 +133,7 @@ async def test_a_campaign_runs_from_its_page_and_its_progress_follows(
     status, _, headers = await browser.post(path + "/start", {"_csrf": csrf})
     assert (status, headers["Location"]) == (303, path)
     kind, text, _ = await flash_after(browser, path)
-    assert (kind, text) == ("ok", "Campaign December news started, now in progress.")
+    assert (kind, text) == ("ok", "Campaign December news started.")
 
     done = await wait_until(
         lambda: progress(browser, campaign_id), lambda p: p["final"], "the campaign completes", 60
@@ -184,7 +184,10 @@ async def test_pause_resume_and_cancel_after_a_confirmation(browser: Browser, ad
 
     status, _, _ = await browser.post(path + "/pause", {"_csrf": csrf})
     kind, text, page = await flash_after(browser, path)
-    assert (kind, text) == ("ok", "Campaign December news paused, now paused.")
+    assert (kind, text) == (
+        "ok",
+        "Campaign December news paused: its messages still waiting are held until it is resumed.",
+    )
     assert "Resume</button>" in page
     assert (await admin.campaign(campaign_id))["status"] == "paused"
     await browser.post(path + "/resume", {"_csrf": csrf})

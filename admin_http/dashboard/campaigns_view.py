@@ -37,7 +37,16 @@ from relay.core.campaigns import (
 PAGE_SIZE = 50
 SEGMENTS = ("sent", "failed", "skipped", "queued")  # left to right in the bar
 RECIPIENT_TABS = ("", *RecipientState)  # "": every recipient
-_DONE = {Action.START: "started", Action.PAUSE: "paused", Action.RESUME: "resumed"}
+_PAST = {
+    Action.START: "started",
+    Action.PAUSE: "paused",
+    Action.RESUME: "resumed",
+    Action.CANCEL: "cancelled",
+}
+_AFTER = {
+    Action.PAUSE: ": its messages still waiting are held until it is resumed",
+    Action.CANCEL: ": no more messages are made, and those still waiting are not sent",
+}
 
 
 def _controller(request: web.Request) -> CampaignController:
@@ -203,13 +212,9 @@ async def act(request: web.Request) -> web.Response:
     try:
         changed = await _controller(request).act(campaign_id, action)
     except Conflict as error:
-        await flash(request, f"Not {_DONE.get(action, 'cancelled')}: {error}.", "error")
+        await flash(request, f"Not {_PAST[action]}: {error}.", "error")
         return see_other(_path(campaign_id))
-    if action is Action.CANCEL:
-        text = "cancelled: no more messages are made, and those still waiting are not sent"
-    else:
-        text = f"{_DONE[action]}, now {changed.status.value.replace('_', ' ')}"
-    await flash(request, f"Campaign {changed.name} {text}.")
+    await flash(request, f"Campaign {changed.name} {_PAST[action]}{_AFTER.get(action, '')}.")
     return see_other(_path(campaign_id))
 
 
