@@ -122,7 +122,9 @@ def _eta_text(c: Campaign, eta: int | None) -> str:
         return f"— ({c.status.value.replace('_', ' ')})"
     if eta is None:
         return "— (measuring)"
-    return "less than a second" if eta == 0 else age(eta)
+    if eta < 60:
+        return "less than a second" if eta == 0 else f"{eta} s"
+    return f"{-(-eta // 60)} min" if eta < 3600 else age(eta)  # minutes rounded up
 
 
 # -- Pages

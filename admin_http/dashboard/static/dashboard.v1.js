@@ -175,8 +175,10 @@ function campaignProgress(box) {
       const response = await fetch(box.dataset.campaignProgress, {
         headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
       });
-      if (response.status === 401) {
-        state.textContent = "Not updating: the session ended. Reload the page to log in.";
+      if (response.status === 401 || response.status === 404) {
+        state.textContent = response.status === 401
+          ? "Not updating: the session ended. Reload the page to log in."
+          : "Not updating: the campaign is gone.";
         stopped = true;
         return;
       }
