@@ -92,6 +92,13 @@ def public_base_url(config: Config) -> str:
     return str(url) if url else f"http://{http.host}:{http.port}"
 
 
+def attachment_budget(max_message_bytes: int) -> int:
+    """The attachments' decoded bytes that fit a message of ``max_message_bytes``: base64 with
+    a CRLF per 76 characters is 4/3 x 78/76 of them, and the rest of the message needs room
+    (a 100,000-character template part may grow in the rendering)."""
+    return max(int((max_message_bytes - 400_000) * 3 / 4 * 76 / 78), 0)
+
+
 class CampaignController:
     def __init__(
         self,
@@ -136,7 +143,7 @@ class CampaignController:
     # -- the admin API
 
     async def create(self, body: Mapping[str, Any]) -> Campaign:
-        limit = self._config().limits.max_message_bytes
+        limit = attachment_budget(self._config().limits.max_message_bytes)
         parsed = await asyncio.to_thread(parse_campaign, body, max_attachment_bytes=limit)
         if isinstance(parsed, list):
             raise Invalid(parsed)
