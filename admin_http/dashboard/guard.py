@@ -2,9 +2,10 @@
 
 Runs for every path outside the API and the probes (``/api/``, ``/healthz``,
 ``/readyz``, ``/metrics`` keep their JSON and text answers). A request that
-is not logged in is sent to the login page (GETs keep where they were going);
-a POST whose form lacks this session's CSRF token is refused with 403 before
-its handler runs. Failures become HTML pages, never JSON or a traceback.
+is not logged in is sent to the login page (GETs keep where they were going;
+a page's ``.json``, which its script polls, is a JSON 401 instead); a POST
+whose form lacks this session's CSRF token is refused with 403 before its
+handler runs. Failures become HTML pages, never JSON or a traceback.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if admin is None and not public:
         if session.get("admin") is not None:
             session.invalidate()  # its token was removed or replaced
+        if request.path.endswith(".json"):  # a page's script polls it: no login page for it
+            return web.json_response({"error": "not logged in"}, status=401)
         if request.method == "GET":
             return see_other("/login?next=" + quote(request.path_qs, safe="/?=&"))
         return see_other("/login")

@@ -36,6 +36,7 @@ NAV = (
     ("suppressions", "Suppressions", "/suppressions"),
     ("webhooks", "Webhooks", "/webhooks"),
     ("templates", "Templates", "/templates"),
+    ("campaigns", "Campaigns", "/campaigns"),
     ("audit", "Audit", "/audit"),
 )
 # Sections with pages; any other is greyed out in the sidebar ("soon").

@@ -20,6 +20,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from admin_http.dashboard import (
     audit_view,
+    campaigns_view,
     contacts_view,
     domains_view,
     login_view,
@@ -146,4 +147,11 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post("/webhooks/{name}/rotate-secret", webhooks_view.rotate_secret)
     r.add_get("/webhooks/{name}/delete", webhooks_view.confirm_delete)
     r.add_post("/webhooks/{name}/delete", webhooks_view.delete_webhook)
+    r.add_get("/campaigns", campaigns_view.campaign_list)
+    r.add_get("/campaigns/new", campaigns_view.new_campaign)
+    r.add_post("/campaigns", campaigns_view.create_campaign)
+    r.add_get("/campaigns/{id}", campaigns_view.campaign_page)
+    r.add_get("/campaigns/{id}/progress.json", campaigns_view.progress_json)
+    r.add_get("/campaigns/{id}/cancel", campaigns_view.confirm_cancel)
+    r.add_post("/campaigns/{id}/{action:start|pause|resume|cancel}", campaigns_view.act)
     r.add_get("/audit", audit_view.audit)

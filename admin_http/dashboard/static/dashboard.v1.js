@@ -1,6 +1,7 @@
 // relay dashboard: the only script. Progressive: every page works without it.
 // Copy buttons: <button data-copy="ID" hidden> copies the text of the element with that id.
 // Live template preview: [data-live-preview] renders the editor's fields as typed.
+// Campaign progress: [data-campaign-progress] polls its progress.json and moves the bar.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -26,6 +27,7 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
   for (const box of document.querySelectorAll("[data-live-preview]")) livePreview(box);
+  for (const box of document.querySelectorAll("[data-campaign-progress]")) campaignProgress(box);
 });
 
 const LIVE_DELAY_MS = 400;
@@ -104,4 +106,107 @@ function livePreview(box) {
   for (const hidden of document.querySelectorAll(".needs-script")) hidden.hidden = false;
   box.hidden = false;
   render();
+}
+
+const POLL_MS = 1500;
+const RATE_WINDOW_S = 30; // "rate now": messages sent over the polls of the last 30 s
+const RATE_MIN_SPAN_S = 3;
+
+// Polls the box's URL (JSON: counts, segments, texts; see admin_http/dashboard/campaigns_view.py)
+// every 1.5 s while the tab is visible, and writes what changed: [data-field] texts, the bar's
+// segments and its aria values. The rate now comes from consecutive answers (the server's clock,
+// its sent count); the average rate and the time left are the server's. A change of status
+// reloads the page (its buttons change); a finished campaign stops the polling.
+function campaignProgress(box) {
+  const state = box.querySelector("[data-live-state]");
+  const bar = box.querySelector("[role=progressbar]");
+  const samples = [];
+  let timer = null;
+  let busy = false;
+  let stopped = false;
+  const format = (n) => Number(n).toLocaleString("en-US").replace(/,/g, "\u202f");
+  const set = (name, text) => {
+    const element = box.querySelector(`[data-field="${name}"]`);
+    if (element && element.textContent !== text) element.textContent = text;
+    return element;
+  };
+
+  const rateNow = (answer) => {
+    samples.push({ at: answer.now, sent: answer.sent });
+    while (samples.length > 2 && samples[0].at < answer.now - RATE_WINDOW_S) samples.shift();
+    const first = samples[0];
+    const span = answer.now - first.at;
+    if (answer.status !== "in_progress") return "— (" + answer.status.replace("_", " ") + ")";
+    if (span < RATE_MIN_SPAN_S) return "— (measuring)";
+    return format(Math.round((answer.sent - first.sent) / span * 60)) + " / min";
+  };
+
+  const show = (answer) => {
+    for (const name of ["sent", "failed", "skipped", "queued", "total"]) set(name, format(answer[name]));
+    set("percent", answer.percent.toFixed(1) + " %");
+    for (const name of ["rate_measured_text", "eta_text", "started_at", "finished_at"]) set(name, answer[name]);
+    set("rate_now", rateNow(answer));
+    const note = set("note", answer.note || "");
+    if (note) note.hidden = !answer.note;
+    for (const segment of answer.segments) {
+      const rect = bar.querySelector(`[data-segment="${segment.kind}"]`);
+      rect.setAttribute("x", segment.x);
+      rect.setAttribute("width", segment.width);
+    }
+    bar.setAttribute("aria-valuemax", Math.max(answer.scale, 1));
+    bar.setAttribute("aria-valuenow", answer.done);
+    bar.setAttribute("aria-valuetext", answer.value_text);
+    bar.title = answer.value_text;
+  };
+
+  const poll = async () => {
+    timer = null;
+    busy = true;
+    try {
+      await pollOnce();
+    } finally {
+      busy = false;
+    }
+  };
+
+  const pollOnce = async () => {
+    let answer;
+    try {
+      const response = await fetch(box.dataset.campaignProgress, {
+        headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+      });
+      if (response.status === 401 || response.status === 404) {
+        state.textContent = response.status === 401
+          ? "Not updating: the session ended. Reload the page to log in."
+          : "Not updating: the campaign is gone.";
+        stopped = true;
+        return;
+      }
+      answer = await response.json();
+    } catch {
+      state.textContent = "Not updating: the relay did not answer. Trying again…";
+      timer = setTimeout(poll, POLL_MS * 4);
+      return;
+    }
+    if (answer.status !== box.dataset.status) {
+      state.textContent = "Status changed: reloading…";
+      stopped = true;
+      window.location.reload();
+      return;
+    }
+    show(answer);
+    if (answer.final) {
+      state.textContent = "Finished.";
+      stopped = true;
+      return;
+    }
+    state.textContent = "Live: updated " + new Date().toLocaleTimeString() + ".";
+    if (!document.hidden) timer = setTimeout(poll, POLL_MS);
+  };
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && timer === null && !busy && !stopped) poll();
+  });
+  stopped = ["completed", "cancelled", "failed"].includes(box.dataset.status);
+  if (!stopped) poll();
 }
