@@ -51,6 +51,7 @@ async def test_readme_api_examples_run_and_their_objects_survive_a_restart(
     config["listeners"][0].update(tls="none", allow_plaintext_auth=True)
     config["admin"]["tokens"] = [{"name": "ops", "token_env": "RELAY_ADMIN_TOKEN"}]
     config["health"] = {"check_interval_seconds": 0}
+    config["http"] = {"host": "127.0.0.1", "port": 0}  # campaigns' unsubscribe links
     monkeypatch.setenv("RELAY_ADMIN_TOKEN", TOKEN)
     path = write_config(tmp_path, config)
 
@@ -103,5 +104,7 @@ async def test_readme_api_examples_run_and_their_objects_survive_a_restart(
             e["action"] for e in audit["items"]
         }
         assert "the-mailgun-password" not in json.dumps(audit)
+        campaigns = await asyncio.to_thread(get, f"{base}/campaigns?site=landing")
+        assert [c["name"] for c in campaigns["items"]] == ["December news"]
     finally:
         assert await asyncio.to_thread(again.stop, signal.SIGTERM) == 0
