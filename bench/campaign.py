@@ -1,6 +1,6 @@
 """A campaign to N contacts into the sink, and transactional mail sent meanwhile.
 
-    python -m bench --campaign [--contacts 100000] [--transactional 2000]
+    python -m bench --campaign [--contacts 100000] [--transactional 2000] [--workers N]
 
 One `relay serve` (SQLite, one worker) and the sink. Its steps, each timed:
 the contacts imported as one streamed CSV (``POST /api/v1/sites/bench/contacts``,
@@ -120,12 +120,12 @@ def percentiles(result: LoadResult) -> tuple[float, float]:
     return statistics.median(latencies), latencies[max(int(len(latencies) * 0.99) - 1, 0)]
 
 
-def run(contacts: int, messages: int) -> Figures:
+def run(contacts: int, messages: int, workers: int) -> Figures:
     f = Figures(contacts=contacts)
     with tempfile.TemporaryDirectory(prefix="relay-bench-campaign-") as tmp:
         sink = Sink(free_port())
         sink.start()
-        relay = RelayInstance(Path(tmp), free_port(), sink.port)
+        relay = RelayInstance(Path(tmp), free_port(), sink.port, workers=workers, http=True)
         relay.start()
         admin = Admin(relay.admin_port)
         try:
@@ -273,6 +273,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    figures = run(args.contacts, args.transactional)
+    figures = run(args.contacts, args.transactional, args.workers[0])
     print(render(figures), flush=True)
     return 1 if figures.problems else 0

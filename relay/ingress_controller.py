@@ -47,6 +47,7 @@ from relay.core.quota import Claim, OverLimit
 from relay.fingerprint_database import Fingerprint
 from relay.form_database import FormGate
 from relay.idempotency_database import Answer
+from relay.ingress_activity import IngressActivity
 from relay.metrics import Metrics
 from relay.outbox_database import add_to_outbox
 from relay.policy_hooks_controller import PolicyHooks
@@ -131,6 +132,7 @@ class IngressController:
         policy: PolicyHooks | None = None,
     ) -> None:
         self._policy = policy
+        self.activity = IngressActivity()  # accepts under way in this process
         self._writer = writer
         self._subscriptions = subscriptions  # the webhooks' filters
         self._outbox_written = outbox_written  # the webhooks' worker: send them now
@@ -236,6 +238,15 @@ class IngressController:
         gate: FormGate | None,
     ) -> Queued | Reject | TempFail | Barred:
         """``gate``: a form post's, passed in the transaction that stores the message."""
+        with self.activity:  # campaign generation steps aside meanwhile
+            return await self._admit(submission, answer, gate)
+
+    async def _admit(
+        self,
+        submission: Submission,
+        answer: Callable[[str], Answer] | None,
+        gate: FormGate | None,
+    ) -> Queued | Reject | TempFail | Barred:
         for verdict in (
             check_content(submission.content, self._limits.max_message_bytes),
             check_header_size(submission.content, self._limits.max_header_bytes),
