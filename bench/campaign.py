@@ -51,7 +51,7 @@ class Figures:
     pss_peak_import: int = 0
     alone: tuple[float, float] = (0.0, 0.0)  # transactional accept p50, p99 (seconds)
     beside: tuple[float, float] = (0.0, 0.0)  # the same while the campaign runs
-    generation_rate: float = 0.0  # campaign messages queued a second
+    generation_rate: float = 0.0  # contacts reached (a message generated, or skipped) a second
     delivery_rate: float = 0.0  # campaign messages sent a second
     campaign_seconds: float = 0.0
     final: dict[str, Any] = field(default_factory=dict)
@@ -180,17 +180,18 @@ def campaign(admin: Admin, relay: RelayInstance, messages: int, f: Figures) -> N
         state = admin.call("GET", path)
     beside = transactional(relay, messages)
     f.beside = percentiles(beside)
-    samples: list[tuple[float, int, int]] = []
+    generated_after = 0.0  # seconds from start until every contact was reached
     while state["status"] in ("in_progress", "scheduled"):
         if time.monotonic() - started > CAMPAIGN_LIMIT:
             f.problems.append(f"the campaign did not finish within {CAMPAIGN_LIMIT:.0f} s")
             break
-        samples.append((time.monotonic(), state["queued_count"], state["sent_count"]))
+        if not generated_after and reached(state) >= state["total_contacts"]:
+            generated_after = time.monotonic() - started
         time.sleep(POLL_SECONDS)
         state = admin.call("GET", path)
     f.campaign_seconds = time.monotonic() - started
     f.final = state
-    f.generation_rate = _rate(samples, 1)
+    f.generation_rate = reached(state) / max(generated_after or f.campaign_seconds, 1e-9)
     f.delivery_rate = state["sent_count"] / max(f.campaign_seconds, 1e-9)
     if state["status"] != "completed":
         f.problems.append(f"campaign status {state['status']}")
@@ -199,13 +200,9 @@ def campaign(admin: Admin, relay: RelayInstance, messages: int, f: Figures) -> N
             f.problems.append(f"transactional {name}: {result.sent} of {messages} accepted")
 
 
-def _rate(samples: list[tuple[float, int, int]], column: int) -> float:
-    """Messages a second from the first sample to the one where the count stopped growing."""
-    if len(samples) < 2:
-        return 0.0
-    last = max(samples, key=lambda s: (s[column], -s[0]))
-    first = samples[0]
-    return (last[column] - first[column]) / max(last[0] - first[0], 1e-9)
+def reached(state: dict[str, Any]) -> int:
+    """Contacts the campaign has generated a message for, or skipped."""
+    return sum(state[k] for k in ("queued_count", "sent_count", "failed_count", "skipped_count"))
 
 
 def render(f: Figures) -> str:
