@@ -133,15 +133,18 @@ async def delete_credential(connection: AsyncConnection, site_id: str, username:
 
 
 async def add_audit(connection: AsyncConnection, entry: AuditEntry) -> None:
-    await connection.execute(
-        audit_log.insert().values(
-            at=entry.at,
-            token=entry.token,
-            action=entry.action,
-            kind=entry.kind,
-            target=entry.target,
-            detail=entry.detail,
-        )
+    await connection.execute(audit_insert(entry))
+
+
+def audit_insert(entry: AuditEntry) -> sa.Insert:
+    """The statement that records ``entry`` (for a synchronous job too)."""
+    return audit_log.insert().values(
+        at=entry.at,
+        token=entry.token,
+        action=entry.action,
+        kind=entry.kind,
+        target=entry.target,
+        detail=entry.detail,
     )
 
 

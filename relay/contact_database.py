@@ -22,9 +22,9 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.catalog_database import AuditEntry
+from relay.catalog_database import AuditEntry, audit_insert
 from relay.core.contacts import Fields, Stored, combined, merged
-from relay.tables import audit_log, contact_tags, contacts
+from relay.tables import contact_tags, contacts
 
 
 @dataclass(frozen=True)
@@ -313,13 +313,4 @@ async def delete_site_contacts(connection: AsyncConnection, site_id: str) -> int
 
 def add_audit(connection: Connection, entry: AuditEntry) -> None:
     """catalog_database.add_audit for a synchronous job."""
-    connection.execute(
-        audit_log.insert().values(
-            at=entry.at,
-            token=entry.token,
-            action=entry.action,
-            kind=entry.kind,
-            target=entry.target,
-            detail=entry.detail,
-        )
-    )
+    connection.execute(audit_insert(entry))

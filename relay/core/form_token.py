@@ -74,7 +74,7 @@ def issue(key: bytes, site_id: str, now: float, nonce: bytes) -> str:
     if len(nonce) != 16 or not 0 < len(site) <= _MAX_SITE_ID_BYTES:
         raise ValueError("a form token needs a 16-byte nonce and a site id of 1-255 bytes")
     body = _HEAD.pack(_VERSION, int(now), nonce) + site
-    return _encode(body + _tag(key, body))
+    return encode_token(body + _tag(key, body))
 
 
 def check(
@@ -88,7 +88,7 @@ def check(
 ) -> TokenOk | TokenRefused:
     if not token:
         return TokenRefused(Refusal.MISSING)
-    raw = _decode(token)
+    raw = decode_token(token)
     if raw is None or len(raw) <= _HEAD.size + _TAG_BYTES or raw[0] != _VERSION:
         return TokenRefused(Refusal.MALFORMED)
     body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
@@ -119,17 +119,18 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def _encode(raw: bytes) -> str:
+def encode_token(raw: bytes) -> str:
+    """Unpadded base64url: the text of a signed token (the unsubscribe link's too)."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _decode(token: str) -> bytes | None:
+def decode_token(token: str, max_chars: int = _MAX_TOKEN_CHARS) -> bytes | None:
     """The token's bytes, or None when it is not the canonical unpadded base64url of any."""
-    if len(token) > _MAX_TOKEN_CHARS or not _BASE64URL.fullmatch(token):
+    if len(token) > max_chars or not _BASE64URL.fullmatch(token):
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
     # The last character may carry unused bits; only the encoding we issue is accepted.
-    return raw if _encode(raw) == token else None
+    return raw if encode_token(raw) == token else None

@@ -14,14 +14,13 @@ canonical encoding, so no two strings pass for one token.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
 import struct
 from dataclasses import dataclass
 
+from relay.core.form_token import decode_token, encode_token
 from relay.core.outbound_events import Event, EventType, message_event
 
 _VERSION = 1
@@ -29,7 +28,6 @@ _HEAD = struct.Struct(">BQ")  # version, contact id
 _TAG_BYTES = 16
 _MAX_CAMPAIGN_ID_BYTES = 32
 _MAX_TOKEN_CHARS = -(-(_HEAD.size + _MAX_CAMPAIGN_ID_BYTES + _TAG_BYTES) * 4 // 3)
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CAMPAIGN_ID = re.compile(rb"[A-Za-z0-9_-]{1,32}")
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # the List-Unsubscribe-Post value (RFC 8058 section 3.1)
@@ -47,12 +45,12 @@ def issue(key: bytes, campaign_id: str, contact_id: int) -> str:
     if not _CAMPAIGN_ID.fullmatch(campaign) or not 0 <= contact_id < 2**63:
         raise ValueError("an unsubscribe token needs a campaign id and a contact id")
     body = _HEAD.pack(_VERSION, contact_id) + campaign
-    return _encode(body + _tag(key, body))
+    return encode_token(body + _tag(key, body))
 
 
 def read(key: bytes, token: str) -> Unsubscribe | None:
     """What ``token`` unsubscribes, or None when it is not one of ours, unaltered."""
-    raw = _decode(token)
+    raw = decode_token(token, _MAX_TOKEN_CHARS)
     if raw is None or len(raw) <= _HEAD.size + _TAG_BYTES or raw[0] != _VERSION:
         return None
     body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
@@ -112,17 +110,3 @@ def masked(address: str) -> str:
 
 def _tag(key: bytes, body: bytes) -> bytes:
     return hmac.digest(key, body, hashlib.sha256)[:_TAG_BYTES]
-
-
-def _encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _decode(token: str) -> bytes | None:
-    if len(token) > _MAX_TOKEN_CHARS or not _BASE64URL.fullmatch(token):
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return raw if _encode(raw) == token else None
