@@ -200,7 +200,7 @@ function campaignProgress(box) {
       stopped = true;
       return;
     }
-    state.textContent = "Live: updated " + new Date().toLocaleTimeString() + ".";
+    state.textContent = "Live: updated " + new Date().toISOString().slice(11, 19) + " UTC.";
     if (!document.hidden) timer = setTimeout(poll, POLL_MS);
   };
 
