@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from relay.tables import campaign_attachments, campaign_recipients, campaigns, c
 
 _CACHE_ENTRIES = 32
 _cache: OrderedDict[Ref, bytes] = OrderedDict()
+_lock = threading.Lock()  # the store's writer thread claims, another serves the dashboard
 
 
 def splice_attachments(connection: Connection, content: bytes) -> bytes:
@@ -57,17 +59,20 @@ async def splice_attachments_async(connection: AsyncConnection, content: bytes) 
 
 
 def _blocks(ids: set[Ref], load: Any) -> dict[Ref, bytes]:
-    found = {i: _cache[i] for i in ids if i in _cache}
-    for i in found:
-        _cache.move_to_end(i)
+    with _lock:
+        found = {i: _cache[i] for i in ids if i in _cache}
+        for i in found:
+            _cache.move_to_end(i)
     missing = ids - found.keys()
     if missing:
-        for ref, block in load({i for i, _ in missing}).items():
-            if ref in missing:
-                found[ref] = block
-                _cache[ref] = block
-        while len(_cache) > _CACHE_ENTRIES:
-            _cache.popitem(last=False)
+        loaded = load({i for i, _ in missing})
+        with _lock:
+            for ref, block in loaded.items():
+                if ref in missing:
+                    found[ref] = block
+                    _cache[ref] = block
+            while len(_cache) > _CACHE_ENTRIES:
+                _cache.popitem(last=False)
     return found
 
 
