@@ -432,7 +432,7 @@ class CampaignController:
     async def _wait_for_site(self, campaign: Campaign, site: Site, over: OverLimit) -> float:
         text = (
             f"waiting: site {site.id} is within {SITE_RESERVE:.0%} of its {over.window.value} "
-            f"limit ({over.used}/{round(over.limit / (1 - SITE_RESERVE))}), kept for its other "
+            f"limit ({over.used}/{limits_of(site)[over.window]}), kept for its other "
             f"mail; generation goes on at {iso_time(over.reopens_at)}"
         )
         await self._writer.write_apart(lambda c: gen.note(c, campaign.id, self._owner, text))

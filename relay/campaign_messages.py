@@ -12,7 +12,6 @@ signature (``core.campaigns.replace_blocks``), so what is spliced back verifies.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import uuid
@@ -30,7 +29,7 @@ from relay.core.compose import Rendered, compose
 from relay.core.model import MessageClass, Site
 from relay.core.outbound_events import EventType, OutboxEntry, Subscriptions
 from relay.core.policy import Reject
-from relay.core.quota import Claim, Scope, Window, limits_of
+from relay.core.quota import Claim, Scope, Window, allowance, limits_of
 from relay.core.send_request import Attachment, SendRequest, address_problem
 from relay.core.templates import Deadline, Template, render
 from relay.ingress_controller import IngressController
@@ -50,10 +49,8 @@ def unsubscribe_link(config: Config) -> tuple[str, str | None]:
 
 
 def reserved_limits(site: Site) -> dict[Window, int]:
-    """The site's limits less ``SITE_RESERVE``: what its campaigns may use of each window."""
-    return {
-        window: math.floor(limit * (1 - SITE_RESERVE)) for window, limit in limits_of(site).items()
-    }
+    """What the site's campaigns may use of each of its windows: all but ``SITE_RESERVE``."""
+    return allowance(limits_of(site), SITE_RESERVE)
 
 
 class MessageBuilder:
@@ -86,7 +83,8 @@ class MessageBuilder:
         template = Template("campaign", campaign.subject, campaign.text, campaign.html)
         link = unsubscribe_link(self._config())
         wants_accepted = self._subscriptions().wants_any(EventType.ACCEPTED)
-        claim_limits = reserved_limits(site)
+        limits = limits_of(site)
+        ceiling = allowance(limits, SITE_RESERVE)  # the site's own mail keeps the rest
         items = []
         for contact in contacts:
             reason = listed.get((site.id, contact.email.lower()))
@@ -105,8 +103,8 @@ class MessageBuilder:
         return [
             replace(
                 i,
-                claim=Claim(Scope.SITE, site.id, claim_limits, 1, now, self._zone)
-                if claim_limits
+                claim=Claim(Scope.SITE, site.id, limits, 1, now, self._zone, ceiling)
+                if limits
                 else None,
                 outbox=self._accepted(i) if wants_accepted else (),
             )

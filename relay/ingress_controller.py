@@ -247,12 +247,9 @@ class IngressController:
         answer: Callable[[str], Answer] | None,
         gate: FormGate | None,
     ) -> Queued | Reject | TempFail | Barred:
-        for verdict in (
-            check_content(submission.content, self._limits.max_message_bytes),
-            check_header_size(submission.content, self._limits.max_header_bytes),
-        ):
-            if isinstance(verdict, Reject | TempFail):
-                return verdict
+        unfit = self._refused_content(submission.content)
+        if unfit is not None:
+            return unfit
         if self._policy is not None and self._policy.on_data is not None:
             added = await self._policy.check_data(_data_facts(submission))
             if isinstance(added, Reject | TempFail):
@@ -371,15 +368,22 @@ class IngressController:
         checks, rewrite and DKIM signature; synchronous (signing costs CPU: call it in a
         thread). The caller stores it (``queue_database.insert_messages``)."""
         submission = self._composed(site, composed, "127.0.0.1", via, None)
-        for verdict in (
-            check_content(submission.content, self._limits.max_message_bytes),
-            check_header_size(submission.content, self._limits.max_header_bytes),
-        ):
-            if isinstance(verdict, Reject):
-                return verdict
+        unfit = self._refused_content(submission.content)
+        if unfit is not None:
+            return unfit
         key = self._directory().signing_key(domain_of(site.from_email))
         prepared = self._prepare(submission, key)
         return prepared if isinstance(prepared, Reject) else prepared[0]
+
+    def _refused_content(self, content: bytes) -> Reject | None:
+        """Why a message's bytes may not be taken (line endings, size, header block), if so."""
+        for verdict in (
+            check_content(content, self._limits.max_message_bytes),
+            check_header_size(content, self._limits.max_header_bytes),
+        ):
+            if isinstance(verdict, Reject):
+                return verdict
+        return None
 
     @staticmethod
     def _composed(
