@@ -385,14 +385,21 @@ def _campaign_messages(connection: Connection, campaign_id: str, statuses: Seque
     return connection.execute(query).all()
 
 
+def _count_moves(
+    connection: Connection, rows: Sequence[Any], new: Callable[[Any], MessageStatus]
+) -> None:
+    """Each message's move from its status to ``new(row)`` in the statistics."""
+    deltas = Deltas()
+    for r in rows:
+        deltas.message(r.site_id, r.created_at, r.status, new(r).value)
+    record_rollups(connection, deltas)
+
+
 def _hold(connection: Connection, campaign_id: str, now: float) -> None:
     rows = _campaign_messages(connection, campaign_id, _WAITING)
     if not rows:
         return
-    deltas = Deltas()
-    for r in rows:
-        deltas.message(r.site_id, r.created_at, r.status, MessageStatus.HELD.value)
-    record_rollups(connection, deltas)
+    _count_moves(connection, rows, lambda r: MessageStatus.HELD)
     connection.execute(
         messages.update()
         .where(messages.c.id.in_([r.id for r in rows]))
@@ -404,11 +411,11 @@ def _release(connection: Connection, campaign_id: str, now: float) -> None:
     rows = _campaign_messages(connection, campaign_id, (MessageStatus.HELD.value,))
     if not rows:
         return
-    deltas = Deltas()
-    for r in rows:
-        new = MessageStatus.DEFERRED if r.attempt_count > 0 else MessageStatus.QUEUED
-        deltas.message(r.site_id, r.created_at, r.status, new.value)
-    record_rollups(connection, deltas)
+    _count_moves(
+        connection,
+        rows,
+        lambda r: MessageStatus.DEFERRED if r.attempt_count > 0 else MessageStatus.QUEUED,
+    )
     connection.execute(
         messages.update()
         .where(messages.c.id.in_([r.id for r in rows]))
@@ -433,10 +440,7 @@ def cancel_waiting(connection: Connection, campaign_id: str, now: float) -> int:
     if not rows:
         return 0
     ids = [r.id for r in rows]
-    deltas = Deltas()
-    for r in rows:
-        deltas.message(r.site_id, r.created_at, r.status, MessageStatus.FAILED.value)
-    record_rollups(connection, deltas)
+    _count_moves(connection, rows, lambda r: MessageStatus.FAILED)
     connection.execute(
         messages.update()
         .where(messages.c.id.in_(ids))

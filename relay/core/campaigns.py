@@ -19,7 +19,6 @@ Decides:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import enum
 import hashlib
@@ -29,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay.core.compose import attachment_base64
 from relay.core.outbound_events import Event, EventType, event
 from relay.core.send_request import Attachment, parse_attachments, shown, text_problem
 
@@ -269,7 +269,7 @@ Ref = tuple[int, str]  # (attachment id, digest of its encoded block)
 
 def encoded_block(content: bytes) -> bytes:
     """An attachment's body exactly as ``core.compose`` writes it: base64, CRLF line ends."""
-    return base64.encodebytes(content).replace(b"\n", b"\r\n")
+    return attachment_base64(content).encode("ascii").replace(b"\n", b"\r\n")
 
 
 def block_digest(block: bytes) -> str:

@@ -287,8 +287,13 @@ def _attachment(attachment: Attachment) -> Message:
     part["Content-Type"] = attachment.content_type  # checked: type/subtype
     part["Content-Transfer-Encoding"] = "base64"
     part["Content-Disposition"] = _disposition(_header_text(attachment.filename))
-    part.set_payload(base64.encodebytes(attachment.content).decode("ascii"))
+    part.set_payload(attachment_base64(attachment.content))
     return part
+
+
+def attachment_base64(content: bytes) -> str:
+    """An attachment's body as it is written (LF line ends; the generator writes CRLF)."""
+    return base64.encodebytes(content).decode("ascii")
 
 
 def _disposition(filename: str) -> str:
